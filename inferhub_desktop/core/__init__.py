@@ -1,0 +1,19 @@
+"""InferHub's core: asyncio only, never Qt. The UI and the CLI use what this module exports."""
+
+from .errors import ApiError, BackendUnavailable, ConfigError, InferhubError
+from .node import Node, serve
+from .settings import DEFAULT_API_PORT, Settings, default_config_dir, load_settings, update_settings_file
+
+__all__ = [
+    "DEFAULT_API_PORT",
+    "ApiError",
+    "BackendUnavailable",
+    "ConfigError",
+    "InferhubError",
+    "Node",
+    "Settings",
+    "default_config_dir",
+    "load_settings",
+    "serve",
+    "update_settings_file",
+]

@@ -1,0 +1,106 @@
+"""The endpoints Ollama serves, what kind each is, and gin-style path matching."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class Kind(enum.Enum):
+    """How the node treats a request; later the router and the share API decide by it."""
+
+    ROOT = "root"  # answered by the node itself
+    READ = "read"  # idempotent reads: version, listings, show
+    INFERENCE = "inference"  # generate, chat, embeddings and their /v1 twins
+    MANAGE = "manage"  # model management and account calls, for this machine only
+    BLOB = "blob"  # blob uploads, streamed and never size-capped
+    PASSTHROUGH = "passthrough"  # paths this version does not know, relayed as they are
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One route of Ollama's API."""
+
+    pattern: str
+    methods: frozenset[str]
+    kind: Kind
+    # The Go type Ollama decodes the body into, for endpoints whose `model` the node reads;
+    # None when the body is forwarded unread.
+    request_type: str | None = None
+
+    @property
+    def openai(self) -> bool:
+        """Whether errors take the OpenAI shape rather than Ollama's."""
+        return self.pattern.startswith("/v1/")
+
+
+def _ep(pattern: str, methods: str, kind: Kind, request_type: str | None = None) -> Endpoint:
+    return Endpoint(pattern, frozenset(methods.split()), kind, request_type)
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    _ep("/", "GET HEAD", Kind.ROOT),
+    _ep("/api/version", "GET HEAD", Kind.READ),
+    _ep("/api/status", "GET", Kind.READ),
+    _ep("/api/tags", "GET HEAD", Kind.READ),
+    _ep("/api/ps", "GET", Kind.READ),
+    _ep("/api/show", "POST", Kind.READ, "api.ShowRequest"),
+    _ep("/api/generate", "POST", Kind.INFERENCE, "api.GenerateRequest"),
+    _ep("/api/chat", "POST", Kind.INFERENCE, "api.ChatRequest"),
+    _ep("/api/embed", "POST", Kind.INFERENCE, "api.EmbedRequest"),
+    _ep("/api/embeddings", "POST", Kind.INFERENCE, "api.EmbeddingRequest"),
+    _ep("/api/pull", "POST", Kind.MANAGE),
+    _ep("/api/push", "POST", Kind.MANAGE),
+    _ep("/api/create", "POST", Kind.MANAGE),
+    _ep("/api/copy", "POST", Kind.MANAGE),
+    _ep("/api/delete", "DELETE", Kind.MANAGE),
+    _ep("/api/blobs/:digest", "HEAD", Kind.MANAGE),
+    _ep("/api/blobs/:digest", "POST", Kind.BLOB),
+    _ep("/api/me", "POST", Kind.MANAGE),
+    _ep("/api/signout", "POST", Kind.MANAGE),
+    _ep("/api/user/keys/:encodedKey", "DELETE", Kind.MANAGE),
+    _ep("/api/experimental/web_search", "POST", Kind.MANAGE),
+    _ep("/api/experimental/web_fetch", "POST", Kind.MANAGE),
+    _ep("/api/experimental/model-recommendations", "GET", Kind.READ),
+    _ep("/v1/chat/completions", "POST", Kind.INFERENCE, "openai.ChatCompletionRequest"),
+    _ep("/v1/completions", "POST", Kind.INFERENCE, "openai.CompletionRequest"),
+    _ep("/v1/embeddings", "POST", Kind.INFERENCE, "openai.EmbedRequest"),
+    _ep("/v1/responses", "POST", Kind.INFERENCE, "openai.ResponsesRequest"),
+    _ep("/v1/messages", "POST", Kind.INFERENCE, "anthropic.MessagesRequest"),
+    # Multipart form: the model is a form field, so the body is forwarded unread.
+    _ep("/v1/audio/transcriptions", "POST", Kind.INFERENCE),
+    _ep("/v1/models", "GET", Kind.READ),
+    _ep("/v1/models/:model", "GET", Kind.READ),
+)
+
+# Newer Ollama versions add endpoints under these prefixes; they are relayed unchanged.
+_PASSTHROUGH_PREFIXES = ("/api/", "/v1/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+    """The result of routing a method and path."""
+
+    endpoint: Endpoint | None
+    # True when the path exists for other methods only (gin answers 405 then).
+    method_not_allowed: bool = False
+
+
+def _path_matches(pattern: str, path: str) -> bool:
+    want, got = pattern.split("/"), path.split("/")
+    if len(want) != len(got):
+        return False
+    return all(w == g or (w.startswith(":") and g) for w, g in zip(want, got, strict=True))
+
+
+def match(method: str, path: str) -> Match:
+    """Find the endpoint for `method path` the way Ollama's router does."""
+    candidates = [ep for ep in ENDPOINTS if _path_matches(ep.pattern, path)]
+    for ep in candidates:
+        if method in ep.methods:
+            return Match(ep)
+    if candidates:
+        return Match(None, method_not_allowed=True)
+    if path.startswith(_PASSTHROUGH_PREFIXES):
+        return Match(Endpoint(path, frozenset({method}), Kind.PASSTHROUGH))
+    return Match(None)

@@ -1,0 +1,1 @@
+"""Adapters for what serves the models on a machine."""

@@ -1,0 +1,22 @@
+"""The errors InferHub raises; each says what went wrong and what to do about it."""
+
+
+class InferhubError(Exception):
+    """Root of every error InferHub raises on purpose."""
+
+
+class ConfigError(InferhubError):
+    """Settings from the file, the environment or the command line are invalid."""
+
+
+class BackendUnavailable(InferhubError):
+    """The model server a request was sent to could not be reached."""
+
+
+class ApiError(InferhubError):
+    """A request fails with this HTTP status; the message is shown to the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

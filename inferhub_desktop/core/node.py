@@ -1,0 +1,107 @@
+"""A node: the local API and the backend it relays to, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from types import TracebackType
+
+import aiohttp
+from aiohttp import web
+
+from .api.endpoints import Endpoint
+from .api.guard import OriginPolicy
+from .api.local import LocalApi
+from .backends.base import Backend
+from .backends.ollama import OllamaBackend
+from .settings import Settings
+
+_log = logging.getLogger(__name__)
+
+LOCAL_API_HOST = "127.0.0.1"
+# Connecting is quick on a LAN; a model load may hold the first byte for minutes, so
+# nothing else is timed.
+_BACKEND_CONNECT_TIMEOUT_S = 10.0
+# How long in-flight requests may finish after a stop is asked for.
+_SHUTDOWN_GRACE_S = 5.0
+
+
+class Node:
+    """One InferHub node; use as `async with Node(settings) as node:`."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
+        self.settings = settings
+        self._origins = OriginPolicy(environ)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._backend: Backend | None = None
+        self.api_port = settings.api_port
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{LOCAL_API_HOST}:{self.api_port}"
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError("the node is not started")
+        return self._backend
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the backend connection pool and start listening on the local API port."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=_BACKEND_CONNECT_TIMEOUT_S),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        self._backend = OllamaBackend(self.settings.backend, self._session)
+        api = LocalApi(self.settings, self._choose_backend, self._origins)
+        self._runner = web.AppRunner(
+            api.app(), handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, LOCAL_API_HOST, self.settings.api_port)
+        try:
+            await site.start()
+        except OSError:
+            await self.close()
+            raise
+        self.api_port = self._runner.addresses[0][1]
+        _log.info(
+            "node %r serving the Ollama API on %s, backend %s at %s",
+            self.settings.name,
+            self.api_url,
+            self.backend.kind,
+            self.backend.url,
+        )
+
+    async def close(self) -> None:
+        """Stop accepting, let in-flight requests finish for a grace period, then close."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _choose_backend(self, endpoint: Endpoint, model: str | None) -> Backend:
+        return self.backend
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run a node until `stop` is set."""
+    async with Node(settings):
+        await stop.wait()
+    _log.info("node stopped")

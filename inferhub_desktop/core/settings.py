@@ -1,0 +1,186 @@
+"""Node settings: defaults, the TOML file in the config directory, the environment and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import tomllib
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import platformdirs
+import tomli_w
+
+from .errors import ConfigError
+
+_log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "settings.toml"
+DEFAULT_API_PORT = 11435
+OLLAMA_PORT = 11434
+DEFAULT_BACKEND = f"http://127.0.0.1:{OLLAMA_PORT}"
+DEFAULT_MAX_BODY_MIB = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything a node needs to run; one field per command-line flag."""
+
+    config_dir: Path
+    node_id: str
+    name: str
+    api_port: int = DEFAULT_API_PORT
+    backend: str = DEFAULT_BACKEND
+    max_body_mib: int = DEFAULT_MAX_BODY_MIB
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_mib * 1024 * 1024
+
+
+# Fields a user may set in the file or with a flag, with their TOML types.
+_USER_FIELDS: dict[str, type] = {"name": str, "api_port": int, "backend": str, "max_body_mib": int}
+
+
+def default_config_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Return the config directory: INFERHUB_CONFIG_DIR, else the platform's per-user one."""
+    if override := environ.get("INFERHUB_CONFIG_DIR"):
+        return Path(override)
+    return platformdirs.user_config_path("InferHub", appauthor=False)
+
+
+def parse_host(value: str, default_port: int = OLLAMA_PORT) -> str:
+    """Turn an OLLAMA_HOST-style value (`host`, `:port`, `scheme://host:port/path`) into a URL.
+
+    Mirrors the Ollama clients: no scheme means http, no host means 127.0.0.1,
+    no port means `default_port` (80/443 when a scheme is given), 0.0.0.0 means loopback.
+    """
+    raw = value.strip()
+    has_scheme = "://" in raw
+    parts = urlsplit(raw if has_scheme else f"http://{raw}")
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{value!r} is not an http(s) address; use e.g. http://127.0.0.1:{OLLAMA_PORT}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{value!r} has an invalid port") from exc
+    if port is None:
+        port = (443 if parts.scheme == "https" else 80) if has_scheme else default_port
+    host = parts.hostname or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def read_settings_file(config_dir: Path) -> dict[str, Any]:
+    """Return the settings file's table, or an empty one when there is no file yet."""
+    path = config_dir / SETTINGS_FILE
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}; fix or delete the file") from exc
+
+
+def update_settings_file(config_dir: Path, **values: Any) -> None:
+    """Set these keys in the settings file, keeping the others; written atomically."""
+    table = read_settings_file(config_dir)
+    table.update(values)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / SETTINGS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(tomli_w.dumps(table), encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_settings(
+    config_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> Settings:
+    """Build Settings from defaults, the file, OLLAMA_HOST and `overrides` (flags), later ones winning.
+
+    A missing node id is created and saved, so the node keeps its identity across restarts.
+    """
+    config_dir = config_dir or default_config_dir(environ)
+    table = read_settings_file(config_dir)
+    node_id = table.get("node_id")
+    if not isinstance(node_id, str) or not _is_uuid(node_id):
+        node_id = str(uuid.uuid4())
+        update_settings_file(config_dir, node_id=node_id)
+
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "node_id":
+            continue
+        if key not in _USER_FIELDS:
+            _log.warning("ignoring unknown setting %r in %s", key, config_dir / SETTINGS_FILE)
+            continue
+        values[key] = _check_type(key, value, f"in {config_dir / SETTINGS_FILE}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _check_type(key, value, "on the command line")
+
+    api_port = values.get("api_port", DEFAULT_API_PORT)
+    if "backend" in values:
+        values["backend"] = parse_host(values["backend"])
+        if _is_own_api(values["backend"], api_port):
+            raise ConfigError(
+                f"the backend {values['backend']} is this node's own API; "
+                f"point it at Ollama instead (default {DEFAULT_BACKEND})"
+            )
+    elif env_host := environ.get("OLLAMA_HOST"):
+        backend = parse_host(env_host)
+        # Tools are told to set OLLAMA_HOST to this node; following it would loop.
+        if _is_own_api(backend, api_port):
+            _log.info("OLLAMA_HOST points at this node; using Ollama at %s as the backend", DEFAULT_BACKEND)
+        else:
+            values["backend"] = backend
+
+    settings = Settings(
+        config_dir=config_dir, node_id=node_id, name=values.pop("name", None) or _default_name(), **values
+    )
+    _validate(settings)
+    return settings
+
+
+def _check_type(key: str, value: Any, where: str) -> Any:
+    expected = _USER_FIELDS[key]
+    # bool is an int in Python but never a valid port or size.
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise ConfigError(f"setting {key!r} {where} must be a {expected.__name__}, not {value!r}")
+    return value
+
+
+def _validate(settings: Settings) -> None:
+    if not 0 <= settings.api_port <= 65535:
+        raise ConfigError(f"api_port must be between 0 and 65535, not {settings.api_port}")
+    if settings.max_body_mib < 1:
+        raise ConfigError(f"max_body_mib must be at least 1, not {settings.max_body_mib}")
+    if not settings.name.strip() or len(settings.name) > 63 or not settings.name.isprintable():
+        raise ConfigError(f"name must be 1 to 63 printable characters, not {settings.name!r}")
+
+
+def _is_own_api(url: str, api_port: int) -> bool:
+    parts = urlsplit(url)
+    return parts.port == api_port and parts.hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _default_name() -> str:
+    return socket.gethostname().split(".")[0][:63] or "inferhub"
