@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +21,13 @@ def node_settings(config_dir: Path, backend: str, **overrides: Any) -> Settings:
     """Settings for a test node on a free loopback port, untouched by the test machine's environment."""
     values = {"api_port": 0, "backend": backend, "name": "test-node", **overrides}
     return load_settings(config_dir, values, environ={})
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Wait until `condition()` holds, failing after five seconds."""
+    async with asyncio.timeout(5.0):
+        while not condition():  # noqa: ASYNC110 - the state belongs to a server with no event to wait on
+            await asyncio.sleep(0.01)
 
 
 class LoopThread:
@@ -46,3 +57,73 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         """Run a coroutine on the loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+_NODE_READY = re.compile(r"serving the Ollama API on (http://\S+),")
+
+
+def start_process(
+    args: list[str], ready: re.Pattern[str], *, stream: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start a process and wait for the line on `stream` ("stdout"/"stderr") that matches `ready`.
+
+    Returns the process and the pattern's first group (the URL it serves).
+    """
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        text=True,
+        env=env,
+        stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
+        stderr=subprocess.PIPE if stream == "stderr" else None,
+    )
+    pipe = proc.stdout if stream == "stdout" else proc.stderr
+    assert pipe is not None
+    seen = []
+    for line in pipe:
+        seen.append(line)
+        if found := ready.search(line):
+            return proc, found.group(1)
+    proc.wait(timeout=10)
+    raise RuntimeError(f"{args} exited with {proc.returncode} before it was ready:\n{''.join(seen)}")
+
+
+def start_fake_ollama_process(*extra: str) -> tuple[subprocess.Popen[str], str]:
+    """Run the fake Ollama as its own process; return it and its URL."""
+    args = [sys.executable, "-m", "tests.fakes.ollama", "--port", "0", *extra]
+    return start_process(args, re.compile(r"^LISTENING (\S+)"), stream="stdout")
+
+
+def start_node_process(config_dir: Path, backend: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """Run `inferhub serve --headless` as its own process; return it and its local API URL."""
+    args = [
+        sys.executable,
+        "-m",
+        "inferhub_desktop",
+        "serve",
+        "--headless",
+        "--api-port",
+        "0",
+        "--backend",
+        backend,
+        "--config-dir",
+        str(config_dir),
+        *extra,
+    ]
+    return start_process(args, _NODE_READY, stream="stderr")
+
+
+def stop_process(proc: subprocess.Popen[str], timeout: float = 10.0) -> int:
+    """Ask a process to stop with SIGTERM, kill it if it does not; return its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    return proc.returncode

@@ -35,7 +35,7 @@ def test_malformed_bodies_give_gos_message(body: bytes, message: str) -> None:
 
 
 def test_openai_endpoints_report_an_empty_body_as_eof() -> None:
-    with pytest.raises(ApiError, match="^EOF$"):
+    with pytest.raises(ApiError, match=r"^EOF$"):
         parse_body(b"", "openai.ChatCompletionRequest", openai=True)
 
 
@@ -49,5 +49,5 @@ def test_fields_match_case_insensitively_and_check_their_type() -> None:
     assert string_field({"model": "a", "MODEL": "b"}, "model", GEN) == "a"
     assert string_field({"model": None}, "model", GEN) is None
     assert string_field({}, "model", GEN) is None
-    with pytest.raises(ApiError, match="cannot unmarshal number into Go struct field GenerateRequest.model"):
+    with pytest.raises(ApiError, match=r"unmarshal number into Go struct field GenerateRequest\.model"):
         string_field({"model": 7}, "model", GEN)

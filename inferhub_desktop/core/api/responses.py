@@ -6,7 +6,6 @@ import json
 
 from aiohttp import web
 
-
 # Go's json.Marshal escapes these so its output is safe inside HTML and JavaScript.
 _GO_ESCAPES = str.maketrans({c: f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"})
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
+from aiohttp import StreamReader
 from multidict import CIMultiDictProxy
 
 from ..errors import BackendUnavailable
@@ -63,7 +65,7 @@ class OllamaBackend:
                 method,
                 self.url + path_qs,
                 headers=headers,
-                data=body,
+                data=_payload(body),
                 allow_redirects=False,
                 skip_auto_headers=_NO_AUTO_HEADERS,
             )
@@ -77,6 +79,16 @@ class OllamaBackend:
         finally:
             # An unfinished body closes the connection, which is how Ollama learns the client left.
             response.release()
+
+
+def _payload(body: Body) -> aiohttp.payload.Payload | StreamReader | None:
+    if isinstance(body, bytes):
+        # The body is in memory already; aiohttp's advice to wrap a large one in a BytesIO
+        # would only add a copy and a thread.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            return aiohttp.payload.BytesPayload(body)
+    return body
 
 
 def _reason(exc: BaseException) -> str:

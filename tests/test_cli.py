@@ -1,0 +1,78 @@
+"""The `inferhub` command, run as a real process."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inferhub_desktop import __version__
+from tests.support import ROOT, start_fake_ollama_process, start_node_process, stop_process
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "inferhub_desktop", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def fake_ollama() -> Iterator[str]:
+    proc, url = start_fake_ollama_process("--version", "0.12.10")
+    yield url
+    assert stop_process(proc) == 0
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"inferhub {__version__}")
+
+
+def test_no_command_prints_help() -> None:
+    result = run_cli()
+    assert result.returncode == 2
+    assert "serve" in result.stdout
+
+
+def test_invalid_flags_exit_2_with_the_reason(tmp_path: Path) -> None:
+    result = run_cli("serve", "--headless", "--api-port", "70000", "--config-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "api_port must be between 0 and 65535" in result.stderr
+
+
+def test_serve_relays_and_stops_cleanly_on_sigterm(tmp_path: Path, fake_ollama: str) -> None:
+    proc, url = start_node_process(tmp_path, fake_ollama, "--name", "cli-node")
+    try:
+        with urllib.request.urlopen(url + "/") as reply:
+            assert reply.read() == b"Ollama is running"
+            assert reply.headers["X-InferHub-Node"] == "cli-node"
+        with urllib.request.urlopen(url + "/api/version") as reply:
+            assert reply.read() == b'{"version":"0.12.10"}'
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr is not None
+        assert "node stopped" in proc.stderr.read()
+        stop_process(proc)
+    assert (tmp_path / "settings.toml").exists()
+
+
+def test_a_busy_port_is_reported(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--headless", "--api-port", str(port), "--config-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--api-port" in result.stderr
