@@ -92,7 +92,7 @@ def main() -> None:
     )
     try:
         with tempfile.TemporaryDirectory() as config_dir:
-            node, node_url = start_node_process(Path(config_dir), direct, "--log-level", "warning")
+            node, node_url = start_node_process(Path(config_dir), direct)
             try:
                 asyncio.run(measure(direct, node_url, args.requests, args.streams))
             finally:

@@ -7,10 +7,12 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from inferhub_desktop.core import Settings, load_settings
 
@@ -60,39 +62,43 @@ class LoopThread:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+_logs: dict[int, IO[str]] = {}
 _NODE_READY = re.compile(r"serving the Ollama API on (http://\S+),")
 
 
-def start_process(
-    args: list[str], ready: re.Pattern[str], *, stream: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], str]:
-    """Start a process and wait for the line on `stream` ("stdout"/"stderr") that matches `ready`.
+def start_process(args: list[str], ready: re.Pattern[str]) -> tuple[subprocess.Popen[str], str]:
+    """Start a process and wait until its output (stdout and stderr, kept in a file) matches `ready`.
 
-    Returns the process and the pattern's first group (the URL it serves).
+    Returns the process and the pattern's first group (the URL it serves). The output goes to a
+    file rather than a pipe so a long-running process can never block on a full pipe.
     """
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        text=True,
-        env=env,
-        stdout=subprocess.PIPE if stream == "stdout" else subprocess.DEVNULL,
-        stderr=subprocess.PIPE if stream == "stderr" else None,
-    )
-    pipe = proc.stdout if stream == "stdout" else proc.stderr
-    assert pipe is not None
-    seen = []
-    for line in pipe:
-        seen.append(line)
-        if found := ready.search(line):
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - owned by the process, closed by stop_process
+    proc = subprocess.Popen(args, cwd=ROOT, text=True, stdout=log, stderr=subprocess.STDOUT)
+    _logs[proc.pid] = log
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        log.seek(0)
+        output = log.read()
+        if found := ready.search(output):
             return proc, found.group(1)
-    proc.wait(timeout=10)
-    raise RuntimeError(f"{args} exited with {proc.returncode} before it was ready:\n{''.join(seen)}")
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    stop_process(proc)
+    raise RuntimeError(f"{args} was not ready (exit status {proc.returncode}):\n{output}")
+
+
+def process_output(proc: subprocess.Popen[str]) -> str:
+    """Return everything a process started by start_process has printed so far."""
+    log = _logs[proc.pid]
+    log.seek(0)
+    return log.read()
 
 
 def start_fake_ollama_process(*extra: str) -> tuple[subprocess.Popen[str], str]:
     """Run the fake Ollama as its own process; return it and its URL."""
     args = [sys.executable, "-m", "tests.fakes.ollama", "--port", "0", *extra]
-    return start_process(args, re.compile(r"^LISTENING (\S+)"), stream="stdout")
+    return start_process(args, re.compile(r"^LISTENING (\S+)", re.MULTILINE))
 
 
 def start_node_process(config_dir: Path, backend: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
@@ -111,7 +117,7 @@ def start_node_process(config_dir: Path, backend: str, *extra: str) -> tuple[sub
         str(config_dir),
         *extra,
     ]
-    return start_process(args, _NODE_READY, stream="stderr")
+    return start_process(args, _NODE_READY)
 
 
 def stop_process(proc: subprocess.Popen[str], timeout: float = 10.0) -> int:
@@ -123,7 +129,6 @@ def stop_process(proc: subprocess.Popen[str], timeout: float = 10.0) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    if log := _logs.pop(proc.pid, None):
+        log.close()
     return proc.returncode

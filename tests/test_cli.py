@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from inferhub_desktop import __version__
-from tests.support import ROOT, start_fake_ollama_process, start_node_process, stop_process
+from tests.support import ROOT, process_output, start_fake_ollama_process, start_node_process, stop_process
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,8 +61,7 @@ def test_serve_relays_and_stops_cleanly_on_sigterm(tmp_path: Path, fake_ollama: 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-        assert proc.stderr is not None
-        assert "node stopped" in proc.stderr.read()
+        assert "node stopped" in process_output(proc)
         stop_process(proc)
     assert (tmp_path / "settings.toml").exists()
 

@@ -52,8 +52,8 @@ _HOST_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
 _NAMESPACE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
 _MODEL_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
-_DURATION = re.compile(r"(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION = re.compile(f"(?:{_DURATION_PART.pattern})+")
 _DURATION_UNITS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -64,7 +64,16 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
+_GO_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "bool"),  # before int: bool is an int in Python
+    (int, "number"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+)
 _THINK_LEVELS = ("high", "medium", "low", "max")
+_THINK_CHOICES = '"high", "medium", "low", "max", true, or false'
 _REASONING_EFFORTS: dict[str, bool | str] = {
     "none": False,
     "minimal": "low",
@@ -661,9 +670,7 @@ class FakeOllama:
     async def _infer(self, body: Json, *, chat: bool, started_ns: int) -> _Reply:
         """Validate a generate (chat=False) or chat request in Ollama's order and start its reply."""
         keep_alive = _keep_alive(body.get("keep_alive"))
-        top_logprobs = body.get("top_logprobs") or 0
-        if not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
-            raise _ApiError(400, "top_logprobs must be between 0 and 20")
+        _check_top_logprobs(body)
         echo = _string(body, "model")
         model = self._lookup(echo, _CHAT_NAMES if chat else _GENERATE_NAMES)
         prompt = _chat_prompt(body.get("messages")) if chat else _string(body, "prompt")
@@ -671,19 +678,10 @@ class FakeOllama:
         if not has_input and keep_alive == 0:
             self._forget(self.loaded, model.ref)
             return _Reply(_once(_native_chunk(chat, echo, done_reason="unload")), streamable=False)
-        if (
-            not chat
-            and body.get("raw")
-            and (body.get("template") or body.get("system") or body.get("context"))
-        ):
-            raise _ApiError(400, "raw mode does not support template, system, or context")
+        if not chat:
+            _check_raw(body)
         think = _thinking(model, echo, body.get("think"))
-        wanted = ["completion"]
-        if chat and body.get("tools"):
-            wanted.append("tools")
-        if not chat and body.get("suffix"):
-            wanted.append("insert")
-        _require(model, echo, wanted, "chat" if chat else "generate")
+        _require(model, echo, _wanted_capabilities(body, chat), "chat" if chat else "generate")
         loaded_ns = await self._load(model, keep_alive)
         if not has_input:
             return _Reply(_once(_native_chunk(chat, echo, done_reason="load")), streamable=False)
@@ -758,27 +756,22 @@ class FakeOllama:
             "prompt_eval_count": sum(max(1, len(text.split())) for text in inputs),
         }
 
-    async def _native_reply(self, request: web.Request, body: Json, reply: _Reply) -> web.StreamResponse:
-        """Stream NDJSON unless `stream` is explicitly false or the reply is a single load/unload object."""
-        if reply.streamable and body.get("stream") is not False:
-            return await self._stream(request, _NDJSON_FRAMING, reply.objects)
-        return _json(await _collect(reply.objects))
-
     async def _handle_generate(self, request: web.Request) -> web.StreamResponse:
         """POST /api/generate."""
-        started_ns = time.perf_counter_ns()
-        body = await _read_json(request)
-        return await self._native_reply(
-            request, body, await self._infer(body, chat=False, started_ns=started_ns)
-        )
+        return await self._handle_native(request, chat=False)
 
     async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
         """POST /api/chat."""
+        return await self._handle_native(request, chat=True)
+
+    async def _handle_native(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        """Answer native generate or chat: NDJSON unless `stream` is explicitly false."""
         started_ns = time.perf_counter_ns()
         body = await _read_json(request)
-        return await self._native_reply(
-            request, body, await self._infer(body, chat=True, started_ns=started_ns)
-        )
+        reply = await self._infer(body, chat=chat, started_ns=started_ns)
+        if reply.streamable and body.get("stream") is not False:
+            return await self._stream(request, _NDJSON_FRAMING, reply.objects)
+        return _json(await _collect(reply.objects))
 
     async def _handle_embed(self, request: web.Request) -> web.StreamResponse:
         """POST /api/embed."""
@@ -813,8 +806,8 @@ class FakeOllama:
             "model": _string(body, "model"),
             "prompt": _string(body, "prompt"),
             "suffix": body.get("suffix"),
+            "options": _openai_options(body),
         }
-        native["options"] = _openai_options(body)
         reply = await self._infer(native, chat=False, started_ns=started_ns)
         ident = f"cmpl-{random.randrange(999)}"
         if body.get("stream") is True:
@@ -861,7 +854,7 @@ class FakeOllama:
 
     async def _handle_ps(self, request: web.Request) -> web.StreamResponse:
         """GET /api/ps: loaded models, longest remaining keep-alive first."""
-        entries = []
+        entries: list[tuple[datetime, Json]] = []
         for name, expires in self._loaded_now().items():
             model = _find(self.models.values(), _Name.parse(name))
             if model is not None:
@@ -969,7 +962,7 @@ class FakeOllama:
         """Yield Ollama's create progress and install the new model."""
         base = _string(body, "from")
         if base:
-            model = yield from self._layers_from_model(_parse_or_fail(base, status=400))
+            model = yield from self._layers_from_model(_parse_or_fail(base))
         elif files:
             model = yield from self._layers_from_files(name, files)
         else:
@@ -1085,12 +1078,12 @@ def _name_error(template: tuple[int, str], raw: str, short: str = "") -> _ApiErr
     return _ApiError(status, text.format(raw=raw, q=_quote(raw), short=short))
 
 
-def _parse_or_fail(raw: str, *, status: int = 400, message: str = _INVALID_NAME) -> _Name:
-    """Parse a model name or raise Ollama's error for a bad one."""
+def _parse_or_fail(raw: str, *, message: str = _INVALID_NAME) -> _Name:
+    """Parse a model name or raise Ollama's 400 for a bad one."""
     try:
         return _Name.parse(raw)
     except ValueError:
-        raise _ApiError(status, message) from None
+        raise _ApiError(400, message) from None
 
 
 def _check_digest(digest: str) -> str:
@@ -1112,15 +1105,7 @@ def _valid_path(path: str) -> bool:
 
 def _go_kind(value: Any) -> str:
     """Name a JSON value's kind the way Go's json errors do."""
-    kinds: tuple[tuple[type, str], ...] = (
-        (bool, "bool"),
-        (int, "number"),
-        (float, "number"),
-        (str, "string"),
-        (list, "array"),
-        (dict, "object"),
-    )
-    return next((name for kind, name in kinds if isinstance(value, kind)), "null")
+    return next((name for kind, name in _GO_KINDS if isinstance(value, kind)), "null")
 
 
 async def _read_json(request: web.Request, *, empty_message: str = "missing request body") -> Json:
@@ -1179,16 +1164,36 @@ def _go_duration(text: str) -> float:
     return sign * sum(float(number) * _DURATION_UNITS[unit] for number, unit in _DURATION_PART.findall(body))
 
 
+def _check_top_logprobs(body: Json) -> None:
+    """Reject top_logprobs outside 0..20."""
+    top_logprobs = body.get("top_logprobs") or 0
+    if not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= 20:
+        raise _ApiError(400, "top_logprobs must be between 0 and 20")
+
+
+def _check_raw(body: Json) -> None:
+    """Reject a raw generate that also sets a template, system or context."""
+    if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
+        raise _ApiError(400, "raw mode does not support template, system, or context")
+
+
+def _wanted_capabilities(body: Json, chat: bool) -> list[str]:
+    """List what a request needs: completion, plus tools (chat with tools) or insert (suffix)."""
+    wanted = ["completion"]
+    if chat and body.get("tools"):
+        wanted.append("tools")
+    if not chat and body.get("suffix"):
+        wanted.append("insert")
+    return wanted
+
+
 def _thinking(model: FakeModel, echo: str, value: Any) -> bool:
     """Decide whether to think: thinking models default to it; others reject think=true."""
     if value is not None and not isinstance(value, bool):
         if not isinstance(value, str):
-            raise _ApiError(
-                400, 'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'
-            )
+            raise _ApiError(400, f"think must be a boolean or string ({_THINK_CHOICES})")
         if value not in _THINK_LEVELS:
-            levels = '"high", "medium", "low", "max", true, or false'
-            raise _ApiError(400, f"invalid think value: {_quote(value)} (must be {levels})")
+            raise _ApiError(400, f"invalid think value: {_quote(value)} (must be {_THINK_CHOICES})")
     wanted = value is None or value is True or isinstance(value, str)
     if "thinking" in model.capabilities:
         return wanted

@@ -1,0 +1,439 @@
+"""Check that the fake Ollama's knobs work and that it answers the way Ollama does."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fakes.ollama import FakeModel, FakeOllama
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROMPT = {"model": "llama3", "prompt": "why is the sky blue"}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOllama]:
+    """Serve a fake with a chat model and an embedding model."""
+    models: list[str | FakeModel] = [
+        "llama3:latest",
+        FakeModel("nomic-embed-text", capabilities=("embedding",)),
+    ]
+    async with FakeOllama(models) as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """Open a raw HTTP client."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as client:
+        yield client
+
+
+async def read_lines(response: aiohttp.ClientResponse) -> list[Any]:
+    """Read an NDJSON body to the end."""
+    return [json.loads(line) async for line in response.content]
+
+
+async def collect_lines(response: aiohttp.ClientResponse, sink: list[bytes]) -> None:
+    """Append raw body lines to sink as they arrive, so they survive a broken stream."""
+    async for line in response.content:
+        sink.append(line)
+
+
+async def wait_for(condition: Any, limit_s: float = 3.0) -> None:
+    """Poll until condition() is true."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+# -- knobs ------------------------------------------------------------------------------------------
+
+
+async def test_tokens_per_second_paces_the_stream(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+    fake.tokens_per_second = 50.0
+    started = time.monotonic()
+    body = {**PROMPT, "options": {"num_predict": 10}}
+    async with session.post(f"{fake.url}/api/generate", json=body) as response:
+        lines = await read_lines(response)
+    elapsed = time.monotonic() - started
+    assert elapsed >= 0.15  # 10 tokens at 50/s take 0.2 s
+    assert [line["done"] for line in lines] == [False] * 10 + [True]
+    assert lines[-1]["done_reason"] == "length"
+    assert lines[-1]["eval_count"] == 10
+    assert lines[-1]["eval_duration"] >= 0.1e9
+
+
+async def test_load_delay_applies_once_then_model_is_loaded(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    fake.load_delay_s = 0.3
+    async with session.get(f"{fake.url}/api/ps") as response:
+        assert (await response.json())["models"] == []
+    first_started = time.monotonic()
+    async with session.post(f"{fake.url}/api/generate", json={**PROMPT, "stream": False}) as response:
+        first = await response.json()
+    assert time.monotonic() - first_started >= 0.3
+    assert first["load_duration"] >= 0.3e9
+    async with session.get(f"{fake.url}/api/ps") as response:
+        ps = (await response.json())["models"]
+    assert [entry["name"] for entry in ps] == ["llama3:latest"]
+    assert ps[0]["size_vram"] == ps[0]["size"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", ps[0]["expires_at"])
+    async with session.post(f"{fake.url}/api/generate", json={**PROMPT, "stream": False}) as response:
+        second = await response.json()
+    assert second["load_duration"] < 0.1e9
+
+
+async def test_fail_next_answers_ollama_errors_before_any_byte(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    fake.fail_next(503, "server busy", count=2)
+    for _ in range(2):
+        async with session.post(f"{fake.url}/api/generate", json=PROMPT) as response:
+            assert response.status == 503
+            assert response.content_type == "application/json"
+            assert await response.json() == {"error": "server busy"}
+    async with session.post(f"{fake.url}/api/generate", json=PROMPT) as response:
+        assert response.status == 200
+        assert (await read_lines(response))[-1]["done"] is True
+
+
+async def test_fail_next_spares_liveness_and_speaks_openai_on_v1(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    fake.fail_next(500, "llama runner process has terminated")
+    async with session.get(f"{fake.url}/api/version") as response:
+        assert response.status == 200
+    body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+    async with session.post(f"{fake.url}/v1/chat/completions", json=body) as response:
+        assert response.status == 500
+        error = (await response.json())["error"]
+    assert error == {
+        "message": "llama runner process has terminated",
+        "type": "api_error",
+        "param": None,
+        "code": None,
+    }
+
+
+async def test_fail_next_can_target_paths(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+    fake.fail_next(500, "boom", paths=["/api/chat"])
+    async with session.get(f"{fake.url}/api/tags") as response:
+        assert response.status == 200
+    body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    async with session.post(f"{fake.url}/api/chat", json=body) as response:
+        assert response.status == 500
+
+
+async def test_drop_after_aborts_the_connection_mid_stream(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    fake.drop_after(3)
+    received: list[bytes] = []
+    async with session.post(f"{fake.url}/api/generate", json=PROMPT) as response:
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await collect_lines(response, received)
+    assert len(received) == 3
+    assert all(json.loads(line)["done"] is False for line in received)
+    assert fake.cancelled == 0  # the server cut the stream; no client went away
+    async with session.post(f"{fake.url}/api/generate", json=PROMPT) as response:
+        assert (await read_lines(response))[-1]["done"] is True
+
+
+async def test_drop_after_zero_closes_before_the_status_line(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    fake.drop_after(0)
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        async with session.post(f"{fake.url}/api/chat", json={**PROMPT, "messages": [{"content": "x"}]}):
+            pass
+
+
+async def test_error_after_writes_an_error_line_without_done(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    fake.error_after(2, "CUDA error: out of memory")
+    async with session.post(f"{fake.url}/api/generate", json=PROMPT) as response:
+        assert response.status == 200
+        lines = await read_lines(response)
+    assert len(lines) == 3
+    assert [line.get("done") for line in lines[:2]] == [False, False]
+    assert lines[2] == {"error": "CUDA error: out of memory"}
+
+
+async def test_error_after_ends_an_sse_stream_without_done_marker(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    fake.error_after(1)
+    body = {"model": "llama3", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with session.post(f"{fake.url}/v1/chat/completions", json=body) as response:
+        text = (await response.read()).decode()
+    events = [event for event in text.split("\n\n") if event]
+    assert len(events) == 1
+    assert "[DONE]" not in text
+
+
+async def test_cancelled_counts_a_client_that_leaves_mid_stream(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    fake.tokens_per_second = 20.0
+    body = {**PROMPT, "options": {"num_predict": 100}}
+    async with session.post(f"{fake.url}/api/generate", json=body) as response:
+        first = json.loads(await response.content.readline())
+        assert first["done"] is False
+        assert fake.active == 1
+        response.close()
+    await wait_for(lambda: fake.cancelled == 1)
+    await wait_for(lambda: fake.active == 0)
+
+
+async def test_cancelled_counts_a_client_that_leaves_while_loading(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    fake.load_delay_s = 0.5
+    request = asyncio.ensure_future(session.post(f"{fake.url}/api/generate", json=PROMPT))
+    await wait_for(lambda: fake.active == 1)
+    request.cancel()
+    await wait_for(lambda: fake.cancelled == 1)
+    # The load itself carries on, as Ollama's scheduler does.
+    await wait_for(lambda: "llama3:latest" in fake.loaded)
+
+
+async def test_requests_are_recorded_as_received(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+    headers = {"Authorization": "Bearer ollama", "User-Agent": "ollama-python/0.6.3"}
+    async with session.post(f"{fake.url}/api/show?verbose=1", json={"name": "llama3"}, headers=headers):
+        pass
+    recorded = fake.requests[-1]
+    assert (recorded.method, recorded.path, recorded.query_string) == ("POST", "/api/show", "verbose=1")
+    assert recorded.headers["Authorization"] == "Bearer ollama"
+    assert json.loads(recorded.body) == {"name": "llama3"}
+
+
+# -- protocol fidelity ------------------------------------------------------------------------------
+
+
+async def test_each_line_leaves_as_its_own_http_chunk(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    chunks: list[bytes] = []
+    pending = b""
+    async with session.post(
+        f"{fake.url}/api/chat", json={**PROMPT, "messages": [{"content": "x"}]}
+    ) as response:
+        assert response.headers["Content-Type"] == "application/x-ndjson"
+        async for data, end_of_chunk in response.content.iter_chunks():
+            pending += data
+            if end_of_chunk:
+                chunks.append(pending)
+                pending = b""
+    assert len(chunks) == 9  # 8 tokens (default_num_predict) and the done line
+    assert all(chunk.endswith(b"\n") and chunk.count(b"\n") == 1 for chunk in chunks)
+    assert all(json.loads(chunk)["message"]["role"] == "assistant" for chunk in chunks)
+
+
+async def test_unknown_path_and_wrong_method_answer_like_gin(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    async with session.get(f"{fake.url}/api/nope") as response:
+        assert (response.status, response.headers["Content-Type"]) == (404, "text/plain")
+        assert await response.text() == "404 page not found"
+    async with session.get(f"{fake.url}/api/generate") as response:
+        assert (response.status, response.headers["Content-Type"]) == (405, "text/plain")
+        assert await response.text() == "405 method not allowed"
+    async with session.get(f"{fake.url}/v1/models/library/llama3") as response:
+        assert response.status == 404
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("evil.example.com", 403),
+        ("8.8.8.8:11434", 403),
+        ("localhost:11434", 200),
+        ("ollama.internal", 200),
+        ("box.local:11434", 200),
+        ("192.168.1.20:11434", 200),
+        ("[::1]:11434", 200),
+    ],
+)
+async def test_host_check_on_loopback(
+    fake: FakeOllama, session: aiohttp.ClientSession, host: str, status: int
+) -> None:
+    async with session.get(f"{fake.url}/api/tags", headers={"Host": host}) as response:
+        assert response.status == status
+        if status == 403:
+            assert await response.read() == b""
+
+
+async def test_cors_rejects_foreign_origins_and_answers_preflight(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    async with session.get(
+        f"{fake.url}/api/tags", headers={"Origin": "https://evil.example.com"}
+    ) as response:
+        assert response.status == 403
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
+    async with session.options(f"{fake.url}/api/chat", headers=preflight) as response:
+        assert response.status == 204
+        assert response.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        assert "POST" in response.headers["Access-Control-Allow-Methods"]
+
+
+async def test_root_and_version(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+    async with session.head(f"{fake.url}/") as response:
+        assert (response.status, response.headers["Content-Type"]) == (200, "text/plain; charset=utf-8")
+    async with session.get(f"{fake.url}/api/version") as response:
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert await response.json() == {"version": "0.12.10"}
+
+
+async def test_load_and_unload_reply_with_one_json_object(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    async with session.post(f"{fake.url}/api/generate", json={"model": "LLAMA3:Latest"}) as response:
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+        loaded = await response.json()
+    assert (loaded["model"], loaded["done"], loaded["done_reason"]) == ("LLAMA3:Latest", True, "load")
+    assert "llama3:latest" in fake.loaded
+    unload = {"model": "llama3", "messages": [], "keep_alive": 0}
+    async with session.post(f"{fake.url}/api/chat", json=unload) as response:
+        reply = await response.json()
+    assert (reply["done_reason"], reply["message"]) == ("unload", {"role": "assistant", "content": ""})
+    assert fake.loaded == {}
+
+
+async def test_errors_are_worded_per_endpoint(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+    embedder, llama = {"model": "nomic-embed-text"}, {"model": "llama3"}
+    cases = [
+        ("/api/generate", {"model": "nope", "prompt": "x"}, 404, "model 'nope' not found"),
+        ("/api/chat", {"model": "", "messages": []}, 400, "model is required"),
+        ("/api/embed", {"model": "nope", "input": "x"}, 404, 'model "nope" not found, try pulling it first'),
+        ("/api/show", {"model": "nope"}, 404, "model 'nope:latest' not found"),
+        ("/api/generate", {**embedder, "prompt": "x"}, 400, '"nomic-embed-text" does not support generate'),
+        ("/api/chat", {**llama, "think": True, "messages": []}, 400, '"llama3" does not support thinking'),
+        ("/api/generate", {**llama, "keep_alive": "-1"}, 400, 'time: missing unit in duration "-1"'),
+    ]
+    for path, body, status, message in cases:
+        async with session.post(f"{fake.url}{path}", json=body) as response:
+            assert (response.status, await response.json()) == (status, {"error": message}), path
+
+
+async def test_pull_of_unknown_model_streams_then_fails(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    async with session.post(f"{fake.url}/api/pull", json={"model": "nope"}) as response:
+        assert response.status == 200
+        lines = await read_lines(response)
+    assert lines == [{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
+    async with session.post(f"{fake.url}/api/pull", json={"model": "nope", "stream": False}) as response:
+        assert response.status == 500
+
+
+async def test_pull_from_registry_installs_the_model(session: aiohttp.ClientSession) -> None:
+    async with FakeOllama(registry=["mistral:7b"]) as fake:
+        async with session.post(f"{fake.url}/api/pull", json={"model": "mistral:7b"}) as response:
+            lines = await read_lines(response)
+        assert lines[0] == {"status": "pulling manifest"}
+        assert lines[-1] == {"status": "success"}
+        assert "mistral:7b" in fake.models
+
+
+async def test_blob_upload_verifies_the_digest(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+    data = b"gguf" * 300_000
+
+    async def upload() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 256 * 1024):
+            yield data[start : start + 256 * 1024]
+
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    async with session.head(f"{fake.url}/api/blobs/{digest}") as response:
+        assert response.status == 404
+    async with session.post(f"{fake.url}/api/blobs/{digest}", data=upload()) as response:
+        assert response.status == 201
+    assert fake.blobs[digest] == len(data)
+    async with session.post(f"{fake.url}/api/blobs/{digest}", data=b"already there") as response:
+        assert response.status == 200
+    wrong = "sha256:" + "0" * 64
+    async with session.post(f"{fake.url}/api/blobs/{wrong}", data=b"other") as response:
+        assert response.status == 400
+        assert (await response.json())["error"].startswith(
+            f'digest mismatch, expected "{wrong}", got "sha256:'
+        )
+    create = {"model": "mine", "files": {"model.gguf": digest}, "stream": False}
+    async with session.post(f"{fake.url}/api/create", json=create) as response:
+        assert await response.json() == {"status": "success"}
+    assert fake.models["mine:latest"].size == len(data)
+
+
+async def test_openai_stream_order(fake: FakeOllama, session: aiohttp.ClientSession) -> None:
+    body = {
+        "model": "llama3",
+        "stream": True,
+        "max_tokens": 3,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    async with session.post(f"{fake.url}/v1/chat/completions", json=body) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        events = [event for event in (await response.read()).decode().split("\n\n") if event]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(event.removeprefix("data: ")) for event in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert [chunk["choices"][0]["finish_reason"] for chunk in chunks[:4]] == [None, None, None, "length"]
+    assert chunks[3]["choices"][0]["delta"] == {}
+    assert chunks[4]["choices"] == []
+    assert chunks[4]["usage"]["completion_tokens"] == 3
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+
+
+async def test_cli_prints_listening_and_exits_cleanly_on_sigterm(session: aiohttp.ClientSession) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fakes.ollama",
+        "--port",
+        "0",
+        "--model",
+        "llama3:latest",
+        "--model",
+        "nomic-embed-text:latest=embedding",
+        "--loaded",
+        "llama3:latest",
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        # Without PYTHONUNBUFFERED a piped stdout is block-buffered: the fake must flush LISTENING itself.
+        env={name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"},
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=15)).decode()
+        match = re.fullmatch(r"LISTENING (http://127\.0\.0\.1:\d+)\n", line)
+        assert match is not None, line
+        async with session.get(f"{match.group(1)}/api/ps") as response:
+            assert [m["name"] for m in (await response.json())["models"]] == ["llama3:latest"]
+        async with session.post(f"{match.group(1)}/api/show", json={"model": "nomic-embed-text"}) as response:
+            assert (await response.json())["capabilities"] == ["embedding"]
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+        assert await process.stdout.read() == b""
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
