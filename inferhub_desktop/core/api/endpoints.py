@@ -86,16 +86,32 @@ class Match:
     method_not_allowed: bool = False
 
 
-def _path_matches(pattern: str, path: str) -> bool:
-    want, got = pattern.split("/"), path.split("/")
-    if len(want) != len(got):
-        return False
-    return all(w == g or (w.startswith(":") and g) for w, g in zip(want, got, strict=True))
+def _compile() -> tuple[dict[str, tuple[Endpoint, ...]], tuple[tuple[str, Endpoint], ...]]:
+    exact: dict[str, tuple[Endpoint, ...]] = {}
+    param: list[tuple[str, Endpoint]] = []
+    for ep in ENDPOINTS:
+        head, colon, _ = ep.pattern.partition("/:")
+        if colon:
+            param.append((head + "/", ep))
+        else:
+            exact[ep.pattern] = (*exact.get(ep.pattern, ()), ep)
+    return exact, tuple(param)
+
+
+# Every request is matched, so the table is indexed once: exact paths by dict, and the few
+# patterns with a trailing parameter (one non-empty segment) by prefix.
+_EXACT, _PARAM = _compile()
 
 
 def match(method: str, path: str) -> Match:
     """Find the endpoint for `method path` the way Ollama's router does."""
-    candidates = [ep for ep in ENDPOINTS if _path_matches(ep.pattern, path)]
+    candidates = _EXACT.get(path)
+    if candidates is None:
+        candidates = tuple(
+            ep
+            for prefix, ep in _PARAM
+            if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix) :]
+        )
     for ep in candidates:
         if method in ep.methods:
             return Match(ep)

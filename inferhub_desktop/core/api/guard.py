@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -98,13 +99,17 @@ def split_host(host_header: str) -> str:
 def host_allowed(host_header: str) -> bool:
     """Apply Ollama's check of the Host header for a server bound to loopback (DNS rebinding)."""
     host = split_host(host_header)
+    return _local_by_address_or_name(host) or _is_local_ip(host)
+
+
+@functools.lru_cache(maxsize=256)
+def _local_by_address_or_name(host: str) -> bool:
+    """Classify a host by what it says alone; cached, since clients send the same few Hosts."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return _host_name_allowed(host)
-    return (
-        ip.is_loopback or ip.is_private or ip.is_unspecified or _is_local_ip(ip) or _host_name_allowed(host)
-    )
+    return ip.is_loopback or ip.is_private or ip.is_unspecified
 
 
 def host_name_allowed(host_header: str) -> bool:
@@ -119,8 +124,12 @@ def _host_name_allowed(host: str) -> bool:
     return host.endswith((".localhost", ".local", ".internal"))
 
 
-def _is_local_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    text = str(ip)
+def _is_local_ip(host: str) -> bool:
+    """Whether `host` is an address of one of this machine's interfaces (they change, so never cached)."""
+    try:
+        text = str(ipaddress.ip_address(host))
+    except ValueError:
+        return False
     return any(
         addr.address.split("%", 1)[0] == text for addrs in psutil.net_if_addrs().values() for addr in addrs
     )

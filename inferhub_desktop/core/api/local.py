@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from urllib.parse import quote
 
 from aiohttp import StreamReader, web
@@ -26,7 +26,6 @@ VIA_HEADER = "X-InferHub-Via"
 _CORS_KEY = web.RequestKey("cors_headers", dict)
 _STARTED_KEY = web.RequestKey("response_started", bool)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Picks the backend for a request to `endpoint` naming `model` (None when the body names none).
 BackendChooser = Callable[[Endpoint, str | None], Backend]
 
@@ -42,8 +41,8 @@ class LocalApi:
 
     def app(self) -> web.Application:
         """Build the application; the node runs it with an AppRunner."""
-        app = web.Application(middlewares=[self._guard, self._errors], handler_args={"max_field_size": 65536})
-        app.router.add_route("*", "/{path:.*}", self._dispatch)
+        app = web.Application(handler_args={"max_field_size": 65536})
+        app.router.add_route("*", "/{path:.*}", self._handle)
         app.on_response_prepare.append(self._on_prepare)
         return app
 
@@ -52,8 +51,25 @@ class LocalApi:
         response.headers[NODE_HEADER] = self._node_header
         response.headers.update(request.get(_CORS_KEY, {}))
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """Check the request as Ollama does, then answer it; failures become Ollama-format errors."""
+        if refusal := self._guard(request):
+            return refusal
+        openai = request.path.startswith("/v1/")
+        try:
+            return await self._dispatch(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message, openai=openai)
+        except BackendUnavailable as exc:
+            return error_response(502, str(exc), openai=openai)
+        except Exception:
+            if request.get(_STARTED_KEY):
+                raise  # the status line is out; aiohttp drops the connection
+            # Never a traceback to the client: the log has it.
+            _log.exception("internal error answering %s %s", request.method, request.path)
+            return error_response(500, "internal error in the InferHub node; see its log", openai=openai)
+
+    def _guard(self, request: web.Request) -> web.Response | None:
         """Apply Ollama's CORS, then Host, checks; both refuse with an empty 403."""
         origin = request.headers.get("Origin")
         host = request.headers.get("Host", "")
@@ -67,23 +83,7 @@ class LocalApi:
             return web.Response(status=403)
         if request.method == "OPTIONS" and host_name_allowed(host):
             return web.Response(status=204)
-        return await handler(request)
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Turn failures into Ollama-format errors; never let a traceback reach a client."""
-        openai = request.path.startswith("/v1/")
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.message, openai=openai)
-        except BackendUnavailable as exc:
-            return error_response(502, str(exc), openai=openai)
-        except Exception:
-            if request.get(_STARTED_KEY):
-                raise  # the status line is out; aiohttp drops the connection
-            _log.exception("internal error answering %s %s", request.method, request.path)
-            return error_response(500, "internal error in the InferHub node; see its log", openai=openai)
+        return None
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         found = match(request.method, request.path)

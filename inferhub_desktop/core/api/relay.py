@@ -90,8 +90,8 @@ async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamR
     """Send the backend's answer to the client.
 
     Whole bodies are read first, so a broken backend still gets a clean 502. Streams go out frame
-    by frame as they arrive; if the backend breaks mid-stream the client gets an error frame in
-    the stream's own format, since the status line has already been sent.
+    by frame as they arrive, the status line with the first frame, as Ollama sends it; if the
+    backend breaks after that, the client gets an error frame in the stream's own format.
     """
     headers = _downstream_headers(upstream.headers)
     framing = framing_of(upstream.headers.get("Content-Type", ""))
@@ -99,15 +99,20 @@ async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamR
         return web.Response(status=upstream.status, body=await upstream.read(), headers=headers)
 
     response = web.StreamResponse(status=upstream.status, headers=headers)
-    await response.prepare(request)
     splitter = FrameSplitter(framing)
     try:
         async for chunk in upstream.iter_chunks():
             if frames := splitter.feed(chunk):
+                if not response.prepared:
+                    await response.prepare(request)
                 await response.write(frames)
     except BackendUnavailable as exc:
+        if not response.prepared:
+            raise  # nothing reached the client yet: it gets a clean 502
         await response.write(framing.error_frame(str(exc)))
     else:
+        if not response.prepared:
+            await response.prepare(request)
         if splitter.pending:
             # The backend ended without a final delimiter: pass its last bytes on as they are.
             await response.write(splitter.pending)

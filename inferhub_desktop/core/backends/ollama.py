@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 from aiohttp import StreamReader
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from ..errors import BackendUnavailable
 from .base import Body
@@ -63,7 +64,8 @@ class OllamaBackend:
         try:
             response = await self._session.request(
                 method,
-                self.url + path_qs,
+                # Already encoded as the client sent it; parsing it again would re-quote it.
+                URL(self.url + path_qs, encoded=True),
                 headers=headers,
                 data=_payload(body),
                 allow_redirects=False,
