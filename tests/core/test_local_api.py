@@ -276,7 +276,8 @@ async def test_an_internal_fault_is_a_500_without_a_traceback(
     def broken_chooser(*_: object) -> object:
         raise RuntimeError("secret detail")
 
-    api = LocalApi(node_settings(tmp_path, fake.url), broken_chooser, OriginPolicy({}))  # type: ignore[arg-type]
+    settings = node_settings(tmp_path, fake.url)
+    api = LocalApi(settings, broken_chooser, OriginPolicy({}), status=dict, relayed=lambda _: None)  # type: ignore[arg-type]
     runner = web.AppRunner(api.app())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

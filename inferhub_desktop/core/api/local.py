@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import StreamReader, web
@@ -15,7 +16,7 @@ from .endpoints import Endpoint, Kind, match
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
 from .payload import parse_body, string_field
 from .relay import relay, upstream_headers
-from .responses import error_response, text_response
+from .responses import error_response, go_json, text_response
 
 _log = logging.getLogger(__name__)
 
@@ -28,15 +29,32 @@ _STARTED_KEY = web.RequestKey("response_started", bool)
 
 # Picks the backend for a request to `endpoint` naming `model` (None when the body names none).
 BackendChooser = Callable[[Endpoint, str | None], Backend]
+# Told of each request relayed, so the node can look again at what may have changed.
+RelayedHook = Callable[[Endpoint], None]
+# The node's full state as JSON values.
+StatusSource = Callable[[], dict[str, Any]]
+
+# What the tray, the dashboard and the CLI read; not part of Ollama's API.
+STATUS_PATH = "/_inferhub/v1/status"
 
 
 class LocalApi:
     """The aiohttp application behind the local API."""
 
-    def __init__(self, settings: Settings, choose_backend: BackendChooser, origins: OriginPolicy) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        choose_backend: BackendChooser,
+        origins: OriginPolicy,
+        *,
+        status: StatusSource,
+        relayed: RelayedHook,
+    ) -> None:
         self._settings = settings
         self._choose_backend = choose_backend
         self._origins = origins
+        self._status = status
+        self._relayed = relayed
         self._node_header = quote(settings.name, safe=" !#$&'()*+,/:;=?@[]~")
 
     def app(self) -> web.Application:
@@ -86,6 +104,10 @@ class LocalApi:
         return None
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.path == STATUS_PATH:
+            if request.method not in ("GET", "HEAD"):
+                return text_response(405, "405 method not allowed")
+            return web.Response(body=go_json(self._status()), content_type="application/json")
         found = match(request.method, request.path)
         if found.endpoint is None:
             if found.method_not_allowed:
@@ -112,7 +134,9 @@ class LocalApi:
         headers = upstream_headers(request, keep_length=isinstance(body, StreamReader))
         headers[VIA_HEADER] = ",".join([*via, self._settings.node_id])
         async with backend.request(request.method, request.raw_path, headers, body) as upstream:
-            return await relay(request, upstream)
+            response = await relay(request, upstream)
+        self._relayed(endpoint)
+        return response
 
     async def _body(self, request: web.Request, endpoint: Endpoint) -> Body:
         """Read the body within the size limit; blob uploads stream through unread and unlimited."""

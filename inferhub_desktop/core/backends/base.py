@@ -2,15 +2,56 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import StreamReader
 from multidict import CIMultiDictProxy
 
 # A request body: read in full, streamed from the client, or absent.
 Body = bytes | StreamReader | None
+
+
+@dataclasses.dataclass(frozen=True)
+class InstalledModel:
+    """A model the backend has on disk, as /api/tags lists it."""
+
+    name: str
+    size: int
+    digest: str
+    family: str = ""
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model the backend holds in memory, as /api/ps lists it."""
+
+    name: str
+    size: int
+    size_vram: int
+    expires_at: str
+    context_length: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendState:
+    """What a probe of the backend found; `error` says why it is unreachable or misbehaving."""
+
+    kind: str
+    url: str
+    reachable: bool
+    version: str | None = None
+    installed: tuple[InstalledModel, ...] = ()
+    loaded: tuple[LoadedModel, ...] = ()
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the state as plain JSON values, for the status API."""
+        return dataclasses.asdict(self)
 
 
 class UpstreamResponse(Protocol):
@@ -44,4 +85,8 @@ class Backend(Protocol):
         self, method: str, path_qs: str, headers: Mapping[str, str], body: Body
     ) -> AbstractAsyncContextManager[UpstreamResponse]:
         """Send a request; raise BackendUnavailable if no answer's headers arrive."""
+        ...
+
+    async def probe(self) -> BackendState:
+        """Ask the backend for its version, installed and loaded models; never raise."""
         ...
