@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .core import ConfigError, Settings, load_settings, serve
+from .core import (
+    DEFAULT_API_PORT,
+    STATUS_PATH,
+    ConfigError,
+    Settings,
+    default_config_dir,
+    load_settings,
+    read_settings_file,
+    serve,
+)
 
 _log = logging.getLogger("inferhub_desktop")
+_STATUS_TIMEOUT_S = 5.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
     )
+    status = commands.add_parser(
+        "status", help="show this machine's node", description="Show the state of this machine's node."
+    )
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.add_argument("--api-port", type=int, metavar="PORT", help="the node's local API port")
+    status.add_argument("--config-dir", type=Path, metavar="DIR", help="settings directory of the node")
     return parser
 
 
@@ -54,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "status":
+        return _status(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -72,6 +93,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.exit(2, f"inferhub: error: {exc}\n")
     return _run(settings)
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        port = args.api_port or read_settings_file(args.config_dir or default_config_dir()).get(
+            "api_port", DEFAULT_API_PORT
+        )
+    except ConfigError as exc:
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 2
+    url = f"http://127.0.0.1:{port}{STATUS_PATH}"
+    try:
+        with urllib.request.urlopen(url, timeout=_STATUS_TIMEOUT_S) as reply:
+            status = json.load(reply)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(
+            f"inferhub: no InferHub node answers on 127.0.0.1:{port} ({reason}); "
+            "start one with `inferhub serve --headless`",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Render a node's status for people."""
+    backend = status["backend"]
+    lines = [f"{status['name']}  InferHub {status['version']}  {status['api_url']}  (id {status['id'][:8]})"]
+    if backend["reachable"]:
+        lines.append(f"backend  {backend['kind']} {backend['version']} at {backend['url']}: up")
+    else:
+        lines.append(f"backend  {backend['kind']} at {backend['url']}: DOWN, {backend['error']}")
+    loaded = {m["name"]: m for m in backend["loaded"]}
+    rows = []
+    for model in sorted(backend["installed"], key=lambda m: m["name"]):
+        where = ""
+        if running := loaded.get(model["name"]):
+            where = f"loaded, {_gib(running['size_vram'])} in VRAM"
+        rows.append(
+            (model["name"], model["parameter_size"], model["quantization_level"], _gib(model["size"]), where)
+        )
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(5)]
+    for n, row in enumerate(rows):
+        cells = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append(f"{'models' if n == 0 else '':<9}{cells}".rstrip())
+    if not rows and backend["reachable"]:
+        lines.append("models   none installed: `ollama pull llama3.2` fetches one")
+    return "\n".join(lines)
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB"
 
 
 def _run(settings: Settings) -> int:

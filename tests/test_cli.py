@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +66,32 @@ def test_serve_relays_and_stops_cleanly_on_sigterm(tmp_path: Path, fake_ollama: 
         assert "node stopped" in process_output(proc)
         stop_process(proc)
     assert (tmp_path / "settings.toml").exists()
+
+
+def test_status_shows_the_running_node(tmp_path: Path, fake_ollama: str) -> None:
+    proc, url = start_node_process(tmp_path, fake_ollama, "--name", "desk-7")
+    port = url.rsplit(":", 1)[1]
+    try:
+        deadline = time.monotonic() + 10
+        while "backend  ollama 0.12.10" not in (text := run_cli("status", "--api-port", port).stdout):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.05)
+        as_json = json.loads(run_cli("status", "--api-port", port, "--json").stdout)
+    finally:
+        assert stop_process(proc) == 0
+    assert text.startswith("desk-7  InferHub")
+    assert f"backend  ollama 0.12.10 at {fake_ollama}: up" in text
+    assert "models   llama3:latest" in text
+    assert "loaded" not in text  # the fake starts with nothing in memory
+    assert as_json["name"] == "desk-7"
+    assert as_json["backend"]["installed"][0]["name"] == "llama3:latest"
+
+
+def test_status_without_a_node_says_how_to_start_one(unused_tcp_port: int) -> None:
+    result = run_cli("status", "--api-port", str(unused_tcp_port))
+    assert result.returncode == 1
+    assert f"no InferHub node answers on 127.0.0.1:{unused_tcp_port}" in result.stderr
+    assert "inferhub serve --headless" in result.stderr
 
 
 def test_a_busy_port_is_reported(tmp_path: Path) -> None:

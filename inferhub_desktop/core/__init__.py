@@ -1,11 +1,20 @@
 """InferHub's core: asyncio only, never Qt. The UI and the CLI use what this module exports."""
 
+from .api.local import STATUS_PATH
 from .errors import ApiError, BackendUnavailable, ConfigError, InferhubError
 from .node import Node, serve
-from .settings import DEFAULT_API_PORT, Settings, default_config_dir, load_settings, update_settings_file
+from .settings import (
+    DEFAULT_API_PORT,
+    Settings,
+    default_config_dir,
+    load_settings,
+    read_settings_file,
+    update_settings_file,
+)
 
 __all__ = [
     "DEFAULT_API_PORT",
+    "STATUS_PATH",
     "ApiError",
     "BackendUnavailable",
     "ConfigError",
@@ -14,6 +23,7 @@ __all__ = [
     "Settings",
     "default_config_dir",
     "load_settings",
+    "read_settings_file",
     "serve",
     "update_settings_file",
 ]
