@@ -127,6 +127,8 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"backend  {backend['kind']} {backend['version']} at {backend['url']}: up")
     else:
         lines.append(f"backend  {backend['kind']} at {backend['url']}: DOWN, {backend['error']}")
+    if telemetry := status.get("telemetry"):
+        lines += _format_telemetry(telemetry)
     loaded = {m["name"]: m for m in backend["loaded"]}
     rows = []
     for model in sorted(backend["installed"], key=lambda m: m["name"]):
@@ -143,6 +145,33 @@ def format_status(status: dict[str, Any]) -> str:
     if not rows and backend["reachable"]:
         lines.append("models   none installed: `ollama pull llama3.2` fetches one")
     return "\n".join(lines)
+
+
+def _format_telemetry(telemetry: dict[str, Any]) -> list[str]:
+    lines = []
+    for n, gpu in enumerate(telemetry["gpus"]):
+        extras = "".join(
+            text
+            for value, text in [
+                (gpu["utilization_pct"], f", {gpu['utilization_pct']}% busy"),
+                (gpu["temperature_c"], f", {gpu['temperature_c']}°C"),
+            ]
+            if value is not None
+        )
+        memory = f"{gpu['used_mib']} of {gpu['total_mib']} MiB used"
+        lines.append(f"{'gpus' if n == 0 else '':<9}{gpu['index']}: {gpu['name']}, {memory}{extras}")
+    system = telemetry["system"]
+    if not telemetry["gpus"]:
+        lines.append(
+            "gpus     none: models run from system memory" if system["unified_memory"] else "gpus     unknown"
+        )
+    if telemetry["nvml_error"]:
+        lines.append(f"         NVML: {telemetry['nvml_error']}")
+    lines.append(
+        f"system   CPU {system['cpu_pct']:.0f}% of {system['cpu_count']} cores, "
+        f"RAM {system['ram_free_mib'] / 1024:.1f} of {system['ram_total_mib'] / 1024:.1f} GiB free"
+    )
+    return lines
 
 
 def _gib(size: int) -> str:

@@ -20,6 +20,7 @@ from .api.local import LocalApi
 from .backends.base import Backend, BackendState
 from .backends.ollama import OllamaBackend
 from .settings import Settings
+from .telemetry import Telemetry, TelemetrySampler
 
 _log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ _BACKEND_CONNECT_TIMEOUT_S = 10.0
 _SHUTDOWN_GRACE_S = 5.0
 # How often the backend is asked what it has; sooner after a request that may change it.
 _PROBE_INTERVAL_S = 5.0
+# How often the GPUs and the system are read.
+_TELEMETRY_INTERVAL_S = 2.0
 # Requests after which installed or loaded models may differ.
 _CHANGING_KINDS = frozenset({Kind.INFERENCE, Kind.MANAGE, Kind.BLOB, Kind.PASSTHROUGH})
 
@@ -46,6 +49,8 @@ class Node:
         self._backend: Backend | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_wanted = asyncio.Event()
+        self._sampler = TelemetrySampler()
+        self.telemetry: Telemetry | None = None
         self.api_port = settings.api_port
         self.backend_state = BackendState(
             kind="ollama", url=settings.backend, reachable=False, error="not asked yet"
@@ -94,6 +99,7 @@ class Node:
             raise
         self.api_port = self._runner.addresses[0][1]
         self._tasks.append(asyncio.create_task(self._probe_backend(), name="probe-backend"))
+        self._tasks.append(asyncio.create_task(self._sample_telemetry(), name="sample-telemetry"))
         _log.info(
             "node %r serving the Ollama API on %s, backend %s at %s",
             self.settings.name,
@@ -108,6 +114,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        self._sampler.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -116,13 +123,14 @@ class Node:
             self._session = None
 
     def status(self) -> dict[str, Any]:
-        """Return the node's state as JSON values: identity, API and backend."""
+        """Return the node's state as JSON values: identity, API, backend, GPUs and system."""
         return {
             "id": self.settings.node_id,
             "name": self.settings.name,
             "version": __version__,
             "api_url": self.api_url,
             "backend": self.backend_state.to_json(),
+            "telemetry": self.telemetry.to_json() if self.telemetry else None,
         }
 
     def _choose_backend(self, endpoint: Endpoint, model: str | None) -> Backend:
@@ -152,6 +160,12 @@ class Node:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PROBE_INTERVAL_S):
                     await self._probe_wanted.wait()
+
+    async def _sample_telemetry(self) -> None:
+        """Keep `telemetry` current; the sampler never raises and times out a hung NVML."""
+        while True:
+            self.telemetry = await self._sampler.sample()
+            await asyncio.sleep(_TELEMETRY_INTERVAL_S)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

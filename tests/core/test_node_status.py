@@ -24,7 +24,7 @@ async def fake() -> AsyncIterator[FakeOllama]:
 
 async def test_status_reports_identity_and_what_the_backend_has(fake: FakeOllama, tmp_path: Path) -> None:
     async with Node(node_settings(tmp_path, fake.url), environ={}) as node:
-        await eventually(lambda: node.backend_state.reachable)
+        await eventually(lambda: node.backend_state.reachable and node.telemetry is not None)
         async with aiohttp.ClientSession() as http, http.get(node.api_url + STATUS_PATH) as reply:
             assert reply.status == 200
             status = await reply.json()
@@ -42,6 +42,9 @@ async def test_status_reports_identity_and_what_the_backend_has(fake: FakeOllama
     assert installed["qwen3:8b"]["parameter_size"] == "8.2B"
     assert [m["name"] for m in backend["loaded"]] == ["llama3:latest"]
     assert backend["loaded"][0]["size_vram"] == backend["loaded"][0]["size"] > 0
+    system = status["telemetry"]["system"]
+    assert system["ram_total_mib"] >= system["ram_free_mib"] > 0
+    assert system["cpu_count"] >= 1
 
 
 async def test_a_backend_that_goes_and_comes_back_is_noticed_both_ways(
