@@ -25,6 +25,7 @@ DEFAULT_API_PORT = 11435
 OLLAMA_PORT = 11434
 DEFAULT_BACKEND = f"http://127.0.0.1:{OLLAMA_PORT}"
 DEFAULT_MAX_BODY_MIB = 100
+DEFAULT_SHARE_PORT = 11436
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,14 +38,32 @@ class Settings:
     api_port: int = DEFAULT_API_PORT
     backend: str = DEFAULT_BACKEND
     max_body_mib: int = DEFAULT_MAX_BODY_MIB
+    share: bool = False
+    share_port: int = DEFAULT_SHARE_PORT
+    # Concurrent requests from peers; 0 means the backend's parallel slots (OLLAMA_NUM_PARALLEL).
+    max_remote: int = 0
+    # LAN addresses to advertise and browse on; empty means every suitable interface.
+    interfaces: tuple[str, ...] = ()
+    # Peers reached by address where multicast does not pass (VPNs, other subnets), as HOST:PORT.
+    peers: tuple[str, ...] = ()
 
     @property
     def max_body_bytes(self) -> int:
         return self.max_body_mib * 1024 * 1024
 
 
-# Fields a user may set in the file or with a flag, with their TOML types.
-_USER_FIELDS: dict[str, type] = {"name": str, "api_port": int, "backend": str, "max_body_mib": int}
+# Fields a user may set in the file or with a flag, with their TOML types (lists hold strings).
+_USER_FIELDS: dict[str, type] = {
+    "name": str,
+    "api_port": int,
+    "backend": str,
+    "max_body_mib": int,
+    "share": bool,
+    "share_port": int,
+    "max_remote": int,
+    "interfaces": list,
+    "peers": list,
+}
 
 
 def default_config_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -129,6 +148,8 @@ def load_settings(
         if value is not None:
             values[key] = _check_type(key, value, "on the command line")
 
+    if not values.get("max_remote"):
+        values["max_remote"] = _backend_slots(environ)
     api_port = values.get("api_port", DEFAULT_API_PORT)
     if "backend" in values:
         values["backend"] = parse_host(values["backend"])
@@ -154,19 +175,51 @@ def load_settings(
 
 def _check_type(key: str, value: Any, where: str) -> Any:
     expected = _USER_FIELDS[key]
+    if isinstance(value, tuple):
+        value = list(value)
     # bool is an int in Python but never a valid port or size.
-    if not isinstance(value, expected) or isinstance(value, bool):
-        raise ConfigError(f"setting {key!r} {where} must be a {expected.__name__}, not {value!r}")
-    return value
+    wrong = not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+    if expected is list and not wrong:
+        wrong = not all(isinstance(item, str) for item in value)
+    if wrong:
+        kind = "list of strings" if expected is list else expected.__name__
+        raise ConfigError(f"setting {key!r} {where} must be a {kind}, not {value!r}")
+    return tuple(value) if expected is list else value
 
 
 def _validate(settings: Settings) -> None:
     if not 0 <= settings.api_port <= 65535:
         raise ConfigError(f"api_port must be between 0 and 65535, not {settings.api_port}")
+    if not 0 <= settings.share_port <= 65535:
+        raise ConfigError(f"share_port must be between 0 and 65535, not {settings.share_port}")
+    if settings.max_remote < 1:
+        raise ConfigError(f"max_remote must be at least 1, not {settings.max_remote}")
+    for peer in settings.peers:
+        parse_peer(peer)
     if settings.max_body_mib < 1:
         raise ConfigError(f"max_body_mib must be at least 1, not {settings.max_body_mib}")
     if not settings.name.strip() or len(settings.name) > 63 or not settings.name.isprintable():
         raise ConfigError(f"name must be 1 to 63 printable characters, not {settings.name!r}")
+
+
+def parse_peer(value: str) -> tuple[str, int]:
+    """Split a static peer `HOST[:PORT]` (port defaults to the share port) into host and port."""
+    parts = urlsplit(f"//{value.strip()}")
+    try:
+        port = parts.port or DEFAULT_SHARE_PORT
+    except ValueError as exc:
+        raise ConfigError(f"peer {value!r} has an invalid port; write it as HOST:PORT") from exc
+    if not parts.hostname or parts.path or parts.query:
+        raise ConfigError(f"peer {value!r} is not HOST:PORT")
+    return parts.hostname, port
+
+
+def _backend_slots(environ: Mapping[str, str]) -> int:
+    """Return how many requests Ollama runs at once: OLLAMA_NUM_PARALLEL, which defaults to 1."""
+    try:
+        return max(1, int(environ.get("OLLAMA_NUM_PARALLEL", "1")))
+    except ValueError:
+        return 1
 
 
 def _is_own_api(url: str, api_port: int) -> bool:

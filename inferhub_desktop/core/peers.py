@@ -1,0 +1,205 @@
+"""Peers: the DNS-SD TXT record nodes agree on, and the table of live peers (pure state, no I/O)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .errors import InferhubError
+
+PROTOCOL_VERSION = 1
+SERVICE_TYPE = "_inferhub._tcp.local."
+# A DNS-SD TXT string is at most 255 bytes; the design keeps the whole record well under 1300.
+_MAX_TXT_STRING_BYTES = 255
+_MAX_TXT_RECORD_BYTES = 1300
+_MAX_NAME_CHARS = 63
+_MAX_GPU_CHARS = 60
+_MAX_MODELS_HASH_CHARS = 16
+_MAX_POOL_CHARS = 32
+_MAX_TLS_CHARS = 128
+# Larger than any real machine: a record claiming more is lying.
+_MAX_VRAM_MIB = 64 * 1024 * 1024
+_MAX_SLOTS = 4096
+
+
+class MalformedRecord(InferhubError):
+    """Another node's DNS-SD record is incomplete, oversized or inconsistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerAnnouncement:
+    """What a node says about itself in its TXT record, and where it can be reached."""
+
+    node_id: str
+    name: str
+    address: str
+    port: int
+    share: bool
+    gpu: str
+    vram_free_mib: int
+    vram_total_mib: int
+    active: int
+    slots: int
+    models_hash: str
+    pool: str = ""
+    tls: str = ""
+    version: int = PROTOCOL_VERSION
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return self.address, self.port
+
+
+def encode_txt(announcement: PeerAnnouncement) -> dict[str, str]:
+    """Return the TXT record's key/value pairs for this node's announcement."""
+    return {
+        "v": str(announcement.version),
+        "id": announcement.node_id,
+        "name": announcement.name,
+        "share": "1" if announcement.share else "0",
+        "gpu": announcement.gpu,
+        "vram": f"{announcement.vram_free_mib}/{announcement.vram_total_mib}",
+        "load": f"{announcement.active}/{announcement.slots}",
+        "mh": announcement.models_hash,
+        "pool": announcement.pool,
+        "tls": announcement.tls,
+    }
+
+
+def decode_txt(properties: Mapping[bytes, bytes | None], address: str, port: int) -> PeerAnnouncement:
+    """Read another node's TXT record; raise MalformedRecord saying what is wrong with it."""
+    size = sum(len(k) + 1 + len(v or b"") + 1 for k, v in properties.items())
+    if size > _MAX_TXT_RECORD_BYTES:
+        raise MalformedRecord(f"TXT record of {size} bytes is over {_MAX_TXT_RECORD_BYTES}")
+    try:
+        txt = {k.decode(): (v or b"").decode() for k, v in properties.items()}
+    except UnicodeDecodeError as exc:
+        raise MalformedRecord("TXT record is not UTF-8") from exc
+    for key, value in txt.items():
+        if len(key.encode()) + 1 + len(value.encode()) > _MAX_TXT_STRING_BYTES:
+            raise MalformedRecord(f"TXT key {key!r} is over {_MAX_TXT_STRING_BYTES} bytes")
+
+    version = _int(txt, "v", 1, 1_000_000)
+    if version != PROTOCOL_VERSION:
+        raise MalformedRecord(f"protocol version {version} is not {PROTOCOL_VERSION}")
+    node_id = _field(txt, "id", 36)
+    try:
+        uuid.UUID(node_id)
+    except ValueError:
+        raise MalformedRecord(f"id {node_id!r} is not a UUID") from None
+    share = _field(txt, "share", 1)
+    if share not in ("0", "1"):
+        raise MalformedRecord(f"share {share!r} is not 0 or 1")
+    free, total = _pair(txt, "vram", _MAX_VRAM_MIB)
+    if free > total:
+        raise MalformedRecord(f"vram free {free} MiB is more than its total {total} MiB")
+    active, slots = _pair(txt, "load", _MAX_SLOTS)
+    if slots < 1:
+        raise MalformedRecord("load has no slots")
+    models_hash = _field(txt, "mh", _MAX_MODELS_HASH_CHARS)
+    if any(c not in "0123456789abcdef" for c in models_hash):
+        raise MalformedRecord(f"mh {models_hash!r} is not lowercase hex")
+    if not 1 <= port <= 65535:
+        raise MalformedRecord(f"port {port} is out of range")
+    return PeerAnnouncement(
+        node_id=node_id,
+        name=_field(txt, "name", _MAX_NAME_CHARS, required=True),
+        address=address,
+        port=port,
+        share=share == "1",
+        gpu=_field(txt, "gpu", _MAX_GPU_CHARS),
+        vram_free_mib=free,
+        vram_total_mib=total,
+        active=active,
+        slots=slots,
+        models_hash=models_hash,
+        pool=_field(txt, "pool", _MAX_POOL_CHARS),
+        tls=_field(txt, "tls", _MAX_TLS_CHARS),
+        version=version,
+    )
+
+
+def _field(txt: Mapping[str, str], key: str, max_chars: int, *, required: bool = False) -> str:
+    if key not in txt:
+        raise MalformedRecord(f"TXT key {key!r} is missing")
+    value = txt[key]
+    if len(value) > max_chars or not value.isprintable() or (required and not value.strip()):
+        raise MalformedRecord(f"TXT key {key!r} has an invalid value {value[:80]!r}")
+    return value
+
+
+def _int(txt: Mapping[str, str], key: str, low: int, high: int) -> int:
+    value = _field(txt, key, 10)
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise MalformedRecord(f"TXT key {key!r} is not a number in {low}..{high}: {value!r}")
+    return int(value)
+
+
+def _pair(txt: Mapping[str, str], key: str, high: int) -> tuple[int, int]:
+    first, sep, second = _field(txt, key, 24).partition("/")
+    if not (sep and first.isdigit() and second.isdigit()) or max(int(first), int(second)) > high:
+        raise MalformedRecord(f"TXT key {key!r} is not two numbers A/B up to {high}: {txt[key]!r}")
+    return int(first), int(second)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A node this one can reach: what it announced, its last full status, when it last answered."""
+
+    announcement: PeerAnnouncement
+    status: Mapping[str, Any]
+    last_seen: float
+
+    @property
+    def node_id(self) -> str:
+        return self.announcement.node_id
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the peer as plain JSON values, for the local API."""
+        return {
+            "id": self.node_id,
+            "name": self.announcement.name,
+            "address": self.announcement.address,
+            "port": self.announcement.port,
+            "share": self.announcement.share,
+            "status": dict(self.status),
+        }
+
+
+class PeerTable:
+    """The live peers; decisions take `now` (monotonic seconds) and do no I/O."""
+
+    def __init__(self, own_id: str, ttl_s: float) -> None:
+        self._own_id = own_id
+        self._ttl_s = ttl_s
+        self._peers: dict[str, Peer] = {}
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(sorted(self._peers.values(), key=lambda p: (p.announcement.name, p.node_id)))
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def get(self, node_id: str) -> Peer | None:
+        return self._peers.get(node_id)
+
+    def seen(self, announcement: PeerAnnouncement, status: Mapping[str, Any], now: float) -> bool:
+        """Record that a peer answered with this status; return whether it is new to the table."""
+        if announcement.node_id == self._own_id:
+            return False
+        new = announcement.node_id not in self._peers
+        self._peers[announcement.node_id] = Peer(announcement, status, now)
+        return new
+
+    def remove(self, node_id: str) -> Peer | None:
+        """Drop a peer that said goodbye; return it if it was there."""
+        return self._peers.pop(node_id, None)
+
+    def expire(self, now: float) -> list[Peer]:
+        """Drop and return the peers that have not answered for longer than the TTL."""
+        gone = [p for p in self._peers.values() if now - p.last_seen > self._ttl_s]
+        for peer in gone:
+            del self._peers[peer.node_id]
+        return gone
