@@ -16,6 +16,8 @@ from typing import Any
 from . import __version__
 from .core import (
     DEFAULT_API_PORT,
+    PEERS_PATH,
+    SHARE_PATH,
     STATUS_PATH,
     ConfigError,
     Settings,
@@ -23,10 +25,11 @@ from .core import (
     load_settings,
     read_settings_file,
     serve,
+    update_settings_file,
 )
 
 _log = logging.getLogger("inferhub_desktop")
-_STATUS_TIMEOUT_S = 5.0
+_CLIENT_TIMEOUT_S = 5.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,14 +58,51 @@ def _parser() -> argparse.ArgumentParser:
         "--max-body-mib", type=int, metavar="MIB", help="largest request body accepted (default 100)"
     )
     run.add_argument(
+        "--share",
+        action=argparse.BooleanOptionalAction,
+        help="share this GPU with the pool (remembered; off until turned on)",
+    )
+    run.add_argument("--share-port", type=int, metavar="PORT", help="port of the share API (default 11436)")
+    run.add_argument(
+        "--max-remote",
+        type=int,
+        metavar="N",
+        help="peers' requests run at once (default: OLLAMA_NUM_PARALLEL)",
+    )
+    run.add_argument(
+        "--interface",
+        action="append",
+        dest="interfaces",
+        metavar="IP",
+        help="LAN address to share and discover on (repeatable; default: all)",
+    )
+    run.add_argument(
+        "--peer",
+        action="append",
+        dest="peers",
+        metavar="HOST:PORT",
+        help="a peer to reach without multicast, e.g. over a VPN (repeatable)",
+    )
+    run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
     )
+
+    # Commands that talk to the running node through its local API.
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--api-port", type=int, metavar="PORT", help="the node's local API port")
+    client.add_argument("--config-dir", type=Path, metavar="DIR", help="settings directory of the node")
     status = commands.add_parser(
-        "status", help="show this machine's node", description="Show the state of this machine's node."
+        "status", parents=[client], help="show this machine's node", description="Show this machine's node."
     )
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
-    status.add_argument("--api-port", type=int, metavar="PORT", help="the node's local API port")
-    status.add_argument("--config-dir", type=Path, metavar="DIR", help="settings directory of the node")
+    peers = commands.add_parser(
+        "peers", parents=[client], help="list the pool's other nodes", description="List the live peers."
+    )
+    peers.add_argument("--json", action="store_true", help="print the raw list as JSON")
+    share = commands.add_parser(
+        "share", parents=[client], help="share this GPU or stop", description="Turn sharing on or off."
+    )
+    share.add_argument("state", choices=["on", "off"])
     return parser
 
 
@@ -73,29 +113,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "status":
-        return _status(args)
+    if args.command in ("status", "peers", "share"):
+        return _client(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        settings = load_settings(
-            args.config_dir,
-            {
-                "api_port": args.api_port,
-                "backend": args.backend,
-                "name": args.name,
-                "max_body_mib": args.max_body_mib,
-            },
-        )
+        flags = {
+            key: getattr(args, key)
+            for key in (
+                "api_port",
+                "backend",
+                "name",
+                "max_body_mib",
+                "share",
+                "share_port",
+                "max_remote",
+                "interfaces",
+                "peers",
+            )
+        }
+        settings = load_settings(args.config_dir, flags)
+        if args.share is not None:
+            update_settings_file(settings.config_dir, share=args.share)
     except ConfigError as exc:
         parser.exit(2, f"inferhub: error: {exc}\n")
     return _run(settings)
 
 
-def _status(args: argparse.Namespace) -> int:
+def _client(args: argparse.Namespace) -> int:
     try:
         port = args.api_port or read_settings_file(args.config_dir or default_config_dir()).get(
             "api_port", DEFAULT_API_PORT
@@ -103,10 +151,17 @@ def _status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
-    url = f"http://127.0.0.1:{port}{STATUS_PATH}"
+    base = f"http://127.0.0.1:{port}"
     try:
-        with urllib.request.urlopen(url, timeout=_STATUS_TIMEOUT_S) as reply:
-            status = json.load(reply)
+        if args.command == "share":
+            body = json.dumps({"share": args.state == "on"}).encode()
+            request = urllib.request.Request(base + SHARE_PATH, data=body, method="POST")
+            with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S) as reply:
+                print(f"sharing {'on' if json.load(reply)['share'] else 'off'}")
+            return 0
+        path = STATUS_PATH if args.command == "status" else PEERS_PATH
+        with urllib.request.urlopen(base + path, timeout=_CLIENT_TIMEOUT_S) as reply:
+            answer = json.load(reply)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         print(
@@ -115,8 +170,33 @@ def _status(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(format_status(answer) if args.command == "status" else format_peers(answer))
     return 0
+
+
+def format_peers(peers: list[dict[str, Any]]) -> str:
+    """Render the peer list for people: one block per peer."""
+    if not peers:
+        return (
+            "no peers seen: other machines need InferHub running on this network; where multicast is "
+            "blocked, add them with --peer HOST:PORT"
+        )
+    blocks = []
+    for peer in peers:
+        status = peer["status"]
+        sharing = "sharing" if peer["share"] else "not sharing"
+        head = f"{peer['name']}  {peer['address']}:{peer['port']}  {sharing}"
+        load = status["load"]
+        blocks.append(
+            "\n".join(
+                [head, f"load     {load['active']}/{load['slots']} running"]
+                + [line for line in format_status(status).splitlines()[1:] if not line.startswith("backend")]
+            )
+        )
+    return "\n\n".join(blocks)
 
 
 def format_status(status: dict[str, Any]) -> str:

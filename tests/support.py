@@ -21,7 +21,14 @@ T = TypeVar("T")
 
 def node_settings(config_dir: Path, backend: str, **overrides: Any) -> Settings:
     """Settings for a test node on a free loopback port, untouched by the test machine's environment."""
-    values = {"api_port": 0, "backend": backend, "name": "test-node", **overrides}
+    values = {
+        "api_port": 0,
+        "share_port": 0,
+        "interfaces": ("127.0.0.1",),
+        "backend": backend,
+        "name": "test-node",
+        **overrides,
+    }
     return load_settings(config_dir, values, environ={})
 
 

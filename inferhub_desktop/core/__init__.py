@@ -1,6 +1,6 @@
 """InferHub's core: asyncio only, never Qt. The UI and the CLI use what this module exports."""
 
-from .api.local import STATUS_PATH
+from .api.endpoints import PEERS_PATH, SHARE_PATH, STATUS_PATH
 from .errors import ApiError, BackendUnavailable, ConfigError, InferhubError
 from .node import Node, serve
 from .settings import (
@@ -14,6 +14,8 @@ from .settings import (
 
 __all__ = [
     "DEFAULT_API_PORT",
+    "PEERS_PATH",
+    "SHARE_PATH",
     "STATUS_PATH",
     "ApiError",
     "BackendUnavailable",

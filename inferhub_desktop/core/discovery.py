@@ -68,13 +68,9 @@ class Discovery:
     """Advertise one node's record and report other nodes' records as they come and go."""
 
     def __init__(
-        self,
-        announcement: PeerAnnouncement,
-        interfaces: tuple[str, ...],
-        seen: SeenCallback,
-        gone: GoneCallback,
+        self, own_id: str, interfaces: tuple[str, ...], seen: SeenCallback, gone: GoneCallback
     ) -> None:
-        self._announcement = announcement
+        self.own_id = own_id
         self._interfaces = interfaces
         self._seen = seen
         self._gone = gone
@@ -86,13 +82,13 @@ class Discovery:
         self._registering: Awaitable[object] | None = None
         self.updates_sent = 0
 
-    async def start(self) -> None:
+    async def start(self, announcement: PeerAnnouncement) -> None:
         """Join mDNS on the chosen interfaces, announce this node and start browsing."""
         addresses = local_addresses(self._interfaces)
         self._zc = AsyncZeroconf(
             interfaces=list(self._interfaces) if self._interfaces else addresses, ip_version=IPVersion.V4Only
         )
-        self._info = self._service_info(self._announcement, addresses)
+        self._info = self._service_info(announcement, addresses)
         # Registering probes the name for about a second before announcing; the node need not wait.
         self._registering = await self._zc.async_register_service(self._info, allow_name_change=True)
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, SERVICE_TYPE, handlers=[self._on_change])
@@ -102,7 +98,6 @@ class Discovery:
         if self._zc is None or self._info is None or self._registering is None:
             return
         await self._registering
-        self._announcement = announcement
         self._info = self._service_info(announcement, [str(a) for a in self._info.parsed_addresses()])
         await (await self._zc.async_update_service(self._info))
         self.updates_sent += 1
@@ -160,7 +155,7 @@ class Discovery:
         except (MalformedRecord, BadTypeInNameException, ValueError) as exc:
             _log.info("ignoring the mDNS record %r: %s", name, exc)
             return
-        if announcement.node_id == self._announcement.node_id:
+        if announcement.node_id == self.own_id:
             return  # this node, seen under an old instance name
         self._endpoints[name] = announcement.endpoint
         self._seen(announcement)

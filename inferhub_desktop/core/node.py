@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -14,17 +15,23 @@ import aiohttp
 from aiohttp import web
 
 from .. import __version__
+from .api.admission import Admission
 from .api.endpoints import Endpoint, Kind
 from .api.guard import OriginPolicy
 from .api.local import LocalApi
+from .api.share import ShareApi
 from .backends.base import Backend, BackendState
 from .backends.ollama import OllamaBackend
-from .settings import Settings
+from .peers import PeerAnnouncement
+from .pool import Pool
+from .settings import Settings, update_settings_file
 from .telemetry import Telemetry, TelemetrySampler
 
 _log = logging.getLogger(__name__)
 
 LOCAL_API_HOST = "127.0.0.1"
+# Free VRAM is advertised in steps of this size, so its small drifts do not rewrite the mDNS record.
+_VRAM_STEP_MIB = 256
 # Connecting is quick on a LAN; a model load may hold the first byte for minutes, so
 # nothing else is timed.
 _BACKEND_CONNECT_TIMEOUT_S = 10.0
@@ -45,7 +52,11 @@ class Node:
         self.settings = settings
         self._origins = OriginPolicy(environ)
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
+        self._pool: Pool | None = None
+        self.admission = Admission(slots=settings.max_remote, max_remote=settings.max_remote)
+        self.sharing = settings.share
+        self.share_port = settings.share_port
         self._backend: Backend | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_wanted = asyncio.Event()
@@ -75,8 +86,14 @@ class Node:
     ) -> None:
         await self.close()
 
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            raise RuntimeError("the node is not started")
+        return self._pool
+
     async def start(self) -> None:
-        """Open the backend connection pool and start listening on the local API port."""
+        """Open the backend pool, listen on the local and share APIs, and join the LAN pool."""
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=_BACKEND_CONNECT_TIMEOUT_S),
@@ -84,43 +101,109 @@ class Node:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._backend = OllamaBackend(self.settings.backend, self._session)
-        api = LocalApi(
-            self.settings, self._choose_backend, self._origins, status=self.status, relayed=self._relayed
+        local = LocalApi(
+            self.settings,
+            self._choose_backend,
+            self._origins,
+            admission=self.admission,
+            status=self.status,
+            relayed=self._relayed,
+            peers=lambda: [peer.to_json() for peer in self.pool.peers],
+            set_sharing=self.set_sharing,
         )
-        self._runner = web.AppRunner(
-            api.app(), handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S
+        share = ShareApi(
+            self.settings,
+            self._choose_backend,
+            self.admission,
+            sharing=lambda: self.sharing,
+            status=self.status,
+            relayed=self._relayed,
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, LOCAL_API_HOST, self.settings.api_port)
+        # The share API listens on the chosen LAN interfaces, else on all of them.
+        share_hosts = list(self.settings.interfaces) or ["0.0.0.0"]
         try:
-            await site.start()
+            self.api_port = await self._listen(local.app(), [LOCAL_API_HOST], self.settings.api_port)
+            self.share_port = await self._listen(share.app(), share_hosts, self.settings.share_port)
         except OSError:
             await self.close()
             raise
-        self.api_port = self._runner.addresses[0][1]
+        self._pool = Pool(self.settings, self._session, self.announcement)
+        await self._pool.start()
         self._tasks.append(asyncio.create_task(self._probe_backend(), name="probe-backend"))
         self._tasks.append(asyncio.create_task(self._sample_telemetry(), name="sample-telemetry"))
         _log.info(
-            "node %r serving the Ollama API on %s, backend %s at %s",
+            "node %r serving the Ollama API on %s, backend %s at %s; share API on port %d (%s)",
             self.settings.name,
             self.api_url,
             self.backend.kind,
             self.backend.url,
+            self.share_port,
+            "sharing" if self.sharing else "not sharing",
         )
 
+    async def _listen(self, app: web.Application, hosts: list[str], port: int) -> int:
+        runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        for host in hosts:
+            await web.TCPSite(runner, host, port).start()
+            # Port 0 picks a free port; further interfaces take the same one.
+            port = runner.addresses[0][1]
+        return port
+
     async def close(self) -> None:
-        """Stop accepting, let in-flight requests finish for a grace period, then close."""
+        """Leave the pool, stop accepting, let in-flight requests finish for a grace period, then close."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self._sampler.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def set_sharing(self, share: bool) -> None:
+        """Share this GPU with the pool, or stop; remembered in the settings file."""
+        if share != self.sharing:
+            self.sharing = share
+            update_settings_file(self.settings.config_dir, share=share)
+            _log.info("sharing this GPU with the pool: %s", "on" if share else "off")
+
+    def models_hash(self) -> str:
+        """Return a short hash of the installed and loaded models, so peers see when they change."""
+        state = self.backend_state
+        text = (
+            "\n".join(sorted(m.name for m in state.installed))
+            + "|"
+            + ",".join(sorted(m.name for m in state.loaded))
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def announcement(self) -> PeerAnnouncement:
+        """Return what this node says about itself on mDNS."""
+        telemetry = self.telemetry
+        free = telemetry.vram_free_mib // _VRAM_STEP_MIB * _VRAM_STEP_MIB if telemetry else 0
+        return PeerAnnouncement(
+            node_id=self.settings.node_id,
+            name=self.settings.name,
+            address="",
+            port=self.share_port,
+            share=self.sharing,
+            gpu=telemetry.summary() if telemetry else "",
+            vram_free_mib=free,
+            vram_total_mib=telemetry.vram_total_mib if telemetry else 0,
+            active=self.admission.active_local + self.admission.active_remote,
+            slots=self.settings.max_remote,
+            models_hash=self.models_hash(),
+        )
 
     def status(self) -> dict[str, Any]:
         """Return the node's state as JSON values: identity, API, backend, GPUs and system."""
@@ -129,6 +212,15 @@ class Node:
             "name": self.settings.name,
             "version": __version__,
             "api_url": self.api_url,
+            "share": self.sharing,
+            "share_port": self.share_port,
+            "load": {
+                "active": self.admission.active_local + self.admission.active_remote,
+                "remote": self.admission.active_remote,
+                "waiting": self.admission.waiting_remote,
+                "slots": self.settings.max_remote,
+            },
+            "models_hash": self.models_hash(),
             "backend": self.backend_state.to_json(),
             "telemetry": self.telemetry.to_json() if self.telemetry else None,
         }

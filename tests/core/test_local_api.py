@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from inferhub_desktop.core import Node
+from inferhub_desktop.core.api.admission import Admission
 from inferhub_desktop.core.api.guard import OriginPolicy
 from inferhub_desktop.core.api.local import LocalApi
 from tests.fakes.ollama import FakeOllama
@@ -277,7 +278,16 @@ async def test_an_internal_fault_is_a_500_without_a_traceback(
         raise RuntimeError("secret detail")
 
     settings = node_settings(tmp_path, fake.url)
-    api = LocalApi(settings, broken_chooser, OriginPolicy({}), status=dict, relayed=lambda _: None)  # type: ignore[arg-type]
+    api = LocalApi(
+        settings,
+        broken_chooser,  # type: ignore[arg-type]
+        OriginPolicy({}),
+        admission=Admission(slots=1, max_remote=1),
+        status=dict,
+        relayed=lambda _: None,
+        peers=list,
+        set_sharing=lambda _: None,
+    )
     runner = web.AppRunner(api.app())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+# The node's own API for the tray, the dashboard, the CLI and peers; not part of Ollama's.
+CONTROL_PREFIX = "/_inferhub/v1/"
+STATUS_PATH = CONTROL_PREFIX + "status"
+PEERS_PATH = CONTROL_PREFIX + "peers"
+SHARE_PATH = CONTROL_PREFIX + "share"
+
 
 class Kind(enum.Enum):
     """How the node treats a request; later the router and the share API decide by it."""

@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
-from urllib.parse import quote
 
-from aiohttp import StreamReader, web
+from aiohttp import web
 
-from ..backends.base import Backend, Body
-from ..errors import ApiError, BackendUnavailable
-from ..settings import SETTINGS_FILE, Settings
-from .endpoints import Endpoint, Kind, match
+from ..errors import ApiError
+from ..settings import Settings
+from .admission import Admission
+from .endpoints import CONTROL_PREFIX, PEERS_PATH, SHARE_PATH, STATUS_PATH, Endpoint, Kind
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
-from .payload import parse_body, string_field
-from .relay import relay, upstream_headers
-from .responses import error_response, go_json, text_response
-
-_log = logging.getLogger(__name__)
-
-NODE_HEADER = "X-InferHub-Node"
-# Node ids a request has passed through; a node that sees its own id is its own backend.
-VIA_HEADER = "X-InferHub-Via"
+from .payload import parse_body
+from .relay import BackendChooser, Forwarder, RelayedHook, StatusSource, route
+from .responses import go_json, text_response
 
 _CORS_KEY = web.RequestKey("cors_headers", dict)
-_STARTED_KEY = web.RequestKey("response_started", bool)
 
-# Picks the backend for a request to `endpoint` naming `model` (None when the body names none).
-BackendChooser = Callable[[Endpoint, str | None], Backend]
-# Told of each request relayed, so the node can look again at what may have changed.
-RelayedHook = Callable[[Endpoint], None]
-# The node's full state as JSON values.
-StatusSource = Callable[[], dict[str, Any]]
-
-# What the tray, the dashboard and the CLI read; not part of Ollama's API.
-STATUS_PATH = "/_inferhub/v1/status"
+# The peer list, as JSON values, and the switch for sharing this GPU.
+PeersSource = Callable[[], list[dict[str, Any]]]
+SharingSwitch = Callable[[bool], None]
 
 
 class LocalApi:
@@ -47,45 +34,61 @@ class LocalApi:
         choose_backend: BackendChooser,
         origins: OriginPolicy,
         *,
+        admission: Admission,
         status: StatusSource,
         relayed: RelayedHook,
+        peers: PeersSource,
+        set_sharing: SharingSwitch,
     ) -> None:
-        self._settings = settings
-        self._choose_backend = choose_backend
         self._origins = origins
+        self._admission = admission
+        self._peers = peers
+        self._set_sharing = set_sharing
         self._status = status
-        self._relayed = relayed
-        self._node_header = quote(settings.name, safe=" !#$&'()*+,/:;=?@[]~")
+        self._forwarder = Forwarder(settings, choose_backend, status=status, relayed=relayed)
 
     def app(self) -> web.Application:
         """Build the application; the node runs it with an AppRunner."""
-        app = web.Application(handler_args={"max_field_size": 65536})
-        app.router.add_route("*", "/{path:.*}", self._handle)
-        app.on_response_prepare.append(self._on_prepare)
+        app = self._forwarder.app(self._handle)
+        app.on_response_prepare.append(self._add_cors_headers)
         return app
 
-    async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        request[_STARTED_KEY] = True
-        response.headers[NODE_HEADER] = self._node_header
+    async def _add_cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         response.headers.update(request.get(_CORS_KEY, {}))
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        """Check the request as Ollama does, then answer it; failures become Ollama-format errors."""
+        """Check the request as Ollama does, then answer it."""
         if refusal := self._guard(request):
             return refusal
-        openai = request.path.startswith("/v1/")
-        try:
-            return await self._dispatch(request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.message, openai=openai)
-        except BackendUnavailable as exc:
-            return error_response(502, str(exc), openai=openai)
-        except Exception:
-            if request.get(_STARTED_KEY):
-                raise  # the status line is out; aiohttp drops the connection
-            # Never a traceback to the client: the log has it.
-            _log.exception("internal error answering %s %s", request.method, request.path)
-            return error_response(500, "internal error in the InferHub node; see its log", openai=openai)
+        if request.path.startswith(CONTROL_PREFIX):
+            return await self._control(request)
+        routed = route(request)
+        if isinstance(routed, web.Response):
+            return routed
+        return await self._forwarder.forward(request, routed, self._admit)
+
+    async def _control(self, request: web.Request) -> web.StreamResponse:
+        """Answer the tray, the dashboard and the CLI: status, peers, and the sharing switch."""
+        if request.path == STATUS_PATH:
+            return self._forwarder.status_reply(request)
+        if request.path == PEERS_PATH and request.method in ("GET", "HEAD"):
+            return web.Response(body=go_json(self._peers()), content_type="application/json")
+        if request.path == SHARE_PATH and request.method == "POST":
+            body = await request.read()
+            share = parse_body(body, "inferhub.ShareRequest", openai=False).get("share")
+            if not isinstance(share, bool):
+                raise ApiError(400, 'send {"share": true} or {"share": false}')
+            self._set_sharing(share)
+            return web.Response(body=go_json({"share": share}), content_type="application/json")
+        if request.path in (PEERS_PATH, SHARE_PATH):
+            return text_response(405, "405 method not allowed")
+        return text_response(404, "404 page not found")
+
+    def _admit(self, endpoint: Endpoint) -> AbstractAsyncContextManager[None]:
+        """Count the owner's inference on the backend, so peers' requests wait for a free slot."""
+        if endpoint.kind is Kind.INFERENCE:
+            return self._admission.local()
+        return contextlib.nullcontext()
 
     def _guard(self, request: web.Request) -> web.Response | None:
         """Apply Ollama's CORS, then Host, checks; both refuse with an empty 403."""
@@ -102,62 +105,3 @@ class LocalApi:
         if request.method == "OPTIONS" and host_name_allowed(host):
             return web.Response(status=204)
         return None
-
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        if request.path == STATUS_PATH:
-            if request.method not in ("GET", "HEAD"):
-                return text_response(405, "405 method not allowed")
-            return web.Response(body=go_json(self._status()), content_type="application/json")
-        found = match(request.method, request.path)
-        if found.endpoint is None:
-            if found.method_not_allowed:
-                return text_response(405, "405 method not allowed")
-            return text_response(404, "404 page not found")
-        endpoint = found.endpoint
-        if endpoint.kind is Kind.ROOT:
-            return text_response(200, "Ollama is running")
-
-        via = [v.strip() for v in request.headers.get(VIA_HEADER, "").split(",") if v.strip()]
-        if self._settings.node_id in via:
-            raise ApiError(
-                508,
-                f"request loop: the backend {self._settings.backend} leads back to this InferHub node; "
-                "point --backend at Ollama itself (default http://127.0.0.1:11434)",
-            )
-        body = await self._body(request, endpoint)
-        model = None
-        if endpoint.request_type is not None and isinstance(body, bytes):
-            fields = parse_body(body, endpoint.request_type, openai=endpoint.openai)
-            model = string_field(fields, "model", endpoint.request_type)
-        backend = self._choose_backend(endpoint, model)
-
-        headers = upstream_headers(request, keep_length=isinstance(body, StreamReader))
-        headers[VIA_HEADER] = ",".join([*via, self._settings.node_id])
-        async with backend.request(request.method, request.raw_path, headers, body) as upstream:
-            response = await relay(request, upstream)
-        self._relayed(endpoint)
-        return response
-
-    async def _body(self, request: web.Request, endpoint: Endpoint) -> Body:
-        """Read the body within the size limit; blob uploads stream through unread and unlimited."""
-        if not request.body_exists:
-            return None
-        if endpoint.kind is Kind.BLOB:
-            return request.content
-        limit = self._settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise self._too_large()
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large()
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _too_large(self) -> ApiError:
-        return ApiError(
-            413,
-            f"request body is larger than the {self._settings.max_body_mib} MiB limit; raise it with "
-            f"--max-body-mib or max_body_mib in {self._settings.config_dir / SETTINGS_FILE}",
-        )

@@ -1,0 +1,150 @@
+"""This node's view of the pool: discovery, static peers, liveness polling and the peer table."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from .api.endpoints import STATUS_PATH
+from .discovery import Discovery
+from .peers import MalformedRecord, Peer, PeerAnnouncement, PeerTable, encode_txt
+from .settings import Settings, parse_peer
+
+_log = logging.getLogger(__name__)
+
+# Each candidate's status is fetched this often; it is the liveness check and the fresh state.
+_PEER_POLL_S = 1.0
+_PEER_POLL_TIMEOUT_S = 0.8
+# A peer that has not answered for this long is gone (crashed, or its link is down).
+_PEER_TTL_S = 2.5
+# This node's TXT record changes at most this often, so a busy node does not flood the LAN.
+_TXT_MIN_INTERVAL_S = 1.0
+_ADVERTISE_CHECK_S = 0.25
+
+
+def announcement_from_status(status: Mapping[str, Any], address: str, port: int) -> PeerAnnouncement:
+    """Read what a peer says about itself in its status; raise MalformedRecord if it does not add up."""
+    try:
+        telemetry = status.get("telemetry") or {}
+        load = status["load"]
+        announcement = PeerAnnouncement(
+            node_id=str(status["id"]),
+            name=str(status["name"]),
+            address=address,
+            port=port,
+            share=bool(status["share"]),
+            gpu=str(telemetry.get("summary", "")),
+            vram_free_mib=int(telemetry.get("vram_free_mib", 0)),
+            vram_total_mib=int(telemetry.get("vram_total_mib", 0)),
+            active=int(load["active"]),
+            slots=int(load["slots"]),
+            models_hash=str(status["models_hash"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedRecord(f"status is missing or mistypes {exc}") from exc
+    if (
+        not announcement.name
+        or announcement.slots < 1
+        or announcement.vram_free_mib > announcement.vram_total_mib
+    ):
+        raise MalformedRecord("status has an empty name, no slots or more free VRAM than total")
+    return announcement
+
+
+class Pool:
+    """Find peers by mDNS and by address, keep the live ones, and keep this node's record current."""
+
+    def __init__(
+        self, settings: Settings, session: aiohttp.ClientSession, own: Callable[[], PeerAnnouncement]
+    ) -> None:
+        self._settings = settings
+        self._session = session
+        self._own = own
+        self.table = PeerTable(settings.node_id, _PEER_TTL_S)
+        # Where peers may be reached, and how they were learnt of ("mdns" or "static").
+        self._candidates: dict[tuple[str, int], str] = {parse_peer(p): "static" for p in settings.peers}
+        self._discovery = Discovery(settings.node_id, settings.interfaces, self._on_seen, self._on_gone)
+        self._poll_now = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def peers(self) -> list[Peer]:
+        return list(self.table)
+
+    @property
+    def txt_updates(self) -> int:
+        return self._discovery.updates_sent
+
+    async def start(self) -> None:
+        """Join mDNS and begin polling; returns at once, discovery settles in the background."""
+        self._tasks = [
+            asyncio.create_task(self._poll(), name="poll-peers"),
+            asyncio.create_task(self._advertise(), name="advertise"),
+        ]
+
+    async def close(self) -> None:
+        """Say goodbye on mDNS and stop polling."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._discovery.close()
+
+    def _on_seen(self, announcement: PeerAnnouncement) -> None:
+        self._candidates.setdefault(announcement.endpoint, "mdns")
+        self._poll_now.set()
+
+    def _on_gone(self, endpoint: tuple[str, int]) -> None:
+        if self._candidates.get(endpoint) == "mdns":
+            del self._candidates[endpoint]
+        for peer in self.table:
+            if peer.announcement.endpoint == endpoint:
+                self.table.remove(peer.node_id)
+                _log.info("peer %r (%s:%d) said goodbye", peer.announcement.name, *endpoint)
+
+    async def _poll(self) -> None:
+        while True:
+            self._poll_now.clear()
+            await asyncio.gather(*(self._check(endpoint) for endpoint in list(self._candidates)))
+            for peer in self.table.expire(time.monotonic()):
+                _log.info(
+                    "peer %r (%s:%d) stopped answering", peer.announcement.name, *peer.announcement.endpoint
+                )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_PEER_POLL_S):
+                    await self._poll_now.wait()
+
+    async def _check(self, endpoint: tuple[str, int]) -> None:
+        host, port = endpoint
+        url = f"http://{host}:{port}{STATUS_PATH}"
+        try:
+            async with asyncio.timeout(_PEER_POLL_TIMEOUT_S), self._session.get(url) as reply:
+                if reply.status != 200:
+                    return
+                status = await reply.json(content_type=None)
+            announcement = announcement_from_status(status, host, port)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            _log.debug("peer at %s:%d did not answer: %s", host, port, exc)
+            return
+        except MalformedRecord as exc:
+            _log.info("ignoring the peer at %s:%d: %s", host, port, exc)
+            return
+        if self.table.seen(announcement, status, time.monotonic()):
+            _log.info("peer %r joined from %s:%d", announcement.name, host, port)
+
+    async def _advertise(self) -> None:
+        announcement = self._own()
+        await self._discovery.start(announcement)
+        advertised, last_sent = encode_txt(announcement), time.monotonic()
+        while True:
+            await asyncio.sleep(_ADVERTISE_CHECK_S)
+            announcement = self._own()
+            txt = encode_txt(announcement)
+            if txt != advertised and time.monotonic() - last_sent >= _TXT_MIN_INTERVAL_S:
+                await self._discovery.update(announcement)
+                advertised, last_sent = txt, time.monotonic()

@@ -1,0 +1,194 @@
+"""Three machines on a real LAN: nodes find each other over mDNS, notice crashes, unplugged cables
+and share toggles, each within the time a user would expect."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lan.netns import Host, Lan, netns_unavailable
+from tests.support import ROOT
+
+pytestmark = pytest.mark.skipif(bool(netns_unavailable()), reason=str(netns_unavailable()))
+
+MODELS = ["llama3:latest", "qwen3:8b", "mistral:latest"]
+
+
+@dataclass
+class Machine:
+    host: Host
+    name: str
+    node: subprocess.Popen[Any]
+    watch_log: Path
+    node_log: Path
+
+    def views(self) -> list[dict[str, Any]]:
+        """Return every peer list this machine's node has shown, oldest first."""
+        lines = self.watch_log.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        views = self.views()
+        return {p["name"]: p for p in views[-1]["peers"]} if views else {}
+
+    def cli(self, *args: str) -> str:
+        result = self.host.run(
+            [sys.executable, "-m", "inferhub_desktop", *args],
+            timeout=20,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait until `condition()` holds; return when it did (time.time()), or fail naming `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return time.time()
+        time.sleep(0.05)
+    pytest.fail(f"not within {timeout} s: {what}")
+
+
+@pytest.fixture
+def machines(tmp_path: Path) -> Iterator[list[Machine]]:
+    with Lan(3) as lan:
+        machines = []
+        for i, host in enumerate(lan.hosts):
+            work = tmp_path / f"m{i}"
+            work.mkdir()
+            log = (work / "fake.log").open("w")
+            host.popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.fakes.ollama",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "11434",
+                    "--model",
+                    MODELS[i],
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            log.close()
+            node_log = work / "node.log"
+            with node_log.open("w") as out:
+                node = host.popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "inferhub_desktop",
+                        "serve",
+                        "--headless",
+                        "--share",
+                        "--name",
+                        f"node{i}",
+                        "--config-dir",
+                        str(work / "config"),
+                        "--interface",
+                        host.ip,
+                        "--backend",
+                        "http://127.0.0.1:11434",
+                    ],
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            watch_log = work / "watch.log"
+            with watch_log.open("w") as out:
+                host.popen(
+                    [sys.executable, "tests/lan/scripts/watch_peers.py", "http://127.0.0.1:11435"],
+                    cwd=ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            machines.append(Machine(host, f"node{i}", node, watch_log, node_log))
+        try:
+            yield machines
+        finally:
+            for m in machines:
+                print(f"--- {m.name} log\n{m.node_log.read_text()}")
+
+
+def full_view(machine: Machine, others: list[Machine]) -> bool:
+    peers = machine.peers()
+    return all(
+        o.name in peers
+        and peers[o.name]["models"] == [MODELS[int(o.name[-1])]]
+        and peers[o.name]["gpu"]
+        and peers[o.name]["ram_total_mib"]
+        for o in others
+    ) and len(peers) == len(others)
+
+
+def test_nodes_on_a_lan_find_each_other_and_notice_changes(machines: list[Machine]) -> None:
+    a, b, c = machines
+    # The clock starts when every node answers on its local API.
+    up = wait_for(lambda: all(m.views() for m in machines), 15, "every node answering")
+    up = max(m.views()[0]["t"] for m in machines)
+    joined = wait_for(
+        lambda: all(full_view(m, [o for o in machines if o is not m]) for m in machines),
+        10,
+        "every node listing the other two with models and GPU data",
+    )
+    print(f"join latency {joined - up:.2f} s")
+    assert joined - up <= 3.0
+
+    # A share toggle on one machine shows on the others.
+    toggled = time.time()
+    assert a.cli("share", "off").strip() == "sharing off"
+    seen = wait_for(
+        lambda: b.peers()["node0"]["share"] is False and c.peers()["node0"]["share"] is False,
+        5,
+        "the others seeing node0 stop sharing",
+    )
+    print(f"share toggle latency {seen - toggled:.2f} s")
+    assert seen - toggled <= 2.0
+
+    # An unplugged cable drops that machine; plugging it back in brings it back.
+    c.host.link_down()
+    unplugged = time.time()
+    dropped = wait_for(
+        lambda: "node2" not in a.peers() and "node2" not in b.peers(),
+        10,
+        "the others dropping the unplugged node2",
+    )
+    print(f"unplugged-link eviction {dropped - unplugged:.2f} s")
+    assert dropped - unplugged <= 5.0
+    c.host.link_up()
+    wait_for(lambda: "node2" in a.peers() and "node2" in b.peers(), 15, "node2 coming back after its link")
+
+    # A crashed node disappears from the others.
+    b.node.send_signal(signal.SIGKILL)
+    killed = time.time()
+    gone = wait_for(
+        lambda: "node1" not in a.peers() and "node1" not in c.peers(),
+        10,
+        "the others dropping the killed node1",
+    )
+    print(f"crash eviction {gone - killed:.2f} s")
+    assert gone - killed <= 5.0
+
+    # A node that stops says goodbye, and the others drop it at once rather than waiting it out.
+    a.node.send_signal(signal.SIGTERM)
+    stopped = time.time()
+    left = wait_for(lambda: "node0" not in c.peers(), 5, "node2 dropping node0 after its goodbye")
+    print(f"goodbye eviction {left - stopped:.2f} s")
+    assert left - stopped <= 1.5
+    assert "said goodbye" in c.node_log.read_text()
