@@ -222,6 +222,13 @@ class Lan:
             for i in range(count)
         ]
 
+    def block_multicast(self) -> None:
+        """Stop the switch forwarding multicast, as networks that filter mDNS do; unicast still flows."""
+        _ip_batch(
+            self.switch,
+            [f"link set {host.switch_port} type bridge_slave mcast_flood off" for host in self.hosts],
+        )
+
     @property
     def namespaces(self) -> list[str]:
         """Return the names of every namespace this LAN uses, the switch's first."""

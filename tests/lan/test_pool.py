@@ -62,14 +62,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     pytest.fail(f"not within {timeout} s: {what}")
 
 
-@pytest.fixture
-def machines(tmp_path: Path) -> Iterator[list[Machine]]:
-    with Lan(3) as lan:
-        machines = []
-        for i, host in enumerate(lan.hosts):
-            work = tmp_path / f"m{i}"
-            work.mkdir()
-            log = (work / "fake.log").open("w")
+def start_machines(lan: Lan, tmp_path: Path, extra: Callable[[int], list[str]]) -> list[Machine]:
+    """Start on each host a fake Ollama with its own model, a sharing node and a watcher of its peers."""
+    machines = []
+    for i, host in enumerate(lan.hosts):
+        work = tmp_path / f"m{i}"
+        work.mkdir()
+        with (work / "fake.log").open("w") as out:
             host.popen(
                 [
                     sys.executable,
@@ -83,42 +82,49 @@ def machines(tmp_path: Path) -> Iterator[list[Machine]]:
                     MODELS[i],
                 ],
                 cwd=ROOT,
-                stdout=log,
+                stdout=out,
                 stderr=subprocess.STDOUT,
             )
-            log.close()
-            node_log = work / "node.log"
-            with node_log.open("w") as out:
-                node = host.popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "inferhub_desktop",
-                        "serve",
-                        "--headless",
-                        "--share",
-                        "--name",
-                        f"node{i}",
-                        "--config-dir",
-                        str(work / "config"),
-                        "--interface",
-                        host.ip,
-                        "--backend",
-                        "http://127.0.0.1:11434",
-                    ],
-                    cwd=ROOT,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            watch_log = work / "watch.log"
-            with watch_log.open("w") as out:
-                host.popen(
-                    [sys.executable, "tests/lan/scripts/watch_peers.py", "http://127.0.0.1:11435"],
-                    cwd=ROOT,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            machines.append(Machine(host, f"node{i}", node, watch_log, node_log))
+        node_log = work / "node.log"
+        with node_log.open("w") as out:
+            node = host.popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "inferhub_desktop",
+                    "serve",
+                    "--headless",
+                    "--share",
+                    "--name",
+                    f"node{i}",
+                    "--config-dir",
+                    str(work / "config"),
+                    "--interface",
+                    host.ip,
+                    "--backend",
+                    "http://127.0.0.1:11434",
+                    *extra(i),
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        watch_log = work / "watch.log"
+        with watch_log.open("w") as out:
+            host.popen(
+                [sys.executable, "tests/lan/scripts/watch_peers.py", "http://127.0.0.1:11435"],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        machines.append(Machine(host, f"node{i}", node, watch_log, node_log))
+    return machines
+
+
+@pytest.fixture
+def machines(tmp_path: Path) -> Iterator[list[Machine]]:
+    with Lan(3) as lan:
+        machines = start_machines(lan, tmp_path, lambda i: [])
         try:
             yield machines
         finally:
@@ -192,3 +198,26 @@ def test_nodes_on_a_lan_find_each_other_and_notice_changes(machines: list[Machin
     print(f"goodbye eviction {left - stopped:.2f} s")
     assert left - stopped <= 1.5
     assert "said goodbye" in c.node_log.read_text()
+
+
+def test_static_peers_work_where_multicast_is_filtered(tmp_path: Path) -> None:
+    with Lan(3) as lan:
+        lan.block_multicast()
+        a_ip, b_ip, _ = (host.ip for host in lan.hosts)
+        # node0 and node1 know each other's address; node2 knows nobody and can rely only on mDNS.
+        static = {0: ["--peer", f"{b_ip}:11436"], 1: ["--peer", f"{a_ip}:11436"], 2: []}
+        a, b, c = start_machines(lan, tmp_path, lambda i: static[i])
+        joined = wait_for(
+            lambda: full_view(a, [b]) and full_view(b, [a]), 10, "each node listing its static peer"
+        )
+        wait_for(lambda: bool(c.views()), 10, "node2 answering")
+        # With mDNS working, node2 would have listed the others about 1.3 s after they started.
+        time.sleep(max(0.0, joined + 2.0 - time.time()))
+        assert c.peers() == {}
+        assert set(a.peers()) == {"node1"}
+
+        b.node.send_signal(signal.SIGKILL)
+        killed = time.time()
+        gone = wait_for(lambda: "node1" not in a.peers(), 10, "node0 dropping its crashed static peer")
+        print(f"static peer crash eviction {gone - killed:.2f} s")
+        assert gone - killed <= 5.0

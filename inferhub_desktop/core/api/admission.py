@@ -48,7 +48,7 @@ class Admission:
 
     @property
     def waiting_remote(self) -> int:
-        return sum(1 for waiter in self._waiters if not waiter.done())
+        return len(self._waiters)
 
     @contextlib.asynccontextmanager
     async def local(self) -> AsyncIterator[None]:
@@ -90,27 +90,24 @@ class Admission:
             async with asyncio.timeout(self._wait_s):
                 await waiter
         except TimeoutError:
-            if self._leave(waiter):
-                return  # the slot came just as the wait ran out: take it
+            self._give_up(waiter)
             raise ApiError(
                 503,
                 f"server busy, please try again.  no slot for peers came free within {self._wait_s:g} s",
             ) from None
         except BaseException:
-            # Cancelled, most likely because the client went away.
-            if self._leave(waiter):
-                self._active_remote -= 1
-                self._wake()
+            self._give_up(waiter)  # cancelled: the client went away, or the node stops
             raise
 
-    def _leave(self, waiter: asyncio.Future[None]) -> bool:
-        """Take a waiter out of the queue; return whether a slot had been handed to it already."""
+    def _give_up(self, waiter: asyncio.Future[None]) -> None:
+        """Take a waiter out of the queue, or pass on the slot it was handed as it stopped waiting."""
         if waiter.done() and not waiter.cancelled():
-            return True
-        with contextlib.suppress(ValueError):  # _wake may have dropped it, cancelled, already
-            self._waiters.remove(waiter)
-        self._wake()  # those behind it may fit now
-        return False
+            self._active_remote -= 1
+        else:
+            with contextlib.suppress(ValueError):  # _wake may have dropped it, cancelled, already
+                self._waiters.remove(waiter)
+        # Whoever queued behind it while it was leaving may fit now.
+        self._wake()
 
     def _wake(self) -> None:
         """Hand free slots to the waiting peers' requests, oldest first."""
