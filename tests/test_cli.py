@@ -87,6 +87,29 @@ def test_status_shows_the_running_node(tmp_path: Path, fake_ollama: str) -> None
     assert as_json["backend"]["installed"][0]["name"] == "llama3:latest"
 
 
+def test_peers_and_share_on_a_loopback_pool(tmp_path: Path, fake_ollama: str) -> None:
+    loopback = ("--interface", "127.0.0.1", "--share-port", "0")
+    a, a_url = start_node_process(tmp_path / "a", fake_ollama, "--name", "desk-a", *loopback)
+    b, _ = start_node_process(tmp_path / "b", fake_ollama, "--name", "desk-b", "--share", *loopback)
+    port = a_url.rsplit(":", 1)[1]
+    try:
+        deadline = time.monotonic() + 10
+        while "desk-b" not in (text := run_cli("peers", "--api-port", port).stdout):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.1)
+        listed = json.loads(run_cli("peers", "--api-port", port, "--json").stdout)
+        shared = run_cli("share", "on", "--api-port", port)
+    finally:
+        assert stop_process(a) == 0
+        assert stop_process(b) == 0
+    assert "desk-b  127.0.0.1:" in text
+    assert "  sharing" in text
+    assert "models   llama3:latest" in text
+    assert [p["name"] for p in listed] == ["desk-b"]
+    assert shared.stdout.strip() == "sharing on"
+    assert "share = true" in (tmp_path / "a" / "settings.toml").read_text()
+
+
 def test_status_without_a_node_says_how_to_start_one(unused_tcp_port: int) -> None:
     result = run_cli("status", "--api-port", str(unused_tcp_port))
     assert result.returncode == 1

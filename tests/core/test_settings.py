@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from inferhub_desktop.core import ConfigError, default_config_dir, load_settings, update_settings_file
-from inferhub_desktop.core.settings import SETTINGS_FILE, parse_host
+from inferhub_desktop.core.settings import SETTINGS_FILE, parse_host, parse_peer
 
 
 @pytest.mark.parametrize(
@@ -100,3 +100,37 @@ def test_wrong_types_in_the_file_are_refused_and_unknown_keys_ignored(
 def test_config_dir_comes_from_the_environment(tmp_path: Path) -> None:
     assert default_config_dir({"INFERHUB_CONFIG_DIR": str(tmp_path)}) == tmp_path
     assert default_config_dir({}).name == "InferHub"
+
+
+def test_pool_settings_from_file_and_flags(tmp_path: Path) -> None:
+    update_settings_file(tmp_path, share=True, peers=["10.0.0.7:11436", "gpu-box"], interfaces=["10.0.0.2"])
+    settings = load_settings(tmp_path, {"max_remote": 3}, environ={})
+    assert (settings.share, settings.share_port, settings.max_remote) == (True, 11436, 3)
+    assert settings.peers == ("10.0.0.7:11436", "gpu-box")
+    assert settings.interfaces == ("10.0.0.2",)
+    assert parse_peer("gpu-box") == ("gpu-box", 11436)
+    assert parse_peer("[fd00::7]:9000") == ("fd00::7", 9000)
+
+
+def test_remote_slots_default_to_ollamas_parallel_requests(tmp_path: Path) -> None:
+    assert load_settings(tmp_path, environ={}).max_remote == 1
+    assert load_settings(tmp_path, environ={"OLLAMA_NUM_PARALLEL": "4"}).max_remote == 4
+    assert load_settings(tmp_path, environ={"OLLAMA_NUM_PARALLEL": "many"}).max_remote == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"peers": ["gpu-box:notaport"]}, "invalid port"),
+        ({"peers": ["http://gpu-box/x"]}, "not HOST:PORT"),
+        ({"peers": "gpu-box"}, "list of strings"),
+        ({"interfaces": [1]}, "list of strings"),
+        ({"share": 1}, "must be a bool"),
+        ({"max_remote": -1}, "at least 1"),
+    ],
+)
+def test_invalid_pool_settings_are_refused(
+    tmp_path: Path, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(tmp_path, overrides, environ={})

@@ -1,0 +1,113 @@
+"""Two nodes on loopback form a pool: real zeroconf, real share APIs, real status polling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from inferhub_desktop.core import PEERS_PATH, SHARE_PATH, Node, read_settings_file
+from inferhub_desktop.core.peers import MalformedRecord
+from inferhub_desktop.core.pool import announcement_from_status
+from tests.fakes.ollama import FakeOllama
+from tests.support import eventually, node_settings
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node, FakeOllama]]:
+    async with (
+        FakeOllama(["llama3:latest"]) as fake_a,
+        FakeOllama(["qwen3:8b", "mistral:latest"], loaded=["qwen3:8b"]) as fake_b,
+    ):
+        a = Node(node_settings(tmp_path / "a", fake_a.url, name="alpha", share=True), environ={})
+        b = Node(node_settings(tmp_path / "b", fake_b.url, name="beta", share=True), environ={})
+        async with a, b:
+            yield a, b, fake_b
+
+
+def names(node: Node) -> set[str]:
+    return {peer.announcement.name for peer in node.pool.peers}
+
+
+async def test_nodes_find_each_other_with_their_models(pair: tuple[Node, Node, FakeOllama]) -> None:
+    a, b, _ = pair
+    await eventually(lambda: "beta" in names(a) and "alpha" in names(b))
+    await eventually(lambda: bool(a.pool.table.get(b.settings.node_id).status["backend"]["installed"]))  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as http, http.get(a.api_url + PEERS_PATH) as reply:
+        peers = {p["name"]: p for p in await reply.json()}
+    beta = peers["beta"]
+    assert (beta["address"], beta["port"], beta["share"]) == ("127.0.0.1", b.share_port, True)
+    installed = {m["name"] for m in beta["status"]["backend"]["installed"]}
+    assert installed == {"qwen3:8b", "mistral:latest"}
+    assert beta["status"]["telemetry"]["system"]["ram_total_mib"] > 0
+    assert "alpha" not in names(a)
+
+
+async def test_a_share_toggle_reaches_the_peer_and_is_remembered(pair: tuple[Node, Node, FakeOllama]) -> None:
+    a, b, _ = pair
+    await eventually(lambda: "beta" in names(a))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(b.api_url + SHARE_PATH, json={"share": False}) as reply:
+            assert await reply.json() == {"share": False}
+        async with http.post(b.api_url + SHARE_PATH, json={"share": "no"}) as reply:
+            assert reply.status == 400
+        async with http.get(b.api_url + SHARE_PATH) as reply:
+            assert reply.status == 405
+    await eventually(lambda: a.pool.table.get(b.settings.node_id).announcement.share is False)  # type: ignore[union-attr]
+    assert read_settings_file(b.settings.config_dir)["share"] is False
+    # The share API refuses inference while not sharing, but still answers status.
+    async with aiohttp.ClientSession() as http:
+        share_url = f"http://127.0.0.1:{b.share_port}"
+        async with http.post(
+            share_url + "/api/generate", json={"model": "qwen3:8b", "prompt": "hi"}
+        ) as reply:
+            assert reply.status == 503
+            assert "beta is not sharing" in (await reply.json())["error"]
+
+
+async def test_a_peer_that_stops_is_dropped_at_once(pair: tuple[Node, Node, FakeOllama]) -> None:
+    a, b, _ = pair
+    await eventually(lambda: "beta" in names(a))
+    await b.close()
+    # The goodbye arrives well before the liveness timeout would drop it.
+    await eventually(lambda: "beta" not in names(a))
+
+
+async def test_models_changing_on_a_peer_show_up(pair: tuple[Node, Node, FakeOllama]) -> None:
+    a, b, fake_b = pair
+    await eventually(lambda: "beta" in names(a))
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "terse", "from": "mistral", "stream": False}
+        async with http.post(b.api_url + "/api/create", json=body) as reply:
+            assert reply.status == 200
+
+    def installed() -> set[str]:
+        peer = a.pool.table.get(b.settings.node_id)
+        return {m["name"] for m in peer.status["backend"]["installed"]} if peer else set()
+
+    await eventually(lambda: "terse:latest" in installed())
+    assert "terse:latest" in fake_b.models
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {},
+        {"id": "x", "name": "", "share": True, "load": {"active": 0, "slots": 1}, "models_hash": "ab"},
+        {"id": "x", "name": "n", "share": True, "load": {"active": 0, "slots": 0}, "models_hash": "ab"},
+        {"id": "x", "name": "n", "share": True, "load": "busy", "models_hash": "ab"},
+        {
+            "id": "x",
+            "name": "n",
+            "share": True,
+            "load": {"active": 0, "slots": 1},
+            "models_hash": "ab",
+            "telemetry": {"vram_free_mib": 10, "vram_total_mib": 5},
+        },
+    ],
+)
+def test_a_status_that_does_not_add_up_is_refused(status: dict[str, object]) -> None:
+    with pytest.raises(MalformedRecord):
+        announcement_from_status(status, "127.0.0.1", 11436)
