@@ -28,6 +28,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_cli_until(needle: str, *args: str) -> str:
+    """Run the CLI until its output shows `needle`, as a node needs a moment to learn things; return it."""
+    deadline = time.monotonic() + 10
+    while needle not in (text := run_cli(*args).stdout):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.1)
+    return text
+
+
 @pytest.fixture
 def fake_ollama() -> Iterator[str]:
     proc, url = start_fake_ollama_process("--version", "0.12.10")
@@ -72,10 +81,7 @@ def test_status_shows_the_running_node(tmp_path: Path, fake_ollama: str) -> None
     proc, url = start_node_process(tmp_path, fake_ollama, "--name", "desk-7")
     port = url.rsplit(":", 1)[1]
     try:
-        deadline = time.monotonic() + 10
-        while "backend  ollama 0.12.10" not in (text := run_cli("status", "--api-port", port).stdout):
-            assert time.monotonic() < deadline, text
-            time.sleep(0.05)
+        text = run_cli_until("backend  ollama 0.12.10", "status", "--api-port", port)
         as_json = json.loads(run_cli("status", "--api-port", port, "--json").stdout)
     finally:
         assert stop_process(proc) == 0
@@ -93,10 +99,7 @@ def test_peers_and_share_on_a_loopback_pool(tmp_path: Path, fake_ollama: str) ->
     b, _ = start_node_process(tmp_path / "b", fake_ollama, "--name", "desk-b", "--share", *loopback)
     port = a_url.rsplit(":", 1)[1]
     try:
-        deadline = time.monotonic() + 10
-        while "desk-b" not in (text := run_cli("peers", "--api-port", port).stdout):
-            assert time.monotonic() < deadline, text
-            time.sleep(0.1)
+        text = run_cli_until("desk-b", "peers", "--api-port", port)
         listed = json.loads(run_cli("peers", "--api-port", port, "--json").stdout)
         shared = run_cli("share", "on", "--api-port", port)
     finally:
