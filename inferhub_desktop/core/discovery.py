@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import psutil
 from zeroconf import BadTypeInNameException, IPVersion, ServiceStateChange, Zeroconf
@@ -79,7 +80,7 @@ class Discovery:
         self._info: AsyncServiceInfo | None = None
         self._endpoints: dict[str, tuple[str, int]] = {}  # instance name -> endpoint
         self._resolving: set[asyncio.Task[None]] = set()
-        self._registering: Awaitable[object] | None = None
+        self._registering: asyncio.Future[object] | None = None
         self.updates_sent = 0
 
     async def start(self, announcement: PeerAnnouncement) -> None:
@@ -89,9 +90,12 @@ class Discovery:
             interfaces=list(self._interfaces) if self._interfaces else addresses, ip_version=IPVersion.V4Only
         )
         self._info = self._service_info(announcement, addresses)
-        # Registering probes the name for about a second before announcing; the node need not wait.
-        self._registering = await self._zc.async_register_service(self._info, allow_name_change=True)
+        # Browse first: registering probes the name for over a second, and peers need not wait for that.
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, SERVICE_TYPE, handlers=[self._on_change])
+        # The returned task announces the record; nothing needs to wait for it.
+        self._registering = asyncio.ensure_future(
+            await self._zc.async_register_service(self._info, allow_name_change=True)
+        )
 
     async def update(self, announcement: PeerAnnouncement) -> None:
         """Publish a changed record; the caller limits how often."""
@@ -111,8 +115,11 @@ class Discovery:
             await self._browser.async_cancel()
             self._browser = None
         if self._zc is not None:
-            if self._registering is not None:
-                await self._registering
+            if self._registering is not None and not self._registering.done():
+                # Still announcing: stop, and say goodbye to whoever heard part of it.
+                self._registering.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._registering
             await self._zc.async_unregister_all_services()
             await self._zc.async_close()
             self._zc = None

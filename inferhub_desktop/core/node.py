@@ -108,7 +108,8 @@ class Node:
             admission=self.admission,
             status=self.status,
             relayed=self._relayed,
-            peers=lambda: [peer.to_json() for peer in self.pool.peers],
+            # While the node stops, the local API may still answer: then it has no peers.
+            peers=lambda: [peer.to_json() for peer in self._pool.peers] if self._pool else [],
             set_sharing=self.set_sharing,
         )
         share = ShareApi(
