@@ -1,4 +1,4 @@
-"""A node: the local API and the backend it relays to, started and stopped together."""
+"""A node: the local and share APIs, the backend they relay to, telemetry and the pool, run together."""
 
 from __future__ import annotations
 
