@@ -271,7 +271,7 @@ class TelemetrySampler:
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             name = _text(nvml.nvmlDeviceGetName(handle))
             uuid = _text(nvml.nvmlDeviceGetUUID(handle))
-            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            memory = self._memory(handle)
             utilization = self._field(
                 index, "utilization", problems, lambda: int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
             )
@@ -301,6 +301,25 @@ class TelemetrySampler:
             temperature_c=temperature,
             processes=_processes([*(compute or ()), *(graphics or ())]),
         )
+
+    def _memory(self, handle: Any) -> Any:
+        """Read memory as nvidia-smi shows it: the v2 query keeps driver-reserved memory out of "used"."""
+        nvml = self._nvml
+        assert nvml is not None
+        version = getattr(nvml, "nvmlMemory_v2", None)
+        if version is not None:
+            try:
+                return nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+            except self._errors as exc:
+                # Drivers older than the v2 query answer one of these; the v1 query still works there.
+                unsupported = (
+                    nvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+                    nvml.NVML_ERROR_NOT_SUPPORTED,
+                    nvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
+                )
+                if _code(exc) not in unsupported:
+                    raise
+        return nvml.nvmlDeviceGetMemoryInfo(handle)
 
     def _field(self, index: int, what: str, problems: list[str], call: Callable[[], T]) -> T | None:
         try:

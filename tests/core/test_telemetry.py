@@ -49,6 +49,8 @@ GPUS: list[dict[str, Any]] = [
         "name": "NVIDIA GeForce RTX 4090",
         "uuid": "GPU-6a3b2f1e-8c4d-4e5f-9a0b-1c2d3e4f5a6b",
         "memory": (24564 * MIB, 15353 * MIB + (MIB - 123_456), 9210 * MIB + 123_456),
+        # What the v2 memory query reports apart, as nvidia-smi does; v1 counts it as used.
+        "reserved": 480 * MIB,
         "utilization": 37,
         "temperature": 61,
         "compute": [(MY_PID, 8192 * MIB)],
@@ -163,7 +165,15 @@ class FakeNvml:
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str | bytes:
         return self._enter("nvmlDeviceGetUUID", handle.index)["uuid"]  # type: ignore[no-any-return]
 
-    def nvmlDeviceGetMemoryInfo(self, handle: _Handle) -> Any:
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: int | None = None) -> Any:
+        if version is not None:
+            # Only a fake given `nvmlMemory_v2` (a driver new enough for it) is asked this way.
+            gpu = self._enter("nvmlDeviceGetMemoryInfo_v2", handle.index)
+            total, free, used = gpu["memory"]
+            reserved = gpu.get("reserved", 0)
+            return pynvml.c_nvmlMemory_v2_t(
+                version=version, total=total, reserved=reserved, free=free, used=used - reserved
+            )
         total, free, used = self._enter("nvmlDeviceGetMemoryInfo", handle.index)["memory"]
         return pynvml.c_nvmlMemory_t(total=total, free=free, used=used)
 
@@ -704,3 +714,38 @@ def test_values_are_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         telemetry.gpus[0].used_mib = 1  # type: ignore[misc]
+
+
+def test_memory_is_read_as_nvidia_smi_shows_it_where_the_driver_can(fake: FakeNvml) -> None:
+    fake.module.nvmlMemory_v2 = pynvml.nvmlMemory_v2  # type: ignore[attr-defined]
+    sampler = TelemetrySampler(nvml=fake.module)
+    try:
+        reading = sampler.read()
+    finally:
+        sampler.close()
+    first = reading.gpus[0]
+    assert (first.total_mib, first.free_mib, first.used_mib) == (24564, 15353, 9210 - 480)
+    assert fake.calls["nvmlDeviceGetMemoryInfo"] == 0
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND,
+        pynvml.NVML_ERROR_NOT_SUPPORTED,
+        pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
+    ],
+)
+def test_older_drivers_fall_back_to_the_first_memory_query(fake: FakeNvml, code: int) -> None:
+    fake.module.nvmlMemory_v2 = pynvml.nvmlMemory_v2  # type: ignore[attr-defined]
+    fake.fail("nvmlDeviceGetMemoryInfo_v2", code)
+    sampler = TelemetrySampler(nvml=fake.module)
+    try:
+        reading = sampler.read()
+    finally:
+        sampler.close()
+    assert [(g.total_mib, g.free_mib, g.used_mib) for g in reading.gpus] == [
+        (24564, 15353, 9210),
+        (24576, 24574, 1),
+    ]
+    assert reading.nvml_error is None
