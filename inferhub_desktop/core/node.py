@@ -39,6 +39,7 @@ _BACKEND_CONNECT_TIMEOUT_S = 10.0
 _SHUTDOWN_GRACE_S = 5.0
 # How often the backend is asked what it has; sooner after a request that may change it.
 _PROBE_INTERVAL_S = 5.0
+_PROBE_MIN_GAP_S = 0.5
 # How often the GPUs and the system are read.
 _TELEMETRY_INTERVAL_S = 2.0
 # Requests after which installed or loaded models may differ.
@@ -250,8 +251,10 @@ class Node:
             elif not state.reachable and state.error != self.backend_state.error:
                 _log.warning("%s", state.error)
             self.backend_state = state
+            # A burst of requests asks for one probe, not one each: the backend serves them first.
+            await asyncio.sleep(_PROBE_MIN_GAP_S)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_PROBE_INTERVAL_S):
+                async with asyncio.timeout(_PROBE_INTERVAL_S - _PROBE_MIN_GAP_S):
                     await self._probe_wanted.wait()
 
     async def _sample_telemetry(self) -> None:
