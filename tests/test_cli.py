@@ -111,6 +111,8 @@ def test_peers_and_share_on_a_loopback_pool(tmp_path: Path, fake_ollama: str) ->
     assert [p["name"] for p in listed] == ["desk-b"]
     assert shared.stdout.strip() == "sharing on"
     assert "share = true" in (tmp_path / "a" / "settings.toml").read_text()
+    # --share on the command line is remembered too.
+    assert "share = true" in (tmp_path / "b" / "settings.toml").read_text()
 
 
 def test_status_without_a_node_says_how_to_start_one(unused_tcp_port: int) -> None:
