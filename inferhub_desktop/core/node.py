@@ -177,6 +177,8 @@ class Node:
         if share != self.sharing:
             self.sharing = share
             update_settings_file(self.settings.config_dir, share=share)
+            if self._pool is not None:
+                self._pool.readvertise()
             _log.info("sharing this GPU with the pool: %s", "on" if share else "off")
 
     def models_hash(self) -> str:

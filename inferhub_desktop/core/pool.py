@@ -25,7 +25,8 @@ _PEER_POLL_TIMEOUT_S = 0.8
 _PEER_TTL_S = 2.5
 # This node's TXT record changes at most this often, so a busy node does not flood the LAN.
 _TXT_MIN_INTERVAL_S = 1.0
-_ADVERTISE_CHECK_S = 0.25
+# Free VRAM and load are looked at this often; a share toggle is published at once.
+_ADVERTISE_CHECK_S = 1.0
 
 
 def announcement_from_status(status: Mapping[str, Any], address: str, port: int) -> PeerAnnouncement:
@@ -71,6 +72,7 @@ class Pool:
         self._candidates: dict[tuple[str, int], str] = {parse_peer(p): "static" for p in settings.peers}
         self._discovery = Discovery(settings.node_id, settings.interfaces, self._on_seen, self._on_gone)
         self._poll_now = asyncio.Event()
+        self._advertise_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -80,6 +82,10 @@ class Pool:
     @property
     def txt_updates(self) -> int:
         return self._discovery.updates_sent
+
+    def readvertise(self) -> None:
+        """Publish this node's record soon: something a user changed is in it."""
+        self._advertise_now.set()
 
     async def start(self) -> None:
         """Join mDNS and begin polling; returns at once, discovery settles in the background."""
@@ -142,9 +148,13 @@ class Pool:
         await self._discovery.start(announcement)
         advertised, last_sent = encode_txt(announcement), time.monotonic()
         while True:
-            await asyncio.sleep(_ADVERTISE_CHECK_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_ADVERTISE_CHECK_S):
+                    await self._advertise_now.wait()
+            self._advertise_now.clear()
+            await asyncio.sleep(max(0.0, last_sent + _TXT_MIN_INTERVAL_S - time.monotonic()))
             announcement = self._own()
             txt = encode_txt(announcement)
-            if txt != advertised and time.monotonic() - last_sent >= _TXT_MIN_INTERVAL_S:
+            if txt != advertised:
                 await self._discovery.update(announcement)
                 advertised, last_sent = txt, time.monotonic()

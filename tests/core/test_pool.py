@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -9,7 +11,8 @@ import aiohttp
 import pytest
 
 from inferhub_desktop.core import PEERS_PATH, SHARE_PATH, Node, read_settings_file
-from inferhub_desktop.core.peers import MalformedRecord
+from inferhub_desktop.core.discovery import Discovery
+from inferhub_desktop.core.peers import MalformedRecord, PeerAnnouncement
 from inferhub_desktop.core.pool import announcement_from_status
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
@@ -111,3 +114,17 @@ async def test_models_changing_on_a_peer_show_up(pair: tuple[Node, Node, FakeOll
 def test_a_status_that_does_not_add_up_is_refused(status: dict[str, object]) -> None:
     with pytest.raises(MalformedRecord):
         announcement_from_status(status, "127.0.0.1", 11436)
+
+
+async def test_a_share_toggle_is_published_on_mdns(pair: tuple[Node, Node, FakeOllama]) -> None:
+    _, b, _ = pair
+    records: dict[str, PeerAnnouncement] = {}
+    listener = Discovery(str(uuid.uuid4()), ("127.0.0.1",), lambda a: records.update({a.node_id: a}), print)
+    await listener.start(dataclasses.replace(b.announcement(), node_id=listener.own_id, name="listener"))
+    try:
+        await eventually(lambda: b.settings.node_id in records)
+        assert records[b.settings.node_id].share is True
+        b.set_sharing(False)
+        await eventually(lambda: records[b.settings.node_id].share is False)
+    finally:
+        await listener.close()
