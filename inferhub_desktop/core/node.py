@@ -101,7 +101,7 @@ class Node:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self._backend = OllamaBackend(self.settings.backend, self._session)
+        self._backend = OllamaBackend(self.settings.backend, connect_timeout_s=_BACKEND_CONNECT_TIMEOUT_S)
         local = LocalApi(
             self.settings,
             self._choose_backend,
@@ -168,6 +168,8 @@ class Node:
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
+        if self._backend is not None:
+            self._backend.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -69,7 +69,6 @@ class Rig:
 
     fake: FakeOllama
     settings: Settings
-    session: aiohttp.ClientSession
     backend: Backend
     stack: contextlib.AsyncExitStack
     sharing: bool = True
@@ -122,11 +121,12 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     models = ["llama3:latest", FakeModel("nomic-embed-text", capabilities=("embedding",))]
     async with (
         FakeOllama(models, loaded=["llama3:latest"], tokens_per_second=200.0) as fake,
-        aiohttp.ClientSession(auto_decompress=False) as session,
         contextlib.AsyncExitStack() as stack,
     ):
         settings = node_settings(tmp_path, fake.url)
-        yield Rig(fake, settings, session, OllamaBackend(fake.url, session), stack)
+        backend = OllamaBackend(fake.url, connect_timeout_s=5.0)
+        stack.callback(backend.close)
+        yield Rig(fake, settings, backend, stack)
 
 
 @pytest.fixture
@@ -378,7 +378,7 @@ async def test_bodies_over_the_limit_get_413(rig: Rig, http: aiohttp.ClientSessi
 async def test_an_unreachable_backend_is_a_502(
     rig: Rig, http: aiohttp.ClientSession, unused_tcp_port: int
 ) -> None:
-    gone = OllamaBackend(f"http://127.0.0.1:{unused_tcp_port}", rig.session)
+    gone = OllamaBackend(f"http://127.0.0.1:{unused_tcp_port}", connect_timeout_s=5.0)
     share = await rig.share(chooser=lambda *_: gone)
     async with http.post(share + "/api/chat", json=CHAT) as reply:
         assert reply.status == 502

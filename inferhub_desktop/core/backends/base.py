@@ -90,3 +90,7 @@ class Backend(Protocol):
     async def probe(self) -> BackendState:
         """Ask the backend for its version, installed and loaded models; never raise."""
         ...
+
+    def close(self) -> None:
+        """Release the connections kept to the backend."""
+        ...
