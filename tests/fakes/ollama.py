@@ -1664,7 +1664,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", action="append", type=_model_spec, help="NAME[=cap,cap]; repeatable")
     parser.add_argument("--registry", action="append", type=_model_spec, default=[], help="pullable model")
     parser.add_argument("--loaded", action="append", default=[], help="model loaded at start; repeatable")
-    parser.add_argument("--tps", type=float, default=500.0, help="tokens per second")
+    parser.add_argument("--tps", type=float, default=500.0, help="tokens per second (0: as fast as it can)")
     parser.add_argument("--load-delay", type=float, default=0.0, help="seconds to load a model")
     parser.add_argument("--num-predict", type=int, default=8, help="tokens when num_predict is unset")
     parser.add_argument("--embedding-dim", type=int, default=8)
