@@ -314,3 +314,13 @@ async def test_close_lets_a_running_stream_finish(
     await closing
     assert json.loads(first)["done"] is False
     assert json.loads(rest[-1])["done"] is True
+
+
+async def test_a_client_expecting_100_continue_is_answered_by_the_node(
+    node: Node, fake: FakeOllama, http: aiohttp.ClientSession
+) -> None:
+    body = json.dumps({**GENERATE, "stream": False}).encode()
+    async with http.post(node.api_url + "/api/generate", data=body, expect100=True) as reply:
+        assert reply.status == 200
+        assert (await reply.json())["done"] is True
+    assert "Expect" not in fake.requests[-1].headers

@@ -57,8 +57,8 @@ _HOP_BY_HOP = frozenset(
 )
 # Host is set from the backend's URL (Ollama rejects foreign ones); Origin was checked here, by the
 # user's OLLAMA_ORIGINS, and must not be checked again by a backend that has its own; bodies travel
-# uncompressed so stream frames can be seen.
-_NOT_SENT_UP = _HOP_BY_HOP | {"host", "content-length", "origin", "accept-encoding"}
+# uncompressed so stream frames can be seen; the body has been read already, so nothing is expected.
+_NOT_SENT_UP = _HOP_BY_HOP | {"host", "content-length", "origin", "accept-encoding", "expect"}
 # aiohttp writes its own framing and Date; CORS headers are the node's, not the backend's.
 _NOT_SENT_DOWN = _HOP_BY_HOP | {"content-length", "date", "server", "vary"}
 
