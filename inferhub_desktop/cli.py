@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from .core import (
     PEERS_PATH,
     SHARE_PATH,
     STATUS_PATH,
+    USER_FIELDS,
     ConfigError,
     Settings,
     default_config_dir,
@@ -121,20 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        flags = {
-            key: getattr(args, key)
-            for key in (
-                "api_port",
-                "backend",
-                "name",
-                "max_body_mib",
-                "share",
-                "share_port",
-                "max_remote",
-                "interfaces",
-                "peers",
-            )
-        }
+        # One flag per user setting, named alike.
+        flags = {key: getattr(args, key) for key in USER_FIELDS}
         settings = load_settings(args.config_dir, flags)
         if args.share is not None:
             update_settings_file(settings.config_dir, share=args.share)
@@ -162,6 +152,12 @@ def _client(args: argparse.Namespace) -> int:
         path = STATUS_PATH if args.command == "status" else PEERS_PATH
         with urllib.request.urlopen(base + path, timeout=_CLIENT_TIMEOUT_S) as reply:
             answer = json.load(reply)
+    except urllib.error.HTTPError as exc:
+        print(
+            f"inferhub: the node on 127.0.0.1:{port} answered HTTP {exc.code}: {exc.read()[:500]!r}",
+            file=sys.stderr,
+        )
+        return 1
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         print(

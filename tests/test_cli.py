@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -15,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from inferhub_desktop import __version__
-from tests.support import ROOT, process_output, start_fake_ollama_process, start_node_process, stop_process
+from tests.support import (
+    ROOT,
+    process_output,
+    start_fake_ollama_process,
+    start_node_process,
+    start_process,
+    stop_process,
+)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -120,6 +128,30 @@ def test_status_without_a_node_says_how_to_start_one(unused_tcp_port: int) -> No
     assert result.returncode == 1
     assert f"no InferHub node answers on 127.0.0.1:{unused_tcp_port}" in result.stderr
     assert "inferhub serve --headless" in result.stderr
+
+
+_FAILING_SERVER = """
+import http.server, sys
+class Failing(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(500)
+        self.end_headers()
+        self.wfile.write(b'{"error":"boom"}')
+server = http.server.HTTPServer(("127.0.0.1", 0), Failing)
+print("LISTENING http://127.0.0.1:%d" % server.server_port, flush=True)
+server.serve_forever()
+"""
+
+
+def test_status_from_a_node_that_answers_with_an_error_says_so() -> None:
+    proc, url = start_process([sys.executable, "-c", _FAILING_SERVER], re.compile(r"LISTENING (\S+)"))
+    try:
+        result = run_cli("status", "--api-port", url.rsplit(":", 1)[1])
+    finally:
+        stop_process(proc)
+    assert result.returncode == 1
+    assert "answered HTTP 500" in result.stderr
+    assert "boom" in result.stderr
 
 
 def test_a_busy_port_is_reported(tmp_path: Path) -> None:

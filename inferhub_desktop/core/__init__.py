@@ -5,6 +5,7 @@ from .errors import ApiError, BackendUnavailable, ConfigError, InferhubError
 from .node import Node, serve
 from .settings import (
     DEFAULT_API_PORT,
+    USER_FIELDS,
     Settings,
     default_config_dir,
     load_settings,
@@ -17,6 +18,7 @@ __all__ = [
     "PEERS_PATH",
     "SHARE_PATH",
     "STATUS_PATH",
+    "USER_FIELDS",
     "ApiError",
     "BackendUnavailable",
     "ConfigError",

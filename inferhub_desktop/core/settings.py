@@ -53,7 +53,7 @@ class Settings:
 
 
 # Fields a user may set in the file or with a flag, with their TOML types (lists hold strings).
-_USER_FIELDS: dict[str, type] = {
+USER_FIELDS: dict[str, type] = {
     "name": str,
     "api_port": int,
     "backend": str,
@@ -140,7 +140,7 @@ def load_settings(
     for key, value in table.items():
         if key == "node_id":
             continue
-        if key not in _USER_FIELDS:
+        if key not in USER_FIELDS:
             _log.warning("ignoring unknown setting %r in %s", key, config_dir / SETTINGS_FILE)
             continue
         values[key] = _check_type(key, value, f"in {config_dir / SETTINGS_FILE}")
@@ -174,7 +174,7 @@ def load_settings(
 
 
 def _check_type(key: str, value: Any, where: str) -> Any:
-    expected = _USER_FIELDS[key]
+    expected = USER_FIELDS[key]
     if isinstance(value, tuple):
         value = list(value)
     # bool is an int in Python but never a valid port or size.
