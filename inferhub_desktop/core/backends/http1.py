@@ -101,17 +101,16 @@ class Http1Client:
         self, method: str, target: str, headers: Mapping[str, str], body: bytes | StreamReader | None
     ) -> tuple[Connection, Response]:
         """Send a request and read the reply's head; raise HttpError if that fails."""
-        if self._idle:
+        # A streamed body cannot be sent twice, so it never risks a kept-alive connection gone stale.
+        if self._idle and not isinstance(body, StreamReader):
             connection = self._idle.pop()
             try:
                 return connection, await self._exchange(connection, method, target, headers, body)
             except HttpError:
-                connection.close()
                 # A kept-alive connection the backend closed meanwhile (it restarted, say) fails before
-                # any reply; a body that can be sent again is, once, on a new connection. A backend that
-                # died while handling it may so see the request twice; Ollama's requests bear that.
-                if isinstance(body, StreamReader):
-                    raise
+                # any reply; the request is sent once more on a new connection. A backend that died
+                # while handling it may so see it twice; Ollama's requests bear that.
+                connection.close()
         connection = await self._connect()
         try:
             return connection, await self._exchange(connection, method, target, headers, body)
