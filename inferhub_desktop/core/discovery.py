@@ -81,7 +81,6 @@ class Discovery:
         self._endpoints: dict[str, tuple[str, int]] = {}  # instance name -> endpoint
         self._resolving: set[asyncio.Task[None]] = set()
         self._registering: asyncio.Future[object] | None = None
-        self.updates_sent = 0
 
     async def start(self, announcement: PeerAnnouncement) -> None:
         """Join mDNS on the chosen interfaces, announce this node and start browsing."""
@@ -104,7 +103,6 @@ class Discovery:
         await self._registering
         self._info = self._service_info(announcement, [str(a) for a in self._info.parsed_addresses()])
         await (await self._zc.async_update_service(self._info))
-        self.updates_sent += 1
 
     async def close(self) -> None:
         """Say goodbye, so peers drop this node at once, and leave mDNS."""

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from .. import __version__
@@ -52,7 +51,6 @@ class Node:
     def __init__(self, settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
         self.settings = settings
         self._origins = OriginPolicy(environ)
-        self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
         self._pool: Pool | None = None
         self.admission = Admission(slots=settings.max_remote, max_remote=settings.max_remote)
@@ -94,13 +92,7 @@ class Node:
         return self._pool
 
     async def start(self) -> None:
-        """Open the backend pool, listen on the local and share APIs, and join the LAN pool."""
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=_BACKEND_CONNECT_TIMEOUT_S),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        """Listen on the local and share APIs, then join the LAN pool."""
         self._backend = OllamaBackend(self.settings.backend, connect_timeout_s=_BACKEND_CONNECT_TIMEOUT_S)
         local = LocalApi(
             self.settings,
@@ -129,7 +121,7 @@ class Node:
         except OSError:
             await self.close()
             raise
-        self._pool = Pool(self.settings, self._session, self.announcement)
+        self._pool = Pool(self.settings, self.announcement)
         await self._pool.start()
         self._tasks.append(asyncio.create_task(self._probe_backend(), name="probe-backend"))
         self._tasks.append(asyncio.create_task(self._sample_telemetry(), name="sample-telemetry"))
@@ -170,9 +162,6 @@ class Node:
         self._runners.clear()
         if self._backend is not None:
             self._backend.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     def set_sharing(self, share: bool) -> None:
         """Share this GPU with the pool, or stop; remembered in the settings file."""
@@ -206,7 +195,7 @@ class Node:
             gpu=telemetry.summary() if telemetry else "",
             vram_free_mib=free,
             vram_total_mib=telemetry.vram_total_mib if telemetry else 0,
-            active=self.admission.active_local + self.admission.active_remote,
+            active=self.admission.active,
             slots=self.settings.max_remote,
             models_hash=self.models_hash(),
         )
@@ -221,7 +210,7 @@ class Node:
             "share": self.sharing,
             "share_port": self.share_port,
             "load": {
-                "active": self.admission.active_local + self.admission.active_remote,
+                "active": self.admission.active,
                 "remote": self.admission.active_remote,
                 "waiting": self.admission.waiting_remote,
                 "slots": self.settings.max_remote,

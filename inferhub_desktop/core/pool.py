@@ -61,11 +61,9 @@ def announcement_from_status(status: Mapping[str, Any], address: str, port: int)
 class Pool:
     """Find peers by mDNS and by address, keep the live ones, and keep this node's record current."""
 
-    def __init__(
-        self, settings: Settings, session: aiohttp.ClientSession, own: Callable[[], PeerAnnouncement]
-    ) -> None:
+    def __init__(self, settings: Settings, own: Callable[[], PeerAnnouncement]) -> None:
         self._settings = settings
-        self._session = session
+        self._session: aiohttp.ClientSession | None = None
         self._own = own
         self.table = PeerTable(settings.node_id, _PEER_TTL_S)
         # Where peers may be reached, and how they were learnt of ("mdns" or "static").
@@ -79,16 +77,14 @@ class Pool:
     def peers(self) -> list[Peer]:
         return list(self.table)
 
-    @property
-    def txt_updates(self) -> int:
-        return self._discovery.updates_sent
-
     def readvertise(self) -> None:
         """Publish this node's record soon: something a user changed is in it."""
         self._advertise_now.set()
 
     async def start(self) -> None:
         """Join mDNS and begin polling; returns at once, discovery settles in the background."""
+        # Only peers' status is fetched with it, each request under its own short timeout.
+        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self._tasks = [
             asyncio.create_task(self._poll(), name="poll-peers"),
             asyncio.create_task(self._advertise(), name="advertise"),
@@ -100,6 +96,8 @@ class Pool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._discovery.close()
+        if self._session is not None:
+            await self._session.close()
 
     def _on_seen(self, announcement: PeerAnnouncement) -> None:
         self._candidates.setdefault(announcement.endpoint, "mdns")
@@ -128,6 +126,7 @@ class Pool:
     async def _check(self, endpoint: tuple[str, int]) -> None:
         host, port = endpoint
         url = f"http://{host}:{port}{STATUS_PATH}"
+        assert self._session is not None
         try:
             async with asyncio.timeout(_PEER_POLL_TIMEOUT_S), self._session.get(url) as reply:
                 if reply.status != 200:

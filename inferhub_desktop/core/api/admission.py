@@ -39,6 +39,11 @@ class Admission:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     @property
+    def active(self) -> int:
+        """Requests running on the backend now, the owner's and peers' together."""
+        return self._active_local + self._active_remote
+
+    @property
     def active_local(self) -> int:
         return self._active_local
 
@@ -75,8 +80,7 @@ class Admission:
             self._wake()
 
     def _remote_fits(self) -> bool:
-        running = self._active_local + self._active_remote
-        return self._active_remote < self._max_remote and running < self._slots
+        return self._active_remote < self._max_remote and self.active < self._slots
 
     async def _enter_remote(self) -> None:
         if not self.waiting_remote and self._remote_fits():

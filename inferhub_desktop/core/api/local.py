@@ -44,7 +44,6 @@ class LocalApi:
         self._admission = admission
         self._peers = peers
         self._set_sharing = set_sharing
-        self._status = status
         self._forwarder = Forwarder(settings, choose_backend, status=status, relayed=relayed)
 
     def app(self) -> web.Application:
