@@ -9,8 +9,9 @@ import logging
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from . import __version__
 from .core import (
     DEFAULT_API_PORT,
     PEERS_PATH,
-    SHARE_PATH,
+    ROUTE_PATH,
     STATUS_PATH,
+    SWITCHES,
+    SWITCHES_PATH,
     USER_FIELDS,
     ConfigError,
     Settings,
@@ -32,6 +35,12 @@ from .core import (
 
 _log = logging.getLogger("inferhub_desktop")
 _CLIENT_TIMEOUT_S = 5.0
+# The switch commands: what each turns on or off, and how it is said.
+_SWITCH_COMMANDS = {
+    "share": ("share", "share this GPU with the pool, or stop", "sharing"),
+    "local-only": ("local_only", "use only this machine, or the whole pool", "local only"),
+    "pool-pull": ("pool_pull", "let the pool pull models onto this machine, or not", "pool pull"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +95,16 @@ def _parser() -> argparse.ArgumentParser:
         help="a peer to reach without multicast, e.g. over a VPN (repeatable)",
     )
     run.add_argument(
+        "--local-only",
+        action=argparse.BooleanOptionalAction,
+        help="send this machine's requests to its own backend only (remembered)",
+    )
+    run.add_argument(
+        "--pool-pull",
+        action=argparse.BooleanOptionalAction,
+        help="let peers pull models onto this machine (remembered; off until turned on)",
+    )
+    run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
     )
 
@@ -101,10 +120,19 @@ def _parser() -> argparse.ArgumentParser:
         "peers", parents=[client], help="list the pool's other nodes", description="List the live peers."
     )
     peers.add_argument("--json", action="store_true", help="print the raw list as JSON")
-    share = commands.add_parser(
-        "share", parents=[client], help="share this GPU or stop", description="Turn sharing on or off."
+    for command, (_, summary, _) in _SWITCH_COMMANDS.items():
+        switch = commands.add_parser(
+            command, parents=[client], help=summary, description=summary.capitalize() + "."
+        )
+        switch.add_argument("state", choices=["on", "off"])
+    route = commands.add_parser(
+        "route",
+        parents=[client],
+        help="show where a request for a model would go",
+        description="Rank the pool's nodes for a request for MODEL, with each estimate's terms.",
     )
-    share.add_argument("state", choices=["on", "off"])
+    route.add_argument("model", metavar="MODEL")
+    route.add_argument("--json", action="store_true", help="print the raw decision as JSON")
     return parser
 
 
@@ -115,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in ("status", "peers", "share"):
+    if args.command in ("status", "peers", "route", *_SWITCH_COMMANDS):
         return _client(args)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -126,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One flag per user setting, named alike.
         flags = {key: getattr(args, key) for key in USER_FIELDS}
         settings = load_settings(args.config_dir, flags)
-        if args.share is not None:
-            update_settings_file(settings.config_dir, share=args.share)
+        if remembered := {key: flags[key] for key in SWITCHES if flags[key] is not None}:
+            update_settings_file(settings.config_dir, **remembered)
     except ConfigError as exc:
         parser.exit(2, f"inferhub: error: {exc}\n")
     return _run(settings)
@@ -143,13 +171,18 @@ def _client(args: argparse.Namespace) -> int:
         return 2
     base = f"http://127.0.0.1:{port}"
     try:
-        if args.command == "share":
-            body = json.dumps({"share": args.state == "on"}).encode()
-            request = urllib.request.Request(base + SHARE_PATH, data=body, method="POST")
+        if args.command in _SWITCH_COMMANDS:
+            key, _, said = _SWITCH_COMMANDS[args.command]
+            body = json.dumps({key: args.state == "on"}).encode()
+            request = urllib.request.Request(base + SWITCHES_PATH, data=body, method="POST")
             with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S) as reply:
-                print(f"sharing {'on' if json.load(reply)['share'] else 'off'}")
+                print(f"{said} {'on' if json.load(reply)[key] else 'off'}")
             return 0
-        path = STATUS_PATH if args.command == "status" else PEERS_PATH
+        path = {
+            "status": STATUS_PATH,
+            "peers": PEERS_PATH,
+            "route": f"{ROUTE_PATH}?{urllib.parse.urlencode({'model': getattr(args, 'model', '')})}",
+        }[args.command]
         with urllib.request.urlopen(base + path, timeout=_CLIENT_TIMEOUT_S) as reply:
             answer = json.load(reply)
     except urllib.error.HTTPError as exc:
@@ -169,8 +202,41 @@ def _client(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
-        print(format_status(answer) if args.command == "status" else format_peers(answer))
+        formats: dict[str, Callable[[Any], str]] = {
+            "status": format_status,
+            "peers": format_peers,
+            "route": format_route,
+        }
+        print(formats[args.command](answer))
     return 0
+
+
+def format_route(decision: dict[str, Any]) -> str:
+    """Render a routing decision for people: the ranking with each term, then the nodes left out."""
+    lines = [f"{decision['model']}: {decision['choice']}"]
+    header = ("", "node", "total", "queue", "load", "evict", "rtt", "run")
+    rows = [header] + [
+        (
+            str(n),
+            r["node"] + (" (this machine)" if r["local"] else ""),
+            *(f"{r[k]:.2f}s" for k in ("total_s", "queue_s", "load_s", "evict_s", "rtt_s", "run_s")),
+        )
+        for n, r in enumerate(decision["ranked"], 1)
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row, ranked in zip(rows, [None, *decision["ranked"]], strict=True):
+        cells = "  ".join(
+            cell.rjust(w) if i > 1 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        lines.append(cells.rstrip() + (f"  {ranked['basis']}" if ranked else ""))
+    if not decision["ranked"]:
+        lines.append("no node can serve it")
+    for left in decision["left_out"]:
+        lines.append(
+            f"left out: {left['node']}{' (this machine)' if left['local'] else ''}: {left['reason']}"
+        )
+    return "\n".join(lines)
 
 
 def format_peers(peers: list[dict[str, Any]]) -> str:

@@ -1,4 +1,5 @@
-"""A node: the local and share APIs, the backend they relay to, telemetry and the pool, run together."""
+"""A node: the local and share APIs, the backend they relay to, telemetry, the pool and the routing of
+requests across it, run together."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -18,12 +23,18 @@ from .api.admission import Admission
 from .api.endpoints import Endpoint, Kind
 from .api.guard import OriginPolicy
 from .api.local import LocalApi
-from .api.share import ShareApi
+from .api.relay import NODE_HEADER, Forwarder, Outcome, Plan, Query, Target
+from .api.share import PULL_PATH, ShareApi
 from .backends.base import Backend, BackendState
 from .backends.ollama import OllamaBackend
-from .peers import PeerAnnouncement
+from .errors import ApiError
+from .names import model_key, short_name
+from .peers import Peer, PeerAnnouncement
 from .pool import Pool
-from .settings import Settings, update_settings_file
+from .router import RouteDecision
+from .routing import Routing, route_request
+from .settings import SWITCHES, Settings, update_settings_file
+from .speeds import SpeedBook
 from .telemetry import Telemetry, TelemetrySampler
 
 _log = logging.getLogger(__name__)
@@ -34,6 +45,8 @@ _VRAM_STEP_MIB = 256
 # Connecting is quick on a LAN; a model load may hold the first byte for minutes, so
 # nothing else is timed.
 _BACKEND_CONNECT_TIMEOUT_S = 10.0
+# A peer on the LAN that does not accept a connection this soon is passed over for the next node.
+_PEER_CONNECT_TIMEOUT_S = 2.0
 # How long in-flight requests may finish after a stop is asked for.
 _SHUTDOWN_GRACE_S = 5.0
 # How often the backend is asked what it has; sooner after a request that may change it.
@@ -43,6 +56,12 @@ _PROBE_MIN_GAP_S = 0.5
 _TELEMETRY_INTERVAL_S = 2.0
 # Requests after which installed or loaded models may differ.
 _CHANGING_KINDS = frozenset({Kind.INFERENCE, Kind.MANAGE, Kind.BLOB, Kind.PASSTHROUGH})
+# Reads that name a model and go to a node that has it; other reads are this machine's.
+_ROUTED_READS = frozenset({"/api/show", "/v1/models/:model"})
+# Failures that say a node is broken; 404 (a stale model list) and 503 (busy, not sharing) do not.
+_NOT_BROKEN_STATUSES = frozenset({404, 503})
+# keep_alive values that mean "unload now": 0 as a number or a Go duration.
+_ZERO_DURATION = re.compile(r"[+-]?(?:0|(?:(?:0+\.?0*|\.0+)(?:ns|us|µs|μs|ms|s|m|h))+)")
 
 
 class Node:
@@ -55,7 +74,12 @@ class Node:
         self._pool: Pool | None = None
         self.admission = Admission(slots=settings.max_remote, max_remote=settings.max_remote)
         self.sharing = settings.share
+        self.local_only = settings.local_only
+        self.pool_pull = settings.pool_pull
         self.share_port = settings.share_port
+        self.speeds = SpeedBook()
+        self.routing = Routing(self.status, lambda: self._pool.peers if self._pool else [])
+        self._peer_backends: dict[str, OllamaBackend] = {}
         self._backend: Backend | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_wanted = asyncio.Event()
@@ -95,23 +119,19 @@ class Node:
         """Listen on the local and share APIs, then join the LAN pool."""
         self._backend = OllamaBackend(self.settings.backend, connect_timeout_s=_BACKEND_CONNECT_TIMEOUT_S)
         local = LocalApi(
-            self.settings,
-            self._choose_backend,
+            Forwarder(self.settings, self._plan, status=self.status, relayed=self._relayed),
             self._origins,
-            admission=self.admission,
-            status=self.status,
-            relayed=self._relayed,
+            listing_sources=self._listing_sources,
             # While the node stops, the local API may still answer: then it has no peers.
             peers=lambda: [peer.to_json() for peer in self._pool.peers] if self._pool else [],
-            set_sharing=self.set_sharing,
+            explain_route=self.explain_route,
+            switches=self.switch,
         )
         share = ShareApi(
-            self.settings,
-            self._choose_backend,
-            self.admission,
+            Forwarder(self.settings, self._plan_here, status=self.status, relayed=self._relayed),
+            self.settings.name,
             sharing=lambda: self.sharing,
-            status=self.status,
-            relayed=self._relayed,
+            pool_pull=lambda: self.pool_pull,
         )
         # The share API listens on the chosen LAN interfaces, else on all of them.
         share_hosts = list(self.settings.interfaces) or ["0.0.0.0"]
@@ -121,7 +141,9 @@ class Node:
         except OSError:
             await self.close()
             raise
-        self._pool = Pool(self.settings, self.announcement)
+        self._pool = Pool(
+            self.settings, self.announcement, answered=self._peer_answered, left=self._peer_left
+        )
         await self._pool.start()
         self._tasks.append(asyncio.create_task(self._probe_backend(), name="probe-backend"))
         self._tasks.append(asyncio.create_task(self._sample_telemetry(), name="sample-telemetry"))
@@ -162,15 +184,26 @@ class Node:
         self._runners.clear()
         if self._backend is not None:
             self._backend.close()
+        for backend in self._peer_backends.values():
+            backend.close()
+        self._peer_backends.clear()
+
+    def switch(self, changes: Mapping[str, bool] | None = None) -> dict[str, bool]:
+        """Change some of the switches (share, local_only, pool_pull), remembered in the settings file;
+        return them all."""
+        changed = {k: v for k, v in (changes or {}).items() if getattr(self, _SWITCH_ATTRS[k]) != v}
+        for key, value in changed.items():
+            setattr(self, _SWITCH_ATTRS[key], value)
+            _log.info("%s: %s", key.replace("_", " "), "on" if value else "off")
+        if changed:
+            update_settings_file(self.settings.config_dir, **changed)
+            if self._pool is not None:
+                self._pool.readvertise()
+        return {key: getattr(self, _SWITCH_ATTRS[key]) for key in SWITCHES}
 
     def set_sharing(self, share: bool) -> None:
         """Share this GPU with the pool, or stop; remembered in the settings file."""
-        if share != self.sharing:
-            self.sharing = share
-            update_settings_file(self.settings.config_dir, share=share)
-            if self._pool is not None:
-                self._pool.readvertise()
-            _log.info("sharing this GPU with the pool: %s", "on" if share else "off")
+        self.switch({"share": share})
 
     def models_hash(self) -> str:
         """Return a short hash of the installed and loaded models, so peers see when they change."""
@@ -208,20 +241,165 @@ class Node:
             "version": __version__,
             "api_url": self.api_url,
             "share": self.sharing,
+            "local_only": self.local_only,
+            "pool_pull": self.pool_pull,
             "share_port": self.share_port,
             "load": {
                 "active": self.admission.active,
                 "remote": self.admission.active_remote,
                 "waiting": self.admission.waiting_remote,
                 "slots": self.settings.max_remote,
+                "queue_full": self.admission.queue_full,
             },
             "models_hash": self.models_hash(),
             "backend": self.backend_state.to_json(),
             "telemetry": self.telemetry.to_json() if self.telemetry else None,
+            "speeds": self.speeds.to_json(time.monotonic()),
         }
 
-    def _choose_backend(self, endpoint: Endpoint, model: str | None) -> Backend:
-        return self.backend
+    # -- routing -----------------------------------------------------------------------------------
+
+    def explain_route(self, model: str) -> dict[str, Any]:
+        """Say where a generation with `model` would go now, and why, as JSON values."""
+        request = route_request("/api/generate", model, None, None, local_only=self.local_only)
+        return self.routing.decide(request, time.monotonic()).to_json()
+
+    def _plan(self, query: Query) -> Plan:
+        """Choose the nodes for a request to the local API, best first."""
+        endpoint = query.endpoint
+        pin = query.headers.get(NODE_HEADER)
+        routed = endpoint.kind is Kind.INFERENCE or endpoint.pattern in _ROUTED_READS
+        if not routed and not (pin and endpoint.pattern == PULL_PATH):
+            return Plan([self._local_target(query, remote=False)])
+        model = query.model
+        if endpoint.pattern == "/v1/models/:model":
+            model = unquote(query.path.rsplit("/", 1)[-1])
+        now = time.monotonic()
+        request = route_request(endpoint.pattern, model, query.fields, pin, local_only=self.local_only)
+        if request.model and request.pin is None and _is_unload(endpoint.pattern, query.fields):
+            holders = [
+                n.node_id
+                for n in self.routing.snapshot(now).nodes
+                if request.model in n.loaded and (n.local or (n.share and not self.local_only))
+            ]
+            if holders:
+                return Plan([self._target(node_id, query) for node_id in holders], broadcast=True)
+        decision = self.routing.decide(request, now)
+        _log.debug("route for %s: %s", request.model, decision.choice)
+        if not decision.ranked:
+            return self._no_route(query, decision, pin)
+        if request.conversation:
+            self.routing.conversations.remember(request.conversation, decision.ranked[0].node.node_id, now)
+        return Plan([self._target(r.node.node_id, query) for r in decision.ranked])
+
+    def _no_route(self, query: Query, decision: RouteDecision, pin: str | None) -> Plan:
+        """Explain why no node can take the request; a model nobody has is this machine's to refuse."""
+        if pin is not None:
+            names = ", ".join(repr(x.node.name) for x in decision.left_out)
+            raise ApiError(404, f"no node of the pool is named {pin!r} (it has {names})")
+        holders = [f"{x.node.name}: {x.reason}" for x in decision.left_out if x.has_model]
+        if holders:
+            model = short_name(decision.model or "")
+            return Plan([], unavailable=f"no node can serve {model} now ({'; '.join(holders)})")
+        # Nobody has the model: this machine's backend refuses it in Ollama's own words.
+        return Plan([self._local_target(query, remote=False)])
+
+    def _plan_here(self, query: Query) -> Plan:
+        """Send a peer's request to this machine's backend: the share API never routes further."""
+        return Plan([self._local_target(query, remote=True)])
+
+    def _listing_sources(self) -> list[Target]:
+        """Return this node, then the peers whose models this node may use, for pool-wide listings."""
+        query = Query(Endpoint("/api/tags", frozenset({"GET"}), Kind.READ), None, None, {}, "/api/tags")
+        sources = [self._local_target(query, remote=False)]
+        if not self.local_only and self._pool is not None:
+            sources += [
+                self._target(peer.node_id, query)
+                for peer in self._pool.peers
+                if peer.announcement.share and self.routing.breakers.allows(peer.node_id)
+            ]
+        return sources
+
+    def _target(self, node_id: str, query: Query) -> Target:
+        """Return the target for a node of the snapshot: this machine's backend, or a peer's share API."""
+        peer = self._pool.table.get(node_id) if self._pool is not None else None
+        if peer is None:
+            return self._local_target(query, remote=False)
+        return Target(
+            name=f"peer {peer.announcement.name!r}",
+            backend=self._peer_backend(peer),
+            admit=lambda endpoint: self._sent_to(node_id),
+            report=self._reporter(node_id, query.model, learn=False),
+        )
+
+    def _local_target(self, query: Query, *, remote: bool) -> Target:
+        """Return the target for this machine's backend; a peer's inference waits for its turn."""
+
+        def admit(endpoint: Endpoint) -> AbstractAsyncContextManager[None]:
+            if endpoint.kind is not Kind.INFERENCE:
+                return contextlib.nullcontext()
+            return self.admission.remote() if remote else self.admission.local()
+
+        return Target(
+            name=self.settings.name,
+            backend=self.backend,
+            admit=admit,
+            report=self._reporter(self.settings.node_id, query.model, learn=True),
+        )
+
+    @contextlib.asynccontextmanager
+    async def _sent_to(self, node_id: str) -> AsyncIterator[None]:
+        """Count a request at a peer until it ends, so routing sees it before the peer's status does."""
+        started = time.monotonic()
+        self.routing.sent(node_id, started)
+        try:
+            yield
+        finally:
+            self.routing.done(node_id, started)
+
+    def _reporter(self, node_id: str, model: str | None, *, learn: bool) -> Callable[[Outcome], None]:
+        """Return what hears how an attempt at a node went: its breaker, and what its backend showed."""
+        key = model_key(model) if model else None
+
+        def report(outcome: Outcome) -> None:
+            now = time.monotonic()
+            if outcome.cancelled:
+                return
+            if outcome.failure is None:
+                self.routing.breakers.succeeded(node_id)
+                if learn and key and outcome.seen is not None and outcome.status == 200:
+                    self.speeds.observe(key, outcome.seen, now)
+            elif outcome.status not in _NOT_BROKEN_STATUSES:
+                self.routing.breakers.failed(node_id, outcome.failure, now)
+                if node_id == self.settings.node_id:
+                    self._probe_wanted.set()
+
+        return report
+
+    def _peer_backend(self, peer: Peer) -> OllamaBackend:
+        """Return the connections kept to a peer's share API, made anew if it moved."""
+        url = f"http://{_url_host(peer.announcement.address)}:{peer.announcement.port}"
+        backend = self._peer_backends.get(peer.node_id)
+        if backend is None or backend.url != url:
+            if backend is not None:
+                backend.close()
+            backend = OllamaBackend(
+                url,
+                connect_timeout_s=_PEER_CONNECT_TIMEOUT_S,
+                name=f"peer {peer.announcement.name!r}",
+                hint="",
+            )
+            self._peer_backends[peer.node_id] = backend
+        return backend
+
+    def _peer_answered(self, node_id: str) -> None:
+        self.routing.breakers.probed(node_id, time.monotonic())
+
+    def _peer_left(self, peer: Peer, reason: str) -> None:
+        """Cut the requests still at a peer that left: they end with an error instead of hanging."""
+        self.routing.breakers.forget(peer.node_id)
+        if backend := self._peer_backends.pop(peer.node_id, None):
+            backend.abort(reason)
 
     def _relayed(self, endpoint: Endpoint) -> None:
         if endpoint.kind in _CHANGING_KINDS:
@@ -243,6 +421,8 @@ class Node:
                 )
             elif not state.reachable and state.error != self.backend_state.error:
                 _log.warning("%s", state.error)
+            if state.reachable:
+                self.routing.breakers.probed(self.settings.node_id, time.monotonic())
             self.backend_state = state
             # A burst of requests asks for one probe, not one each: the backend serves them first.
             await asyncio.sleep(_PROBE_MIN_GAP_S)
@@ -255,6 +435,24 @@ class Node:
         while True:
             self.telemetry = await self._sampler.sample()
             await asyncio.sleep(_TELEMETRY_INTERVAL_S)
+
+
+_SWITCH_ATTRS = {"share": "sharing", "local_only": "local_only", "pool_pull": "pool_pull"}
+
+
+def _is_unload(pattern: str, fields: Mapping[str, Any] | None) -> bool:
+    """Tell a request to unload a model (keep_alive 0 and nothing to answer) from one to run it."""
+    if pattern not in ("/api/generate", "/api/chat") or not fields:
+        return False
+    keep_alive = fields.get("keep_alive")
+    zero = (isinstance(keep_alive, int | float) and not isinstance(keep_alive, bool) and keep_alive == 0) or (
+        isinstance(keep_alive, str) and _ZERO_DURATION.fullmatch(keep_alive.strip()) is not None
+    )
+    return zero and not fields.get("prompt") and not fields.get("messages")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

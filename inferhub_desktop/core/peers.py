@@ -22,6 +22,8 @@ _MAX_TLS_CHARS = 128
 # Larger than any real machine: a record claiming more is lying.
 _MAX_VRAM_MIB = 64 * 1024 * 1024
 _MAX_SLOTS = 4096
+# Each round trip measured counts this much in a peer's smoothed one, as TCP smooths its RTT.
+_RTT_SMOOTHING = 0.125
 
 
 class MalformedRecord(InferhubError):
@@ -146,11 +148,13 @@ def _pair(txt: Mapping[str, str], key: str, high: int) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Peer:
-    """A node this one can reach: what it announced, its last full status, when it last answered."""
+    """A node this one can reach: what it announced, its last full status, when it last answered, and
+    how long its answers take (a smoothed round trip)."""
 
     announcement: PeerAnnouncement
     status: Mapping[str, Any]
     last_seen: float
+    rtt_s: float = 0.0
 
     @property
     def node_id(self) -> str:
@@ -185,13 +189,17 @@ class PeerTable:
     def get(self, node_id: str) -> Peer | None:
         return self._peers.get(node_id)
 
-    def seen(self, announcement: PeerAnnouncement, status: Mapping[str, Any], now: float) -> bool:
-        """Record that a peer answered with this status; return whether it is new to the table."""
+    def seen(
+        self, announcement: PeerAnnouncement, status: Mapping[str, Any], now: float, rtt_s: float = 0.0
+    ) -> bool:
+        """Record that a peer answered with this status after `rtt_s`; return whether it is new."""
         if announcement.node_id == self._own_id:
             return False
-        new = announcement.node_id not in self._peers
-        self._peers[announcement.node_id] = Peer(announcement, status, now)
-        return new
+        old = self._peers.get(announcement.node_id)
+        if old is not None:
+            rtt_s = (1 - _RTT_SMOOTHING) * old.rtt_s + _RTT_SMOOTHING * rtt_s
+        self._peers[announcement.node_id] = Peer(announcement, status, now, rtt_s)
+        return old is None
 
     def remove(self, node_id: str) -> Peer | None:
         """Drop a peer that said goodbye; return it if it was there."""

@@ -61,10 +61,20 @@ def announcement_from_status(status: Mapping[str, Any], address: str, port: int)
 class Pool:
     """Find peers by mDNS and by address, keep the live ones, and keep this node's record current."""
 
-    def __init__(self, settings: Settings, own: Callable[[], PeerAnnouncement]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        own: Callable[[], PeerAnnouncement],
+        *,
+        answered: Callable[[str], None] = lambda node_id: None,
+        left: Callable[[Peer, str], None] = lambda peer, reason: None,
+    ) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._own = own
+        # Told when a peer answers a status poll, and when one leaves the pool (and why).
+        self._answered = answered
+        self._left = left
         self.table = PeerTable(settings.node_id, _PEER_TTL_S)
         # Where peers may be reached, and how they were learnt of ("mdns" or "static").
         self._candidates: dict[tuple[str, int], str] = {parse_peer(p): "static" for p in settings.peers}
@@ -110,6 +120,7 @@ class Pool:
             if peer.announcement.endpoint == endpoint:
                 self.table.remove(peer.node_id)
                 _log.info("peer %r (%s:%d) said goodbye", peer.announcement.name, *endpoint)
+                self._left(peer, f"peer {peer.announcement.name!r} left the pool")
 
     async def _poll(self) -> None:
         while True:
@@ -119,6 +130,7 @@ class Pool:
                 _log.info(
                     "peer %r (%s:%d) stopped answering", peer.announcement.name, *peer.announcement.endpoint
                 )
+                self._left(peer, f"peer {peer.announcement.name!r} stopped answering")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PEER_POLL_S):
                     await self._poll_now.wait()
@@ -127,6 +139,7 @@ class Pool:
         host, port = endpoint
         url = f"http://{host}:{port}{STATUS_PATH}"
         assert self._session is not None
+        sent = time.monotonic()
         try:
             async with asyncio.timeout(_PEER_POLL_TIMEOUT_S), self._session.get(url) as reply:
                 if reply.status != 200:
@@ -139,8 +152,10 @@ class Pool:
         except MalformedRecord as exc:
             _log.info("ignoring the peer at %s:%d: %s", host, port, exc)
             return
-        if self.table.seen(announcement, status, time.monotonic()):
+        now = time.monotonic()
+        if self.table.seen(announcement, status, now, rtt_s=now - sent):
             _log.info("peer %r joined from %s:%d", announcement.name, host, port)
+        self._answered(announcement.node_id)
 
     async def _advertise(self) -> None:
         announcement = self._own()

@@ -46,6 +46,10 @@ class Settings:
     interfaces: tuple[str, ...] = ()
     # Peers reached by address where multicast does not pass (VPNs, other subnets), as HOST:PORT.
     peers: tuple[str, ...] = ()
+    # Send this machine's requests to its own backend only, never to the pool.
+    local_only: bool = False
+    # Let peers pull models onto this machine (the only management call they may make).
+    pool_pull: bool = False
 
     @property
     def max_body_bytes(self) -> int:
@@ -63,7 +67,11 @@ USER_FIELDS: dict[str, type] = {
     "max_remote": int,
     "interfaces": list,
     "peers": list,
+    "local_only": bool,
+    "pool_pull": bool,
 }
+# The settings a running node changes when told to, and remembers in its settings file.
+SWITCHES = ("share", "local_only", "pool_pull")
 
 
 def default_config_dir(environ: Mapping[str, str] = os.environ) -> Path:

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from inferhub_desktop.core import Node
-from inferhub_desktop.core.api.admission import Admission
 from inferhub_desktop.core.api.guard import OriginPolicy
 from inferhub_desktop.core.api.local import LocalApi
+from inferhub_desktop.core.api.relay import Forwarder, Plan, Query
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
 
@@ -274,19 +274,17 @@ async def test_bad_bodies_are_400_in_each_apis_shape(node: Node, http: aiohttp.C
 async def test_an_internal_fault_is_a_500_without_a_traceback(
     fake: FakeOllama, tmp_path: Path, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken_chooser(*_: object) -> object:
+    def broken_planner(query: Query) -> Plan:
         raise RuntimeError("secret detail")
 
     settings = node_settings(tmp_path, fake.url)
     api = LocalApi(
-        settings,
-        broken_chooser,  # type: ignore[arg-type]
+        Forwarder(settings, broken_planner, status=dict, relayed=lambda _: None),
         OriginPolicy({}),
-        admission=Admission(slots=1, max_remote=1),
-        status=dict,
-        relayed=lambda _: None,
+        listing_sources=list,
         peers=list,
-        set_sharing=lambda _: None,
+        explain_route=lambda model: {},
+        switches=lambda changes: {},
     )
     runner = web.AppRunner(api.app())
     await runner.setup()

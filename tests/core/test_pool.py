@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from inferhub_desktop.core import PEERS_PATH, SHARE_PATH, Node, read_settings_file
+from inferhub_desktop.core import PEERS_PATH, SWITCHES_PATH, Node, read_settings_file
 from inferhub_desktop.core.discovery import Discovery
 from inferhub_desktop.core.peers import MalformedRecord, PeerAnnouncement
 from inferhub_desktop.core.pool import announcement_from_status
@@ -52,11 +52,13 @@ async def test_a_share_toggle_reaches_the_peer_and_is_remembered(pair: tuple[Nod
     a, b, _ = pair
     await eventually(lambda: "beta" in names(a))
     async with aiohttp.ClientSession() as http:
-        async with http.post(b.api_url + SHARE_PATH, json={"share": False}) as reply:
-            assert await reply.json() == {"share": False}
-        async with http.post(b.api_url + SHARE_PATH, json={"share": "no"}) as reply:
-            assert reply.status == 400
-        async with http.get(b.api_url + SHARE_PATH) as reply:
+        async with http.post(b.api_url + SWITCHES_PATH, json={"share": False}) as reply:
+            assert await reply.json() == {"share": False, "local_only": False, "pool_pull": False}
+        for wrong in ({"share": "no"}, {"sharing": True}, {}):
+            async with http.post(b.api_url + SWITCHES_PATH, json=wrong) as reply:
+                assert reply.status == 400
+                assert "share, local_only, pool_pull" in (await reply.json())["error"]
+        async with http.put(b.api_url + SWITCHES_PATH) as reply:
             assert reply.status == 405
     await eventually(lambda: a.pool.table.get(b.settings.node_id).announcement.share is False)  # type: ignore[union-attr]
     assert read_settings_file(b.settings.config_dir)["share"] is False

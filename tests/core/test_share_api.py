@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,10 @@ from aiohttp import web
 from inferhub_desktop.core import Settings
 from inferhub_desktop.core.api import share as share_module
 from inferhub_desktop.core.api.admission import Admission
-from inferhub_desktop.core.api.endpoints import STATUS_PATH, Endpoint
+from inferhub_desktop.core.api.endpoints import STATUS_PATH, Endpoint, Kind
 from inferhub_desktop.core.api.guard import OriginPolicy
 from inferhub_desktop.core.api.local import LocalApi
-from inferhub_desktop.core.api.relay import BackendChooser
+from inferhub_desktop.core.api.relay import Forwarder, Plan, Query, Target
 from inferhub_desktop.core.api.share import ShareApi, is_lan_address
 from inferhub_desktop.core.backends.base import Backend
 from inferhub_desktop.core.backends.ollama import OllamaBackend
@@ -49,7 +49,6 @@ OPEN = [
 ]
 # Requests that stay with the owner, sharing or not.
 CLOSED = [
-    ("POST", "/api/pull", {"model": "mistral"}),
     ("POST", "/api/push", {"model": "llama3"}),
     ("POST", "/api/create", {"model": "mine", "from": "llama3"}),
     ("POST", "/api/copy", {"source": "llama3", "destination": "copy"}),
@@ -80,30 +79,38 @@ class Rig:
     def _relayed(self, endpoint: Endpoint) -> None:
         self.relayed.append(endpoint.pattern)
 
-    def _choose(self, endpoint: Endpoint, model: str | None) -> Backend:
-        return self.backend
+    def _forwarder(
+        self, admission: Admission, *, remote: bool, backend: Callable[[], Backend] | None = None
+    ) -> Forwarder:
+        """Send every request to one backend, peers' inference held by `admission` as the node does."""
 
-    async def share(self, admission: Admission | None = None, chooser: BackendChooser | None = None) -> str:
-        api = ShareApi(
-            self.settings,
-            chooser or self._choose,
-            admission or Admission(slots=1, max_remote=1),
-            sharing=lambda: self.sharing,
-            status=self.status,
-            relayed=self._relayed,
-        )
+        def admit(endpoint: Endpoint) -> contextlib.AbstractAsyncContextManager[None]:
+            if endpoint.kind is not Kind.INFERENCE:
+                return contextlib.nullcontext()
+            return admission.remote() if remote else admission.local()
+
+        def plan(query: Query) -> Plan:
+            chosen = backend() if backend else self.backend
+            return Plan([Target(self.settings.name, chosen, admit, lambda outcome: None)])
+
+        return Forwarder(self.settings, plan, status=self.status, relayed=self._relayed)
+
+    async def share(
+        self, admission: Admission | None = None, backend: Callable[[], Backend] | None = None
+    ) -> str:
+        admission = admission or Admission(slots=1, max_remote=1)
+        forwarder = self._forwarder(admission, remote=True, backend=backend)
+        api = ShareApi(forwarder, self.settings.name, sharing=lambda: self.sharing, pool_pull=lambda: False)
         return await self._serve(api.app())
 
     async def local(self, admission: Admission) -> str:
         api = LocalApi(
-            self.settings,
-            self._choose,
+            self._forwarder(admission, remote=False),
             OriginPolicy({}),
-            admission=admission,
-            status=self.status,
-            relayed=self._relayed,
+            listing_sources=list,
             peers=list,
-            set_sharing=lambda _: None,
+            explain_route=lambda model: {},
+            switches=lambda changes: {},
         )
         return await self._serve(api.app())
 
@@ -203,6 +210,27 @@ async def test_model_management_is_never_open_to_peers(
             message = error_message(path, await reply.read())
             assert message == f"{path} is not open to peers: model management stays with this machine's owner"
     assert rig.fake.requests == []
+
+
+async def test_peers_pull_models_here_only_where_the_owner_allows_it(
+    rig: Rig, http: aiohttp.ClientSession
+) -> None:
+    rig.fake.registry["mistral:latest"] = FakeModel("mistral:latest")
+    allowed = False
+    forwarder = rig._forwarder(Admission(slots=1, max_remote=1), remote=True)
+    api = ShareApi(forwarder, rig.settings.name, sharing=lambda: True, pool_pull=lambda: allowed)
+    share = await rig._serve(api.app())
+    pull = {"model": "mistral", "stream": False}
+    async with http.post(share + "/api/pull", json=pull) as reply:
+        assert reply.status == 403
+        assert (await reply.json())["error"] == (
+            "test-node does not let the pool pull models onto it; its owner can allow that"
+        )
+    assert rig.fake.requests == []
+    allowed = True
+    async with http.post(share + "/api/pull", json=pull) as reply:
+        assert (reply.status, await reply.json()) == (200, {"status": "success"})
+    assert "mistral:latest" in rig.fake.models
 
 
 async def test_paths_and_methods_are_answered_as_ollama_answers_them(
@@ -379,7 +407,7 @@ async def test_an_unreachable_backend_is_a_502(
     rig: Rig, http: aiohttp.ClientSession, unused_tcp_port: int
 ) -> None:
     gone = OllamaBackend(f"http://127.0.0.1:{unused_tcp_port}", connect_timeout_s=5.0)
-    share = await rig.share(chooser=lambda *_: gone)
+    share = await rig.share(backend=lambda: gone)
     async with http.post(share + "/api/chat", json=CHAT) as reply:
         assert reply.status == 502
         assert "connection refused" in (await reply.json())["error"]
@@ -388,10 +416,10 @@ async def test_an_unreachable_backend_is_a_502(
 async def test_an_internal_fault_is_a_500_without_a_traceback(
     rig: Rig, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(*_: object) -> Backend:
+    def broken() -> Backend:
         raise RuntimeError("secret detail")
 
-    share = await rig.share(chooser=broken)
+    share = await rig.share(backend=broken)
     async with http.post(share + "/api/generate", json=GENERATE) as reply:
         assert reply.status == 500
         body = await reply.text()

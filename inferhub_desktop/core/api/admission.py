@@ -55,6 +55,11 @@ class Admission:
     def waiting_remote(self) -> int:
         return len(self._waiters)
 
+    @property
+    def queue_full(self) -> bool:
+        """Whether a peer's request would be refused at once."""
+        return self.waiting_remote >= self._max_waiting
+
     @contextlib.asynccontextmanager
     async def local(self) -> AsyncIterator[None]:
         """Count a request of this machine's owner while it runs; it never waits."""

@@ -9,7 +9,10 @@ import enum
 CONTROL_PREFIX = "/_inferhub/v1/"
 STATUS_PATH = CONTROL_PREFIX + "status"
 PEERS_PATH = CONTROL_PREFIX + "peers"
-SHARE_PATH = CONTROL_PREFIX + "share"
+# GET the switches of settings.SWITCHES, POST some of them to change them.
+SWITCHES_PATH = CONTROL_PREFIX + "switches"
+# GET ?model=NAME: where a request for the model would go now, and why.
+ROUTE_PATH = CONTROL_PREFIX + "route"
 
 
 class Kind(enum.Enum):

@@ -1,28 +1,32 @@
-"""The local API on 127.0.0.1:11435: Ollama's API, answered by the backend each request is sent to."""
+"""The local API on 127.0.0.1:11435: Ollama's API, answered by the pool's nodes, and the node's own
+control paths for the tray, the dashboard and the CLI."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from ..errors import ApiError
-from ..settings import Settings
-from .admission import Admission
-from .endpoints import CONTROL_PREFIX, PEERS_PATH, SHARE_PATH, STATUS_PATH, Endpoint, Kind
+from ..settings import SWITCHES
+from .endpoints import CONTROL_PREFIX, PEERS_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
 from .payload import parse_body
-from .relay import BackendChooser, Forwarder, RelayedHook, StatusSource, route
+from .pooled import POOLED_PATHS, pooled_listing
+from .relay import Forwarder, Target, route
 from .responses import go_json, text_response
 
 _CORS_KEY = web.RequestKey("cors_headers", dict)
 
-# The peer list, as JSON values, and the switch for sharing this GPU.
+# The peer list, as JSON values.
 PeersSource = Callable[[], list[dict[str, Any]]]
-SharingSwitch = Callable[[bool], None]
+# The nodes that answer pool-wide listings: this one first, then the peers it may use.
+ListingSources = Callable[[], Sequence[Target]]
+# Where a request for a model would go now, and why, as JSON values.
+RouteExplainer = Callable[[str], dict[str, Any]]
+# Read the switches (with None), or change some of them; both return them all.
+Switches = Callable[[dict[str, bool] | None], dict[str, bool]]
 
 
 class LocalApi:
@@ -30,21 +34,20 @@ class LocalApi:
 
     def __init__(
         self,
-        settings: Settings,
-        choose_backend: BackendChooser,
+        forwarder: Forwarder,
         origins: OriginPolicy,
         *,
-        admission: Admission,
-        status: StatusSource,
-        relayed: RelayedHook,
+        listing_sources: ListingSources,
         peers: PeersSource,
-        set_sharing: SharingSwitch,
+        explain_route: RouteExplainer,
+        switches: Switches,
     ) -> None:
+        self._forwarder = forwarder
         self._origins = origins
-        self._admission = admission
+        self._listing_sources = listing_sources
         self._peers = peers
-        self._set_sharing = set_sharing
-        self._forwarder = Forwarder(settings, choose_backend, status=status, relayed=relayed)
+        self._explain_route = explain_route
+        self._switches = switches
 
     def app(self) -> web.Application:
         """Build the application; the node runs it with an AppRunner."""
@@ -56,7 +59,7 @@ class LocalApi:
         response.headers.update(request.get(_CORS_KEY, {}))
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        """Check the request as Ollama does, then answer it."""
+        """Check the request as Ollama does, then answer it: listings pool-wide, the rest where routed."""
         if refusal := self._guard(request):
             return refusal
         if request.path.startswith(CONTROL_PREFIX):
@@ -64,30 +67,32 @@ class LocalApi:
         routed = route(request)
         if isinstance(routed, web.Response):
             return routed
-        return await self._forwarder.forward(request, routed, self._admit)
+        if request.method == "GET" and routed.pattern in POOLED_PATHS:
+            return await pooled_listing(request, self._listing_sources())
+        return await self._forwarder.forward(request, routed)
 
     async def _control(self, request: web.Request) -> web.StreamResponse:
-        """Answer the tray, the dashboard and the CLI: status, peers, and the sharing switch."""
+        """Answer the tray, the dashboard and the CLI: status, peers, routes and switches."""
+        reading = request.method in ("GET", "HEAD")
         if request.path == STATUS_PATH:
             return self._forwarder.status_reply(request)
-        if request.path == PEERS_PATH and request.method in ("GET", "HEAD"):
-            return web.Response(body=go_json(self._peers()), content_type="application/json")
-        if request.path == SHARE_PATH and request.method == "POST":
-            body = await request.read()
-            share = parse_body(body, "inferhub.ShareRequest", openai=False).get("share")
-            if not isinstance(share, bool):
-                raise ApiError(400, 'send {"share": true} or {"share": false}')
-            self._set_sharing(share)
-            return web.Response(body=go_json({"share": share}), content_type="application/json")
-        if request.path in (PEERS_PATH, SHARE_PATH):
+        if request.path == PEERS_PATH and reading:
+            return _json(self._peers())
+        if request.path == ROUTE_PATH and reading:
+            model = request.query.get("model", "").strip()
+            if not model:
+                raise ApiError(400, "name a model: ?model=NAME")
+            return _json(self._explain_route(model))
+        if request.path == SWITCHES_PATH and reading:
+            return _json(self._switches(None))
+        if request.path == SWITCHES_PATH and request.method == "POST":
+            fields = parse_body(await request.read(), "inferhub.Switches", openai=False)
+            if not fields or any(k not in SWITCHES or not isinstance(v, bool) for k, v in fields.items()):
+                raise ApiError(400, "send an object of true/false values for any of: " + ", ".join(SWITCHES))
+            return _json(self._switches(fields))
+        if request.path in (PEERS_PATH, ROUTE_PATH, SWITCHES_PATH):
             return text_response(405, "405 method not allowed")
         return text_response(404, "404 page not found")
-
-    def _admit(self, endpoint: Endpoint) -> AbstractAsyncContextManager[None]:
-        """Count the owner's inference on the backend, so peers' requests wait for a free slot."""
-        if endpoint.kind is Kind.INFERENCE:
-            return self._admission.local()
-        return contextlib.nullcontext()
 
     def _guard(self, request: web.Request) -> web.Response | None:
         """Apply Ollama's CORS, then Host, checks; both refuse with an empty 403."""
@@ -104,3 +109,7 @@ class LocalApi:
         if request.method == "OPTIONS" and host_name_allowed(host):
             return web.Response(status=204)
         return None
+
+
+def _json(value: Any) -> web.Response:
+    return web.Response(body=go_json(value), content_type="application/json")

@@ -1,15 +1,20 @@
 """The request path the local and share APIs have in common, and the relaying of a backend's answer.
 
-Both APIs word their failures as Ollama does, name the node in every response, stop request loops,
-cap bodies, choose a backend and relay its answer, headers filtered and stream frames forwarded as
-they arrive; each decides on its own which requests it takes.
+Both APIs word their failures as Ollama does, name the node in every response, stop request loops and
+cap bodies. A planner names the nodes a request may go to, best first; the request is sent to the first,
+and to the next when one fails before its answer began (within a few attempts and a deadline), and the
+answer is relayed with headers filtered and stream frames forwarded as they arrive. Each API decides on
+its own which requests it takes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import quote
@@ -21,18 +26,26 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from ..backends.base import Backend, Body, UpstreamResponse
 from ..errors import ApiError, BackendUnavailable
 from ..settings import SETTINGS_FILE, Settings
+from ..speeds import Observation
 from .endpoints import Endpoint, Kind, match
+from .meter import ReplyMeter
 from .payload import parse_body, string_field
 from .responses import error_payload, error_response, go_json, text_response
 
 _log = logging.getLogger(__name__)
 
+# In responses, the node that answered; in requests to the local API, the node they must go to.
 NODE_HEADER = "X-InferHub-Node"
 # Node ids a request has passed through; a node that sees its own id is its own backend.
 VIA_HEADER = "X-InferHub-Via"
+# A request is tried on at most this many nodes, and on a further one only this soon after it came:
+# a client that has waited longer has most likely given up.
+MAX_ATTEMPTS = 3
+FAILOVER_WINDOW_S = 120.0
+# Answers that send a request on to the next node: the node is broken or busy, or (404) lacks a model
+# the pool thought it had.
+_FAIL_OVER_STATUSES = frozenset({404, 502, 503})
 
-# Picks the backend for a request to `endpoint` naming `model` (None when the body names none).
-BackendChooser = Callable[[Endpoint, str | None], Backend]
 # Told of each request relayed, so the node can look again at what may have changed.
 RelayedHook = Callable[[Endpoint], None]
 # The node's full state as JSON values.
@@ -40,6 +53,54 @@ StatusSource = Callable[[], dict[str, Any]]
 # Holds a request to `endpoint` while it is sent to the backend and its answer relayed; this is
 # where an API counts requests against the backend's slots, or waits for one.
 Admit = Callable[[Endpoint], AbstractAsyncContextManager[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How one attempt at a node went."""
+
+    # Why it failed (connection, broken stream, or an answer that sent the request on); None if answered.
+    failure: str | None
+    status: int = 0
+    # What the answer showed of the node's speed, when it showed something.
+    seen: Observation | None = None
+    # The client left before the attempt ended: it says nothing about the node.
+    cancelled: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A node a request may go to: its backend, how its slots are taken, who hears how it went."""
+
+    name: str
+    backend: Backend
+    admit: Admit
+    report: Callable[[Outcome], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """What a planner decides by."""
+
+    endpoint: Endpoint
+    model: str | None
+    fields: Mapping[str, Any] | None  # the parsed body, for endpoints whose body the node reads
+    headers: Mapping[str, str]
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Where a request goes: the nodes in the order to try them, or to all at once."""
+
+    targets: Sequence[Target]
+    # Send to every target and answer with the first good reply (an unload, for instance).
+    broadcast: bool = False
+    # Said to the client, as a 503, when there is no target.
+    unavailable: str = "no node of the pool can serve this request"
+
+
+Planner = Callable[[Query], Plan]
 
 _STARTED_KEY = web.RequestKey("response_started", bool)
 
@@ -58,7 +119,14 @@ _HOP_BY_HOP = frozenset(
 # Host is set from the backend's URL (Ollama rejects foreign ones); Origin was checked here, by the
 # user's OLLAMA_ORIGINS, and must not be checked again by a backend that has its own; bodies travel
 # uncompressed so stream frames can be seen; the body has been read already, so nothing is expected.
-_NOT_SENT_UP = _HOP_BY_HOP | {"host", "content-length", "origin", "accept-encoding", "expect"}
+_NOT_SENT_UP = _HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "origin",
+    "accept-encoding",
+    "expect",
+    NODE_HEADER.lower(),
+}
 # aiohttp writes its own framing and Date; CORS headers are the node's, not the backend's.
 _NOT_SENT_DOWN = _HOP_BY_HOP | {"content-length", "date", "server", "vary"}
 
@@ -118,7 +186,7 @@ def _downstream_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     )
 
 
-async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamResponse:
+async def relay(request: web.Request, upstream: UpstreamResponse, meter: ReplyMeter) -> web.StreamResponse:
     """Send the backend's answer to the client.
 
     Whole bodies are read first, so a broken backend still gets a clean 502. Streams go out frame
@@ -128,7 +196,9 @@ async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamR
     headers = _downstream_headers(upstream.headers)
     framing = framing_of(upstream.headers.get("Content-Type", ""))
     if framing is None or request.method == "HEAD":
-        return web.Response(status=upstream.status, body=await upstream.read(), headers=headers)
+        body = await upstream.read()
+        meter.whole(body)
+        return web.Response(status=upstream.status, body=body, headers=headers)
 
     response = web.StreamResponse(status=upstream.status, headers=headers)
     splitter = FrameSplitter(framing)
@@ -138,9 +208,11 @@ async def relay(request: web.Request, upstream: UpstreamResponse) -> web.StreamR
                 if not response.prepared:
                     await response.prepare(request)
                 await response.write(frames)
+                meter.frames(frames)
     except BackendUnavailable as exc:
         if not response.prepared:
-            raise  # nothing reached the client yet: it gets a clean 502
+            raise  # nothing reached the client yet: it gets a clean 502, or the next node
+        meter.broken = str(exc)
         await response.write(framing.error_frame(str(exc)))
     else:
         if not response.prepared:
@@ -170,13 +242,13 @@ class Forwarder:
     def __init__(
         self,
         settings: Settings,
-        choose_backend: BackendChooser,
+        planner: Planner,
         *,
         status: StatusSource,
         relayed: RelayedHook,
     ) -> None:
         self._settings = settings
-        self._choose_backend = choose_backend
+        self._planner = planner
         self._status = status
         self._relayed = relayed
         self._node_header = quote(settings.name, safe=" !#$&'()*+,/:;=?@[]~")
@@ -190,7 +262,8 @@ class Forwarder:
 
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         request[_STARTED_KEY] = True
-        response.headers[NODE_HEADER] = self._node_header
+        # A peer's answer names the peer; the rest name this node.
+        response.headers.setdefault(NODE_HEADER, self._node_header)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -215,8 +288,8 @@ class Forwarder:
             return text_response(405, "405 method not allowed")
         return web.Response(body=go_json(self._status()), content_type="application/json")
 
-    async def forward(self, request: web.Request, endpoint: Endpoint, admit: Admit) -> web.StreamResponse:
-        """Send the request to the backend chosen for it and relay the answer, held by `admit`."""
+    async def forward(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+        """Send the request where the planner says and relay the answer."""
         via = [v.strip() for v in request.headers.get(VIA_HEADER, "").split(",") if v.strip()]
         if self._settings.node_id in via:
             raise ApiError(
@@ -225,22 +298,123 @@ class Forwarder:
                 "point --backend at Ollama itself (default http://127.0.0.1:11434)",
             )
         body = await self._body(request, endpoint)
-        model = None
+        fields = model = None
         if endpoint.request_type is not None and isinstance(body, bytes):
             fields = parse_body(body, endpoint.request_type, openai=endpoint.openai)
             model = string_field(fields, "model", endpoint.request_type)
-        backend = self._choose_backend(endpoint, model)
+        # The body is read and checked first: a request that would fail anyway is not sent anywhere.
+        plan = self._planner(Query(endpoint, model, fields, request.headers, request.path))
+        if not plan.targets:
+            raise ApiError(503, plan.unavailable)
 
         headers = upstream_headers(request, keep_length=isinstance(body, StreamReader))
         headers[VIA_HEADER] = ",".join([*via, self._settings.node_id])
-        # The body is read and checked first: a request that would fail anyway takes no slot.
-        async with (
-            admit(endpoint),
-            backend.request(request.method, request.raw_path, headers, body) as upstream,
-        ):
-            response = await relay(request, upstream)
+        response: web.StreamResponse
+        if plan.broadcast:
+            response = await self._broadcast(request, endpoint, plan.targets, headers, body)
+        else:
+            response = await self._attempt(request, endpoint, plan.targets, headers, body)
         self._relayed(endpoint)
         return response
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        targets: Sequence[Target],
+        headers: Mapping[str, str],
+        body: Body,
+    ) -> web.StreamResponse:
+        """Try the targets in turn until one answers, and relay that answer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FAILOVER_WINDOW_S
+        # A streamed body (a blob upload) cannot be sent twice.
+        tries = targets[:1] if isinstance(body, StreamReader) else targets[:MAX_ATTEMPTS]
+        failures: list[str] = []
+        for index, target in enumerate(tries):
+            last = index == len(tries) - 1 or loop.time() > deadline
+            try:
+                return await self._try(request, endpoint, target, headers, body, fail_over=not last)
+            except BackendUnavailable as exc:
+                failures.append(str(exc))
+                if last:
+                    if len(failures) == 1:
+                        raise
+                    raise BackendUnavailable(
+                        f"no node could answer after {len(failures)} attempts: " + "; ".join(failures)
+                    ) from exc
+        raise AssertionError("the last attempt returns or raises")
+
+    async def _try(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        target: Target,
+        headers: Mapping[str, str],
+        body: Body,
+        *,
+        fail_over: bool,
+    ) -> web.StreamResponse:
+        """Send the request to one target and relay its answer; raise BackendUnavailable to try the next.
+
+        An answer that says the node is broken or busy, or lacks the model, is not relayed while
+        `fail_over` allows another node.
+        """
+        meter = ReplyMeter(endpoint)
+        outcome = Outcome(None, cancelled=True)
+        try:
+            async with (
+                target.admit(endpoint),
+                target.backend.request(request.method, request.raw_path, headers, body) as upstream,
+            ):
+                if fail_over and upstream.status in _FAIL_OVER_STATUSES:
+                    with contextlib.suppress(BackendUnavailable):
+                        await upstream.read()
+                    outcome = Outcome(f"{target.name} answered HTTP {upstream.status}", upstream.status)
+                    raise BackendUnavailable(outcome.failure or "")
+                response = await relay(request, upstream, meter)
+                outcome = Outcome(meter.broken, upstream.status, meter.observation())
+                return response
+        except BackendUnavailable as exc:
+            if outcome.cancelled:
+                outcome = Outcome(str(exc))
+            raise
+        finally:
+            target.report(outcome)
+
+    async def _broadcast(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        targets: Sequence[Target],
+        headers: Mapping[str, str],
+        body: Body,
+    ) -> web.Response:
+        """Send the request to every target at once; answer with the first target's good reply."""
+
+        async def send(target: Target) -> tuple[int, CIMultiDictProxy[str], bytes]:
+            outcome = Outcome(None, cancelled=True)
+            try:
+                async with (
+                    target.admit(endpoint),
+                    target.backend.request(request.method, request.raw_path, headers, body) as upstream,
+                ):
+                    reply = upstream.status, upstream.headers, await upstream.read()
+                outcome = Outcome(None, upstream.status)
+                return reply
+            except BackendUnavailable as exc:
+                outcome = Outcome(str(exc))
+                raise
+            finally:
+                target.report(outcome)
+
+        results = await asyncio.gather(*(send(t) for t in targets), return_exceptions=True)
+        replies = [r for r in results if not isinstance(r, BaseException)]
+        if not replies:
+            error = results[0]
+            raise error if isinstance(error, BackendUnavailable) else BackendUnavailable(str(error))
+        status, upstream_headers_, reply = next((r for r in replies if r[0] == 200), replies[0])
+        return web.Response(status=status, body=reply, headers=_downstream_headers(upstream_headers_))
 
     async def _body(self, request: web.Request, endpoint: Endpoint) -> Body:
         """Read the body within the size limit; blob uploads stream through unread and unlimited."""

@@ -3,20 +3,14 @@ owner shares it."""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
 from ..errors import ApiError
-from ..settings import Settings
-from .admission import Admission
-from .endpoints import STATUS_PATH, Endpoint, Kind
-from .relay import BackendChooser, Forwarder, RelayedHook, StatusSource, route
-
-# Where peers read this node's full state; part of the protocol between nodes.
+from .endpoints import STATUS_PATH, Kind
+from .relay import Forwarder, route
 
 # Sources on the local network: private, link-local and loopback addresses, plus the shared space
 # VPN meshes such as Tailscale hand out (100.64/10) and the range labs use for test networks (198.18/15).
@@ -35,8 +29,10 @@ _LAN_NETWORKS = tuple(
         "::1/128",
     )
 )
-# What peers may ask for; model management, blobs and unknown paths stay with the owner.
+# What peers may ask for; model management, blobs and unknown paths stay with the owner, but for pulls
+# where the owner allows them.
 _OPEN_TO_PEERS = frozenset({Kind.INFERENCE, Kind.READ})
+PULL_PATH = "/api/pull"
 
 
 def is_lan_address(address: str | None) -> bool:
@@ -57,18 +53,16 @@ class ShareApi:
 
     def __init__(
         self,
-        settings: Settings,
-        choose_backend: BackendChooser,
-        admission: Admission,
+        forwarder: Forwarder,
+        name: str,
         *,
         sharing: Callable[[], bool],
-        status: StatusSource,
-        relayed: RelayedHook,
+        pool_pull: Callable[[], bool],
     ) -> None:
-        self._name = settings.name
-        self._admission = admission
+        self._forwarder = forwarder
+        self._name = name
         self._sharing = sharing
-        self._forwarder = Forwarder(settings, choose_backend, status=status, relayed=relayed)
+        self._pool_pull = pool_pull
 
     def app(self) -> web.Application:
         """Build the application; the node runs it with an AppRunner."""
@@ -83,7 +77,11 @@ class ShareApi:
         routed = route(request)
         if isinstance(routed, web.Response):
             return routed
-        if routed.kind not in _OPEN_TO_PEERS:
+        if routed.pattern == PULL_PATH and not self._pool_pull():
+            raise ApiError(
+                403, f"{self._name} does not let the pool pull models onto it; its owner can allow that"
+            )
+        if routed.kind not in _OPEN_TO_PEERS and routed.pattern != PULL_PATH:
             raise ApiError(
                 403, f"{request.path} is not open to peers: model management stays with this machine's owner"
             )
@@ -91,10 +89,4 @@ class ShareApi:
             raise ApiError(
                 503, f"{self._name} is not sharing its GPU right now; its owner can turn sharing on"
             )
-        return await self._forwarder.forward(request, routed, self._admit)
-
-    def _admit(self, endpoint: Endpoint) -> AbstractAsyncContextManager[None]:
-        """Make peers' inference wait its turn behind the owner's; reads are not counted."""
-        if endpoint.kind is Kind.INFERENCE:
-            return self._admission.remote()
-        return contextlib.nullcontext()
+        return await self._forwarder.forward(request, routed)

@@ -8,6 +8,7 @@ to each request compared with aiohttp's client (see bench/proxy_overhead.py).
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
@@ -20,6 +21,11 @@ _LINE_LIMIT = 1 << 20
 _READ_SIZE = 1 << 16
 # Statuses whose replies never have a body (RFC 9110 6.4.1).
 _NO_BODY_STATUSES = frozenset({204, 304})
+# TCP keepalive: a machine that vanished (power lost, link down) is noticed within about 5 s even
+# while a reply is awaited, where a model load may rightly hold the first byte for minutes.
+_KEEPALIVE_IDLE_S = 2
+_KEEPALIVE_INTERVAL_S = 1
+_KEEPALIVE_PROBES = 3
 
 
 class HttpError(Exception):
@@ -32,9 +38,18 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        # Why the connection was cut from this side, which then is the error to report.
+        self.aborted: str | None = None
 
     def close(self) -> None:
         self.writer.close()
+
+    def abort(self, reason: str) -> None:
+        self.aborted = reason
+        self.writer.transport.abort()
+
+    def error(self, exc: BaseException) -> HttpError:
+        return HttpError(self.aborted or _describe(exc))
 
 
 class Response:
@@ -75,7 +90,7 @@ class Response:
                 while data := await reader.read(_READ_SIZE):
                     yield data
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            raise HttpError(_describe(exc)) from exc
+            raise self._connection.error(exc) from exc
         self.complete = True
 
     async def read(self) -> bytes:
@@ -96,6 +111,7 @@ class Http1Client:
         self._host_header = f"{netloc_host}:{self._port}"
         self._connect_timeout_s = connect_timeout_s
         self._idle: list[Connection] = []
+        self._busy: set[Connection] = set()
 
     async def request(
         self, method: str, target: str, headers: Mapping[str, str], body: bytes | StreamReader | None
@@ -111,15 +127,20 @@ class Http1Client:
                 # any reply; the request is sent once more on a new connection. A backend that died
                 # while handling it may so see it twice; Ollama's requests bear that.
                 connection.close()
+                self._busy.discard(connection)
+                if connection.aborted:
+                    raise
         connection = await self._connect()
         try:
             return connection, await self._exchange(connection, method, target, headers, body)
         except BaseException:
             connection.close()
+            self._busy.discard(connection)
             raise
 
     def release(self, connection: Connection, response: Response) -> None:
         """Keep the connection for the next request if its reply was read to the end, else close it."""
+        self._busy.discard(connection)
         if response.complete and response.reusable:
             self._idle.append(connection)
         else:
@@ -132,6 +153,13 @@ class Http1Client:
             connection.close()
         self._idle.clear()
 
+    def abort(self, reason: str) -> None:
+        """Cut every connection, those awaiting or reading a reply too; their requests fail with `reason`."""
+        self.close()
+        for connection in self._busy:
+            connection.abort(reason)
+        self._busy.clear()
+
     async def _connect(self) -> Connection:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -142,6 +170,7 @@ class Http1Client:
             raise HttpError("timed out connecting") from exc
         except OSError as exc:
             raise HttpError(_describe(exc)) from exc
+        _keep_alive(writer)
         return Connection(reader, writer)
 
     async def _exchange(
@@ -161,6 +190,7 @@ class Http1Client:
             lines.append(f"Content-Length: {len(body or b'')}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
         writer = connection.writer
+        self._busy.add(connection)
         try:
             if isinstance(body, bytes):
                 writer.write(head + body)
@@ -171,7 +201,23 @@ class Http1Client:
             await writer.drain()
             return await _read_head(connection, method)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            raise HttpError(_describe(exc)) from exc
+            raise connection.error(exc) from exc
+
+
+def _keep_alive(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    # Linux names; macOS has TCP_KEEPALIVE for the idle time, Windows none of them through setsockopt.
+    for option, value in (
+        ("TCP_KEEPIDLE", _KEEPALIVE_IDLE_S),
+        ("TCP_KEEPALIVE", _KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", _KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 async def _send_stream(writer: asyncio.StreamWriter, body: StreamReader, *, chunked: bool) -> None:

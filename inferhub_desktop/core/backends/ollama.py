@@ -19,9 +19,9 @@ _PROBE_TIMEOUT_S = 3.0
 
 
 class _Upstream:
-    def __init__(self, response: Response, url: str) -> None:
+    def __init__(self, response: Response, who: str) -> None:
         self._response = response
-        self._url = url
+        self._who = who
 
     @property
     def status(self) -> int:
@@ -45,16 +45,26 @@ class _Upstream:
             raise self._broken(exc) from exc
 
     def _broken(self, exc: HttpError) -> BackendUnavailable:
-        return BackendUnavailable(f"the backend at {self._url} broke off its reply ({exc})")
+        return BackendUnavailable(f"{self._who} broke off its reply ({exc})")
 
 
 class OllamaBackend:
-    """The machine's Ollama server, reached over kept-alive HTTP/1.1 connections."""
+    """A server that speaks Ollama's API, reached over kept-alive HTTP/1.1 connections: the machine's
+    Ollama, or a peer's share API."""
 
     kind = "ollama"
 
-    def __init__(self, url: str, *, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float,
+        name: str = "the backend",
+        hint: str = "Start Ollama (`ollama serve`), or point InferHub at another server with --backend URL",
+    ) -> None:
         self.url = url
+        self.name = name
+        self._hint = hint
         self._client = Http1Client(url, connect_timeout_s=connect_timeout_s)
 
     @asynccontextmanager
@@ -64,18 +74,20 @@ class OllamaBackend:
         try:
             connection, response = await self._client.request(method, path_qs, headers, body)
         except HttpError as exc:
-            raise BackendUnavailable(
-                f"cannot reach the Ollama backend at {self.url} ({exc}). "
-                "Start Ollama (`ollama serve`), or point InferHub at another server with --backend URL"
-            ) from exc
+            hint = f". {self._hint}" if self._hint else ""
+            raise BackendUnavailable(f"cannot reach {self.name} at {self.url} ({exc}){hint}") from exc
         try:
-            yield _Upstream(response, self.url)
+            yield _Upstream(response, f"{self.name} at {self.url}")
         finally:
             self._client.release(connection, response)
 
     def close(self) -> None:
         """Close the kept-alive connections."""
         self._client.close()
+
+    def abort(self, reason: str) -> None:
+        """Cut every connection, replies in progress too: the server is known to be gone."""
+        self._client.abort(reason)
 
     async def probe(self) -> BackendState:
         try:
@@ -92,11 +104,11 @@ class OllamaBackend:
                 loaded=tuple(_loaded(m) for m in ps["models"] or ()),
             )
         except TimeoutError:
-            error = f"the Ollama backend at {self.url} did not answer within {_PROBE_TIMEOUT_S:g} s"
+            error = f"{self.name} at {self.url} did not answer within {_PROBE_TIMEOUT_S:g} s"
         except BackendUnavailable as exc:
             error = str(exc)
         except (KeyError, TypeError, ValueError) as exc:
-            error = f"the backend at {self.url} does not answer like Ollama ({type(exc).__name__}: {exc})"
+            error = f"{self.name} at {self.url} does not answer like Ollama ({type(exc).__name__}: {exc})"
         return BackendState(kind=self.kind, url=self.url, reachable=False, error=error)
 
     async def _get_json(self, path: str) -> dict[str, Any]:
@@ -104,7 +116,7 @@ class OllamaBackend:
             body = await upstream.read()
             if upstream.status != 200:
                 raise BackendUnavailable(
-                    f"the backend at {self.url} answered {path} with HTTP {upstream.status}"
+                    f"{self.name} at {self.url} answered {path} with HTTP {upstream.status}"
                 )
         value = json.loads(body)
         if not isinstance(value, dict):

@@ -1,0 +1,325 @@
+"""Where a request runs: a pure function of the request, a snapshot of the pool, and now.
+
+Each node that can serve the model is scored by when it would finish the request: the wait for a
+slot, loading the model if it is not loaded (and making room for it when free VRAM is short), the
+network round trip, and the time to run it at the speed that node has shown for that model. Figures
+a node has not shown yet come from a prior; learnt figures fade back to it (see speeds.py), so a node
+is tried again once what is known about it is old. The smallest estimate wins; a near tie goes to the
+node that already holds the conversation, else to this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .names import short_name
+
+# A reply's length in tokens when neither the request nor past replies say.
+DEFAULT_TOKENS = 256
+# Speed assumed where no node has shown any for the model.
+DEFAULT_TOKENS_PER_S = 40.0
+# An embedding request's run time assumed before one was seen.
+DEFAULT_EMBED_S = 0.1
+# Load time assumed before a node was seen loading the model: a fixed part and one per GiB.
+LOAD_BASE_S = 0.5
+LOAD_S_PER_GIB = 0.5
+# Making room costs stopping a runner; the load waits first for a busy one to finish.
+EVICT_S = 0.5
+# How many samples a prior counts for against learnt figures.
+PRIOR_WEIGHT = 0.3
+# Estimates within this of the best count as a tie with it (relative, and seconds on top).
+TIE_FRACTION = 0.05
+TIE_S = 0.05
+# A conversation stays on its node while that node is within this fraction of the best.
+CONVERSATION_FRACTION = 0.25
+
+_GIB = 1 << 30
+_MIB = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A learnt mean and the weight of the samples behind it."""
+
+    mean: float
+    weight: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFigures:
+    """What a node has shown for one model; None where it has shown nothing."""
+
+    tokens_per_s: Figure | None = None
+    tokens: Figure | None = None
+    prompt_s: Figure | None = None
+    load_s: Figure | None = None
+    run_s: Figure | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeView:
+    """One node as the router sees it; this machine's node has `local` set."""
+
+    node_id: str
+    name: str
+    local: bool
+    share: bool
+    backend_error: str | None  # why its backend cannot be used; None when it can
+    breaker: str | None  # why its circuit breaker keeps it out; None when it lets requests through
+    installed: Mapping[str, int]  # model key -> size in bytes
+    loaded: Mapping[str, int]  # model key -> size in VRAM, bytes
+    vram_free_mib: int
+    vram_total_mib: int
+    active: int
+    waiting: int
+    slots: int
+    queue_full: bool
+    rtt_s: float
+    figures: Mapping[str, ModelFigures] = dataclasses.field(default_factory=dict)
+    run_s: Figure | None = None  # the mean run time of any request there
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteRequest:
+    """What the router needs to know of a request."""
+
+    model: str | None  # model key; None when the request names no model
+    generates: bool = True  # a generation (tokens); False for embeddings
+    read: bool = False  # a read such as show: no slot, no load
+    tokens: int | None = None  # the reply's token limit, when the request sets one
+    pin: str | None = None  # node name or id the request must go to
+    local_only: bool = False
+    conversation: str | None = None  # key of an ongoing conversation
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The pool at one moment: every node, this one included, and where conversations are."""
+
+    nodes: Sequence[NodeView]
+    conversations: Mapping[str, tuple[str, float]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """Seconds until a node would finish the request, term by term."""
+
+    queue_s: float = 0.0
+    load_s: float = 0.0
+    evict_s: float = 0.0
+    rtt_s: float = 0.0
+    run_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.queue_s + self.load_s + self.evict_s + self.rtt_s + self.run_s
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    """A node that can serve the request, its estimate, and what the estimate rests on."""
+
+    node: NodeView
+    estimate: Estimate
+    basis: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftOut:
+    """A node that cannot serve the request, and why."""
+
+    node: NodeView
+    reason: str
+    has_model: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteDecision:
+    """The candidates best first (the order requests fail over in), the rest, and why the first."""
+
+    model: str | None
+    ranked: tuple[Ranked, ...]
+    left_out: tuple[LeftOut, ...]
+    choice: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the decision as JSON values, for `inferhub route` and the dashboard."""
+        return {
+            "model": short_name(self.model) if self.model else None,
+            "choice": self.choice,
+            "ranked": [
+                {
+                    "node": r.node.name,
+                    "id": r.node.node_id,
+                    "local": r.node.local,
+                    "total_s": round(r.estimate.total_s, 3),
+                    **{k: round(v, 3) for k, v in dataclasses.asdict(r.estimate).items()},
+                    "basis": r.basis,
+                }
+                for r in self.ranked
+            ],
+            "left_out": [
+                {"node": x.node.name, "id": x.node.node_id, "local": x.node.local, "reason": x.reason}
+                for x in self.left_out
+            ],
+        }
+
+
+def choose_route(request: RouteRequest, snapshot: Snapshot, now: float) -> RouteDecision:
+    """Rank the nodes that can serve `request` by estimated completion time, best first."""
+    nodes = list(snapshot.nodes)
+    if request.pin is not None:
+        return _pinned(request, nodes)
+    if request.model is None:
+        # Nothing to choose by: the request is this machine's to answer.
+        local = [n for n in nodes if n.local]
+        here = tuple(Ranked(n, Estimate(), "the request names no model") for n in local)
+        return RouteDecision(None, here, (), "this machine: the request names no model")
+
+    model = request.model
+    candidates: list[NodeView] = []
+    left_out: list[LeftOut] = []
+    for node in nodes:
+        reason = _unfit(request, node)
+        if reason is None:
+            candidates.append(node)
+        else:
+            left_out.append(LeftOut(node, reason, model in node.installed))
+
+    ranked = sorted(
+        (_rank(request, node, nodes) for node in candidates),
+        key=lambda r: (r.estimate.total_s, not r.node.local, r.node.name),
+    )
+    choice = f"{ranked[0].node.name}: the soonest to finish" if ranked else "no node can serve it"
+    if ranked:
+        ranked, choice = _break_ties(ranked, snapshot.conversations.get(request.conversation or ""), now)
+    return RouteDecision(model, tuple(ranked), tuple(left_out), choice)
+
+
+def _pinned(request: RouteRequest, nodes: list[NodeView]) -> RouteDecision:
+    """Send a pinned request to its node as it stands: the node's own answer says what is wrong."""
+    pin = request.pin or ""
+    ranked = tuple(
+        Ranked(n, Estimate(rtt_s=n.rtt_s), "pinned by the request")
+        for n in nodes
+        if pin.lower() in (n.name.lower(), n.node_id.lower())
+    )
+    left_out = tuple(
+        LeftOut(n, "not the pinned node", False) for n in nodes if all(r.node is not n for r in ranked)
+    )
+    choice = f"{ranked[0].node.name}: pinned by the request" if ranked else f"no node is named {pin!r}"
+    return RouteDecision(request.model, ranked[:1], left_out, choice)
+
+
+def _unfit(request: RouteRequest, node: NodeView) -> str | None:
+    """Say why a node cannot take the request, or None when it can."""
+    if request.local_only and not node.local:
+        return "this machine is set to use only itself"
+    if not node.local and not node.share:
+        return "not sharing its GPU"
+    if node.backend_error is not None:
+        return f"its backend cannot be used: {node.backend_error}"
+    if node.breaker is not None:
+        return f"left out by its circuit breaker ({node.breaker})"
+    if request.model not in node.installed:
+        return f"does not have {short_name(request.model or '')}"
+    if node.queue_full and not request.read:
+        return "its queue is full"
+    return None
+
+
+def _rank(request: RouteRequest, node: NodeView, pool: list[NodeView]) -> Ranked:
+    """Estimate when `node` would finish the request, and say what the estimate rests on."""
+    model = request.model or ""
+    if request.read:
+        return Ranked(node, Estimate(rtt_s=node.rtt_s), "a read: only the round trip counts")
+    figures = node.figures.get(model, ModelFigures())
+    basis: list[str] = []
+
+    if request.generates:
+        tokens = _expected_tokens(request, model, pool)
+        fastest = max(
+            (f.tokens_per_s.mean for n in pool if (f := n.figures.get(model)) and f.tokens_per_s),
+            default=DEFAULT_TOKENS_PER_S,
+        )
+        # Blended as seconds per token, the quantity that adds up: an untried node counts as fast as
+        # the fastest one seen, so it gets tried, and one sample of a slow node soon outweighs that.
+        per_token = _blend(_inverse(figures.tokens_per_s), 1.0 / fastest)
+        run_s = tokens * per_token + _blend(figures.prompt_s, 0.0)
+        shown = figures.tokens_per_s
+        basis.append(
+            f"{1 / per_token:.0f} tok/s "
+            + (f"(learnt from {shown.weight:.1f} replies)" if shown else "(not measured yet)")
+            + f" x {tokens} tokens"
+        )
+    else:
+        run_s = _blend(figures.run_s, DEFAULT_EMBED_S)
+
+    load_s = evict_s = 0.0
+    if model in node.loaded:
+        basis.append("loaded")
+    else:
+        size = node.installed.get(model, 0)
+        load_s = _blend(figures.load_s, LOAD_BASE_S + LOAD_S_PER_GIB * size / _GIB)
+        basis.append(f"not loaded: loads in ~{load_s:.1f} s")
+        if node.vram_total_mib and size / _MIB > node.vram_free_mib:
+            # A busy runner is only stopped once its requests finish.
+            evict_s = EVICT_S + (_service_s(node, run_s) if node.active else 0.0)
+            basis.append(f"{node.vram_free_mib} MiB VRAM free for {size // _MIB} MiB: evicts a model")
+
+    queue_s = 0.0
+    over = node.active + node.waiting - node.slots + 1
+    if over > 0:
+        queue_s = over * _service_s(node, run_s) / node.slots
+        basis.append(f"{node.active + node.waiting} running or waiting for {node.slots} slot(s)")
+    estimate = Estimate(queue_s=queue_s, load_s=load_s, evict_s=evict_s, rtt_s=node.rtt_s, run_s=run_s)
+    return Ranked(node, estimate, "; ".join(basis))
+
+
+def _break_ties(
+    ranked: list[Ranked], conversation: tuple[str, float] | None, now: float
+) -> tuple[list[Ranked], str]:
+    """Move the conversation's node, else this machine, first when it is as good as the best."""
+    best = ranked[0].estimate.total_s
+    if conversation is not None and conversation[1] > now:
+        for r in ranked:
+            if (
+                r.node.node_id == conversation[0]
+                and r.estimate.total_s <= best * (1 + CONVERSATION_FRACTION) + TIE_S
+            ):
+                ranked = [r, *(x for x in ranked if x is not r)]
+                return ranked, f"{r.node.name}: it holds this conversation and is about as soon to finish"
+    for r in ranked:
+        if r.node.local and r is not ranked[0] and r.estimate.total_s <= best * (1 + TIE_FRACTION) + TIE_S:
+            ranked = [r, *(x for x in ranked if x is not r)]
+            return ranked, f"{r.node.name}: this machine, as soon to finish as the best"
+    return ranked, f"{ranked[0].node.name}: the soonest to finish"
+
+
+def _expected_tokens(request: RouteRequest, model: str, pool: list[NodeView]) -> int:
+    """Guess the reply's length: the pool's mean for the model, capped by the request's limit."""
+    weights = [f.tokens for n in pool if (f := n.figures.get(model)) and f.tokens]
+    weight = sum(f.weight for f in weights)
+    mean = sum(f.mean * f.weight for f in weights) / weight if weight else None
+    if request.tokens is not None and request.tokens > 0:
+        return max(1, round(min(request.tokens, mean) if mean is not None else request.tokens))
+    return max(1, round(mean)) if mean is not None else DEFAULT_TOKENS
+
+
+def _service_s(node: NodeView, run_s: float) -> float:
+    """How long a request ahead in the node's queue takes: its mean run time, else this request's."""
+    return _blend(node.run_s, run_s)
+
+
+def _blend(learnt: Figure | None, prior: float) -> float:
+    if learnt is None:
+        return prior
+    return (learnt.mean * learnt.weight + prior * PRIOR_WEIGHT) / (learnt.weight + PRIOR_WEIGHT)
+
+
+def _inverse(figure: Figure | None) -> Figure | None:
+    if figure is None or figure.mean <= 0:
+        return None
+    return Figure(1.0 / figure.mean, figure.weight)

@@ -1,0 +1,203 @@
+"""The state around routing decisions: the pool snapshot the router reads, the conversations it keeps
+in place, the circuit breakers, and the requests this node has in flight at each peer."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from .breaker import CircuitBreakers
+from .names import model_key
+from .peers import Peer
+from .router import Figure, ModelFigures, NodeView, RouteDecision, RouteRequest, Snapshot, choose_route
+
+# A conversation stays with its node this long after its last turn: Ollama's default keep-alive.
+CONVERSATION_TTL_S = 300.0
+_MAX_CONVERSATIONS = 4096
+# Endpoints that produce tokens, and those that only embed, and reads that name a model.
+_EMBEDDINGS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+_READS = frozenset({"/api/show", "/v1/models/:model"})
+# Where each API puts a reply's token limit.
+_TOKEN_LIMITS = (("options", "num_predict"), (None, "max_tokens"), (None, "max_completion_tokens"))
+
+
+class Conversations:
+    """Which node each ongoing conversation runs on, for a while after its last turn; bounded."""
+
+    def __init__(self, ttl_s: float = CONVERSATION_TTL_S, capacity: int = _MAX_CONVERSATIONS) -> None:
+        self._ttl_s = ttl_s
+        self._capacity = capacity
+        self._entries: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
+
+    def remember(self, key: str, node_id: str, now: float) -> None:
+        self._entries[key] = (node_id, now + self._ttl_s)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def live(self, now: float) -> dict[str, tuple[str, float]]:
+        """Return the conversations not yet expired, dropping the others."""
+        for key in [k for k, (_, until) in self._entries.items() if until <= now]:
+            del self._entries[key]
+        return dict(self._entries)
+
+
+def conversation_key(model: str, fields: Mapping[str, Any] | None) -> str | None:
+    """Name a chat by its model and its messages up to the first user turn, which every later turn repeats."""
+    messages = fields.get("messages") if fields else None
+    if not isinstance(messages, list):
+        return None
+    opening = next(
+        (
+            messages[: i + 1]
+            for i, m in enumerate(messages)
+            if isinstance(m, dict) and m.get("role") == "user"
+        ),
+        None,
+    )
+    if opening is None:
+        return None
+    text = json.dumps([model, opening], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def route_request(
+    pattern: str, model: str | None, fields: Mapping[str, Any] | None, pin: str | None, *, local_only: bool
+) -> RouteRequest:
+    """Describe a request to the router: its model key, what it costs, its token limit and pin."""
+    key = model_key(model) if model else None
+    return RouteRequest(
+        model=key,
+        generates=pattern not in _EMBEDDINGS and pattern not in _READS,
+        read=pattern in _READS,
+        tokens=_token_limit(fields),
+        pin=(pin or "").strip() or None,
+        local_only=local_only,
+        conversation=conversation_key(key, fields) if key else None,
+    )
+
+
+def _token_limit(fields: Mapping[str, Any] | None) -> int | None:
+    for holder, name in _TOKEN_LIMITS:
+        source = fields.get(holder) if holder and fields else fields
+        value = source.get(name) if isinstance(source, Mapping) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return int(value)
+    return None
+
+
+def view_from_status(
+    status: Mapping[str, Any], *, local: bool, rtt_s: float, breaker: str | None, sent: int
+) -> NodeView:
+    """Read a node's status as the router sees it; raise ValueError if it does not add up.
+
+    `sent` counts requests this node sent there since that status was taken, which it cannot show yet.
+    """
+    try:
+        load = status["load"]
+        backend = status["backend"]
+        telemetry = status.get("telemetry") or {}
+        speeds = status.get("speeds") or {}
+        installed = {
+            model_key(str(m["name"])): int(m.get("size") or 0) for m in backend.get("installed") or ()
+        }
+        loaded = {
+            model_key(str(m["name"])): int(m.get("size_vram") or 0) for m in backend.get("loaded") or ()
+        }
+        return NodeView(
+            node_id=str(status["id"]),
+            name=str(status["name"]),
+            local=local,
+            share=bool(status["share"]),
+            backend_error=None if backend.get("reachable") else str(backend.get("error") or "unreachable"),
+            breaker=breaker,
+            installed=installed,
+            loaded=loaded,
+            vram_free_mib=int(telemetry.get("vram_free_mib") or 0),
+            vram_total_mib=int(telemetry.get("vram_total_mib") or 0),
+            active=int(load["active"]) + sent,
+            waiting=int(load.get("waiting") or 0),
+            slots=max(1, int(load["slots"])),
+            queue_full=bool(load.get("queue_full")),
+            rtt_s=rtt_s,
+            figures={str(k): _model_figures(v) for k, v in (speeds.get("models") or {}).items()},
+            run_s=_figure(speeds.get("run_s")),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"status is missing or mistypes {exc}") from exc
+
+
+def _model_figures(value: Mapping[str, Any]) -> ModelFigures:
+    return ModelFigures(
+        tokens_per_s=_figure(value.get("tokens_per_s")),
+        tokens=_figure(value.get("tokens")),
+        prompt_s=_figure(value.get("prompt_s")),
+        load_s=_figure(value.get("load_s")),
+        run_s=_figure(value.get("run_s")),
+    )
+
+
+def _figure(value: Any) -> Figure | None:
+    if value is None:
+        return None
+    mean, weight = (float(x) for x in value)
+    if not (math.isfinite(mean) and math.isfinite(weight)) or mean < 0 or weight <= 0:
+        raise ValueError(f"learnt figure {value!r} is not a mean and a positive weight")
+    return Figure(mean, weight)
+
+
+class Routing:
+    """Decide where the local API's requests go, from this node's status and its peers'."""
+
+    def __init__(
+        self,
+        own_status: Callable[[], Mapping[str, Any]],
+        peers: Callable[[], Sequence[Peer]],
+    ) -> None:
+        self._own_status = own_status
+        self._peers = peers
+        self.breakers = CircuitBreakers()
+        self.conversations = Conversations()
+        # Start times of requests this node has in flight at each peer.
+        self._sent: dict[str, list[float]] = {}
+
+    def snapshot(self, now: float) -> Snapshot:
+        """Return the pool as the router sees it now; peers whose status makes no sense are left out."""
+        own = self._own_status()
+        nodes = [view_from_status(own, local=True, rtt_s=0.0, breaker=self._breaker(str(own["id"])), sent=0)]
+        for peer in self._peers():
+            sent = sum(1 for started in self._sent.get(peer.node_id, ()) if started > peer.last_seen)
+            try:
+                nodes.append(
+                    view_from_status(
+                        peer.status,
+                        local=False,
+                        rtt_s=peer.rtt_s,
+                        breaker=self._breaker(peer.node_id),
+                        sent=sent,
+                    )
+                )
+            except ValueError:
+                continue  # the pool validated it when it came; a status this broken is not routed to
+        return Snapshot(tuple(nodes), self.conversations.live(now))
+
+    def decide(self, request: RouteRequest, now: float) -> RouteDecision:
+        return choose_route(request, self.snapshot(now), now)
+
+    def sent(self, node_id: str, now: float) -> None:
+        """Note a request sent to a peer, until `done` says it ended."""
+        self._sent.setdefault(node_id, []).append(now)
+        self.breakers.sent(node_id)
+
+    def done(self, node_id: str, started: float) -> None:
+        if (starts := self._sent.get(node_id)) and started in starts:
+            starts.remove(started)
+            if not starts:
+                del self._sent[node_id]
+
+    def _breaker(self, node_id: str) -> str | None:
+        return None if self.breakers.allows(node_id) else self.breakers.describe(node_id)

@@ -1,0 +1,99 @@
+"""What this node's backend has shown it can do with each model, learned from finished requests.
+
+Each figure is a mean whose samples lose half their weight every `HALF_LIFE_S`: the mean itself stays
+put, but its weight falls, so the router leans back towards its prior for figures nobody has renewed
+(a GPU that got busier, a driver update) and tries the node again. Pure state; time is a parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+HALF_LIFE_S = 600.0
+# A load shorter than this was a warm start (the time is scheduling), not a model load.
+COLD_LOAD_MIN_S = 0.25
+# Below this weight a mean is forgotten and no longer published.
+_MIN_WEIGHT = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What one finished request showed; durations in seconds, None where the reply did not say."""
+
+    total_s: float
+    eval_count: int | None = None
+    eval_s: float | None = None
+    prompt_s: float | None = None
+    load_s: float | None = None
+
+
+@dataclasses.dataclass
+class _DecayedMean:
+    total: float = 0.0
+    weight: float = 0.0
+    at: float = 0.0
+
+    def add(self, value: float, now: float) -> None:
+        self._decay(now)
+        self.total += value
+        self.weight += 1.0
+
+    def read(self, now: float) -> tuple[float, float] | None:
+        """Return (mean, weight now), or None when the samples have faded away."""
+        self._decay(now)
+        if self.weight < _MIN_WEIGHT:
+            return None
+        return self.total / self.weight, self.weight
+
+    def _decay(self, now: float) -> None:
+        factor = 0.5 ** (max(0.0, now - self.at) / HALF_LIFE_S)
+        self.total *= factor
+        self.weight *= factor
+        self.at = now
+
+
+@dataclasses.dataclass
+class _ModelStats:
+    tokens_per_s: _DecayedMean = dataclasses.field(default_factory=_DecayedMean)
+    tokens: _DecayedMean = dataclasses.field(default_factory=_DecayedMean)
+    prompt_s: _DecayedMean = dataclasses.field(default_factory=_DecayedMean)
+    load_s: _DecayedMean = dataclasses.field(default_factory=_DecayedMean)
+    run_s: _DecayedMean = dataclasses.field(default_factory=_DecayedMean)
+
+
+class SpeedBook:
+    """Per model: tokens/s, tokens per reply, prompt time, cold-load time and run time (total less load)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, _ModelStats] = {}
+        self._run_s = _DecayedMean()
+
+    def observe(self, model: str, seen: Observation, now: float) -> None:
+        """Learn from one finished request for `model` (a model key)."""
+        stats = self._models.setdefault(model, _ModelStats())
+        load_s = seen.load_s or 0.0
+        if seen.eval_count is not None and seen.eval_s and seen.eval_count > 1:
+            stats.tokens_per_s.add(seen.eval_count / seen.eval_s, now)
+        if seen.eval_count is not None:
+            stats.tokens.add(seen.eval_count, now)
+        if seen.prompt_s is not None:
+            stats.prompt_s.add(seen.prompt_s, now)
+        if load_s >= COLD_LOAD_MIN_S:
+            stats.load_s.add(load_s, now)
+        run_s = max(0.0, seen.total_s - load_s)
+        stats.run_s.add(run_s, now)
+        self._run_s.add(run_s, now)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """Return the learnt figures as JSON values, for this node's status: each as [mean, weight]."""
+        models: dict[str, dict[str, list[float]]] = {}
+        for model, stats in self._models.items():
+            figures = {}
+            for field in dataclasses.fields(stats):
+                if (read := getattr(stats, field.name).read(now)) is not None:
+                    figures[field.name] = [round(read[0], 4), round(read[1], 3)]
+            if figures:
+                models[model] = figures
+        run = self._run_s.read(now)
+        return {"models": models, "run_s": [round(run[0], 4), round(run[1], 3)] if run else None}
