@@ -117,7 +117,12 @@ class Node:
 
     async def start(self) -> None:
         """Listen on the local and share APIs, then join the LAN pool."""
-        self._backend = OllamaBackend(self.settings.backend, connect_timeout_s=_BACKEND_CONNECT_TIMEOUT_S)
+        # Errors name the node, so a peer's user reading one relayed knows where it happened.
+        self._backend = OllamaBackend(
+            self.settings.backend,
+            connect_timeout_s=_BACKEND_CONNECT_TIMEOUT_S,
+            name=f"{self.settings.name}'s backend",
+        )
         local = LocalApi(
             Forwarder(self.settings, self._plan, status=self.status, relayed=self._relayed),
             self._origins,
@@ -326,7 +331,7 @@ class Node:
         if peer is None:
             return self._local_target(query, remote=False)
         return Target(
-            name=f"peer {peer.announcement.name!r}",
+            name=peer.announcement.name,
             backend=self._peer_backend(peer),
             admit=lambda endpoint: self._sent_to(node_id),
             report=self._reporter(node_id, query.model, learn=False),

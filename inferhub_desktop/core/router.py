@@ -186,7 +186,9 @@ def choose_route(request: RouteRequest, snapshot: Snapshot, now: float) -> Route
         if reason is None:
             candidates.append(node)
         else:
-            left_out.append(LeftOut(node, reason, model in node.installed))
+            # A peer left out by the local-only switch is not "in the pool" for this machine.
+            reachable = node.local or not request.local_only
+            left_out.append(LeftOut(node, reason, reachable and model in node.installed))
 
     ranked = sorted(
         (_rank(request, node, nodes) for node in candidates),

@@ -3,128 +3,25 @@ and share toggles, each within the time a user would expect."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.lan.netns import Host, Lan, netns_unavailable
-from tests.support import ROOT
+from tests.lan.machines import Machine, start_machines, wait_for
+from tests.lan.netns import Lan, netns_unavailable
 
 pytestmark = pytest.mark.skipif(bool(netns_unavailable()), reason=str(netns_unavailable()))
 
 MODELS = ["llama3:latest", "qwen3:8b", "mistral:latest"]
 
 
-@dataclass
-class Machine:
-    host: Host
-    name: str
-    node: subprocess.Popen[Any]
-    watch_log: Path
-    node_log: Path
-
-    def views(self) -> list[dict[str, Any]]:
-        """Return every peer list this machine's node has shown, oldest first."""
-        lines = self.watch_log.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.endswith("}")]
-
-    def peers(self) -> dict[str, dict[str, Any]]:
-        views = self.views()
-        return {p["name"]: p for p in views[-1]["peers"]} if views else {}
-
-    def cli(self, *args: str) -> str:
-        result = self.host.run(
-            [sys.executable, "-m", "inferhub_desktop", *args],
-            timeout=20,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until `condition()` holds; return when it did (time.time()), or fail naming `what`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return time.time()
-        time.sleep(0.05)
-    pytest.fail(f"not within {timeout} s: {what}")
-
-
-def start_machines(lan: Lan, tmp_path: Path, extra: Callable[[int], list[str]]) -> list[Machine]:
-    """Start on each host a fake Ollama with its own model, a sharing node and a watcher of its peers."""
-    machines = []
-    for i, host in enumerate(lan.hosts):
-        work = tmp_path / f"m{i}"
-        work.mkdir()
-        with (work / "fake.log").open("w") as out:
-            host.popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.fakes.ollama",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "11434",
-                    "--model",
-                    MODELS[i],
-                ],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        node_log = work / "node.log"
-        with node_log.open("w") as out:
-            node = host.popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "inferhub_desktop",
-                    "serve",
-                    "--headless",
-                    "--share",
-                    "--name",
-                    f"node{i}",
-                    "--config-dir",
-                    str(work / "config"),
-                    "--interface",
-                    host.ip,
-                    "--backend",
-                    "http://127.0.0.1:11434",
-                    *extra(i),
-                ],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        watch_log = work / "watch.log"
-        with watch_log.open("w") as out:
-            host.popen(
-                [sys.executable, "tests/lan/scripts/watch_peers.py", "http://127.0.0.1:11435"],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        machines.append(Machine(host, f"node{i}", node, watch_log, node_log))
-    return machines
-
-
 @pytest.fixture
 def machines(tmp_path: Path) -> Iterator[list[Machine]]:
     with Lan(3) as lan:
-        machines = start_machines(lan, tmp_path, lambda i: [])
+        machines = start_machines(lan, tmp_path, [["--model", m] for m in MODELS], lambda i: [])
         try:
             yield machines
         finally:
@@ -206,7 +103,7 @@ def test_static_peers_work_where_multicast_is_filtered(tmp_path: Path) -> None:
         a_ip, b_ip, _ = (host.ip for host in lan.hosts)
         # node0 and node1 know each other's address; node2 knows nobody and can rely only on mDNS.
         static = {0: ["--peer", f"{b_ip}:11436"], 1: ["--peer", f"{a_ip}:11436"], 2: []}
-        a, b, c = start_machines(lan, tmp_path, lambda i: static[i])
+        a, b, c = start_machines(lan, tmp_path, [["--model", m] for m in MODELS], lambda i: static[i])
         joined = wait_for(
             lambda: full_view(a, [b]) and full_view(b, [a]), 10, "each node listing its static peer"
         )

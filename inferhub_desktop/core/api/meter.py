@@ -43,6 +43,20 @@ class ReplyMeter:
         self._first = self._last = time.monotonic()
         self._tail = (b"", body if len(body) <= _MAX_PARSED_BYTES else b"")
 
+    def failed_in_stream(self) -> str | None:
+        """Return the error a stream ended with, if its last frame is one (the backend failed midway)."""
+        if self._frames == 0:
+            return None
+        for event in reversed(self._tail[1].strip().split(b"\n\n" if self._endpoint.openai else b"\n")):
+            payload = _last_json(event.strip().removeprefix(b"data:").strip())
+            if payload is None:
+                continue
+            error = payload.get("error")
+            if isinstance(error, dict):
+                error = error.get("message")
+            return str(error) if error else None
+        return None
+
     def observation(self) -> Observation | None:
         """Return what the reply showed of the node's speed; None for replies that show nothing."""
         if self._endpoint.kind is not Kind.INFERENCE or self.broken or self._last is None:

@@ -373,7 +373,8 @@ class Forwarder:
                     outcome = Outcome(f"{target.name} answered HTTP {upstream.status}", upstream.status)
                     raise BackendUnavailable(outcome.failure or "")
                 response = await relay(request, upstream, meter)
-                outcome = Outcome(meter.broken, upstream.status, meter.observation())
+                failure = meter.broken or meter.failed_in_stream()
+                outcome = Outcome(failure, upstream.status, None if failure else meter.observation())
                 return response
         except BackendUnavailable as exc:
             if outcome.cancelled:
