@@ -201,18 +201,28 @@ def choose_route(request: RouteRequest, snapshot: Snapshot, now: float) -> Route
 
 
 def _pinned(request: RouteRequest, nodes: list[NodeView]) -> RouteDecision:
-    """Send a pinned request to its node as it stands: the node's own answer says what is wrong."""
-    pin = request.pin or ""
-    ranked = tuple(
-        Ranked(n, Estimate(rtt_s=n.rtt_s), "pinned by the request")
-        for n in nodes
-        if pin.lower() in (n.name.lower(), n.node_id.lower())
-    )
+    """Send a pinned request to its node as it stands: the node's own answer says what is wrong.
+
+    A name two nodes share pins the first (this machine, else the first by name); an id pins one.
+    """
+    pin = (request.pin or "").lower()
+    matching = [n for n in nodes if pin in (n.name.lower(), n.node_id.lower())]
     left_out = tuple(
-        LeftOut(n, "not the pinned node", False) for n in nodes if all(r.node is not n for r in ranked)
+        LeftOut(
+            n,
+            "pinned to another node of the same name; pin it by id"
+            if n in matching
+            else "not the pinned node",
+            False,
+        )
+        for n in nodes
+        if n not in matching[:1]
     )
-    choice = f"{ranked[0].node.name}: pinned by the request" if ranked else f"no node is named {pin!r}"
-    return RouteDecision(request.model, ranked[:1], left_out, choice)
+    if not matching:
+        return RouteDecision(request.model, (), left_out, f"no node is named {request.pin!r}")
+    chosen = matching[0]
+    ranked = (Ranked(chosen, Estimate(rtt_s=chosen.rtt_s), "pinned by the request"),)
+    return RouteDecision(request.model, ranked, left_out, f"{chosen.name}: pinned by the request")
 
 
 def _unfit(request: RouteRequest, node: NodeView) -> str | None:
@@ -243,7 +253,11 @@ def _rank(request: RouteRequest, node: NodeView, pool: list[NodeView]) -> Ranked
     if request.generates:
         tokens = _expected_tokens(request, model, pool)
         fastest = max(
-            (f.tokens_per_s.mean for n in pool if (f := n.figures.get(model)) and f.tokens_per_s),
+            (
+                f.tokens_per_s.mean
+                for n in pool
+                if (f := n.figures.get(model)) and f.tokens_per_s and f.tokens_per_s.mean > 0
+            ),
             default=DEFAULT_TOKENS_PER_S,
         )
         # Blended as seconds per token, the quantity that adds up: an untried node counts as fast as

@@ -47,7 +47,9 @@ class _DecayedMean:
         return self.total / self.weight, self.weight
 
     def _decay(self, now: float) -> None:
-        factor = 0.5 ** (max(0.0, now - self.at) / HALF_LIFE_S)
+        if now <= self.at:
+            return  # a reading from before the last one: that stretch has decayed already
+        factor = 0.5 ** ((now - self.at) / HALF_LIFE_S)
         self.total *= factor
         self.weight *= factor
         self.at = now

@@ -1,0 +1,443 @@
+"""The state around routing: conversation keys and their table, requests as the router sees them,
+and node statuses read into router views."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from inferhub_desktop.core.backends.base import BackendState, InstalledModel, LoadedModel
+from inferhub_desktop.core.names import model_key
+from inferhub_desktop.core.router import Figure, ModelFigures
+from inferhub_desktop.core.routing import (
+    CONVERSATION_TTL_S,
+    Conversations,
+    conversation_key,
+    route_request,
+    view_from_status,
+)
+from inferhub_desktop.core.speeds import Observation, SpeedBook
+
+MODEL = model_key("llama3")
+GIB = 1 << 30
+MIB = 1 << 20
+NOW = 500.0
+
+SYSTEM = {"role": "system", "content": "Be brief."}
+ASK = {"role": "user", "content": "What is a GPU?"}
+ANSWER = {"role": "assistant", "content": "A graphics processor."}
+FOLLOW_UP = {"role": "user", "content": "And a TPU?"}
+
+
+# -- conversation keys -------------------------------------------------------------------------
+
+
+def test_a_conversations_turns_share_one_key() -> None:
+    first = conversation_key(MODEL, {"messages": [SYSTEM, ASK]})
+    second = conversation_key(MODEL, {"messages": [SYSTEM, ASK, ANSWER, FOLLOW_UP]})
+    assert first is not None
+    assert first == second
+
+
+def test_a_conversation_without_a_system_message_keeps_its_key() -> None:
+    assert conversation_key(MODEL, {"messages": [ASK]}) == conversation_key(
+        MODEL, {"messages": [ASK, ANSWER, FOLLOW_UP]}
+    )
+
+
+def test_another_model_is_another_conversation() -> None:
+    fields = {"messages": [SYSTEM, ASK]}
+    assert conversation_key(MODEL, fields) != conversation_key(model_key("qwen2.5"), fields)
+
+
+def test_another_opening_question_is_another_conversation() -> None:
+    other = {"role": "user", "content": "What is a CPU?"}
+    assert conversation_key(MODEL, {"messages": [SYSTEM, ASK]}) != conversation_key(
+        MODEL, {"messages": [SYSTEM, other]}
+    )
+
+
+def test_another_system_prompt_is_another_conversation() -> None:
+    other = {"role": "system", "content": "Be thorough."}
+    assert conversation_key(MODEL, {"messages": [SYSTEM, ASK]}) != conversation_key(
+        MODEL, {"messages": [other, ASK]}
+    )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        None,
+        {},
+        {"prompt": "What is a GPU?"},
+        {"messages": "What is a GPU?"},
+        {"messages": []},
+        {"messages": [SYSTEM]},
+        {"messages": [SYSTEM, ANSWER]},
+        {"messages": ["user", SYSTEM]},
+    ],
+    ids=["no-fields", "empty", "prompt", "not-a-list", "no-messages", "system-only", "no-user", "not-dicts"],
+)
+def test_a_request_without_a_user_message_has_no_conversation(fields: dict[str, Any] | None) -> None:
+    assert conversation_key(MODEL, fields) is None
+
+
+# -- the conversation table --------------------------------------------------------------------
+
+
+def test_a_conversation_is_remembered_for_its_time_to_live() -> None:
+    table = Conversations()
+    table.remember("c", "node-a", NOW)
+    assert table.live(NOW) == {"c": ("node-a", NOW + CONVERSATION_TTL_S)}
+    assert "c" in table.live(NOW + CONVERSATION_TTL_S - 0.001)
+
+
+def test_a_conversation_expires_once_its_time_is_up() -> None:
+    table = Conversations(ttl_s=10.0)
+    table.remember("c", "node-a", NOW)
+    assert table.live(NOW + 10.0) == {}
+    # Dropped for good, not only hidden.
+    assert table.live(NOW) == {}
+
+
+def test_a_new_turn_extends_the_conversation_and_moves_it() -> None:
+    table = Conversations(ttl_s=10.0)
+    table.remember("c", "node-a", NOW)
+    table.remember("c", "node-b", NOW + 8.0)
+    assert table.live(NOW + 12.0) == {"c": ("node-b", NOW + 18.0)}
+
+
+def test_the_table_keeps_only_the_most_recent_conversations() -> None:
+    table = Conversations(capacity=2)
+    for i, key in enumerate(("a", "b", "c")):
+        table.remember(key, "node", NOW + i)
+    assert set(table.live(NOW)) == {"b", "c"}
+
+
+def test_a_conversation_that_took_a_turn_is_kept_over_an_older_one() -> None:
+    table = Conversations(capacity=2)
+    table.remember("a", "node", NOW)
+    table.remember("b", "node", NOW + 1)
+    table.remember("a", "node", NOW + 2)
+    table.remember("c", "node", NOW + 3)
+    assert set(table.live(NOW)) == {"a", "c"}
+
+
+def test_live_returns_a_copy() -> None:
+    table = Conversations()
+    table.remember("c", "node-a", NOW)
+    table.live(NOW).clear()
+    assert "c" in table.live(NOW)
+
+
+# -- requests as the router sees them ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "generates", "read"),
+    [
+        ("/api/generate", True, False),
+        ("/api/chat", True, False),
+        ("/v1/chat/completions", True, False),
+        ("/v1/completions", True, False),
+        ("/api/embed", False, False),
+        ("/api/embeddings", False, False),
+        ("/v1/embeddings", False, False),
+        ("/api/show", False, True),
+        ("/v1/models/:model", False, True),
+    ],
+)
+def test_a_request_says_whether_it_generates_or_reads(pattern: str, generates: bool, read: bool) -> None:
+    request = route_request(pattern, "llama3", None, None, local_only=False)
+    assert (request.generates, request.read) == (generates, read)
+
+
+@pytest.mark.parametrize(
+    ("fields", "tokens"),
+    [
+        ({"options": {"num_predict": 64}}, 64),
+        ({"max_tokens": 65}, 65),
+        ({"max_completion_tokens": 66}, 66),
+        ({"max_tokens": 67.9}, 67),
+        ({"options": {"num_predict": -1}}, None),
+        ({"options": {"num_predict": 0}}, None),
+        ({"max_tokens": -5}, None),
+        ({"options": {"num_predict": True}}, None),
+        ({"max_tokens": True}, None),
+        ({"max_tokens": "64"}, None),
+        ({"num_predict": 64}, None),
+        ({"options": "num_predict=64"}, None),
+        ({"options": {"num_predict": -1}, "max_tokens": 70}, 70),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_the_reply_token_limit_is_read_where_each_api_puts_it(
+    fields: dict[str, Any] | None, tokens: int | None
+) -> None:
+    assert route_request("/api/chat", "llama3", fields, None, local_only=False).tokens == tokens
+
+
+def test_a_request_names_its_model_by_key() -> None:
+    request = route_request("/api/generate", "Llama3", None, None, local_only=False)
+    assert request.model == MODEL
+
+
+def test_a_request_without_a_model_has_no_model_and_no_conversation() -> None:
+    request = route_request("/api/chat", None, {"messages": [ASK]}, None, local_only=False)
+    assert request.model is None
+    assert request.conversation is None
+
+
+def test_a_chats_conversation_does_not_depend_on_how_the_model_is_spelled() -> None:
+    first = route_request("/api/chat", "llama3", {"messages": [SYSTEM, ASK]}, None, local_only=False)
+    second = route_request(
+        "/api/chat",
+        "library/llama3:latest",
+        {"messages": [SYSTEM, ASK, ANSWER, FOLLOW_UP]},
+        None,
+        local_only=False,
+    )
+    assert first.conversation is not None
+    assert first.conversation == second.conversation == conversation_key(MODEL, {"messages": [SYSTEM, ASK]})
+
+
+@pytest.mark.parametrize(("pin", "expected"), [(None, None), ("", None), ("   ", None), (" box-2 ", "box-2")])
+def test_a_pin_is_trimmed_and_a_blank_one_is_none(pin: str | None, expected: str | None) -> None:
+    assert route_request("/api/generate", "llama3", None, pin, local_only=False).pin == expected
+
+
+@pytest.mark.parametrize("local_only", [True, False])
+def test_the_local_only_switch_is_carried(local_only: bool) -> None:
+    assert (
+        route_request("/api/generate", "llama3", None, None, local_only=local_only).local_only is local_only
+    )
+
+
+# -- statuses read into router views -----------------------------------------------------------
+
+
+def speeds() -> dict[str, Any]:
+    book = SpeedBook()
+    book.observe(MODEL, Observation(total_s=3.0, eval_count=100, eval_s=2.0, prompt_s=0.2, load_s=1.0), NOW)
+    return book.to_json(NOW)
+
+
+def status(**overrides: Any) -> dict[str, Any]:
+    """A status shaped like Node.status(), through JSON as a peer would send it."""
+    backend = BackendState(
+        kind="ollama",
+        url="http://127.0.0.1:11434",
+        reachable=True,
+        version="0.9.0",
+        installed=(
+            InstalledModel("llama3:latest", 5 * GIB, "sha256:aa"),
+            InstalledModel("Someone/Embed:v1", 300 * MIB, "sha256:bb"),
+        ),
+        loaded=(LoadedModel("llama3:latest", 6 * GIB, 5 * GIB + 7, "2030-01-01T00:00:00Z"),),
+    )
+    base = {
+        "id": "node-1",
+        "name": "desk-7",
+        "version": "0.1.0",
+        "api_url": "http://127.0.0.1:11435",
+        "share": True,
+        "local_only": False,
+        "pool_pull": False,
+        "share_port": 11436,
+        "load": {"active": 1, "remote": 1, "waiting": 2, "slots": 3, "queue_full": False},
+        "models_hash": "0a1b2c3d4e5f",
+        "backend": backend.to_json(),
+        "telemetry": {"summary": "RTX 4090", "vram_total_mib": 24564, "vram_free_mib": 17000},
+        "speeds": speeds(),
+    }
+    base.update(overrides)
+    result: dict[str, Any] = json.loads(json.dumps(base))
+    return result
+
+
+def view(data: dict[str, Any], **kwargs: Any) -> Any:
+    kwargs = {"local": False, "rtt_s": 0.002, "breaker": None, "sent": 0, **kwargs}
+    return view_from_status(data, **kwargs)
+
+
+def test_a_status_reads_into_a_view() -> None:
+    got = view(status(), rtt_s=0.004, breaker="open after 1 failure(s): reset")
+    assert (got.node_id, got.name, got.local, got.share) == ("node-1", "desk-7", False, True)
+    assert got.backend_error is None
+    assert got.breaker == "open after 1 failure(s): reset"
+    assert got.rtt_s == 0.004
+    assert got.installed == {MODEL: 5 * GIB, model_key("someone/embed:v1"): 300 * MIB}
+    assert got.loaded == {MODEL: 5 * GIB + 7}
+    assert (got.vram_free_mib, got.vram_total_mib) == (17000, 24564)
+    assert (got.active, got.waiting, got.slots, got.queue_full) == (1, 2, 3, False)
+
+
+def test_a_statuses_speeds_read_into_figures() -> None:
+    published = speeds()
+    got = view(status(speeds=published))
+    learnt = published["models"][MODEL]
+    assert got.figures == {
+        MODEL: ModelFigures(
+            tokens_per_s=Figure(*learnt["tokens_per_s"]),
+            tokens=Figure(*learnt["tokens"]),
+            prompt_s=Figure(*learnt["prompt_s"]),
+            load_s=Figure(*learnt["load_s"]),
+            run_s=Figure(*learnt["run_s"]),
+        )
+    }
+    assert got.figures[MODEL].tokens_per_s == Figure(100 / 2.0, 1.0)
+    assert got.run_s == Figure(*published["run_s"])
+
+
+def test_a_node_with_nothing_learnt_has_no_figures() -> None:
+    got = view(status(speeds=SpeedBook().to_json(NOW)))
+    assert got.figures == {}
+    assert got.run_s is None
+
+
+def test_requests_sent_since_the_status_count_as_active() -> None:
+    assert view(status(), sent=2).active == 1 + 2
+
+
+def test_an_unreachable_backend_is_a_backend_error() -> None:
+    down = BackendState(
+        kind="ollama", url="http://127.0.0.1:11434", reachable=False, error="connection refused"
+    )
+    assert view(status(backend=down.to_json())).backend_error == "connection refused"
+    silent = BackendState(kind="ollama", url="http://127.0.0.1:11434", reachable=False)
+    assert view(status(backend=silent.to_json())).backend_error == "unreachable"
+
+
+def test_missing_optional_parts_read_as_nothing() -> None:
+    data = status(telemetry=None, speeds=None, backend={"reachable": True})
+    del data["load"]["waiting"]
+    del data["load"]["queue_full"]
+    got = view(data)
+    assert (got.vram_free_mib, got.vram_total_mib) == (0, 0)
+    assert got.figures == {}
+    assert got.run_s is None
+    assert got.installed == {}
+    assert got.loaded == {}
+    assert (got.waiting, got.queue_full) == (0, False)
+
+
+def test_a_node_reporting_no_slots_has_one() -> None:
+    data = status()
+    data["load"]["slots"] = 0
+    assert view(data).slots == 1
+
+
+def remove(*path: str) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        for key in path[:-1]:
+            data = data[key]
+        del data[path[-1]]
+
+    return change
+
+
+def put(value: Any, *path: str) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        for key in path[:-1]:
+            data = data[key]
+        data[path[-1]] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        remove("id"),
+        remove("name"),
+        remove("share"),
+        remove("load"),
+        remove("backend"),
+        remove("load", "active"),
+        remove("load", "slots"),
+        put([1, 3], "load"),
+        put("busy", "backend"),
+        put(None, "load", "active"),
+        put(5, "backend", "installed"),
+        put([{"size": 5}], "backend", "installed"),
+        put(["llama3"], "backend", "loaded"),
+        put("RTX 4090", "telemetry"),
+        put([1, 2], "speeds"),
+        put({MODEL: [50.0, 1.0]}, "speeds", "models"),
+    ],
+    ids=[
+        "no-id",
+        "no-name",
+        "no-share",
+        "no-load",
+        "no-backend",
+        "no-active",
+        "no-slots",
+        "load-a-list",
+        "backend-a-string",
+        "active-none",
+        "installed-a-number",
+        "installed-without-name",
+        "loaded-names-only",
+        "telemetry-a-string",
+        "speeds-a-list",
+        "model-figures-a-list",
+    ],
+)
+def test_a_status_missing_or_mistyping_a_part_is_refused(change: Callable[[dict[str, Any]], None]) -> None:
+    data = status()
+    change(data)
+    with pytest.raises(ValueError, match="missing or mistypes"):
+        view(data)
+
+
+@pytest.mark.parametrize(
+    "figure",
+    [
+        [float("nan"), 1.0],
+        [50.0, float("nan")],
+        [float("inf"), 1.0],
+        [50.0, float("inf")],
+        [-1.0, 1.0],
+        [50.0, 0.0],
+        [50.0, -0.5],
+    ],
+)
+@pytest.mark.parametrize("where", ["tokens_per_s", "load_s", "run_s"])
+def test_a_learnt_figure_that_is_not_a_mean_and_a_positive_weight_is_refused(
+    figure: list[float], where: str
+) -> None:
+    data = status()
+    data["speeds"]["models"][MODEL][where] = figure
+    with pytest.raises(ValueError, match="learnt figure"):
+        view(data)
+
+
+@pytest.mark.parametrize("figure", [[float("nan"), 1.0], [1.0, 0.0]])
+def test_a_bad_run_time_of_any_request_is_refused(figure: list[float]) -> None:
+    data = status()
+    data["speeds"]["run_s"] = figure
+    with pytest.raises(ValueError, match="learnt figure"):
+        view(data)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        put("many", "load", "active"),
+        put([50.0], "speeds", "models", MODEL, "tokens_per_s"),
+        put([50.0, 1.0, 2.0], "speeds", "models", MODEL, "tokens_per_s"),
+        put("fast", "speeds", "models", MODEL, "tokens_per_s"),
+        put(50.0, "speeds", "models", MODEL, "tokens_per_s"),
+    ],
+    ids=["active-a-word", "figure-too-short", "figure-too-long", "figure-a-word", "figure-a-number"],
+)
+def test_a_status_with_malformed_values_is_refused(change: Callable[[dict[str, Any]], None]) -> None:
+    data = status()
+    change(data)
+    with pytest.raises(ValueError):  # noqa: PT011 -- the contract is ValueError; the wording is Python's
+        view(data)
