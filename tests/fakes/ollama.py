@@ -1,9 +1,9 @@
 """A faithful fake of Ollama's HTTP API, for tests and benchmarks.
 
 It serves the endpoints in shared/OLLAMA_API.md with Ollama's paths, methods, content types, status
-codes, error bodies and stream framing, and exposes knobs that shape timing and inject faults.
-Behaviour follows Ollama's server/routes.go and middleware/openai.go; run it as its own process with
-``python -m tests.fakes.ollama --help``.
+codes, error bodies and stream framing, and exposes knobs that shape timing, limit concurrency like
+Ollama's scheduler and inject faults. Behaviour follows Ollama's server/routes.go, server/sched.go and
+middleware/openai.go; run it as its own process with ``python -m tests.fakes.ollama --help``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import hashlib
 import ipaddress
@@ -48,6 +49,9 @@ _DEFAULT_HOST = "registry.ollama.ai"
 _DEFAULT_NAMESPACE = "library"
 _DEFAULT_TAG = "latest"
 _INVALID_NAME = "invalid model name"
+_SERVER_BUSY = "server busy, please try again.  maximum pending requests exceeded"  # ErrMaxQueue, 2 spaces
+# Architectures Ollama 0.12.10 loads with one slot whatever OLLAMA_NUM_PARALLEL says (an encoder cache).
+_SERIAL_FAMILIES = frozenset({"mllama", "qwen3vl", "qwen3vlmoe"})
 _HOST_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
 _NAMESPACE_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
 _MODEL_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
@@ -119,6 +123,7 @@ _PREFLIGHT_HEADERS = {
     "Access-Control-Max-Age": "43200",
 }
 _CORS_ORIGIN = web.RequestKey("cors_origin", str)
+_HELD = web.RequestKey("held", contextlib.ExitStack)  # what a request lets go of when it ends
 
 # Endpoints that fail_next() applies to by default: inference and reads, not liveness (/, /api/version).
 _FAULTABLE = frozenset(
@@ -318,7 +323,17 @@ class _Job:
     context: bool  # generate without raw returns `context`
     keep_alive: float | None
     started_ns: int
-    loaded_ns: int
+    loaded_ns: int  # when the model was ready: load_duration, queueing for the load included
+    running_ns: int  # when it got a slot: the wait for one counts in total_duration only, as in Ollama
+
+
+@dataclass
+class _Runner:
+    """The requests using one loaded model: all of them keep it loaded; `running` ones hold its slots."""
+
+    users: int = 0
+    running: int = 0
+    queue: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
 
 
 @dataclass(frozen=True)
@@ -379,7 +394,7 @@ class _StreamWriter:
 
 
 class FakeOllama:
-    """An aiohttp server that speaks Ollama's HTTP API, with knobs for timing and fault injection."""
+    """An aiohttp server that speaks Ollama's HTTP API, with knobs for timing, scheduling and faults."""
 
     def __init__(
         self,
@@ -389,6 +404,9 @@ class FakeOllama:
         registry: Iterable[str | FakeModel] = (),
         tokens_per_second: float = 500.0,
         load_delay_s: float = 0.0,
+        num_parallel: int | None = None,
+        max_loaded_models: int | None = None,
+        max_queue: int = 512,
         version: str = "0.12.10",
         default_num_predict: int = 8,
         embedding_dim: int = 8,
@@ -401,6 +419,11 @@ class FakeOllama:
         self.blobs: dict[str, int] = {}
         self.tokens_per_second = tokens_per_second
         self.load_delay_s = load_delay_s
+        # Ollama's scheduler limits: OLLAMA_NUM_PARALLEL and OLLAMA_MAX_LOADED_MODELS (None or 0: no
+        # limit), and OLLAMA_MAX_QUEUE, how many requests may queue for a load behind the one in hand.
+        self.num_parallel = num_parallel
+        self.max_loaded_models = max_loaded_models
+        self.max_queue = max_queue
         self.version = version
         self.default_num_predict = default_num_predict
         self.embedding_dim = embedding_dim
@@ -409,10 +432,15 @@ class FakeOllama:
         self.url = ""
         self.requests: list[RecordedRequest] = []
         self.cancelled = 0
-        self.active = 0
+        self.active = 0  # requests being handled, waiting ones included
         self._failures: list[_Fault] = []
         self._stream_faults: list[_Fault] = []
         self._loading: dict[str, asyncio.Task[None]] = {}
+        self._runners: dict[str, _Runner] = {}  # by model name, while some request uses the model
+        self._scheduling = asyncio.Lock()  # Ollama's scheduler takes one pending load at a time, FIFO
+        self._pending = 0  # requests queued for a load, the one in hand included
+        self._waiting = 0
+        self._freed = asyncio.Event()  # a model went idle or unloaded: a queued load may find room
         self._runner: web.AppRunner | None = None
         self._loopback = False
         self._local_ips: frozenset[str] = frozenset()
@@ -454,6 +482,11 @@ class FakeOllama:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    @property
+    def waiting(self) -> int:
+        """Return how many requests wait for room to load a model, for its load, or for a slot."""
+        return self._waiting
 
     # -- knobs -------------------------------------------------------------------------------------
 
@@ -516,8 +549,10 @@ class FakeOllama:
         """Record the request, apply Ollama's gatekeeping and faults, and word errors like Ollama."""
         self.active += 1
         try:
-            await self._record(request)
-            return await self._dispatch(request, handler)
+            with contextlib.ExitStack() as held:
+                request[_HELD] = held
+                await self._record(request)
+                return await self._dispatch(request, handler)
         except asyncio.CancelledError:
             if not self._closing:
                 self.cancelled += 1
@@ -618,9 +653,13 @@ class FakeOllama:
         self.models[model.name] = model
 
     def _loaded_now(self) -> dict[str, datetime]:
-        """Drop loaded models whose keep-alive ran out, as Ollama's scheduler does, and return the rest."""
+        """Drop idle loaded models whose keep-alive ran out, as Ollama's scheduler does; return the rest."""
         now = datetime.now(UTC)
-        for name in [name for name, expires in self.loaded.items() if expires <= now]:
+        # A model in use never expires: Ollama starts its keep-alive timer once it goes idle.
+        expired = [
+            name for name, expires in self.loaded.items() if expires <= now and name not in self._runners
+        ]
+        for name in expired:
             del self.loaded[name]
         return self.loaded
 
@@ -641,17 +680,71 @@ class FakeOllama:
         for key in [key for key in entries if _Name.parse(key).key == name.key]:
             del entries[key]
 
-    async def _load(self, model: FakeModel, keep_alive: float | None) -> int:
-        """Load the model if needed (one shared load_delay_s); return when it was ready, in perf ns."""
+    def _unload(self, model: FakeModel) -> None:
+        """Unload the model at once, making room for a load that waits for some."""
+        self._forget(self.loaded, model.ref)
+        self._freed.set()
+
+    def _resident(self, model: FakeModel) -> bool:
+        """Tell whether the model is loaded or loading."""
+        return model.name in self._loading or self._is_loaded(model)
+
+    def _full(self) -> bool:
+        """Tell whether max_loaded_models are loaded or loading."""
+        if not self.max_loaded_models:
+            return False
+        return len(self._loaded_now()) + len(self._loading) >= self.max_loaded_models
+
+    def _parallel(self, model: FakeModel) -> int | None:
+        """Return how many requests the model runs at once, None for no limit."""
+        if self.num_parallel is None:
+            return None
+        if "completion" not in model.capabilities or model.family in _SERIAL_FAMILIES:
+            return 1  # Ollama gives embedding-only models one slot, like _SERIAL_FAMILIES
+        return max(self.num_parallel, 1)
+
+    async def _load(self, request: web.Request, model: FakeModel, keep_alive: float | None) -> int:
+        """Get the model loaded for the request, which uses it till it ends; return when ready, in perf ns."""
+        if not self._resident(model):
+            await self._make_room(model)
+        runner = self._runners.setdefault(model.name, _Runner())
+        runner.users += 1
+        request[_HELD].callback(self._leave, model.name, runner)
         if not self._is_loaded(model):
             task = self._loading.get(model.name)
             if task is None:
                 task = asyncio.get_running_loop().create_task(self._become_loaded(model))
                 self._loading[model.name] = task
-            # A client that leaves does not abort the load, like Ollama's scheduler.
-            await asyncio.shield(task)
+            self._waiting += 1
+            try:
+                # A client that leaves does not abort the load, like Ollama's scheduler.
+                await asyncio.shield(task)
+            finally:
+                self._waiting -= 1
+        loaded_ns = time.perf_counter_ns()
         self._touch(model, keep_alive or None)  # keep_alive 0 unloads only once the request is done
-        return time.perf_counter_ns()
+        return loaded_ns
+
+    async def _make_room(self, model: FakeModel) -> None:
+        """Queue for a load like Ollama's pending requests, unloading the least recently used idle model."""
+        # Ollama's pending channel holds max_queue requests behind the one its scheduler has in hand.
+        if self._pending > self.max_queue:
+            raise _ApiError(503, _SERVER_BUSY)
+        self._pending += 1
+        self._waiting += 1
+        try:
+            async with self._scheduling:
+                while not self._resident(model) and self._full():
+                    # _touch re-files a model on each use, so `loaded` runs from least recently used.
+                    idle = next((name for name in self._loaded_now() if name not in self._runners), None)
+                    if idle is not None:
+                        del self.loaded[idle]
+                        continue
+                    self._freed.clear()
+                    await self._freed.wait()
+        finally:
+            self._pending -= 1
+            self._waiting -= 1
 
     async def _become_loaded(self, model: FakeModel) -> None:
         """Spend load_delay_s, then mark the model loaded."""
@@ -660,6 +753,46 @@ class FakeOllama:
             self._touch(model, None)
         finally:
             self._loading.pop(model.name, None)
+            self._freed.set()  # a model loaded for clients that left is idle: a queued load may evict it
+
+    def _leave(self, name: str, runner: _Runner) -> None:
+        """Stop using a model; once idle it may be unloaded to make room for another."""
+        runner.users -= 1
+        if not runner.users:
+            del self._runners[name]
+            self._freed.set()
+
+    async def _take_slot(self, request: web.Request, model: FakeModel) -> int:
+        """Wait FIFO for a slot of the model, held till the request ends; return when taken, in perf ns."""
+        runner = self._runners[model.name]
+        limit = self._parallel(model)
+        if limit is None or (runner.running < limit and not runner.queue):
+            runner.running += 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            runner.queue.append(turn)
+            self._waiting += 1
+            try:
+                await turn  # a finishing request hands its slot straight over, so none jumps the queue
+            except asyncio.CancelledError:
+                if not turn.cancelled():
+                    self._release(runner)  # the slot came as the client left: pass it on
+                elif turn in runner.queue:
+                    runner.queue.remove(turn)
+                raise
+            finally:
+                self._waiting -= 1
+        request[_HELD].callback(self._release, runner)
+        return time.perf_counter_ns()
+
+    def _release(self, runner: _Runner) -> None:
+        """Hand a freed slot to the oldest request still waiting, or give it back."""
+        while runner.queue:
+            turn = runner.queue.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        runner.running -= 1
 
     def _has_blob(self, digest: str) -> bool:
         """Tell whether a blob with this digest was uploaded."""
@@ -667,7 +800,7 @@ class FakeOllama:
 
     # -- inference ---------------------------------------------------------------------------------
 
-    async def _infer(self, body: Json, *, chat: bool, started_ns: int) -> _Reply:
+    async def _infer(self, request: web.Request, body: Json, *, chat: bool, started_ns: int) -> _Reply:
         """Validate a generate (chat=False) or chat request in Ollama's order and start its reply."""
         keep_alive = _keep_alive(body.get("keep_alive"))
         _check_top_logprobs(body)
@@ -676,15 +809,16 @@ class FakeOllama:
         prompt = _chat_prompt(body.get("messages")) if chat else _string(body, "prompt")
         has_input = bool(body.get("messages")) if chat else bool(prompt)
         if not has_input and keep_alive == 0:
-            self._forget(self.loaded, model.ref)
+            self._unload(model)
             return _Reply(_once(_native_chunk(chat, echo, done_reason="unload")), streamable=False)
         if not chat:
             _check_raw(body)
         think = _thinking(model, echo, body.get("think"))
         _require(model, echo, _wanted_capabilities(body, chat), "chat" if chat else "generate")
-        loaded_ns = await self._load(model, keep_alive)
+        loaded_ns = await self._load(request, model, keep_alive)
         if not has_input:
             return _Reply(_once(_native_chunk(chat, echo, done_reason="load")), streamable=False)
+        running_ns = await self._take_slot(request, model)
         num_predict = _int_option(body.get("options"), "num_predict")
         job = _Job(
             chat=chat,
@@ -698,6 +832,7 @@ class FakeOllama:
             keep_alive=keep_alive,
             started_ns=started_ns,
             loaded_ns=loaded_ns,
+            running_ns=running_ns,
         )
         return _Reply(self._run(job), streamable=True)
 
@@ -724,27 +859,32 @@ class FakeOllama:
             total_duration=done_ns - job.started_ns,
             load_duration=job.loaded_ns - job.started_ns,
             prompt_eval_count=max(1, len(job.prompt.split())),
-            prompt_eval_duration=first_ns - job.loaded_ns,
+            prompt_eval_duration=first_ns - job.running_ns,
             eval_count=job.count,
             eval_duration=done_ns - first_ns,
         )
         self._touch(job.model, job.keep_alive)
         yield final
 
-    async def _load_embedder(self, body: Json, names: _NameErrors) -> tuple[str, int]:
-        """Resolve and load an embedding model; return the name to echo and when it was ready."""
+    async def _load_embedder(
+        self, request: web.Request, body: Json, names: _NameErrors, *, slot: bool
+    ) -> tuple[str, int]:
+        """Resolve and load an embedding model, then take a slot if asked; return the echo and load time."""
         keep_alive = _keep_alive(body.get("keep_alive"))
         echo = _string(body, "model")
         model = self._lookup(echo, names)
         _require(model, echo, ("embedding",), None)
-        loaded_ns = await self._load(model, keep_alive)
+        loaded_ns = await self._load(request, model, keep_alive)
         self._touch(model, keep_alive)
+        if slot:
+            await self._take_slot(request, model)
         return echo, loaded_ns
 
-    async def _embed(self, body: Json, started_ns: int) -> Json:
+    async def _embed(self, request: web.Request, body: Json, started_ns: int) -> Json:
         """Embed like /api/embed: deterministic unit vectors from a hash of each input."""
         inputs = _embed_inputs(body.get("input"))
-        echo, loaded_ns = await self._load_embedder(body, _EMBED_NAMES)
+        # Ollama answers empty input once the model is loaded, without taking a slot.
+        echo, loaded_ns = await self._load_embedder(request, body, _EMBED_NAMES, slot=bool(inputs))
         if not inputs:
             return {"model": echo, "embeddings": []}
         dimensions = body.get("dimensions") or 0
@@ -768,7 +908,7 @@ class FakeOllama:
         """Answer native generate or chat: NDJSON unless `stream` is explicitly false."""
         started_ns = time.perf_counter_ns()
         body = await _read_json(request)
-        reply = await self._infer(body, chat=chat, started_ns=started_ns)
+        reply = await self._infer(request, body, chat=chat, started_ns=started_ns)
         if reply.streamable and body.get("stream") is not False:
             return await self._stream(request, _NDJSON_FRAMING, reply.objects)
         return _json(await _collect(reply.objects))
@@ -776,13 +916,13 @@ class FakeOllama:
     async def _handle_embed(self, request: web.Request) -> web.StreamResponse:
         """POST /api/embed."""
         started_ns = time.perf_counter_ns()
-        return _json(await self._embed(await _read_json(request), started_ns))
+        return _json(await self._embed(request, await _read_json(request), started_ns))
 
     async def _handle_embeddings(self, request: web.Request) -> web.StreamResponse:
         """POST /api/embeddings (legacy): one prompt, float64 vector."""
         body = await _read_json(request)
-        await self._load_embedder(body, _EMBEDDINGS_NAMES)
         prompt = _string(body, "prompt")
+        await self._load_embedder(request, body, _EMBEDDINGS_NAMES, slot=bool(prompt))
         return _json({"embedding": _embedding(prompt, self.embedding_dim, 0) if prompt else []})
 
     # -- OpenAI compatibility ----------------------------------------------------------------------
@@ -791,7 +931,7 @@ class FakeOllama:
         """POST /v1/chat/completions, mapped onto chat the way Ollama's ChatMiddleware does."""
         started_ns = time.perf_counter_ns()
         body = await _read_json(request, empty_message="EOF")
-        reply = await self._infer(_chat_from_openai(body), chat=True, started_ns=started_ns)
+        reply = await self._infer(request, _chat_from_openai(body), chat=True, started_ns=started_ns)
         ident = f"chatcmpl-{random.randrange(999)}"
         if body.get("stream") is True:
             chunks = _openai_chat_chunks(ident, reply.objects, _include_usage(body))
@@ -808,7 +948,7 @@ class FakeOllama:
             "suffix": body.get("suffix"),
             "options": _openai_options(body),
         }
-        reply = await self._infer(native, chat=False, started_ns=started_ns)
+        reply = await self._infer(request, native, chat=False, started_ns=started_ns)
         ident = f"cmpl-{random.randrange(999)}"
         if body.get("stream") is True:
             chunks = _openai_completion_chunks(ident, reply.objects, _include_usage(body))
@@ -829,7 +969,7 @@ class FakeOllama:
         if value is None or value == []:
             raise _ApiError(400, "invalid input")
         native = {"model": _string(body, "model"), "input": value, "dimensions": body.get("dimensions")}
-        result = await self._embed(native, started_ns)
+        result = await self._embed(request, native, started_ns)
         return _openai_json(_openai_embedding_list(result, encoding.lower() == "base64"))
 
     async def _handle_openai_models(self, request: web.Request) -> web.StreamResponse:
@@ -1007,7 +1147,7 @@ class FakeOllama:
         body = await _read_json(request)
         model = self._lookup(_string(body, "model") or _string(body, "name"), _DELETE_NAMES)
         self._forget(self.models, model.ref)
-        self._forget(self.loaded, model.ref)
+        self._unload(model)
         return web.Response()
 
     async def _handle_blob_head(self, request: web.Request) -> web.StreamResponse:
@@ -1666,26 +1806,41 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--loaded", action="append", default=[], help="model loaded at start; repeatable")
     parser.add_argument("--tps", type=float, default=500.0, help="tokens per second (0: as fast as it can)")
     parser.add_argument("--load-delay", type=float, default=0.0, help="seconds to load a model")
+    parser.add_argument(
+        "--parallel", type=int, help="requests each loaded model runs at once (OLLAMA_NUM_PARALLEL)"
+    )
+    parser.add_argument("--max-loaded", type=int, help="models loaded at once (OLLAMA_MAX_LOADED_MODELS)")
+    parser.add_argument(
+        "--max-queue", type=int, default=512, help="requests that may queue for a load (OLLAMA_MAX_QUEUE)"
+    )
     parser.add_argument("--num-predict", type=int, default=8, help="tokens when num_predict is unset")
     parser.add_argument("--embedding-dim", type=int, default=8)
     parser.add_argument("--version", default="0.12.10")
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM or SIGINT, then close gracefully."""
-    fake = FakeOllama(
+def _fake(args: argparse.Namespace) -> FakeOllama:
+    """Build the fake the command line describes."""
+    return FakeOllama(
         args.model or ("llama3:latest",),
         loaded=args.loaded,
         registry=args.registry,
         tokens_per_second=args.tps,
         load_delay_s=args.load_delay,
+        num_parallel=args.parallel,
+        max_loaded_models=args.max_loaded,
+        max_queue=args.max_queue,
         version=args.version,
         default_num_predict=args.num_predict,
         embedding_dim=args.embedding_dim,
         host=args.host,
         port=args.port,
     )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT, then close gracefully."""
+    fake = _fake(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -17,10 +17,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fakes.ollama import FakeModel, FakeOllama
+from tests.fakes.ollama import FakeModel, FakeOllama, _fake, _parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = {"model": "llama3", "prompt": "why is the sky blue"}
+LONG = {**PROMPT, "options": {"num_predict": 1000}}  # streams until its client leaves
+BUSY = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
 
 
 @pytest.fixture
@@ -50,6 +52,30 @@ async def collect_lines(response: aiohttp.ClientResponse, sink: list[bytes]) -> 
     """Append raw body lines to sink as they arrive, so they survive a broken stream."""
     async for line in response.content:
         sink.append(line)
+
+
+async def stream_events(
+    session: aiohttp.ClientSession, url: str, body: Any, tag: str, events: list[tuple[str, bool]]
+) -> Any:
+    """Stream a generate, appending (tag, done) to events as each line arrives; return the last line."""
+    async with session.post(f"{url}/api/generate", json=body) as response:
+        async for raw in response.content:
+            line = json.loads(raw)
+            events.append((tag, line["done"]))
+    return line
+
+
+async def generate(session: aiohttp.ClientSession, url: str, body: Any) -> Any:
+    """Post a non-streamed generate and return its reply."""
+    async with session.post(f"{url}/api/generate", json={**body, "stream": False}) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def ps_names(session: aiohttp.ClientSession, url: str) -> list[str]:
+    """Return the names /api/ps lists, sorted."""
+    async with session.get(f"{url}/api/ps") as response:
+        return sorted(entry["name"] for entry in (await response.json())["models"])
 
 
 async def wait_for(condition: Any, limit_s: float = 3.0) -> None:
@@ -222,6 +248,99 @@ async def test_requests_are_recorded_as_received(fake: FakeOllama, session: aioh
     assert (recorded.method, recorded.path, recorded.query_string) == ("POST", "/api/show", "verbose=1")
     assert recorded.headers["Authorization"] == "Bearer ollama"
     assert json.loads(recorded.body) == {"name": "llama3"}
+
+
+# -- scheduler limits -------------------------------------------------------------------------------
+
+
+async def test_num_parallel_makes_a_request_wait_for_the_slot(session: aiohttp.ClientSession) -> None:
+    async with FakeOllama(num_parallel=1, tokens_per_second=20.0) as fake:
+        events: list[tuple[str, bool]] = []
+        body = {**PROMPT, "options": {"num_predict": 4}}
+        first = asyncio.ensure_future(stream_events(session, fake.url, body, "first", events))
+        await wait_for(lambda: events)
+        second = asyncio.ensure_future(stream_events(session, fake.url, body, "second", events))
+        await wait_for(lambda: fake.waiting == 1)
+        assert fake.active == 2
+        _, final = await asyncio.gather(first, second)
+    expected = [(tag, done) for tag in ("first", "second") for done in (False, False, False, False, True)]
+    assert events == expected
+    # As in Ollama, the wait for a slot shows in total_duration alone.
+    spent = final["load_duration"] + final["prompt_eval_duration"] + final["eval_duration"]
+    assert final["total_duration"] > spent
+
+
+async def test_num_parallel_limits_each_model_on_its_own(session: aiohttp.ClientSession) -> None:
+    async with FakeOllama(["llama3", "mistral"], num_parallel=1, tokens_per_second=20.0) as fake:
+        url = f"{fake.url}/api/generate"
+        async with (
+            session.post(url, json=LONG) as llama3,
+            session.post(url, json={**LONG, "model": "mistral"}) as mistral,
+        ):
+            for response in (llama3, mistral):
+                assert json.loads(await response.content.readline())["done"] is False
+            assert (fake.active, fake.waiting) == (2, 0)
+            llama3.close()
+            mistral.close()
+
+
+async def test_clients_that_leave_free_their_slot_or_place_in_line(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOllama(num_parallel=1, tokens_per_second=20.0) as fake:
+        async with session.post(f"{fake.url}/api/generate", json=LONG) as response:
+            assert json.loads(await response.content.readline())["done"] is False
+            gone = asyncio.ensure_future(generate(session, fake.url, PROMPT))
+            await wait_for(lambda: fake.waiting == 1)
+            last = asyncio.ensure_future(
+                generate(session, fake.url, {**PROMPT, "options": {"num_predict": 1}})
+            )
+            await wait_for(lambda: fake.waiting == 2)
+            gone.cancel()
+            await wait_for(lambda: fake.cancelled == 1 and fake.waiting == 1)
+            response.close()
+        assert (await last)["done"] is True
+        assert fake.cancelled == 2
+        await wait_for(lambda: fake.active == 0)
+        assert fake.waiting == 0
+
+
+async def test_max_loaded_models_unloads_the_least_recently_used_idle_model(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeOllama(["llama3", "mistral", "qwen3"], max_loaded_models=2) as fake:
+        for name in ("llama3", "mistral", "llama3", "qwen3"):
+            async with session.post(f"{fake.url}/api/generate", json={"model": name}) as response:
+                assert (await response.json())["done_reason"] == "load"
+        assert await ps_names(session, fake.url) == ["llama3:latest", "qwen3:latest"]
+
+
+async def test_a_load_waits_while_every_loaded_model_is_busy_and_the_queue_is_bounded(
+    session: aiohttp.ClientSession,
+) -> None:
+    models = ["llama3", "mistral", "qwen3", "phi3"]
+    async with FakeOllama(models, max_loaded_models=1, max_queue=1, tokens_per_second=20.0) as fake:
+        quick = {"prompt": "hi", "options": {"num_predict": 1}}
+        async with session.post(f"{fake.url}/api/generate", json=LONG) as response:
+            assert json.loads(await response.content.readline())["done"] is False
+            # One pending load is in the scheduler's hands and max_queue more wait behind it.
+            queued = []
+            for name in ("mistral", "qwen3"):
+                queued.append(asyncio.ensure_future(generate(session, fake.url, {**quick, "model": name})))
+                await wait_for(lambda: fake.waiting == len(queued))
+            queued_ns = time.perf_counter_ns()
+            async with session.post(f"{fake.url}/api/generate", json={**quick, "model": "phi3"}) as refused:
+                assert refused.status == 503
+                assert refused.headers["Content-Type"] == "application/json; charset=utf-8"
+                assert await refused.read() == BUSY
+            assert await ps_names(session, fake.url) == ["llama3:latest"]
+            left_ns = time.perf_counter_ns()
+            response.close()
+        mistral, qwen3 = await asyncio.gather(*queued)
+        # The time queued for room to load counts in load_duration, as Ollama's does.
+        assert mistral["load_duration"] >= left_ns - queued_ns
+        assert qwen3["done"] is True
+        assert await ps_names(session, fake.url) == ["qwen3:latest"]
 
 
 # -- protocol fidelity ------------------------------------------------------------------------------
@@ -401,6 +520,13 @@ async def test_openai_stream_order(fake: FakeOllama, session: aiohttp.ClientSess
 
 
 # -- CLI --------------------------------------------------------------------------------------------
+
+
+def test_cli_flags_set_the_scheduler_limits() -> None:
+    limited = _fake(_parse_args(["--parallel", "2", "--max-loaded", "1", "--max-queue", "3"]))
+    assert (limited.num_parallel, limited.max_loaded_models, limited.max_queue) == (2, 1, 3)
+    default = _fake(_parse_args([]))
+    assert (default.num_parallel, default.max_loaded_models, default.max_queue) == (None, None, 512)
 
 
 async def test_cli_prints_listening_and_exits_cleanly_on_sigterm(session: aiohttp.ClientSession) -> None:
