@@ -123,6 +123,45 @@ def test_peers_and_share_on_a_loopback_pool(tmp_path: Path, fake_ollama: str) ->
     assert "share = true" in (tmp_path / "b" / "settings.toml").read_text()
 
 
+def test_route_explains_the_ranking_and_switches_are_remembered(tmp_path: Path, fake_ollama: str) -> None:
+    loopback = ("--interface", "127.0.0.1", "--share-port", "0")
+    a, a_url = start_node_process(tmp_path / "a", fake_ollama, "--name", "desk-a", "--pool-pull", *loopback)
+    b, _ = start_node_process(tmp_path / "b", fake_ollama, "--name", "desk-b", "--share", *loopback)
+    port = a_url.rsplit(":", 1)[1]
+    try:
+        # Both nodes relay to the same Ollama: both have llama3 and neither has it loaded.
+        text = run_cli_until("desk-b", "route", "llama3", "--api-port", port)
+        decision = json.loads(run_cli("route", "llama3", "--api-port", port, "--json").stdout)
+        local_only = run_cli("local-only", "on", "--api-port", port)
+        alone = run_cli("route", "llama3", "--api-port", port).stdout
+        nowhere = run_cli("route", "mistral", "--api-port", port).stdout
+    finally:
+        assert stop_process(a) == 0
+        assert stop_process(b) == 0
+    lines = text.splitlines()
+    assert lines[0].startswith("llama3:latest: desk-a: ")
+    assert re.match(r"\s+node\s+total\s+queue\s+load\s+evict\s+rtt\s+run$", lines[1])
+    assert re.match(r"1\s+desk-a \(this machine\)\s+[\d.]+s", lines[2])
+    assert "not loaded: loads in ~" in lines[2]
+    assert re.match(r"2\s+desk-b\s+[\d.]+s", lines[3])
+    assert [r["node"] for r in decision["ranked"]] == ["desk-a", "desk-b"]
+    assert set(decision["ranked"][0]) >= {
+        "total_s",
+        "queue_s",
+        "load_s",
+        "evict_s",
+        "rtt_s",
+        "run_s",
+        "basis",
+    }
+    assert local_only.stdout.strip() == "local only on"
+    assert "left out: desk-b: this machine is set to use only itself" in alone
+    assert "no node can serve it" in nowhere
+    settings = (tmp_path / "a" / "settings.toml").read_text()
+    assert "local_only = true" in settings
+    assert "pool_pull = true" in settings
+
+
 def test_status_without_a_node_says_how_to_start_one(unused_tcp_port: int) -> None:
     result = run_cli("status", "--api-port", str(unused_tcp_port))
     assert result.returncode == 1

@@ -11,7 +11,6 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
@@ -78,6 +77,8 @@ class Node:
         self.pool_pull = settings.pool_pull
         self.share_port = settings.share_port
         self.speeds = SpeedBook()
+        # The most model bytes the backend has held at once, from its probes: its room for models.
+        self.peak_loaded_bytes = 0
         self.routing = Routing(self.status, lambda: self._pool.peers if self._pool else [])
         self._peer_backends: dict[str, OllamaBackend] = {}
         self._backend: Backend | None = None
@@ -260,6 +261,7 @@ class Node:
             "backend": self.backend_state.to_json(),
             "telemetry": self.telemetry.to_json() if self.telemetry else None,
             "speeds": self.speeds.to_json(time.monotonic()),
+            "peak_loaded_bytes": self.peak_loaded_bytes,
         }
 
     # -- routing -----------------------------------------------------------------------------------
@@ -333,17 +335,23 @@ class Node:
         return Target(
             name=peer.announcement.name,
             backend=self._peer_backend(peer),
-            admit=lambda endpoint: self._sent_to(node_id),
+            admit=lambda endpoint: self._sent_to(node_id, query.model),
             report=self._reporter(node_id, query.model, learn=False),
         )
 
     def _local_target(self, query: Query, *, remote: bool) -> Target:
         """Return the target for this machine's backend; a peer's inference waits for its turn."""
 
-        def admit(endpoint: Endpoint) -> AbstractAsyncContextManager[None]:
+        @contextlib.asynccontextmanager
+        async def admit(endpoint: Endpoint) -> AsyncIterator[None]:
             if endpoint.kind is not Kind.INFERENCE:
-                return contextlib.nullcontext()
-            return self.admission.remote() if remote else self.admission.local()
+                yield
+                return
+            async with (
+                self.admission.remote() if remote else self.admission.local(),
+                self._sent_to(self.settings.node_id, query.model),
+            ):
+                yield
 
         return Target(
             name=self.settings.name,
@@ -353,14 +361,15 @@ class Node:
         )
 
     @contextlib.asynccontextmanager
-    async def _sent_to(self, node_id: str) -> AsyncIterator[None]:
-        """Count a request at a peer until it ends, so routing sees it before the peer's status does."""
-        started = time.monotonic()
-        self.routing.sent(node_id, started)
+    async def _sent_to(self, node_id: str, model: str | None) -> AsyncIterator[None]:
+        """Count a request at a node until it ends, so routing sees it, and its model, before the node's
+        status does."""
+        started, key = time.monotonic(), model_key(model) if model else None
+        self.routing.sent(node_id, started, key)
         try:
             yield
         finally:
-            self.routing.done(node_id, started)
+            self.routing.done(node_id, started, key)
 
     def _reporter(self, node_id: str, model: str | None, *, learn: bool) -> Callable[[Outcome], None]:
         """Return what hears how an attempt at a node went: its breaker, and what its backend showed."""
@@ -428,6 +437,8 @@ class Node:
                 _log.warning("%s", state.error)
             if state.reachable:
                 self.routing.breakers.probed(self.settings.node_id, time.monotonic())
+                held = sum(m.size_vram or m.size for m in state.loaded)
+                self.peak_loaded_bytes = max(self.peak_loaded_bytes, held)
             self.backend_state = state
             # A burst of requests asks for one probe, not one each: the backend serves them first.
             await asyncio.sleep(_PROBE_MIN_GAP_S)

@@ -11,7 +11,8 @@ node that already holds the conversation, else to this machine.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .names import short_name
@@ -78,7 +79,10 @@ class NodeView:
     queue_full: bool
     rtt_s: float
     figures: Mapping[str, ModelFigures] = dataclasses.field(default_factory=dict)
-    run_s: Figure | None = None  # the mean run time of any request there
+    busy_s: Figure | None = None  # how long any request holds the node's backend, loads included
+    # The most model bytes the node has been seen holding at once: its room for models where VRAM is
+    # not measured (Apple silicon, CPU, no NVML); 0 when unknown.
+    peak_loaded: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,17 +256,8 @@ def _rank(request: RouteRequest, node: NodeView, pool: list[NodeView]) -> Ranked
 
     if request.generates:
         tokens = _expected_tokens(request, model, pool)
-        fastest = max(
-            (
-                f.tokens_per_s.mean
-                for n in pool
-                if (f := n.figures.get(model)) and f.tokens_per_s and f.tokens_per_s.mean > 0
-            ),
-            default=DEFAULT_TOKENS_PER_S,
-        )
-        # Blended as seconds per token, the quantity that adds up: an untried node counts as fast as
-        # the fastest one seen, so it gets tried, and one sample of a slow node soon outweighs that.
-        per_token = _blend(_inverse(figures.tokens_per_s), 1.0 / fastest)
+        # Blended as seconds per token, the quantity that adds up; one sample soon outweighs the prior.
+        per_token = _blend(_inverse(figures.tokens_per_s), 1.0 / _speed_prior(node, model, pool))
         run_s = tokens * per_token + _blend(figures.prompt_s, 0.0)
         shown = figures.tokens_per_s
         basis.append(
@@ -278,12 +273,29 @@ def _rank(request: RouteRequest, node: NodeView, pool: list[NodeView]) -> Ranked
         basis.append("loaded")
     else:
         size = node.installed.get(model, 0)
-        load_s = _blend(figures.load_s, LOAD_BASE_S + LOAD_S_PER_GIB * size / _GIB)
+        load_s = _load_estimate(node, model, pool)
         basis.append(f"not loaded: loads in ~{load_s:.1f} s")
-        if node.vram_total_mib and size / _MIB > node.vram_free_mib:
-            # A busy runner is only stopped once its requests finish.
-            evict_s = EVICT_S + (_service_s(node, run_s) if node.active else 0.0)
-            basis.append(f"{node.vram_free_mib} MiB VRAM free for {size // _MIB} MiB: evicts a model")
+        room = _room(node)
+        if room is not None and size > room and node.loaded:
+            # A busy runner is only stopped once its requests finish; the model that goes must be loaded
+            # again by its next request, unless another node that can serve it has it loaded.
+            lost, reload_s = min(
+                (
+                    (
+                        name,
+                        0.0
+                        if _loaded_elsewhere(request, name, node, pool)
+                        else _load_estimate(node, name, pool),
+                    )
+                    for name in node.loaded
+                ),
+                key=lambda pair: pair[1],
+            )
+            evict_s = EVICT_S + (_service_s(node, run_s) if node.active else 0.0) + reload_s
+            basis.append(
+                f"{max(room, 0) // _MIB} MiB free for {size // _MIB} MiB: evicts {short_name(lost)}"
+                + (f", to load again in ~{reload_s:.1f} s" if reload_s else ", loaded elsewhere too")
+            )
 
     queue_s = 0.0
     over = node.active + node.waiting - node.slots + 1
@@ -314,19 +326,101 @@ def _break_ties(
     return ranked, f"{ranked[0].node.name}: the soonest to finish"
 
 
+def _speed_prior(node: NodeView, model: str, pool: list[NodeView]) -> float:
+    """Guess a node's tokens/s for a model it has not run lately.
+
+    Generating a token reads every weight once, so tokens/s times the model's size is about the same
+    for all models on one GPU: its memory bandwidth. The node's own, from the models it has run, leaning
+    towards the median node's as its figures fade (an untried node is the median node, so it is tried
+    once better-known ones are busy), over the model's size.
+    """
+    size = node.installed.get(model, 0)
+    bandwidth = _own_or_median(node, pool, _bandwidth)
+    if bandwidth is None or size <= 0:
+        return DEFAULT_TOKENS_PER_S
+    return bandwidth / size
+
+
+def _bandwidth(node: NodeView) -> Figure | None:
+    """Return the bytes of weights the node reads per second, from the speeds it has shown."""
+    return _weighted(
+        (figures.tokens_per_s, node.installed[name])
+        for name, figures in node.figures.items()
+        if figures.tokens_per_s and figures.tokens_per_s.mean > 0 and node.installed.get(name)
+    )
+
+
+def _load_estimate(node: NodeView, model: str, pool: list[NodeView]) -> float:
+    """Estimate how long the node takes to load the model: what it showed for it, blended with a prior."""
+    figures = node.figures.get(model, ModelFigures())
+    rate = _own_or_median(node, pool, _load_rate)
+    size_gib = node.installed.get(model, 0) / _GIB
+    prior = rate * size_gib if rate is not None else LOAD_BASE_S + LOAD_S_PER_GIB * size_gib
+    return _blend(figures.load_s, prior)
+
+
+def _load_rate(node: NodeView) -> Figure | None:
+    """Return the seconds per GiB the node took to load the models it has loaded (reading the weights)."""
+    return _weighted(
+        (figures.load_s, _GIB / node.installed[name])
+        for name, figures in node.figures.items()
+        if figures.load_s and node.installed.get(name)
+    )
+
+
+def _own_or_median(
+    node: NodeView, pool: list[NodeView], figure_of: Callable[[NodeView], Figure | None]
+) -> float | None:
+    """Return a node's own figure blended towards the pool's median one, else the median, else None."""
+    figures = {n.node_id: f for n in pool if (f := figure_of(n)) is not None}
+    median = statistics.median(f.mean for f in figures.values()) if figures else None
+    own = figures.get(node.node_id)
+    if own is None or median is None:
+        return median
+    return _blend(own, median)
+
+
+def _weighted(figures: Iterable[tuple[Figure, float]]) -> Figure | None:
+    """Combine figures, each scaled by a factor, into one: their weighted mean and total weight."""
+    pairs = list(figures)
+    weight = sum(f.weight for f, _ in pairs)
+    if not weight:
+        return None
+    return Figure(sum(f.mean * scale * f.weight for f, scale in pairs) / weight, weight)
+
+
+def _room(node: NodeView) -> int | None:
+    """Return the bytes free for another model: measured VRAM, else the node's peak less what it holds."""
+    if node.vram_total_mib:
+        return node.vram_free_mib * _MIB
+    if node.peak_loaded:
+        return node.peak_loaded - sum(node.loaded.values())
+    return None
+
+
+def _loaded_elsewhere(request: RouteRequest, model: str, node: NodeView, pool: list[NodeView]) -> bool:
+    """Tell whether another node that could take this request has the model loaded."""
+    return any(
+        model in other.loaded and _unfit(dataclasses.replace(request, model=model), other) is None
+        for other in pool
+        if other is not node
+    )
+
+
 def _expected_tokens(request: RouteRequest, model: str, pool: list[NodeView]) -> int:
-    """Guess the reply's length: the pool's mean for the model, capped by the request's limit."""
-    weights = [f.tokens for n in pool if (f := n.figures.get(model)) and f.tokens]
-    weight = sum(f.weight for f in weights)
-    mean = sum(f.mean * f.weight for f in weights) / weight if weight else None
+    """Guess the reply's length: the request's limit where it sets one, else the pool's mean for the model."""
     if request.tokens is not None and request.tokens > 0:
-        return max(1, round(min(request.tokens, mean) if mean is not None else request.tokens))
-    return max(1, round(mean)) if mean is not None else DEFAULT_TOKENS
+        return request.tokens
+    means = [f.tokens for n in pool if (f := n.figures.get(model)) and f.tokens]
+    weight = sum(f.weight for f in means)
+    if not weight:
+        return DEFAULT_TOKENS
+    return max(1, round(sum(f.mean * f.weight for f in means) / weight))
 
 
 def _service_s(node: NodeView, run_s: float) -> float:
-    """How long a request ahead in the node's queue takes: its mean run time, else this request's."""
-    return _blend(node.run_s, run_s)
+    """How long a request ahead in a node's queue holds it: the node's mean, loads included, else this one."""
+    return _blend(node.busy_s, run_s)
 
 
 def _blend(learnt: Figure | None, prior: float) -> float:

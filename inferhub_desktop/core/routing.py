@@ -7,7 +7,7 @@ import collections
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from .breaker import CircuitBreakers
@@ -91,11 +91,18 @@ def _token_limit(fields: Mapping[str, Any] | None) -> int | None:
 
 
 def view_from_status(
-    status: Mapping[str, Any], *, local: bool, rtt_s: float, breaker: str | None, sent: int
+    status: Mapping[str, Any],
+    *,
+    local: bool,
+    rtt_s: float,
+    breaker: str | None,
+    sent: int,
+    coming: Collection[str] = (),
 ) -> NodeView:
     """Read a node's status as the router sees it; raise ValueError if it does not add up.
 
-    `sent` counts requests this node sent there since that status was taken, which it cannot show yet.
+    `sent` counts requests this node sent there since that status was taken, which it cannot show yet;
+    `coming` names the models of requests running there, which are loaded by now or soon.
     """
     try:
         load = status["load"]
@@ -108,6 +115,8 @@ def view_from_status(
         loaded = {
             model_key(str(m["name"])): int(m.get("size_vram") or 0) for m in backend.get("loaded") or ()
         }
+        for model in coming:
+            loaded.setdefault(model, installed.get(model, 0))
         return NodeView(
             node_id=str(status["id"]),
             name=str(status["name"]),
@@ -125,7 +134,8 @@ def view_from_status(
             queue_full=bool(load.get("queue_full")),
             rtt_s=rtt_s,
             figures={str(k): _model_figures(v) for k, v in (speeds.get("models") or {}).items()},
-            run_s=_figure(speeds.get("run_s")),
+            busy_s=_figure(speeds.get("busy_s")),
+            peak_loaded=int(status.get("peak_loaded_bytes") or 0),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"status is missing or mistypes {exc}") from exc
@@ -162,15 +172,21 @@ class Routing:
         self._peers = peers
         self.breakers = CircuitBreakers()
         self.conversations = Conversations()
-        # Start times of requests this node has in flight at each peer.
-        self._sent: dict[str, list[float]] = {}
+        # Start times and models of the requests this node has in flight at each node, itself included.
+        self._sent: dict[str, list[tuple[float, str | None]]] = {}
 
     def snapshot(self, now: float) -> Snapshot:
         """Return the pool as the router sees it now; peers whose status makes no sense are left out."""
         own = self._own_status()
-        nodes = [view_from_status(own, local=True, rtt_s=0.0, breaker=self._breaker(str(own["id"])), sent=0)]
+        own_id = str(own["id"])
+        # This node counts its own requests exactly.
+        nodes = [
+            view_from_status(
+                own, local=True, rtt_s=0.0, breaker=self._breaker(own_id), sent=0, coming=self._coming(own_id)
+            )
+        ]
         for peer in self._peers():
-            sent = sum(1 for started in self._sent.get(peer.node_id, ()) if started > peer.last_seen)
+            sent = sum(1 for started, _ in self._sent.get(peer.node_id, ()) if started > peer.last_seen)
             try:
                 nodes.append(
                     view_from_status(
@@ -179,6 +195,7 @@ class Routing:
                         rtt_s=peer.rtt_s,
                         breaker=self._breaker(peer.node_id),
                         sent=sent,
+                        coming=self._coming(peer.node_id),
                     )
                 )
             except ValueError:
@@ -188,16 +205,19 @@ class Routing:
     def decide(self, request: RouteRequest, now: float) -> RouteDecision:
         return choose_route(request, self.snapshot(now), now)
 
-    def sent(self, node_id: str, now: float) -> None:
-        """Note a request sent to a peer, until `done` says it ended."""
-        self._sent.setdefault(node_id, []).append(now)
+    def sent(self, node_id: str, now: float, model: str | None) -> None:
+        """Note a request for `model` (a key) sent to a node, until `done` says it ended."""
+        self._sent.setdefault(node_id, []).append((now, model))
         self.breakers.sent(node_id)
 
-    def done(self, node_id: str, started: float) -> None:
-        if (starts := self._sent.get(node_id)) and started in starts:
-            starts.remove(started)
-            if not starts:
+    def done(self, node_id: str, started: float, model: str | None) -> None:
+        if (sent := self._sent.get(node_id)) and (started, model) in sent:
+            sent.remove((started, model))
+            if not sent:
                 del self._sent[node_id]
+
+    def _coming(self, node_id: str) -> set[str]:
+        return {model for _, model in self._sent.get(node_id, ()) if model}
 
     def _breaker(self, node_id: str) -> str | None:
         return None if self.breakers.allows(node_id) else self.breakers.describe(node_id)

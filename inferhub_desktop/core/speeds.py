@@ -69,7 +69,8 @@ class SpeedBook:
 
     def __init__(self) -> None:
         self._models: dict[str, _ModelStats] = {}
-        self._run_s = _DecayedMean()
+        # How long any request holds the backend, its model load included: what one ahead in a queue costs.
+        self._busy_s = _DecayedMean()
 
     def observe(self, model: str, seen: Observation, now: float) -> None:
         """Learn from one finished request for `model` (a model key)."""
@@ -85,7 +86,7 @@ class SpeedBook:
             stats.load_s.add(load_s, now)
         run_s = max(0.0, seen.total_s - load_s)
         stats.run_s.add(run_s, now)
-        self._run_s.add(run_s, now)
+        self._busy_s.add(seen.total_s, now)
 
     def to_json(self, now: float) -> dict[str, Any]:
         """Return the learnt figures as JSON values, for this node's status: each as [mean, weight]."""
@@ -97,5 +98,5 @@ class SpeedBook:
                     figures[field.name] = [round(read[0], 4), round(read[1], 3)]
             if figures:
                 models[model] = figures
-        run = self._run_s.read(now)
-        return {"models": models, "run_s": [round(run[0], 4), round(run[1], 3)] if run else None}
+        busy = self._busy_s.read(now)
+        return {"models": models, "busy_s": [round(busy[0], 4), round(busy[1], 3)] if busy else None}

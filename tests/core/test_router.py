@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from inferhub_desktop.core.router import (
 
 MODEL = model_key("llama3")
 OTHER = model_key("qwen2.5:7b")
+THIRD = model_key("mistral")
 GIB = 1 << 30
 MIB = 1 << 20
 SIZE = 4 * GIB
@@ -84,8 +86,18 @@ def left_out(decision: RouteDecision) -> dict[str, str]:
 
 
 def unloaded_load_s(size: int) -> float:
-    """The load time assumed for a model of `size` bytes on a node that never loaded it."""
+    """The load time assumed for a model of `size` bytes where no node was seen loading any."""
     return LOAD_BASE_S + LOAD_S_PER_GIB * size / GIB
+
+
+def blended(learnt: Figure, prior: float) -> float:
+    """A learnt mean weighed against its prior, which counts PRIOR_WEIGHT samples."""
+    return (learnt.mean * learnt.weight + prior * PRIOR_WEIGHT) / (learnt.weight + PRIOR_WEIGHT)
+
+
+def load_figure(load_s: float) -> ModelFigures:
+    """A load time surely learnt."""
+    return ModelFigures(load_s=Figure(load_s, SURE))
 
 
 # -- which node has the model -------------------------------------------------------------------
@@ -121,11 +133,55 @@ def test_a_loaded_node_beats_an_unloaded_one_of_equal_speed() -> None:
 
 
 def test_a_learnt_load_time_is_blended_with_the_prior() -> None:
-    learnt = Figure(12.0, 2.0)
-    decision = decide(node("cold", loaded={}, figures={MODEL: ModelFigures(load_s=learnt)}))
-    prior = unloaded_load_s(SIZE)
-    expected = (learnt.mean * learnt.weight + prior * PRIOR_WEIGHT) / (learnt.weight + PRIOR_WEIGHT)
-    assert estimate(decision, "cold").load_s == pytest.approx(expected)
+    # The prior is the node's seconds per GiB over the models it loaded, this one included, each as
+    # much as its weight; in a pool of one it is also the median rate.
+    learnt, other_load, other_size = Figure(12.0, 2.0), 1.0, 2 * GIB
+    cold = node(
+        "cold",
+        installed={MODEL: SIZE, OTHER: other_size},
+        loaded={},
+        figures={MODEL: ModelFigures(load_s=learnt), OTHER: load_figure(other_load)},
+    )
+    rate = (learnt.mean / (SIZE / GIB) * learnt.weight + other_load / (other_size / GIB) * SURE) / (
+        learnt.weight + SURE
+    )
+    prior = rate * SIZE / GIB
+    assert prior != pytest.approx(learnt.mean)
+    assert estimate(decide(cold), "cold").load_s == pytest.approx(blended(learnt, prior))
+
+
+def test_an_unloaded_model_loads_at_the_nodes_own_rate_for_the_models_it_loaded() -> None:
+    # Its seconds per GiB, averaged over its models, times this model's size; a quicker node's rate
+    # does not count for it.
+    other, third = (1.0, 2 * GIB), (20.0, 8 * GIB)
+    mine = node(
+        "mine",
+        installed={MODEL: SIZE, OTHER: other[1], THIRD: third[1]},
+        loaded={},
+        figures={OTHER: load_figure(other[0]), THIRD: load_figure(third[0])},
+    )
+    quick = node("quick", installed={MODEL: SIZE, OTHER: other[1]}, figures={OTHER: load_figure(0.01)})
+    rate = (other[0] / (other[1] / GIB) + third[0] / (third[1] / GIB)) / 2
+    decision = decide(mine, quick)
+    assert estimate(decision, "mine").load_s == pytest.approx(rate * SIZE / GIB)
+    assert estimate(decision, "mine").load_s != pytest.approx(unloaded_load_s(SIZE))
+
+
+@pytest.mark.parametrize("rates", [(0.25, 1.0, 4.0), (0.5, 1.0, 3.0, 9.0)], ids=["odd", "even"])
+def test_a_node_never_seen_loading_takes_the_median_nodes_load_rate(rates: tuple[float, ...]) -> None:
+    other_size = 2 * GIB
+    known = [
+        node(f"k{i}", installed={MODEL: SIZE, OTHER: other_size}, figures={OTHER: load_figure(r * 2)})
+        for i, r in enumerate(rates)
+    ]
+    decision = decide(*known, node("new", loaded={}))
+    assert estimate(decision, "new").load_s == pytest.approx(statistics.median(rates) * SIZE / GIB)
+
+
+@pytest.mark.parametrize("size", [GIB // 2, SIZE, 40 * GIB])
+def test_with_no_load_seen_anywhere_the_default_load_time_is_assumed(size: int) -> None:
+    decision = decide(node("cold", installed={MODEL: size}, loaded={}))
+    assert estimate(decision, "cold").load_s == pytest.approx(LOAD_BASE_S + LOAD_S_PER_GIB * size / GIB)
 
 
 def crossover_tokens(fast: float, slow: float, load_s: float) -> float:
@@ -173,26 +229,126 @@ def test_the_queue_wait_scales_with_the_requests_ahead_per_slot(
     assert got.queue_s == pytest.approx(ahead / slots * got.run_s)
 
 
-def test_the_queue_wait_uses_the_nodes_mean_run_time_when_it_has_one() -> None:
-    mean_run = 7.5
-    decision = decide(node("n", active=3, slots=2, run_s=Figure(mean_run, SURE)))
-    assert estimate(decision, "n").queue_s == pytest.approx((3 - 2 + 1) / 2 * mean_run)
+def test_the_queue_wait_uses_the_nodes_mean_busy_time_when_it_has_one() -> None:
+    mean_busy = 7.5
+    decision = decide(node("n", active=3, slots=2, busy_s=Figure(mean_busy, SURE)))
+    assert estimate(decision, "n").queue_s == pytest.approx((3 - 2 + 1) / 2 * mean_busy)
+    assert estimate(decision, "n").run_s != pytest.approx(mean_busy)
+
+
+def test_a_little_learnt_busy_time_is_blended_with_this_requests_run_time() -> None:
+    busy = Figure(7.5, 1.0)
+    decision = decide(node("n", active=1, slots=1, busy_s=busy))
+    got = estimate(decision, "n")
+    assert got.queue_s == pytest.approx(blended(busy, got.run_s))
+
+
+def full(name: str, held: dict[str, int], **overrides: Any) -> NodeView:
+    """A node with MODEL and `held` installed, only `held` loaded, and no VRAM free unless overridden."""
+    return node(name, **{"installed": {MODEL: SIZE, **held}, "loaded": held, "vram_free_mib": 0, **overrides})
+
+
+def ranked(decision: RouteDecision, name: str) -> Any:
+    return next(r for r in decision.ranked if r.node.name == name)
 
 
 def test_eviction_counts_only_when_the_model_does_not_fit_in_free_vram() -> None:
     size_mib = SIZE // MIB
-    short_of_room = node("short", loaded={}, vram_free_mib=size_mib - 1)
-    just_fits = node("fits", loaded={}, vram_free_mib=size_mib)
+    short_of_room = full("short", {OTHER: SIZE}, vram_free_mib=size_mib - 1)
+    just_fits = full("fits", {THIRD: SIZE}, vram_free_mib=size_mib)
     decision = decide(short_of_room, just_fits)
-    assert estimate(decision, "short").evict_s == pytest.approx(EVICT_S)
+    # No load was seen anywhere and no other node holds OTHER: loading it again costs the default.
+    assert estimate(decision, "short").evict_s == pytest.approx(EVICT_S + unloaded_load_s(SIZE))
     assert estimate(decision, "fits").evict_s == 0
     assert order(decision) == ["fits", "short"]
 
 
-def test_eviction_is_not_counted_without_a_vram_reading() -> None:
-    decision = decide(node("blind", loaded={}, vram_free_mib=0, vram_total_mib=0))
+def test_eviction_is_not_counted_on_a_node_with_nothing_loaded() -> None:
+    decision = decide(node("empty", loaded={}, vram_free_mib=0))
+    assert estimate(decision, "empty").evict_s == 0
+    assert estimate(decision, "empty").load_s > 0
+
+
+def test_eviction_is_not_counted_without_a_vram_reading_or_a_peak() -> None:
+    decision = decide(full("blind", {OTHER: SIZE}, vram_total_mib=0, peak_loaded=0))
     assert estimate(decision, "blind").evict_s == 0
     assert estimate(decision, "blind").load_s > 0
+
+
+@pytest.mark.parametrize(
+    ("held", "evicts"),
+    [
+        ({OTHER: SIZE}, False),
+        ({OTHER: SIZE + 1}, True),
+        ({OTHER: SIZE // 2, THIRD: SIZE // 2}, False),
+        ({OTHER: SIZE // 2, THIRD: SIZE // 2 + 1}, True),
+    ],
+    ids=["fits-exactly", "a-byte-short", "two-fit", "two-a-byte-short"],
+)
+def test_without_a_vram_reading_the_room_is_the_peak_less_what_is_loaded(
+    held: dict[str, int], evicts: bool
+) -> None:
+    peak = 2 * SIZE
+    assert (peak - sum(held.values()) < SIZE) is evicts
+    decision = decide(full("n", held, vram_total_mib=0, peak_loaded=peak))
+    assert (estimate(decision, "n").evict_s > 0) is evicts
+
+
+def test_a_vram_reading_outweighs_the_peak() -> None:
+    roomy_peak = {"installed": {MODEL: SIZE, OTHER: SIZE}, "loaded": {OTHER: SIZE}, "peak_loaded": 9 * SIZE}
+    short = node("short", vram_free_mib=SIZE // MIB - 1, **roomy_peak)
+    assert estimate(decide(short), "short").evict_s > 0
+    tight_peak = {"installed": {MODEL: SIZE, OTHER: SIZE}, "loaded": {OTHER: SIZE}, "peak_loaded": SIZE}
+    roomy = node("roomy", vram_free_mib=SIZE // MIB, **tight_peak)
+    assert estimate(decide(roomy), "roomy").evict_s == 0
+
+
+def test_eviction_loses_the_loaded_model_cheapest_to_load_again() -> None:
+    small, big = GIB, 8 * GIB
+    decision = decide(full("n", {THIRD: big, OTHER: small}))
+    got = ranked(decision, "n")
+    assert got.estimate.evict_s == pytest.approx(EVICT_S + unloaded_load_s(small))
+    assert f"evicts {short_name(OTHER)}" in got.basis
+    assert f"load again in ~{unloaded_load_s(small):.1f} s" in got.basis
+
+
+def test_a_model_another_node_holds_costs_nothing_to_load_again() -> None:
+    # The bigger model is loaded elsewhere, so losing it here is cheaper than losing the small one.
+    small, big = GIB, 8 * GIB
+    elsewhere = node("elsewhere", installed={THIRD: big}, loaded={THIRD: big})
+    decision = decide(full("n", {THIRD: big, OTHER: small}), elsewhere)
+    got = ranked(decision, "n")
+    assert got.estimate.evict_s == pytest.approx(EVICT_S)
+    assert f"evicts {short_name(THIRD)}" in got.basis
+    assert "loaded elsewhere" in got.basis
+
+
+@pytest.mark.parametrize(
+    "unusable",
+    [{"share": False}, {"backend_error": "connection refused"}, {"breaker": "open after 1 failure(s)"}],
+    ids=["not sharing", "backend down", "breaker open"],
+)
+def test_a_model_held_only_by_a_node_that_cannot_serve_must_be_loaded_again(unusable: dict[str, Any]) -> None:
+    small, big = GIB, 8 * GIB
+    holder = node("holder", installed={THIRD: big}, loaded={THIRD: big}, **unusable)
+    got = ranked(decide(full("n", {THIRD: big, OTHER: small}), holder), "n")
+    assert got.estimate.evict_s == pytest.approx(EVICT_S + unloaded_load_s(small))
+    assert "loaded elsewhere" not in got.basis
+
+
+def test_the_cost_of_loading_the_lost_model_again_is_at_this_nodes_load_rate() -> None:
+    third_load, third_size, held = 4.0, 8 * GIB, 2 * GIB
+    n = node(
+        "n",
+        installed={MODEL: SIZE, OTHER: held, THIRD: third_size},
+        loaded={OTHER: held},
+        vram_free_mib=0,
+        figures={THIRD: load_figure(third_load)},
+    )
+    rate = third_load / (third_size / GIB)
+    got = estimate(decide(n), "n")
+    assert got.load_s == pytest.approx(rate * SIZE / GIB)
+    assert got.evict_s == pytest.approx(EVICT_S + rate * held / GIB)
 
 
 def test_eviction_is_not_counted_for_a_loaded_model() -> None:
@@ -203,14 +359,22 @@ def test_eviction_is_not_counted_for_a_loaded_model() -> None:
 
 def test_eviction_waits_for_a_busy_runner_to_finish() -> None:
     # Two slots and one busy: no queue, but the runner must finish before its model can be stopped.
-    decision = decide(
-        node("idle", loaded={}, vram_free_mib=0), node("busy", loaded={}, vram_free_mib=0, active=1, slots=2)
-    )
+    # Both hold OTHER, so losing it costs no load elsewhere; only the wait differs.
+    decision = decide(full("idle", {OTHER: SIZE}), full("busy", {OTHER: SIZE}, active=1, slots=2))
     idle, busy = estimate(decision, "idle"), estimate(decision, "busy")
     assert busy.queue_s == 0
     assert idle.evict_s == pytest.approx(EVICT_S)
     assert busy.evict_s == pytest.approx(EVICT_S + busy.run_s)
     assert order(decision) == ["idle", "busy"]
+
+
+def test_eviction_waits_for_the_nodes_mean_busy_time_when_it_has_one() -> None:
+    mean_busy = Figure(9.0, 2.0)
+    decision = decide(
+        full("idle", {OTHER: SIZE}), full("busy", {OTHER: SIZE}, active=1, slots=2, busy_s=mean_busy)
+    )
+    busy = estimate(decision, "busy")
+    assert busy.evict_s == pytest.approx(EVICT_S + blended(mean_busy, busy.run_s))
 
 
 def test_the_round_trip_counts_and_breaks_otherwise_equal_peers() -> None:
@@ -229,12 +393,45 @@ def test_with_no_speed_known_anywhere_the_default_speed_is_assumed() -> None:
     assert estimate(decision, "n").run_s == pytest.approx(100 / DEFAULT_TOKENS_PER_S)
 
 
-def test_an_untried_node_is_assumed_as_fast_as_the_fastest_seen() -> None:
-    decision = decide(
-        node("slow", figures=speed(30)), node("fast", figures=speed(90)), node("new"), tokens=180
+def sized(name: str, size: int, tokens_per_s: float) -> NodeView:
+    """A node whose copy of MODEL is `size` bytes, on which it has surely shown `tokens_per_s`."""
+    return node(name, installed={MODEL: size}, loaded={MODEL: size}, figures=speed(tokens_per_s))
+
+
+def test_an_untried_node_is_assumed_to_have_the_median_nodes_bandwidth() -> None:
+    # Bandwidth is tokens/s times the bytes read per token: 160, 200 and 360 GiB/s here.
+    slow, mid, fast = sized("slow", 8 * GIB, 20), sized("mid", 2 * GIB, 100), sized("fast", SIZE, 90)
+    decision = decide(slow, mid, fast, node("new"), tokens=180)
+    median = statistics.median([20 * 8 * GIB, 100 * 2 * GIB, 90 * SIZE])
+    assert median == 100 * 2 * GIB
+    assert estimate(decision, "new").run_s == pytest.approx(180 / (median / SIZE))
+    # Neither the fastest tokens/s seen nor the median tokens/s.
+    assert estimate(decision, "new").run_s != pytest.approx(180 / 100)
+    assert estimate(decision, "new").run_s != pytest.approx(180 / 90)
+    assert order(decision) == ["mid", "fast", "new", "slow"]
+
+
+def test_a_nodes_speed_on_other_models_sets_its_prior_for_an_untried_one() -> None:
+    # Its own bandwidth, the mean over the models it ran, counts before a far faster node's.
+    other, third = (90.0, 2 * GIB), (30.0, 8 * GIB)
+    mine = node(
+        "mine",
+        installed={MODEL: SIZE, OTHER: other[1], THIRD: third[1]},
+        figures={
+            OTHER: ModelFigures(tokens_per_s=Figure(other[0], SURE)),
+            THIRD: ModelFigures(tokens_per_s=Figure(third[0], SURE)),
+        },
     )
-    assert estimate(decision, "new").run_s == pytest.approx(180 / 90)
-    assert order(decision)[-1] == "slow"
+    bandwidth = (other[0] * other[1] + third[0] * third[1]) / 2
+    decision = decide(mine, node("quick", figures=speed(500)), tokens=100)
+    assert estimate(decision, "mine").run_s == pytest.approx(100 / (bandwidth / SIZE))
+    assert bandwidth / SIZE != pytest.approx(DEFAULT_TOKENS_PER_S)
+
+
+def test_a_model_of_unknown_size_is_assumed_to_run_at_the_default_speed() -> None:
+    shown = {OTHER: ModelFigures(tokens_per_s=Figure(90.0, SURE))}
+    n = node("n", installed={MODEL: 0, OTHER: 2 * GIB}, loaded={MODEL: 0}, figures=shown)
+    assert estimate(decide(n, tokens=100), "n").run_s == pytest.approx(100 / DEFAULT_TOKENS_PER_S)
 
 
 def test_one_slow_sample_pulls_an_untried_node_below_the_fastest() -> None:
@@ -246,26 +443,47 @@ def test_one_slow_sample_pulls_an_untried_node_below_the_fastest() -> None:
     assert estimate(decision, "new").run_s > estimate(decision, "fast").run_s
 
 
-def test_learnt_speeds_are_blended_with_the_prior_as_seconds_per_token() -> None:
-    learnt = Figure(25.0, 2.0)
-    fastest = 100.0
-    decision = decide(
-        node("fast", figures=speed(fastest)), node("n", figures=speed(learnt.mean, learnt.weight)), tokens=200
+def weighted_bandwidth(n: NodeView) -> Figure:
+    """The node's bytes read per second: tokens/s times size, over its models, as much as each weighs."""
+    shown = [(f.tokens_per_s, n.installed[m]) for m, f in n.figures.items() if f.tokens_per_s]
+    weight = sum(f.weight for f, _ in shown)
+    return Figure(sum(f.mean * size * f.weight for f, size in shown) / weight, weight)
+
+
+def with_other_model_shown(learnt: Figure, other_tokens_per_s: float, other_size: int) -> NodeView:
+    """A node that has learnt `learnt` for MODEL and surely shown a speed on OTHER."""
+    return node(
+        "n",
+        installed={MODEL: SIZE, OTHER: other_size},
+        figures={
+            MODEL: ModelFigures(tokens_per_s=learnt),
+            OTHER: ModelFigures(tokens_per_s=Figure(other_tokens_per_s, SURE)),
+        },
     )
-    per_token = (learnt.weight / learnt.mean + PRIOR_WEIGHT / fastest) / (learnt.weight + PRIOR_WEIGHT)
+
+
+def test_learnt_speeds_are_blended_with_the_prior_as_seconds_per_token() -> None:
+    learnt, other_size = Figure(25.0, 2.0), 2 * GIB
+    n = with_other_model_shown(learnt, 150.0, other_size)
+    own = weighted_bandwidth(n)
+    median = (own.mean + 1000 * SIZE) / 2  # of n and "fast"
+    prior = blended(own, median) / SIZE
+    assert prior != pytest.approx(learnt.mean)
+    decision = decide(node("fast", figures=speed(1000)), n, tokens=200)
+    per_token = blended(Figure(1 / learnt.mean, learnt.weight), 1 / prior)
     assert estimate(decision, "n").run_s == pytest.approx(200 * per_token)
     # Not the blend of tokens/s, which would make the slow node look faster than it is.
-    per_token_from_rates = (learnt.weight + PRIOR_WEIGHT) / (
-        learnt.mean * learnt.weight + fastest * PRIOR_WEIGHT
-    )
-    assert estimate(decision, "n").run_s != pytest.approx(200 * per_token_from_rates)
+    assert estimate(decision, "n").run_s != pytest.approx(200 / blended(learnt, prior))
 
 
 def test_a_faded_figure_leans_back_to_the_prior() -> None:
-    decision = decide(
-        node("fast", figures=speed(100)), node("faded", figures=speed(5, weight=1e-6)), tokens=100
-    )
-    assert estimate(decision, "faded").run_s == pytest.approx(1.0, rel=1e-3)
+    faded, other_size = Figure(5.0, 1e-6), 2 * GIB
+    n = with_other_model_shown(faded, 190.0, other_size)
+    own = weighted_bandwidth(n)
+    prior = blended(own, (own.mean + 1000 * SIZE) / 2) / SIZE
+    decision = decide(node("fast", figures=speed(1000)), n, tokens=100)
+    assert estimate(decision, "n").run_s == pytest.approx(100 / prior, rel=1e-3)
+    assert estimate(decision, "n").run_s != pytest.approx(100 / faded.mean, rel=1e-3)
 
 
 def test_a_learnt_prompt_time_adds_to_the_run_time() -> None:
@@ -306,10 +524,11 @@ def test_the_pools_mean_reply_length_is_weighted_across_nodes() -> None:
 
 
 @pytest.mark.parametrize("limit", [40, 150, 5000])
-def test_the_requests_limit_is_capped_by_the_pools_mean(limit: int) -> None:
+def test_the_requests_limit_is_the_length_whatever_the_pools_mean(limit: int) -> None:
     history = (Figure(100.0, 1.0), Figure(200.0, 3.0))
     mean = sum(f.mean * f.weight for f in history) / sum(f.weight for f in history)
-    assert expected_tokens(decide(*tokens_figures(*history), tokens=limit)) == pytest.approx(min(limit, mean))
+    assert limit != pytest.approx(mean)
+    assert expected_tokens(decide(*tokens_figures(*history), tokens=limit)) == pytest.approx(limit)
 
 
 # -- embeddings and reads ----------------------------------------------------------------------

@@ -11,10 +11,12 @@ import pytest
 
 from inferhub_desktop.core.backends.base import BackendState, InstalledModel, LoadedModel
 from inferhub_desktop.core.names import model_key
+from inferhub_desktop.core.peers import Peer, PeerAnnouncement
 from inferhub_desktop.core.router import Figure, ModelFigures
 from inferhub_desktop.core.routing import (
     CONVERSATION_TTL_S,
     Conversations,
+    Routing,
     conversation_key,
     route_request,
     view_from_status,
@@ -22,6 +24,7 @@ from inferhub_desktop.core.routing import (
 from inferhub_desktop.core.speeds import Observation, SpeedBook
 
 MODEL = model_key("llama3")
+EMBED = model_key("someone/embed:v1")
 GIB = 1 << 30
 MIB = 1 << 20
 NOW = 500.0
@@ -290,13 +293,49 @@ def test_a_statuses_speeds_read_into_figures() -> None:
         )
     }
     assert got.figures[MODEL].tokens_per_s == Figure(100 / 2.0, 1.0)
-    assert got.run_s == Figure(*published["run_s"])
+    # The node-wide figure is the whole time the request held the backend, its load included.
+    assert got.busy_s == Figure(*published["busy_s"]) == Figure(3.0, 1.0)
+    assert got.busy_s != got.figures[MODEL].run_s
 
 
 def test_a_node_with_nothing_learnt_has_no_figures() -> None:
     got = view(status(speeds=SpeedBook().to_json(NOW)))
     assert got.figures == {}
-    assert got.run_s is None
+    assert got.busy_s is None
+
+
+def test_the_most_a_node_held_at_once_is_read_as_its_peak() -> None:
+    assert view(status(peak_loaded_bytes=11 * GIB + 3)).peak_loaded == 11 * GIB + 3
+
+
+@pytest.mark.parametrize("peak", [None, 0], ids=["null", "zero"])
+def test_an_unknown_peak_reads_as_zero(peak: int | None) -> None:
+    assert view(status(peak_loaded_bytes=peak)).peak_loaded == 0
+
+
+@pytest.mark.parametrize("peak", ["lots", [1]], ids=["a-word", "a-list"])
+def test_a_mistyped_peak_is_refused(peak: Any) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 -- the contract is ValueError; the wording is Python's
+        view(status(peak_loaded_bytes=peak))
+
+
+def test_a_model_coming_to_a_node_counts_as_loaded_at_its_installed_size() -> None:
+    got = view(status(), coming=[EMBED])
+    assert got.loaded == {MODEL: 5 * GIB + 7, EMBED: 300 * MIB}
+
+
+def test_a_model_coming_that_is_loaded_already_keeps_its_size_in_vram() -> None:
+    assert view(status(), coming=[MODEL]).loaded == view(status()).loaded == {MODEL: 5 * GIB + 7}
+
+
+def test_a_model_coming_that_the_node_has_not_installed_counts_with_no_size() -> None:
+    other = model_key("qwen2.5")
+    assert view(status(), coming=[other]).loaded == {MODEL: 5 * GIB + 7, other: 0}
+
+
+def test_a_model_coming_changes_nothing_but_what_is_loaded() -> None:
+    plain, coming = view(status()), view(status(), coming=[EMBED])
+    assert {**vars(coming), "loaded": plain.loaded} == vars(plain)
 
 
 def test_requests_sent_since_the_status_count_as_active() -> None:
@@ -316,10 +355,12 @@ def test_missing_optional_parts_read_as_nothing() -> None:
     data = status(telemetry=None, speeds=None, backend={"reachable": True})
     del data["load"]["waiting"]
     del data["load"]["queue_full"]
+    assert "peak_loaded_bytes" not in data
     got = view(data)
     assert (got.vram_free_mib, got.vram_total_mib) == (0, 0)
     assert got.figures == {}
-    assert got.run_s is None
+    assert got.busy_s is None
+    assert got.peak_loaded == 0
     assert got.installed == {}
     assert got.loaded == {}
     assert (got.waiting, got.queue_full) == (0, False)
@@ -418,9 +459,9 @@ def test_a_learnt_figure_that_is_not_a_mean_and_a_positive_weight_is_refused(
 
 
 @pytest.mark.parametrize("figure", [[float("nan"), 1.0], [1.0, 0.0]])
-def test_a_bad_run_time_of_any_request_is_refused(figure: list[float]) -> None:
+def test_a_bad_busy_time_of_any_request_is_refused(figure: list[float]) -> None:
     data = status()
-    data["speeds"]["run_s"] = figure
+    data["speeds"]["busy_s"] = figure
     with pytest.raises(ValueError, match="learnt figure"):
         view(data)
 
@@ -441,3 +482,82 @@ def test_a_status_with_malformed_values_is_refused(change: Callable[[dict[str, A
     change(data)
     with pytest.raises(ValueError):  # noqa: PT011 -- the contract is ValueError; the wording is Python's
         view(data)
+
+
+# -- the requests in flight, as routing's snapshot shows them ----------------------------------
+
+
+def routing() -> Routing:
+    """Routing over this node's status alone, the node itself having sent nothing yet."""
+    return Routing(status, list)
+
+
+def own(state: Routing) -> Any:
+    (node,) = state.snapshot(NOW).nodes
+    return node
+
+
+def test_a_request_sent_for_a_model_shows_it_loaded_until_it_is_done() -> None:
+    state = routing()
+    assert EMBED not in own(state).loaded
+    state.sent("node-1", NOW, EMBED)
+    assert own(state).loaded == {MODEL: 5 * GIB + 7, EMBED: 300 * MIB}
+    state.done("node-1", NOW, EMBED)
+    assert own(state).loaded == {MODEL: 5 * GIB + 7}
+
+
+def test_a_model_stays_coming_while_any_request_for_it_is_in_flight() -> None:
+    state = routing()
+    state.sent("node-1", NOW, EMBED)
+    state.sent("node-1", NOW + 1, EMBED)
+    state.done("node-1", NOW, EMBED)
+    assert EMBED in own(state).loaded
+    state.done("node-1", NOW + 1, EMBED)
+    assert EMBED not in own(state).loaded
+
+
+def test_done_ends_only_the_request_with_that_start_and_model() -> None:
+    state = routing()
+    state.sent("node-1", NOW, EMBED)
+    state.done("node-1", NOW, MODEL)
+    state.done("node-1", NOW + 1, EMBED)
+    state.done("node-2", NOW, EMBED)
+    assert EMBED in own(state).loaded
+
+
+def test_a_request_without_a_model_or_at_another_node_adds_nothing_here() -> None:
+    state = routing()
+    state.sent("node-1", NOW, None)
+    state.sent("node-2", NOW, EMBED)
+    assert own(state).loaded == {MODEL: 5 * GIB + 7}
+
+
+def test_a_request_sent_to_a_peer_shows_its_model_coming_there() -> None:
+    seen = NOW - 10
+    announcement = PeerAnnouncement(
+        node_id="node-2",
+        name="desk-8",
+        address="192.0.2.8",
+        port=11436,
+        share=True,
+        gpu="RTX 4090",
+        vram_free_mib=17000,
+        vram_total_mib=24564,
+        active=1,
+        slots=3,
+        models_hash="0a1b2c3d4e5f",
+    )
+    peer = Peer(announcement, status(id="node-2", name="desk-8"), last_seen=seen, rtt_s=0.01)
+    state = Routing(status, lambda: [peer])
+    state.sent("node-2", seen + 1, EMBED)
+    here, there = state.snapshot(NOW).nodes
+    assert EMBED not in here.loaded
+    assert there.loaded == {MODEL: 5 * GIB + 7, EMBED: 300 * MIB}
+    assert there.active == peer.status["load"]["active"] + 1
+
+
+def test_this_nodes_own_requests_are_not_counted_twice_as_active() -> None:
+    # Its status counts them already.
+    state = routing()
+    state.sent("node-1", NOW + 1, EMBED)
+    assert own(state).active == status()["load"]["active"]

@@ -21,7 +21,7 @@ def figures(book: SpeedBook, now: float = T0, model: str = MODEL) -> dict[str, l
 
 
 def test_an_empty_book_publishes_nothing() -> None:
-    assert SpeedBook().to_json(T0) == {"models": {}, "run_s": None}
+    assert SpeedBook().to_json(T0) == {"models": {}, "busy_s": None}
 
 
 def test_tokens_per_second_comes_from_eval_count_over_eval_time() -> None:
@@ -93,11 +93,22 @@ def test_means_average_the_samples_of_the_same_moment() -> None:
     assert figures(book)["tokens_per_s"] == [pytest.approx(200), pytest.approx(3.0)]
 
 
-def test_the_run_time_of_any_request_spans_every_model() -> None:
+def test_the_busy_time_of_any_request_spans_every_model() -> None:
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=3.0), T0)
     book.observe(OTHER, Observation(total_s=1.0), T0)
-    assert book.to_json(T0)["run_s"] == [pytest.approx(2.0), pytest.approx(2.0)]
+    assert book.to_json(T0)["busy_s"] == [pytest.approx(2.0), pytest.approx(2.0)]
+
+
+def test_the_busy_time_includes_loads_that_the_run_time_leaves_out() -> None:
+    cold, warm = COLD_LOAD_MIN_S + 2.0, COLD_LOAD_MIN_S / 2
+    book = SpeedBook()
+    book.observe(MODEL, Observation(total_s=cold + 1.0, load_s=cold), T0)
+    book.observe(OTHER, Observation(total_s=warm + 3.0, load_s=warm), T0)
+    data = book.to_json(T0)
+    assert data["busy_s"] == [pytest.approx((cold + 1.0 + warm + 3.0) / 2, abs=1e-4), pytest.approx(2.0)]
+    assert data["models"][MODEL]["run_s"][0] == pytest.approx(1.0, abs=1e-4)
+    assert data["models"][OTHER]["run_s"][0] == pytest.approx(3.0, abs=1e-4)
 
 
 def test_a_samples_weight_halves_every_half_life_while_the_mean_stays() -> None:
@@ -107,7 +118,7 @@ def test_a_samples_weight_halves_every_half_life_while_the_mean_stays() -> None:
     mean, weight = data["models"][MODEL]["tokens_per_s"]
     assert mean == pytest.approx(100)
     assert weight == pytest.approx(0.5, abs=1e-3)
-    assert data["run_s"] == [pytest.approx(2.0), pytest.approx(0.5, abs=1e-3)]
+    assert data["busy_s"] == [pytest.approx(2.0), pytest.approx(0.5, abs=1e-3)]
     assert figures(book, T0 + 2 * HALF_LIFE_S)["tokens_per_s"] == [
         pytest.approx(100),
         pytest.approx(0.25, abs=1e-3),
@@ -136,7 +147,7 @@ def test_a_figure_nobody_renews_fades_out_of_the_book() -> None:
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=2.0, eval_count=100, eval_s=1.0), T0)
     assert MODEL in book.to_json(T0 + HALF_LIFE_S)["models"]
-    assert book.to_json(T0 + 20 * HALF_LIFE_S) == {"models": {}, "run_s": None}
+    assert book.to_json(T0 + 20 * HALF_LIFE_S) == {"models": {}, "busy_s": None}
 
 
 def test_a_renewed_figure_stays_while_a_stale_one_fades() -> None:
@@ -157,7 +168,7 @@ def test_to_json_is_plain_json_of_means_and_weights() -> None:
     book.observe(OTHER, Observation(total_s=0.05), T0)
     data = book.to_json(T0 + 1.0)
     assert json.loads(json.dumps(data)) == data
-    assert set(data) == {"models", "run_s"}
+    assert set(data) == {"models", "busy_s"}
     assert set(data["models"]) == {MODEL, OTHER}
     assert set(data["models"][MODEL]) == {"tokens_per_s", "tokens", "prompt_s", "load_s", "run_s"}
     for model_figures in data["models"].values():
@@ -168,6 +179,7 @@ def test_to_json_is_plain_json_of_means_and_weights() -> None:
             assert mean >= 0
             assert 0 < weight <= 1
     assert data["models"][MODEL]["tokens_per_s"][0] == pytest.approx(77 / 3.0, abs=1e-4)
+    assert data["busy_s"][0] == pytest.approx((4.0 + 0.05) / 2, abs=1e-4)
 
 
 def test_a_read_at_an_earlier_time_does_not_decay_twice() -> None:
