@@ -198,7 +198,7 @@ def choose_route(request: RouteRequest, snapshot: Snapshot, now: float) -> Route
         (_rank(request, node, nodes) for node in candidates),
         key=lambda r: (r.estimate.total_s, not r.node.local, r.node.name),
     )
-    choice = f"{ranked[0].node.name}: the soonest to finish" if ranked else "no node can serve it"
+    choice = "no node can serve it"
     if ranked:
         ranked, choice = _break_ties(ranked, snapshot.conversations.get(request.conversation or ""), now)
     return RouteDecision(model, tuple(ranked), tuple(left_out), choice)

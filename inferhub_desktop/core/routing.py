@@ -21,6 +21,7 @@ _MAX_CONVERSATIONS = 4096
 # Endpoints that produce tokens, and those that only embed, and reads that name a model.
 _EMBEDDINGS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 _READS = frozenset({"/api/show", "/v1/models/:model"})
+_MIB = 1 << 20
 # Where each API puts a reply's token limit.
 _TOKEN_LIMITS = (("options", "num_predict"), (None, "max_tokens"), (None, "max_completion_tokens"))
 
@@ -115,8 +116,12 @@ def view_from_status(
         loaded = {
             model_key(str(m["name"])): int(m.get("size_vram") or 0) for m in backend.get("loaded") or ()
         }
-        for model in coming:
-            loaded.setdefault(model, installed.get(model, 0))
+        vram_free_mib = int(telemetry.get("vram_free_mib") or 0)
+        vram_total_mib = int(telemetry.get("vram_total_mib") or 0)
+        peak_loaded = int(status.get("peak_loaded_bytes") or 0)
+        # The room for models: what is loaded plus measured free VRAM, else the most the node has held.
+        capacity = sum(loaded.values()) + vram_free_mib * _MIB if vram_total_mib else peak_loaded
+        _expect_loads(loaded, installed, coming, capacity)
         return NodeView(
             node_id=str(status["id"]),
             name=str(status["name"]),
@@ -126,8 +131,8 @@ def view_from_status(
             breaker=breaker,
             installed=installed,
             loaded=loaded,
-            vram_free_mib=int(telemetry.get("vram_free_mib") or 0),
-            vram_total_mib=int(telemetry.get("vram_total_mib") or 0),
+            vram_free_mib=vram_free_mib,
+            vram_total_mib=vram_total_mib,
             active=int(load["active"]) + sent,
             waiting=int(load.get("waiting") or 0),
             slots=max(1, int(load["slots"])),
@@ -135,10 +140,30 @@ def view_from_status(
             rtt_s=rtt_s,
             figures={str(k): _model_figures(v) for k, v in (speeds.get("models") or {}).items()},
             busy_s=_figure(speeds.get("busy_s")),
-            peak_loaded=int(status.get("peak_loaded_bytes") or 0),
+            peak_loaded=peak_loaded,
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"status is missing or mistypes {exc}") from exc
+
+
+def _expect_loads(
+    loaded: dict[str, int], installed: Mapping[str, int], coming: Collection[str], capacity: int
+) -> None:
+    """Foresee what a node holds once the requests running there have their models, which a status taken
+    before them cannot show: their models, less the idle ones pushed out to fit (when the room is known).
+    Where their models cannot all fit, the node swaps them in turn: those not loaded yet count as not
+    loaded, so more requests for them are weighed with a load."""
+    reported = set(loaded)
+    for model in coming:
+        loaded.setdefault(model, installed.get(model, 0))
+    if not capacity:
+        return
+    idle = sorted(m for m in loaded if m not in coming)
+    swapped = sorted(m for m in coming if m not in reported)
+    for model in idle + swapped:
+        if sum(loaded.values()) <= capacity:
+            break
+        del loaded[model]
 
 
 def _model_figures(value: Mapping[str, Any]) -> ModelFigures:

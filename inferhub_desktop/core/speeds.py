@@ -11,6 +11,9 @@ import dataclasses
 from typing import Any
 
 HALF_LIFE_S = 600.0
+# How long a request holds the backend follows its load (queues, models swapped in and out) within
+# seconds, not minutes.
+BUSY_HALF_LIFE_S = 30.0
 # A load shorter than this was a warm start (the time is scheduling), not a model load.
 COLD_LOAD_MIN_S = 0.25
 # Below this weight a mean is forgotten and no longer published.
@@ -33,6 +36,7 @@ class _DecayedMean:
     total: float = 0.0
     weight: float = 0.0
     at: float = 0.0
+    half_life_s: float = HALF_LIFE_S
 
     def add(self, value: float, now: float) -> None:
         self._decay(now)
@@ -49,7 +53,7 @@ class _DecayedMean:
     def _decay(self, now: float) -> None:
         if now <= self.at:
             return  # a reading from before the last one: that stretch has decayed already
-        factor = 0.5 ** ((now - self.at) / HALF_LIFE_S)
+        factor = 0.5 ** ((now - self.at) / self.half_life_s)
         self.total *= factor
         self.weight *= factor
         self.at = now
@@ -70,7 +74,7 @@ class SpeedBook:
     def __init__(self) -> None:
         self._models: dict[str, _ModelStats] = {}
         # How long any request holds the backend, its model load included: what one ahead in a queue costs.
-        self._busy_s = _DecayedMean()
+        self._busy_s = _DecayedMean(half_life_s=BUSY_HALF_LIFE_S)
 
     def observe(self, model: str, seen: Observation, now: float) -> None:
         """Learn from one finished request for `model` (a model key)."""

@@ -333,6 +333,24 @@ def test_a_model_coming_that_the_node_has_not_installed_counts_with_no_size() ->
     assert view(status(), coming=[other]).loaded == {MODEL: 5 * GIB + 7, other: 0}
 
 
+def test_idle_models_make_way_for_those_coming_where_the_room_is_known() -> None:
+    # No VRAM reading: the room is the most the node has held, one llama3.
+    cramped = status(telemetry=None, peak_loaded_bytes=5 * GIB + 7)
+    assert view(cramped, coming=[EMBED]).loaded == {EMBED: 300 * MIB}
+    # With a VRAM reading, the room is what is loaded plus what is free.
+    tight = status(telemetry={"summary": "GPU", "vram_total_mib": 8192, "vram_free_mib": 100})
+    assert view(tight, coming=[EMBED]).loaded == {EMBED: 300 * MIB}
+    roomy = status(telemetry={"summary": "GPU", "vram_total_mib": 8192, "vram_free_mib": 400})
+    assert view(roomy, coming=[EMBED]).loaded == {MODEL: 5 * GIB + 7, EMBED: 300 * MIB}
+
+
+def test_models_coming_that_cannot_all_fit_count_as_not_loaded_yet() -> None:
+    # Both models have requests running on a node with room for one: it swaps them in turn, so the one
+    # not loaded yet is not counted as loaded, and the one loaded stays.
+    cramped = status(telemetry=None, peak_loaded_bytes=5 * GIB + 7)
+    assert view(cramped, coming=[MODEL, EMBED]).loaded == {MODEL: 5 * GIB + 7}
+
+
 def test_a_model_coming_changes_nothing_but_what_is_loaded() -> None:
     plain, coming = view(status()), view(status(), coming=[EMBED])
     assert {**vars(coming), "loaded": plain.loaded} == vars(plain)

@@ -8,7 +8,13 @@ import math
 import pytest
 
 from inferhub_desktop.core.names import model_key
-from inferhub_desktop.core.speeds import COLD_LOAD_MIN_S, HALF_LIFE_S, Observation, SpeedBook
+from inferhub_desktop.core.speeds import (
+    BUSY_HALF_LIFE_S,
+    COLD_LOAD_MIN_S,
+    HALF_LIFE_S,
+    Observation,
+    SpeedBook,
+)
 
 MODEL = model_key("llama3")
 OTHER = model_key("nomic-embed-text")
@@ -118,11 +124,19 @@ def test_a_samples_weight_halves_every_half_life_while_the_mean_stays() -> None:
     mean, weight = data["models"][MODEL]["tokens_per_s"]
     assert mean == pytest.approx(100)
     assert weight == pytest.approx(0.5, abs=1e-3)
-    assert data["busy_s"] == [pytest.approx(2.0), pytest.approx(0.5, abs=1e-3)]
     assert figures(book, T0 + 2 * HALF_LIFE_S)["tokens_per_s"] == [
         pytest.approx(100),
         pytest.approx(0.25, abs=1e-3),
     ]
+
+
+def test_how_long_requests_hold_the_backend_fades_within_seconds() -> None:
+    # It follows the node's load, which changes by the minute; speeds change by the month.
+    book = SpeedBook()
+    book.observe(MODEL, Observation(total_s=2.0, eval_count=100, eval_s=1.0), T0)
+    assert BUSY_HALF_LIFE_S < HALF_LIFE_S
+    assert book.to_json(T0 + BUSY_HALF_LIFE_S)["busy_s"] == [pytest.approx(2.0), pytest.approx(0.5, abs=1e-3)]
+    assert figures(book, T0 + BUSY_HALF_LIFE_S)["tokens_per_s"][1] > 0.9
 
 
 def test_a_newer_sample_outweighs_an_older_one() -> None:
