@@ -1,7 +1,7 @@
 """Print how well requests are placed in a heterogeneous pool: this router against round-robin,
 least-connections, random and an oracle, under one mixed workload, in one run.
 
-    python -m bench.routing [--seconds 14] [--warmup 5] [--rate 4] [--seed 7] [--drain 10]
+    python -m bench.routing [--seconds 14] [--warmup 8] [--rate 4] [--seed 7] [--drain 8]
 
 Seven nodes run on loopback, each with a fake Ollama of its own speed, parallel slots, models, loaded
 set, room for loaded models and load time. Every policy gets a fresh pool and the same arrivals
@@ -305,9 +305,9 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=14.0, help="measured arrivals, seconds")
-    parser.add_argument("--warmup", type=float, default=5.0, help="arrivals served but not counted, seconds")
+    parser.add_argument("--warmup", type=float, default=8.0, help="arrivals served but not counted, seconds")
     parser.add_argument("--rate", type=float, default=4.0, help="arrivals per second")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--drain", type=float, default=10.0, help="seconds after the last arrival to wait")
+    parser.add_argument("--drain", type=float, default=8.0, help="seconds after the last arrival to wait")
     args = parser.parse_args()
     asyncio.run(main(args.seconds, args.warmup, args.rate, args.seed, args.drain))

@@ -90,7 +90,11 @@ class SpeedBook:
             stats.load_s.add(load_s, now)
         run_s = max(0.0, seen.total_s - load_s)
         stats.run_s.add(run_s, now)
-        self._busy_s.add(seen.total_s, now)
+        # The backend was busy with it for its compute and its cold load, not while it queued.
+        busy_s = seen.total_s
+        if seen.eval_s is not None and seen.prompt_s is not None:
+            busy_s = seen.eval_s + seen.prompt_s + (load_s if load_s >= COLD_LOAD_MIN_S else 0.0)
+        self._busy_s.add(busy_s, now)
 
     def to_json(self, now: float) -> dict[str, Any]:
         """Return the learnt figures as JSON values, for this node's status: each as [mean, weight]."""

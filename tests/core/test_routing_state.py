@@ -293,8 +293,8 @@ def test_a_statuses_speeds_read_into_figures() -> None:
         )
     }
     assert got.figures[MODEL].tokens_per_s == Figure(100 / 2.0, 1.0)
-    # The node-wide figure is the whole time the request held the backend, its load included.
-    assert got.busy_s == Figure(*published["busy_s"]) == Figure(3.0, 1.0)
+    # The node-wide figure is the time the request held the backend: its compute and its load.
+    assert got.busy_s == Figure(*published["busy_s"]) == Figure(2.0 + 0.2 + 1.0, 1.0)
     assert got.busy_s != got.figures[MODEL].run_s
 
 

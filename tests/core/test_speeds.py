@@ -106,6 +106,17 @@ def test_the_busy_time_of_any_request_spans_every_model() -> None:
     assert book.to_json(T0)["busy_s"] == [pytest.approx(2.0), pytest.approx(2.0)]
 
 
+def test_the_busy_time_leaves_out_waiting_for_a_slot() -> None:
+    # 5 s in all, of which 1 s prompt, 2 s generating and a 0.5 s cold load: it queued for 1.5 s.
+    book = SpeedBook()
+    book.observe(MODEL, Observation(total_s=5.0, eval_count=40, eval_s=2.0, prompt_s=1.0, load_s=0.5), T0)
+    assert book.to_json(T0)["busy_s"][0] == pytest.approx(3.5)
+    # A short load_duration is the scheduler's, not a load: it does not count.
+    book = SpeedBook()
+    book.observe(MODEL, Observation(total_s=5.0, eval_count=40, eval_s=2.0, prompt_s=1.0, load_s=0.1), T0)
+    assert book.to_json(T0)["busy_s"][0] == pytest.approx(3.0)
+
+
 def test_the_busy_time_includes_loads_that_the_run_time_leaves_out() -> None:
     cold, warm = COLD_LOAD_MIN_S + 2.0, COLD_LOAD_MIN_S / 2
     book = SpeedBook()
@@ -193,7 +204,8 @@ def test_to_json_is_plain_json_of_means_and_weights() -> None:
             assert mean >= 0
             assert 0 < weight <= 1
     assert data["models"][MODEL]["tokens_per_s"][0] == pytest.approx(77 / 3.0, abs=1e-4)
-    assert data["busy_s"][0] == pytest.approx((4.0 + 0.05) / 2, abs=1e-4)
+    # MODEL's request held the backend for its compute and cold load; OTHER's says only its total.
+    assert data["busy_s"][0] == pytest.approx((3.0 + 0.1 + 0.5 + 0.05) / 2, abs=1e-4)
 
 
 def test_a_read_at_an_earlier_time_does_not_decay_twice() -> None:
