@@ -276,7 +276,9 @@ class Node:
         endpoint = query.endpoint
         pin = query.headers.get(NODE_HEADER)
         routed = endpoint.kind is Kind.INFERENCE or endpoint.pattern in _ROUTED_READS
-        if not routed and not (pin and endpoint.pattern == PULL_PATH):
+        alone = self._pool is None or not len(self._pool.table)
+        # Alone there is nothing to choose from, and a request is answered without a decision's cost.
+        if (not routed or alone) and not (pin and (routed or endpoint.pattern == PULL_PATH)):
             return Plan([self._local_target(query, remote=False)])
         model = query.model
         if endpoint.pattern == "/v1/models/:model":
