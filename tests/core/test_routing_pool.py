@@ -128,6 +128,24 @@ async def test_listings_through_any_node_are_the_pools(pool: Pool) -> None:
         assert ids["qwen3:8b"] == ["beta"]
 
 
+async def test_listings_and_requests_work_while_this_machines_ollama_is_down(
+    pool: Pool, http: aiohttp.ClientSession
+) -> None:
+    await pool.fakes["alpha"].close()
+    async with http.get(pool.alpha.api_url + "/api/tags") as reply:
+        assert reply.status == 200
+        tags = {m["model"]: m["inferhub_nodes"] for m in (await reply.json())["models"]}
+    assert tags == {
+        "llama3:latest": ["beta", "gamma"],
+        "qwen3:8b": ["beta"],
+        "phi3:latest": ["beta", "gamma"],
+    }
+    # Requests still reach the pool's nodes.
+    status, node, reply_body = await generate(http, pool.alpha, "llama3")
+    assert (status, reply_body["done"]) == (200, True)
+    assert node in ("beta", "gamma")
+
+
 async def test_show_goes_to_a_node_that_has_the_model(pool: Pool, http: aiohttp.ClientSession) -> None:
     async with http.post(pool.alpha.api_url + "/api/show", json={"model": "qwen3:8b"}) as reply:
         assert (reply.status, reply.headers[NODE]) == (200, "beta")
