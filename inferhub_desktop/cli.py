@@ -224,14 +224,13 @@ def format_route(decision: dict[str, Any]) -> str:
         for n, r in enumerate(decision["ranked"], 1)
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row, ranked in zip(rows, [None, *decision["ranked"]], strict=True):
+    # With no node ranked, the first line says so and only the reasons follow.
+    for row, ranked in zip(rows, [None, *decision["ranked"]], strict=True) if decision["ranked"] else ():
         cells = "  ".join(
             cell.rjust(w) if i > 1 else cell.ljust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
         lines.append(cells.rstrip() + (f"  {ranked['basis']}" if ranked else ""))
-    if not decision["ranked"]:
-        lines.append("no node can serve it")
     for left in decision["left_out"]:
         lines.append(
             f"left out: {left['node']}{' (this machine)' if left['local'] else ''}: {left['reason']}"

@@ -156,7 +156,8 @@ def test_route_explains_the_ranking_and_switches_are_remembered(tmp_path: Path, 
     }
     assert local_only.stdout.strip() == "local only on"
     assert "left out: desk-b: this machine is set to use only itself" in alone
-    assert "no node can serve it" in nowhere
+    assert nowhere.splitlines()[0] == "mistral:latest: no node can serve it"
+    assert [line.split(":")[0] for line in nowhere.splitlines()[1:]] == ["left out"] * 2
     settings = (tmp_path / "a" / "settings.toml").read_text()
     assert "local_only = true" in settings
     assert "pool_pull = true" in settings
