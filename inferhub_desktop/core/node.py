@@ -11,6 +11,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
@@ -22,7 +23,7 @@ from .api.admission import Admission
 from .api.endpoints import Endpoint, Kind
 from .api.guard import OriginPolicy
 from .api.local import LocalApi
-from .api.relay import NODE_HEADER, Forwarder, Outcome, Plan, Query, Target
+from .api.relay import NODE_HEADER, Admit, Forwarder, Outcome, Plan, Query, Target
 from .api.share import PULL_PATH, ShareApi
 from .backends.base import Backend, BackendState
 from .backends.ollama import OllamaBackend
@@ -207,10 +208,6 @@ class Node:
                 self._pool.readvertise()
         return {key: getattr(self, _SWITCH_ATTRS[key]) for key in SWITCHES}
 
-    def set_sharing(self, share: bool) -> None:
-        """Share this GPU with the pool, or stop; remembered in the settings file."""
-        self.switch({"share": share})
-
     def models_hash(self) -> str:
         """Return a short hash of the installed and loaded models, so peers see when they change."""
         state = self.backend_state
@@ -279,7 +276,7 @@ class Node:
         alone = self._pool is None or not len(self._pool.table)
         # Alone there is nothing to choose from, and a request is answered without a decision's cost.
         if (not routed or alone) and not (pin and (routed or endpoint.pattern == PULL_PATH)):
-            return Plan([self._local_target(query, remote=False)])
+            return Plan([self._local_target(query.model, remote=False)])
         model = query.model
         if endpoint.pattern == "/v1/models/:model":
             model = unquote(query.path.rsplit("/", 1)[-1])
@@ -292,14 +289,14 @@ class Node:
                 if request.model in n.loaded and (n.local or (n.share and not self.local_only))
             ]
             if holders:
-                return Plan([self._target(node_id, query) for node_id in holders], broadcast=True)
+                return Plan([self._target(node_id, request.model) for node_id in holders], broadcast=True)
         decision = self.routing.decide(request, now)
         _log.debug("route for %s: %s", request.model, decision.choice)
         if not decision.ranked:
             return self._no_route(query, decision, pin)
         if request.conversation:
             self.routing.conversations.remember(request.conversation, decision.ranked[0].node.node_id, now)
-        return Plan([self._target(r.node.node_id, query) for r in decision.ranked])
+        return Plan([self._target(r.node.node_id, model) for r in decision.ranked])
 
     def _no_route(self, query: Query, decision: RouteDecision, pin: str | None) -> Plan:
         """Explain why no node can take the request; a model nobody has is this machine's to refuse."""
@@ -311,56 +308,61 @@ class Node:
             model = short_name(decision.model or "")
             return Plan([], unavailable=f"no node can serve {model} now ({'; '.join(holders)})")
         # Nobody has the model: this machine's backend refuses it in Ollama's own words.
-        return Plan([self._local_target(query, remote=False)])
+        return Plan([self._local_target(query.model, remote=False)])
 
     def _plan_here(self, query: Query) -> Plan:
         """Send a peer's request to this machine's backend: the share API never routes further."""
-        return Plan([self._local_target(query, remote=True)])
+        return Plan([self._local_target(query.model, remote=True)])
 
     def _listing_sources(self) -> list[Target]:
         """Return this node, then the peers whose models this node may use, for pool-wide listings."""
-        query = Query(Endpoint("/api/tags", frozenset({"GET"}), Kind.READ), None, None, {}, "/api/tags")
-        sources = [self._local_target(query, remote=False)]
+        sources = [self._local_target(None, remote=False)]
         if not self.local_only and self._pool is not None:
             sources += [
-                self._target(peer.node_id, query)
+                self._target(peer.node_id, None)
                 for peer in self._pool.peers
                 if peer.announcement.share and self.routing.breakers.allows(peer.node_id)
             ]
         return sources
 
-    def _target(self, node_id: str, query: Query) -> Target:
+    def _target(self, node_id: str, model: str | None) -> Target:
         """Return the target for a node of the snapshot: this machine's backend, or a peer's share API."""
         peer = self._pool.table.get(node_id) if self._pool is not None else None
         if peer is None:
-            return self._local_target(query, remote=False)
+            return self._local_target(model, remote=False)
         return Target(
             name=peer.announcement.name,
             backend=self._peer_backend(peer),
-            admit=lambda endpoint: self._sent_to(node_id, query.model),
-            report=self._reporter(node_id, query.model, learn=False),
+            admit=self._admitter(node_id, model, slot=None),
+            report=self._reporter(node_id, model, learn=False),
         )
 
-    def _local_target(self, query: Query, *, remote: bool) -> Target:
+    def _local_target(self, model: str | None, *, remote: bool) -> Target:
         """Return the target for this machine's backend; a peer's inference waits for its turn."""
+        return Target(
+            name=self.settings.name,
+            backend=self.backend,
+            admit=self._admitter(
+                self.settings.node_id, model, slot=self.admission.remote if remote else self.admission.local
+            ),
+            report=self._reporter(self.settings.node_id, model, learn=True),
+        )
+
+    def _admitter(
+        self, node_id: str, model: str | None, *, slot: Callable[[], AbstractAsyncContextManager[None]] | None
+    ) -> Admit:
+        """Return how a request enters a node: inference takes a `slot` of this machine's backend, if given,
+        and counts at the node until it ends; reads and the rest just go."""
 
         @contextlib.asynccontextmanager
         async def admit(endpoint: Endpoint) -> AsyncIterator[None]:
             if endpoint.kind is not Kind.INFERENCE:
                 yield
                 return
-            async with (
-                self.admission.remote() if remote else self.admission.local(),
-                self._sent_to(self.settings.node_id, query.model),
-            ):
+            async with slot() if slot else contextlib.nullcontext(), self._sent_to(node_id, model):
                 yield
 
-        return Target(
-            name=self.settings.name,
-            backend=self.backend,
-            admit=admit,
-            report=self._reporter(self.settings.node_id, query.model, learn=True),
-        )
+        return admit
 
     @contextlib.asynccontextmanager
     async def _sent_to(self, node_id: str, model: str | None) -> AsyncIterator[None]:

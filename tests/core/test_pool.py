@@ -126,7 +126,7 @@ async def test_a_share_toggle_is_published_on_mdns(pair: tuple[Node, Node, FakeO
     try:
         await eventually(lambda: b.settings.node_id in records)
         assert records[b.settings.node_id].share is True
-        b.set_sharing(False)
+        b.switch({"share": False})
         await eventually(lambda: records[b.settings.node_id].share is False)
     finally:
         await listener.close()
