@@ -68,7 +68,7 @@ class LocalApi:
         if isinstance(routed, web.Response):
             return routed
         if request.method == "GET" and routed.pattern in POOLED_PATHS:
-            return await pooled_listing(request, self._listing_sources())
+            return await pooled_listing(request, routed, self._listing_sources())
         return await self._forwarder.forward(request, routed)
 
     async def _control(self, request: web.Request) -> web.StreamResponse:

@@ -17,7 +17,8 @@ from aiohttp import web
 
 from ..errors import BackendUnavailable
 from ..names import model_key
-from .relay import Outcome, Target, upstream_headers
+from .endpoints import Endpoint
+from .relay import Target, fetch, upstream_headers
 from .responses import go_json
 
 _log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ POOLED_PATHS = {
 }
 
 
-async def pooled_listing(request: web.Request, sources: Sequence[Target]) -> web.Response:
+async def pooled_listing(request: web.Request, endpoint: Endpoint, sources: Sequence[Target]) -> web.Response:
     """Ask every source for the listing at `request.path` at once and merge what they answer.
 
     Sources that fail are left out (and logged); when all fail, the first one's error is the answer.
@@ -43,7 +44,7 @@ async def pooled_listing(request: web.Request, sources: Sequence[Target]) -> web
     # This machine's backend is given its usual time; a slow peer is left out.
     timeouts = [None] + [_PEER_LISTING_TIMEOUT_S] * (len(sources) - 1)
     results = await asyncio.gather(
-        *(_fetch(s, request, headers, timeout_s=t) for s, t in zip(sources, timeouts, strict=True)),
+        *(_fetch(s, request, endpoint, headers, timeout_s=t) for s, t in zip(sources, timeouts, strict=True)),
         return_exceptions=True,
     )
     answered: list[tuple[Target, str, list[dict[str, Any]], dict[str, Any]]] = []
@@ -70,31 +71,20 @@ async def pooled_listing(request: web.Request, sources: Sequence[Target]) -> web
 
 
 async def _fetch(
-    source: Target, request: web.Request, headers: Mapping[str, str], *, timeout_s: float | None
+    source: Target,
+    request: web.Request,
+    endpoint: Endpoint,
+    headers: Mapping[str, str],
+    *,
+    timeout_s: float | None,
 ) -> tuple[str, dict[str, Any]]:
-    outcome = Outcome(None, cancelled=True)
-    try:
-        async with (
-            asyncio.timeout(timeout_s),
-            source.backend.request("GET", request.path, headers, None) as upstream,
-        ):
-            body = await upstream.read()
-            if upstream.status != 200:
-                raise BackendUnavailable(f"{source.name} answered HTTP {upstream.status}")
-            content_type = upstream.headers.get("Content-Type", "application/json; charset=utf-8")
-        outcome = Outcome(None, 200)
-    except TimeoutError:
-        outcome = Outcome(f"{source.name} did not list its models within {timeout_s:g} s")
-        raise BackendUnavailable(outcome.failure or "") from None
-    except BackendUnavailable as exc:
-        outcome = Outcome(str(exc))
-        raise
-    finally:
-        source.report(outcome)
+    _, reply_headers, body = await fetch(
+        source, endpoint, "GET", request.path, headers, None, timeout_s=timeout_s, only_ok=True
+    )
     value = json.loads(body)
     if not isinstance(value, dict):
         raise ValueError(f"{source.name} answered {request.path} with a JSON {type(value).__name__}")
-    return content_type, value
+    return reply_headers.get("Content-Type", "application/json; charset=utf-8"), value
 
 
 def _union(listings: list[tuple[str, list[dict[str, Any]]]], name_key: str) -> list[dict[str, Any]]:

@@ -224,6 +224,46 @@ async def relay(request: web.Request, upstream: UpstreamResponse, meter: ReplyMe
     return response
 
 
+async def fetch(
+    target: Target,
+    endpoint: Endpoint,
+    method: str,
+    path_qs: str,
+    headers: Mapping[str, str],
+    body: Body,
+    *,
+    timeout_s: float | None = None,
+    only_ok: bool = False,
+) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    """Send a request to a target and read its whole answer, telling the target how it went.
+
+    No answer within `timeout_s`, or (with `only_ok`) an answer other than 200, fails as an unreachable
+    node does, with BackendUnavailable.
+    """
+    outcome = Outcome(None, cancelled=True)
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            target.admit(endpoint),
+            target.backend.request(method, path_qs, headers, body) as upstream,
+        ):
+            status, reply_headers, reply = upstream.status, upstream.headers, await upstream.read()
+        if only_ok and status != 200:
+            outcome = Outcome(f"{target.name} answered HTTP {status}", status)
+            raise BackendUnavailable(f"{target.name} answered HTTP {status}")
+        outcome = Outcome(None, status)
+        return status, reply_headers, reply
+    except TimeoutError:
+        outcome = Outcome(f"{target.name} did not answer within {timeout_s:g} s")
+        raise BackendUnavailable(f"{target.name} did not answer within {timeout_s:g} s") from None
+    except BackendUnavailable as exc:
+        if outcome.cancelled:
+            outcome = Outcome(str(exc))
+        raise
+    finally:
+        target.report(outcome)
+
+
 def route(request: web.BaseRequest) -> Endpoint | web.Response:
     """Find the request's endpoint, or answer unknown paths, other methods and `/` as Ollama does."""
     found = match(request.method, request.path)
@@ -392,24 +432,10 @@ class Forwarder:
         body: Body,
     ) -> web.Response:
         """Send the request to every target at once; answer with the first target's good reply."""
-
-        async def send(target: Target) -> tuple[int, CIMultiDictProxy[str], bytes]:
-            outcome = Outcome(None, cancelled=True)
-            try:
-                async with (
-                    target.admit(endpoint),
-                    target.backend.request(request.method, request.raw_path, headers, body) as upstream,
-                ):
-                    reply = upstream.status, upstream.headers, await upstream.read()
-                outcome = Outcome(None, upstream.status)
-                return reply
-            except BackendUnavailable as exc:
-                outcome = Outcome(str(exc))
-                raise
-            finally:
-                target.report(outcome)
-
-        results = await asyncio.gather(*(send(t) for t in targets), return_exceptions=True)
+        results = await asyncio.gather(
+            *(fetch(t, endpoint, request.method, request.raw_path, headers, body) for t in targets),
+            return_exceptions=True,
+        )
         replies = [r for r in results if not isinstance(r, BaseException)]
         if not replies:
             error = results[0]
