@@ -45,17 +45,13 @@ class ReplyMeter:
 
     def failed_in_stream(self) -> str | None:
         """Return the error a stream ended with, if its last frame is one (the backend failed midway)."""
-        if self._frames == 0:
+        payloads = self._payloads(self._tail[1])
+        if self._frames == 0 or not payloads:
             return None
-        for event in reversed(self._tail[1].strip().split(b"\n\n" if self._endpoint.openai else b"\n")):
-            payload = _last_json(event.strip().removeprefix(b"data:").strip())
-            if payload is None:
-                continue
-            error = payload.get("error")
-            if isinstance(error, dict):
-                error = error.get("message")
-            return str(error) if error else None
-        return None
+        error = payloads[-1].get("error")
+        if isinstance(error, dict):
+            error = error.get("message")
+        return str(error) if error else None
 
     def observation(self) -> Observation | None:
         """Return what the reply showed of the node's speed; None for replies that show nothing."""
@@ -64,7 +60,8 @@ class ReplyMeter:
         total_s = self._last - self._start
         if self._endpoint.openai:
             return self._openai(total_s)
-        final = _last_json(self._tail[1].rstrip(b"\n").rsplit(b"\n", 1)[-1])
+        payloads = self._payloads(self._tail[1])
+        final = payloads[-1] if payloads else None
         if final is None or not isinstance(final.get("total_duration"), int):
             return Observation(total_s=total_s)
         return Observation(
@@ -75,13 +72,17 @@ class ReplyMeter:
             load_s=_seconds(final.get("load_duration")),
         )
 
+    def _payloads(self, batch: bytes) -> list[dict[str, Any]]:
+        """Return the JSON objects of a batch of frames: NDJSON lines, or SSE events' data."""
+        frames = batch.split(b"\n\n" if self._endpoint.openai else b"\n")
+        return [p for f in frames if (p := _object(f.strip().removeprefix(b"data:").strip())) is not None]
+
     def _openai(self, total_s: float) -> Observation:
         """Read the token count from OpenAI's `usage`; only a stream times the tokens as they came."""
         usage: Any = None
         for batch in self._tail:
-            for event in batch.split(b"\n\n"):
-                payload = _last_json(event.strip().removeprefix(b"data:").strip())
-                if payload is not None and isinstance(payload.get("usage"), dict):
+            for payload in self._payloads(batch):
+                if isinstance(payload.get("usage"), dict):
                     usage = payload["usage"]
         tokens = _int(usage.get("completion_tokens")) if usage else None
         eval_s = None
@@ -90,7 +91,7 @@ class ReplyMeter:
         return Observation(total_s=total_s, eval_count=tokens, eval_s=eval_s)
 
 
-def _last_json(data: bytes) -> dict[str, Any] | None:
+def _object(data: bytes) -> dict[str, Any] | None:
     if not data.startswith(b"{"):
         return None
     try:
