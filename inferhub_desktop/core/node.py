@@ -31,7 +31,7 @@ from .errors import ApiError
 from .names import model_key, short_name
 from .peers import Peer, PeerAnnouncement
 from .pool import Pool
-from .router import RouteDecision
+from .router import RouteDecision, choose_route
 from .routing import Routing, route_request
 from .settings import SWITCHES, Settings, update_settings_file
 from .speeds import SpeedBook
@@ -282,15 +282,16 @@ class Node:
             model = unquote(query.path.rsplit("/", 1)[-1])
         now = time.monotonic()
         request = route_request(endpoint.pattern, model, query.fields, pin, local_only=self.local_only)
+        snapshot = self.routing.snapshot(now)
         if request.model and request.pin is None and _is_unload(endpoint.pattern, query.fields):
             holders = [
                 n.node_id
-                for n in self.routing.snapshot(now).nodes
+                for n in snapshot.nodes
                 if request.model in n.loaded and (n.local or (n.share and not self.local_only))
             ]
             if holders:
                 return Plan([self._target(node_id, request.model) for node_id in holders], broadcast=True)
-        decision = self.routing.decide(request, now)
+        decision = choose_route(request, snapshot, now)
         _log.debug("route for %s: %s", request.model, decision.choice)
         if not decision.ranked:
             return self._no_route(query, decision, pin)
