@@ -45,13 +45,19 @@ _SWITCH_COMMANDS = {
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="inferhub", description="Share this workstation's GPU with a LAN pool that speaks Ollama's API."
+        prog="inferhub",
+        description="Share this workstation's GPU with a LAN pool that speaks Ollama's API. "
+        "Without a command, start the tray app.",
     )
     parser.add_argument("--version", action="version", version=f"inferhub {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = commands.add_parser("serve", help="run a node", description="Run a node until interrupted.")
-    run.add_argument("--headless", action="store_true", help="run without any GUI (the only mode for now)")
+    run = commands.add_parser(
+        "serve",
+        help="run a node",
+        description="Run a node until interrupted: in the tray app, or alone with --headless.",
+    )
+    run.add_argument("--headless", action="store_true", help="run without the tray and dashboard")
     run.add_argument("--api-port", type=int, metavar="PORT", help="port of the local API (default 11435)")
     run.add_argument(
         "--backend",
@@ -139,10 +145,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    # No command starts the tray app with the remembered settings.
+    args = parser.parse_args(["serve"] if argv == [] or (argv is None and len(sys.argv) == 1) else argv)
     if args.command in ("status", "peers", "route", *_SWITCH_COMMANDS):
         return _client(args)
     logging.basicConfig(
@@ -158,7 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             update_settings_file(settings.config_dir, **remembered)
     except ConfigError as exc:
         parser.exit(2, f"inferhub: error: {exc}\n")
-    return _run(settings)
+    if args.headless:
+        return _run(settings)
+    # Qt is loaded only for the app, so the headless node and the client commands start fast without it.
+    from .ui.app import run_app
+
+    return run_app(settings)
 
 
 def _client(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -26,13 +27,14 @@ from tests.support import (
 )
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "inferhub_desktop", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
 
 
@@ -57,10 +59,13 @@ def test_version() -> None:
     assert (result.returncode, result.stdout.strip()) == (0, f"inferhub {__version__}")
 
 
-def test_no_command_prints_help() -> None:
-    result = run_cli()
+def test_no_command_starts_the_app_and_without_a_display_says_to_run_headless(tmp_path: Path) -> None:
+    hidden = ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    env = {k: v for k, v in os.environ.items() if k not in hidden} | {"INFERHUB_CONFIG_DIR": str(tmp_path)}
+    result = run_cli(env=env)
     assert result.returncode == 2
-    assert "serve" in result.stdout
+    assert "no display" in result.stderr
+    assert "inferhub serve --headless" in result.stderr
 
 
 def test_invalid_flags_exit_2_with_the_reason(tmp_path: Path) -> None:

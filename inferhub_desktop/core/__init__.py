@@ -2,20 +2,34 @@
 
 from .api.endpoints import PEERS_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
 from .errors import ApiError, BackendUnavailable, ConfigError, InferhubError
+from .events import (
+    BackendChanged,
+    Event,
+    Events,
+    PeerJoined,
+    PeerLeft,
+    RequestDone,
+    SwitchesChanged,
+)
+from .names import short_name
 from .node import Node, serve
 from .settings import (
     DEFAULT_API_PORT,
+    DEFAULT_SHARE_PORT,
     SWITCHES,
     USER_FIELDS,
     Settings,
     default_config_dir,
     load_settings,
+    parse_host,
+    parse_peer,
     read_settings_file,
     update_settings_file,
 )
 
 __all__ = [
     "DEFAULT_API_PORT",
+    "DEFAULT_SHARE_PORT",
     "PEERS_PATH",
     "ROUTE_PATH",
     "STATUS_PATH",
@@ -23,14 +37,24 @@ __all__ = [
     "SWITCHES_PATH",
     "USER_FIELDS",
     "ApiError",
+    "BackendChanged",
     "BackendUnavailable",
     "ConfigError",
+    "Event",
+    "Events",
     "InferhubError",
     "Node",
+    "PeerJoined",
+    "PeerLeft",
+    "RequestDone",
     "Settings",
+    "SwitchesChanged",
     "default_config_dir",
     "load_settings",
+    "parse_host",
+    "parse_peer",
     "read_settings_file",
     "serve",
+    "short_name",
     "update_settings_file",
 ]

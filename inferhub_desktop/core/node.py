@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
@@ -28,12 +29,13 @@ from .api.share import PULL_PATH, ShareApi
 from .backends.base import Backend, BackendState
 from .backends.ollama import OllamaBackend
 from .errors import ApiError
+from .events import BackendChanged, Events, PeerJoined, PeerLeft, RequestDone, SwitchesChanged
 from .names import model_key, short_name
 from .peers import Peer, PeerAnnouncement
 from .pool import Pool
 from .router import RouteDecision, choose_route
 from .routing import Routing, route_request
-from .settings import SWITCHES, Settings, update_settings_file
+from .settings import SWITCHES, Settings, parse_peer, update_settings_file
 from .speeds import SpeedBook
 from .telemetry import Telemetry, TelemetrySampler
 
@@ -69,6 +71,8 @@ class Node:
 
     def __init__(self, settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
         self.settings = settings
+        # What happened, for whoever watches the node (the desktop app).
+        self.events = Events()
         self._origins = OriginPolicy(environ)
         self._runners: list[web.AppRunner] = []
         self._pool: Pool | None = None
@@ -80,6 +84,9 @@ class Node:
         self.speeds = SpeedBook()
         # The most model bytes the backend has held at once, from its probes: its room for models.
         self.peak_loaded_bytes = 0
+        # Tokens this machine's backend has generated through the node since it started; peers sum
+        # each other's to chart the pool's throughput.
+        self.tokens_generated = 0
         self.routing = Routing(self.status, lambda: self._pool.peers if self._pool else [])
         self._peer_backends: dict[str, OllamaBackend] = {}
         self._backend: Backend | None = None
@@ -126,16 +133,15 @@ class Node:
             name=f"{self.settings.name}'s backend",
         )
         local = LocalApi(
-            Forwarder(self.settings, self._plan, status=self.status, relayed=self._relayed),
+            self._forwarder(self._plan, "local"),
             self._origins,
             listing_sources=self._listing_sources,
-            # While the node stops, the local API may still answer: then it has no peers.
-            peers=lambda: [peer.to_json() for peer in self._pool.peers] if self._pool else [],
+            peers=self.peers,
             explain_route=self.explain_route,
             switches=self.switch,
         )
         share = ShareApi(
-            Forwarder(self.settings, self._plan_here, status=self.status, relayed=self._relayed),
+            self._forwarder(self._plan_here, "share"),
             self.settings.name,
             sharing=lambda: self.sharing,
             pool_pull=lambda: self.pool_pull,
@@ -149,7 +155,11 @@ class Node:
             await self.close()
             raise
         self._pool = Pool(
-            self.settings, self.announcement, answered=self._peer_answered, left=self._peer_left
+            self.settings,
+            self.announcement,
+            joined=self._peer_joined,
+            answered=self._peer_answered,
+            left=self._peer_left,
         )
         await self._pool.start()
         self._tasks.append(asyncio.create_task(self._probe_backend(), name="probe-backend"))
@@ -162,6 +172,16 @@ class Node:
             self.backend.url,
             self.share_port,
             "sharing" if self.sharing else "not sharing",
+        )
+
+    def _forwarder(self, planner: Callable[[Query], Plan], api: str) -> Forwarder:
+        return Forwarder(
+            self.settings,
+            planner,
+            status=self.status,
+            relayed=self._relayed,
+            api=api,
+            done=self._request_done,
         )
 
     async def _listen(self, app: web.Application, hosts: list[str], port: int) -> int:
@@ -202,11 +222,28 @@ class Node:
         for key, value in changed.items():
             setattr(self, _SWITCH_ATTRS[key], value)
             _log.info("%s: %s", key.replace("_", " "), "on" if value else "off")
+        switches = {key: getattr(self, _SWITCH_ATTRS[key]) for key in SWITCHES}
         if changed:
             update_settings_file(self.settings.config_dir, **changed)
             if self._pool is not None:
                 self._pool.readvertise()
-        return {key: getattr(self, _SWITCH_ATTRS[key]) for key in SWITCHES}
+            self.events.emit(SwitchesChanged(switches))
+        return switches
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Return the live peers as JSON values, each with how this node's breaker sees it."""
+        # While the node stops, the local API may still answer: then it has no peers.
+        peers = self._pool.peers if self._pool else []
+        return [{**peer.to_json(), "breaker": self.routing.breakers.describe(peer.node_id)} for peer in peers]
+
+    def set_peers(self, peers: Sequence[str]) -> None:
+        """Reach these HOST:PORT peers by address from now on, instead of the ones set before; remembered."""
+        for peer in peers:
+            parse_peer(peer)  # raises ConfigError saying what is wrong with it
+        self.settings = dataclasses.replace(self.settings, peers=tuple(peers))
+        update_settings_file(self.settings.config_dir, peers=list(peers))
+        if self._pool is not None:
+            self._pool.set_static_peers(peers)
 
     def models_hash(self) -> str:
         """Return a short hash of the installed and loaded models, so peers see when they change."""
@@ -259,6 +296,7 @@ class Node:
             "telemetry": self.telemetry.to_json() if self.telemetry else None,
             "speeds": self.speeds.to_json(time.monotonic()),
             "peak_loaded_bytes": self.peak_loaded_bytes,
+            "tokens_generated": self.tokens_generated,
         }
 
     # -- routing -----------------------------------------------------------------------------------
@@ -386,8 +424,10 @@ class Node:
                 return
             if outcome.failure is None:
                 self.routing.breakers.succeeded(node_id)
-                if learn and key and outcome.seen is not None and outcome.status == 200:
-                    self.speeds.observe(key, outcome.seen, now)
+                if learn and outcome.seen is not None and outcome.status == 200:
+                    self.tokens_generated += outcome.seen.eval_count or 0
+                    if key:
+                        self.speeds.observe(key, outcome.seen, now)
             elif outcome.status not in _NOT_BROKEN_STATUSES:
                 self.routing.breakers.failed(node_id, outcome.failure, now)
                 if node_id == self.settings.node_id:
@@ -411,6 +451,9 @@ class Node:
             self._peer_backends[peer.node_id] = backend
         return backend
 
+    def _peer_joined(self, peer: Peer) -> None:
+        self.events.emit(PeerJoined(peer.node_id, peer.announcement.name, peer.announcement.address))
+
     def _peer_answered(self, node_id: str) -> None:
         self.routing.breakers.probed(node_id, time.monotonic())
 
@@ -419,6 +462,12 @@ class Node:
         self.routing.breakers.forget(peer.node_id)
         if backend := self._peer_backends.pop(peer.node_id, None):
             backend.abort(reason)
+        self.events.emit(PeerLeft(peer.node_id, peer.announcement.name, reason))
+
+    def _request_done(self, done: RequestDone) -> None:
+        """Pass on how a request ended, with the peer it came from by name."""
+        peer = self._pool.table.get(done.client) if self._pool and done.client else None
+        self.events.emit(dataclasses.replace(done, client=peer.announcement.name) if peer else done)
 
     def _relayed(self, endpoint: Endpoint) -> None:
         if endpoint.kind in _CHANGING_KINDS:
@@ -444,7 +493,9 @@ class Node:
                 self.routing.breakers.probed(self.settings.node_id, time.monotonic())
                 held = sum(m.size_vram or m.size for m in state.loaded)
                 self.peak_loaded_bytes = max(self.peak_loaded_bytes, held)
-            self.backend_state = state
+            previous, self.backend_state = self.backend_state, state
+            if (state.reachable, state.error) != (previous.reachable, previous.error):
+                self.events.emit(BackendChanged(state.url, state.reachable, state.error))
             # A burst of requests asks for one probe, not one each: the backend serves them first.
             await asyncio.sleep(_PROBE_MIN_GAP_S)
             with contextlib.suppress(TimeoutError):

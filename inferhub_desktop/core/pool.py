@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -66,13 +66,15 @@ class Pool:
         settings: Settings,
         own: Callable[[], PeerAnnouncement],
         *,
+        joined: Callable[[Peer], None] = lambda peer: None,
         answered: Callable[[str], None] = lambda node_id: None,
         left: Callable[[Peer, str], None] = lambda peer, reason: None,
     ) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._own = own
-        # Told when a peer answers a status poll, and when one leaves the pool (and why).
+        # Told when a peer first answers, when it answers a status poll, and when it leaves (and why).
+        self._joined = joined
         self._answered = answered
         self._left = left
         self.table = PeerTable(settings.node_id, _PEER_TTL_S)
@@ -86,6 +88,16 @@ class Pool:
     @property
     def peers(self) -> list[Peer]:
         return list(self.table)
+
+    def set_static_peers(self, peers: Sequence[str]) -> None:
+        """Reach these HOST:PORT peers by address from now on, in place of the ones given before."""
+        wanted = {parse_peer(peer) for peer in peers}
+        for endpoint, how in list(self._candidates.items()):
+            if how == "static" and endpoint not in wanted:
+                del self._candidates[endpoint]
+        for endpoint in wanted:
+            self._candidates[endpoint] = "static"
+        self._poll_now.set()
 
     def readvertise(self) -> None:
         """Publish this node's record soon: something a user changed is in it."""
@@ -155,6 +167,8 @@ class Pool:
         now = time.monotonic()
         if self.table.seen(announcement, status, now, rtt_s=now - sent):
             _log.info("peer %r joined from %s:%d", announcement.name, host, port)
+            if peer := self.table.get(announcement.node_id):
+                self._joined(peer)
         self._answered(announcement.node_id)
 
     async def _advertise(self) -> None:

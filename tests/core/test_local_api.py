@@ -279,7 +279,9 @@ async def test_an_internal_fault_is_a_500_without_a_traceback(
 
     settings = node_settings(tmp_path, fake.url)
     api = LocalApi(
-        Forwarder(settings, broken_planner, status=dict, relayed=lambda _: None),
+        Forwarder(
+            settings, broken_planner, status=dict, relayed=lambda _: None, api="local", done=lambda _: None
+        ),
         OriginPolicy({}),
         listing_sources=list,
         peers=list,

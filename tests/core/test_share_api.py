@@ -93,7 +93,9 @@ class Rig:
             chosen = backend() if backend else self.backend
             return Plan([Target(self.settings.name, chosen, admit, lambda outcome: None)])
 
-        return Forwarder(self.settings, plan, status=self.status, relayed=self._relayed)
+        return Forwarder(
+            self.settings, plan, status=self.status, relayed=self._relayed, api="share", done=lambda _: None
+        )
 
     async def share(
         self, admission: Admission | None = None, backend: Callable[[], Backend] | None = None

@@ -29,6 +29,11 @@ class ReplyMeter:
         # Why the reply broke off midway, if it did.
         self.broken: str | None = None
 
+    @property
+    def first_at(self) -> float | None:
+        """When the first of the reply reached the client (monotonic seconds), if it did."""
+        return self._first
+
     def frames(self, data: bytes) -> None:
         """Note a batch of stream frames on its way to the client."""
         now = time.monotonic()
@@ -45,8 +50,12 @@ class ReplyMeter:
 
     def failed_in_stream(self) -> str | None:
         """Return the error a stream ended with, if its last frame is one (the backend failed midway)."""
+        return self.error() if self._frames else None
+
+    def error(self) -> str | None:
+        """Return the error the reply carried: an error body, or a stream's error frame."""
         payloads = self._payloads(self._tail[1])
-        if self._frames == 0 or not payloads:
+        if not payloads:
             return None
         error = payloads[-1].get("error")
         if isinstance(error, dict):

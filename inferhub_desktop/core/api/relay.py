@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -25,6 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..backends.base import Backend, Body, UpstreamResponse
 from ..errors import ApiError, BackendUnavailable
+from ..events import RequestDone
 from ..settings import SETTINGS_FILE, Settings
 from ..speeds import Observation
 from .endpoints import Endpoint, Kind, match
@@ -101,6 +103,22 @@ class Plan:
 
 
 Planner = Callable[[Query], Plan]
+
+
+@dataclasses.dataclass
+class _Trail:
+    """What became of one request so far: where it went and how the last attempt ended."""
+
+    started: float
+    model: str | None = None
+    client: str = ""
+    node: str = ""
+    attempts: int = 0
+    outcome: Outcome | None = None
+    first_at: float | None = None
+    # What an answer that was an error said.
+    answer_error: str | None = None
+
 
 _STARTED_KEY = web.RequestKey("response_started", bool)
 
@@ -286,11 +304,16 @@ class Forwarder:
         *,
         status: StatusSource,
         relayed: RelayedHook,
+        api: str,
+        done: Callable[[RequestDone], None],
     ) -> None:
         self._settings = settings
         self._planner = planner
         self._status = status
         self._relayed = relayed
+        # Which API this is ("local" or "share"), and who hears how each inference request ended.
+        self._api = api
+        self._done = done
         self._node_header = quote(settings.name, safe=" !#$&'()*+,/:;=?@[]~")
 
     def app(self, handler: Handler) -> web.Application:
@@ -329,8 +352,54 @@ class Forwarder:
         return web.Response(body=go_json(self._status()), content_type="application/json")
 
     async def forward(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-        """Send the request where the planner says and relay the answer."""
+        """Send the request where the planner says and relay the answer; tell `done` how an inference
+        request ended."""
         via = [v.strip() for v in request.headers.get(VIA_HEADER, "").split(",") if v.strip()]
+        if endpoint.kind is not Kind.INFERENCE:
+            return await self._forward(request, endpoint, via, _Trail(0.0))
+        trail = _Trail(time.monotonic(), client=via[-1] if via else "")
+        error: str | None = None
+        status = 0
+        try:
+            response = await self._forward(request, endpoint, via, trail)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status, error = exc.status, exc.message
+            raise
+        except BackendUnavailable as exc:
+            status, error = 502, str(exc)
+            raise
+        finally:
+            if trail.attempts or error is not None or status:
+                self._done(self._request_done(endpoint, trail, status, error))
+
+    def _request_done(self, endpoint: Endpoint, trail: _Trail, status: int, error: str | None) -> RequestDone:
+        outcome = trail.outcome
+        seen = outcome.seen if outcome else None
+        tokens = seen.eval_count if seen else None
+        rate = tokens / seen.eval_s if seen and tokens and seen.eval_s else None
+        return RequestDone(
+            at=time.time(),
+            api=self._api,
+            endpoint=endpoint.pattern,
+            model=trail.model,
+            node=trail.node,
+            client=trail.client,
+            attempts=trail.attempts,
+            status=status or (outcome.status if outcome else 0),
+            duration_s=time.monotonic() - trail.started,
+            first_byte_s=trail.first_at - trail.started if trail.first_at is not None else None,
+            tokens=tokens,
+            tokens_per_s=rate,
+            error=error or trail.answer_error or (outcome.failure if outcome else None),
+            # Neither an answer nor an error: the client left first.
+            cancelled=error is None and not status and (outcome is None or outcome.cancelled),
+        )
+
+    async def _forward(
+        self, request: web.Request, endpoint: Endpoint, via: list[str], trail: _Trail
+    ) -> web.StreamResponse:
         if self._settings.node_id in via:
             raise ApiError(
                 508,
@@ -342,6 +411,7 @@ class Forwarder:
         if endpoint.request_type is not None and isinstance(body, bytes):
             fields = parse_body(body, endpoint.request_type, openai=endpoint.openai)
             model = string_field(fields, "model", endpoint.request_type)
+        trail.model = model
         # The body is read and checked first: a request that would fail anyway is not sent anywhere.
         plan = self._planner(Query(endpoint, model, fields, request.headers, request.path))
         if not plan.targets:
@@ -353,7 +423,7 @@ class Forwarder:
         if plan.broadcast:
             response = await self._broadcast(request, endpoint, plan.targets, headers, body)
         else:
-            response = await self._attempt(request, endpoint, plan.targets, headers, body)
+            response = await self._attempt(request, endpoint, plan.targets, headers, body, trail)
         self._relayed(endpoint)
         return response
 
@@ -364,6 +434,7 @@ class Forwarder:
         targets: Sequence[Target],
         headers: Mapping[str, str],
         body: Body,
+        trail: _Trail,
     ) -> web.StreamResponse:
         """Try the targets in turn until one answers, and relay that answer."""
         loop = asyncio.get_running_loop()
@@ -374,7 +445,7 @@ class Forwarder:
         for index, target in enumerate(tries):
             last = index == len(tries) - 1 or loop.time() > deadline
             try:
-                return await self._try(request, endpoint, target, headers, body, fail_over=not last)
+                return await self._try(request, endpoint, target, headers, body, trail, fail_over=not last)
             except BackendUnavailable as exc:
                 failures.append(str(exc))
                 if last:
@@ -392,6 +463,7 @@ class Forwarder:
         target: Target,
         headers: Mapping[str, str],
         body: Body,
+        trail: _Trail,
         *,
         fail_over: bool,
     ) -> web.StreamResponse:
@@ -402,6 +474,7 @@ class Forwarder:
         """
         meter = ReplyMeter(endpoint)
         outcome = Outcome(None, cancelled=True)
+        trail.node, trail.attempts = target.name, trail.attempts + 1
         try:
             async with (
                 target.admit(endpoint),
@@ -413,6 +486,8 @@ class Forwarder:
                     outcome = Outcome(f"{target.name} answered HTTP {upstream.status}", upstream.status)
                     raise BackendUnavailable(outcome.failure or "")
                 response = await relay(request, upstream, meter)
+                if upstream.status >= 400:
+                    trail.answer_error = meter.error() or f"HTTP {upstream.status}"
                 failure = meter.broken or meter.failed_in_stream()
                 outcome = Outcome(failure, upstream.status, None if failure else meter.observation())
                 return response
@@ -421,6 +496,7 @@ class Forwarder:
                 outcome = Outcome(str(exc))
             raise
         finally:
+            trail.outcome, trail.first_at = outcome, meter.first_at
             target.report(outcome)
 
     async def _broadcast(

@@ -1,0 +1,101 @@
+"""What a node tells its listeners (the desktop app, and anything else that watches it): one frozen value
+per thing that happened, delivered on the node's event loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerJoined:
+    """A node of the pool answered for the first time."""
+
+    node_id: str
+    name: str
+    address: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerLeft:
+    """A peer said goodbye or stopped answering."""
+
+    node_id: str
+    name: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchesChanged:
+    """The owner turned sharing, local-only or pool pulls on or off; `switches` holds all three."""
+
+    switches: Mapping[str, bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendChanged:
+    """This machine's backend came up, or went down (`error` says why)."""
+
+    url: str
+    reachable: bool
+    error: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestDone:
+    """An inference request ended, answered or not.
+
+    `api` is "local" for this machine's clients and "share" for a peer's request served here; `node` is
+    the node that answered last (empty when none was tried), `client` the peer a share request came from.
+    """
+
+    at: float  # wall-clock seconds
+    api: str
+    endpoint: str
+    model: str | None
+    node: str
+    client: str
+    attempts: int
+    status: int
+    duration_s: float
+    first_byte_s: float | None
+    tokens: int | None
+    tokens_per_s: float | None
+    error: str | None = None
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.cancelled
+
+
+Event = PeerJoined | PeerLeft | SwitchesChanged | BackendChanged | RequestDone
+Listener = Callable[[Event], None]
+
+
+class Events:
+    """Deliver events to the listeners subscribed; a failing listener is logged, never the emitter's
+    problem."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every event from now on; return the callable that stops it."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def emit(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                _log.exception("an event listener failed on %s", type(event).__name__)

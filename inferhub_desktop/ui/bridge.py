@@ -1,0 +1,151 @@
+"""The one object between the core and Qt: it turns the node's events and state into Qt signals."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from ..core import (
+    BackendChanged,
+    Event,
+    Events,
+    PeerJoined,
+    PeerLeft,
+    RequestDone,
+    Settings,
+    SwitchesChanged,
+)
+from .model import PoolView, Problem, pool_view
+
+# The dashboard and the menu are refreshed this often; events refresh them at once.
+REFRESH_MS = 1000
+# Pool throughput is the tokens generated over this window, so a reply counted at its end is spread.
+_THROUGHPUT_WINDOW_S = 10.0
+# Requests kept for the dashboard's list.
+RECENT_REQUESTS = 200
+
+
+class Core(Protocol):
+    """What the app needs of a node; `Node` is one."""
+
+    settings: Settings
+    events: Events
+
+    @property
+    def api_url(self) -> str: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def peers(self) -> list[dict[str, Any]]: ...
+
+    def switch(self, changes: Mapping[str, bool] | None = None) -> dict[str, bool]: ...
+
+    def set_peers(self, peers: Sequence[str]) -> None: ...
+
+
+class Bridge(QObject):
+    """Watch a node: its events become signals, and its state a PoolView every second."""
+
+    view_changed = Signal(object)  # PoolView
+    sampled = Signal(float, float, object)  # at (monotonic s), pool tokens/s, this GPU's % or None
+    peer_joined = Signal(str)  # name
+    peer_left = Signal(str, str)  # name, why
+    switches_changed = Signal(object)  # {switch: bool}
+    backend_changed = Signal(bool, str)  # reachable, error
+    request_done = Signal(object)  # RequestDone
+
+    def __init__(self, parent: QObject | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(parent)
+        self._clock = clock
+        self._core: Core | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.view: PoolView | None = None
+        self.recent: collections.deque[RequestDone] = collections.deque(maxlen=RECENT_REQUESTS)
+        self._alone_since = clock()
+        # (at, {node id: tokens generated}) over the throughput window.
+        self._counts: collections.deque[tuple[float, dict[str, int]]] = collections.deque()
+        self._timer = QTimer(self)
+        self._timer.setInterval(REFRESH_MS)
+        self._timer.timeout.connect(self.refresh)
+
+    @property
+    def core(self) -> Core:
+        if self._core is None:
+            raise RuntimeError("the bridge watches no node")
+        return self._core
+
+    def attach(self, core: Core) -> None:
+        """Watch `core` from now on (a node restarted with new settings replaces the old one)."""
+        self.detach()
+        self._core = core
+        self._unsubscribe = core.events.subscribe(self._on_event)
+        self._counts.clear()
+        self._timer.start()
+        self.refresh()
+
+    def detach(self) -> None:
+        self._timer.stop()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._core = self._unsubscribe = None
+
+    def refresh(self) -> None:
+        """Read the node's state now and tell the views."""
+        if self._core is None:
+            return
+        now = self._clock()
+        view = pool_view(self._core.status(), self._core.peers())
+        if view.peers:
+            self._alone_since = now
+        self.view = view
+        self.view_changed.emit(view)
+        self.sampled.emit(now, self._throughput(view, now), view.me.utilization_pct)
+
+    def problems(self) -> list[Problem]:
+        if self.view is None:
+            return []
+        return self.view.problems(alone_for_s=self._clock() - self._alone_since)
+
+    def set_switch(self, key: str, on: bool) -> None:
+        self.core.switch({key: on})
+
+    def add_peer(self, address: str) -> None:
+        """Reach a peer by HOST[:PORT] from now on; raise ConfigError if the address is not one."""
+        address = address.strip()
+        peers = list(self.core.settings.peers)
+        if address not in peers:
+            self.core.set_peers([*peers, address])
+        self.refresh()
+
+    def _throughput(self, view: PoolView, now: float) -> float:
+        """Return the pool's tokens per second over the last few seconds, from every node's counter."""
+        counts = {n.node_id: n.tokens_generated for n in view.nodes}
+        self._counts.append((now, counts))
+        while len(self._counts) > 2 and now - self._counts[1][0] >= _THROUGHPUT_WINDOW_S:
+            self._counts.popleft()
+        then, before = self._counts[0]
+        if now <= then:
+            return 0.0
+        # A node that joined or restarted in between adds nothing it did not generate in the window.
+        tokens = sum(max(0, n - before[i]) for i, n in counts.items() if i in before)
+        return tokens / (now - then)
+
+    def _on_event(self, event: Event) -> None:
+        match event:
+            case PeerJoined(name=name):
+                self.peer_joined.emit(name)
+            case PeerLeft(name=name, reason=reason):
+                self.peer_left.emit(name, reason)
+            case SwitchesChanged(switches=switches):
+                self.switches_changed.emit(dict(switches))
+            case BackendChanged(reachable=reachable, error=error):
+                self.backend_changed.emit(reachable, error or "")
+            case RequestDone():
+                self.recent.appendleft(event)
+                self.request_done.emit(event)
+                return  # a request changes nothing the next refresh will not show
+        self.refresh()

@@ -1,0 +1,303 @@
+"""The dashboard: the pool live, who is in it, what each GPU does, where requests went, what is wrong."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, Qt, Signal
+from PySide6.QtGui import QCloseEvent, QColor, QPainter, QPalette
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFrame,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QPushButton,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core import ConfigError, RequestDone, short_name
+from .bridge import Bridge
+from .chart import LineChart
+from .model import NodeView, PoolView, Problem, short_models
+
+PEER_COLUMNS = ("Node", "Address", "GPU", "VRAM", "GPU use", "Loaded models", "Busy", "Speed", "Sharing")
+REQUEST_COLUMNS = ("Time", "Model", "Node", "Duration", "Speed", "Outcome")
+_VRAM_COLUMN = PEER_COLUMNS.index("VRAM")
+# The share of VRAM in use, for the bar the delegate draws.
+_FRACTION_ROLE = Qt.ItemDataRole.UserRole + 1
+_SEVERE = "#dc2626"
+_WARNING = "#d97706"
+
+
+class VramBarDelegate(QStyledItemDelegate):
+    """Draw a VRAM cell as a bar filled to the share in use, with the figures on it."""
+
+    def paint(
+        self, painter: QPainter, option: QStyleOptionViewItem, index: QModelIndex | QPersistentModelIndex
+    ) -> None:
+        fraction = index.data(_FRACTION_ROLE)
+        if fraction is None:
+            super().paint(painter, option, index)
+            return
+        cell: QRect = option.rect
+        palette: QPalette = option.palette
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        # The figures on top, a thin bar under them, so neither hides the other.
+        text = cell.adjusted(6, 2, -6, -9)
+        bar = QRect(cell.left() + 6, cell.bottom() - 8, cell.width() - 12, 5)
+        painter.setPen(palette.color(QPalette.ColorRole.Text))
+        painter.drawText(text, Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft, str(index.data()))
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(palette.color(QPalette.ColorRole.Mid).lighter(140))
+        painter.drawRoundedRect(bar, 2, 2)
+        filled = QRect(bar)
+        filled.setWidth(round(bar.width() * min(1.0, float(fraction))))
+        painter.setBrush(QColor(_SEVERE if fraction > 0.9 else "#3b82f6"))
+        painter.drawRoundedRect(filled, 2, 2)
+        painter.restore()
+
+
+class Dashboard(QMainWindow):
+    """The pool's window; closing it hides it, unless it is the app's only window (no tray)."""
+
+    # Closed for good: it was the app's only window.
+    closed = Signal()
+
+    def __init__(
+        self, bridge: Bridge, *, open_settings: Callable[[], None], standalone_reason: str = ""
+    ) -> None:
+        super().__init__()
+        self._bridge = bridge
+        # Without a tray this is the app's main window, and closing it quits.
+        self.standalone_reason = standalone_reason
+        self.setWindowTitle("InferHub")
+        self.resize(1180, 760)
+
+        self.title = QLabel("InferHub")
+        self.title.setStyleSheet("font-size: 20px; font-weight: 600;")
+        self.subtitle = QLabel("")
+        self.subtitle.setStyleSheet("color: #6b7280;")
+        self.share_button = QPushButton("Share this GPU")
+        self.share_button.setCheckable(True)
+        self.share_button.toggled.connect(lambda on: bridge.set_switch("share", on))
+        self.api_label = QLabel("")
+        self.api_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        settings_button = QPushButton("Settings…")
+        settings_button.clicked.connect(open_settings)
+        header = QHBoxLayout()
+        titles = QVBoxLayout()
+        titles.addWidget(self.title)
+        titles.addWidget(self.subtitle)
+        header.addLayout(titles, 1)
+        header.addWidget(self.api_label)
+        header.addWidget(self.share_button)
+        header.addWidget(settings_button)
+
+        self.banner = QLabel(standalone_reason)
+        self.banner.setWordWrap(True)
+        self.banner.setVisible(bool(standalone_reason))
+        self.banner.setStyleSheet("background: #eff6ff; color: #1e3a8a; padding: 8px; border-radius: 6px;")
+
+        self.health = QFrame()
+        self.health_layout = QVBoxLayout(self.health)
+        self.health_layout.setContentsMargins(0, 0, 0, 0)
+        self.peer_address = QLineEdit()
+        self.peer_address.setPlaceholderText("HOST or HOST:PORT of another InferHub")
+        self.add_peer_button = QPushButton("Add peer")
+        self.add_peer_button.clicked.connect(self._add_peer)
+        self.peer_address.returnPressed.connect(self._add_peer)
+        self.add_peer_error = QLabel("")
+        self.add_peer_error.setStyleSheet(f"color: {_SEVERE};")
+        add_row = QHBoxLayout()
+        add_row.addWidget(QLabel("Add a peer by address:"))
+        add_row.addWidget(self.peer_address, 1)
+        add_row.addWidget(self.add_peer_button)
+        add_row.addWidget(self.add_peer_error)
+
+        self.throughput_chart = LineChart("Pool throughput", "tok/s", color="#3b82f6")
+        self.gpu_chart = LineChart("This machine's GPU", "%", ceiling=100.0, color="#10b981")
+        charts = QHBoxLayout()
+        charts.addWidget(self.throughput_chart)
+        charts.addWidget(self.gpu_chart)
+
+        self.peers_table = _table(PEER_COLUMNS, stretch=PEER_COLUMNS.index("Loaded models"))
+        self.peers_table.setItemDelegateForColumn(_VRAM_COLUMN, VramBarDelegate(self.peers_table))
+        self.peers_table.horizontalHeader().setMinimumSectionSize(70)
+        self.peers_table.horizontalHeader().setSectionResizeMode(_VRAM_COLUMN, QHeaderView.ResizeMode.Fixed)
+        self.peers_table.setColumnWidth(_VRAM_COLUMN, 150)
+        self.requests_table = _table(REQUEST_COLUMNS, stretch=REQUEST_COLUMNS.index("Outcome"))
+
+        body = QVBoxLayout()
+        body.addLayout(header)
+        body.addWidget(self.banner)
+        body.addWidget(self.health)
+        body.addLayout(add_row)
+        body.addLayout(charts)
+        body.addWidget(_section("Nodes"))
+        body.addWidget(self.peers_table, 2)
+        body.addWidget(_section("Recent requests"))
+        body.addWidget(self.requests_table, 3)
+        central = QWidget()
+        central.setLayout(body)
+        self.setCentralWidget(central)
+
+        bridge.view_changed.connect(self.show_view)
+        bridge.sampled.connect(self._sampled)
+        bridge.request_done.connect(lambda _: self.show_requests(list(bridge.recent)))
+        self.show_view(bridge.view)
+        self.show_requests(list(bridge.recent))
+
+    def show_view(self, view: PoolView | None) -> None:
+        """Show the pool's state: the header, the health panel and the nodes table."""
+        if view is None:
+            return
+        self.title.setText(f"{view.me.name} · {view.summary()}")
+        serving = f" · serving {view.serving} request(s) for peers" if view.serving else ""
+        self.subtitle.setText(
+            f"{'Sharing this GPU' if view.switches.get('share') else 'Not sharing'}{serving}"
+        )
+        self.api_label.setText(f"API  {view.api_url.replace('127.0.0.1', 'localhost')}")
+        self.share_button.blockSignals(True)
+        self.share_button.setChecked(bool(view.switches.get("share")))
+        self.share_button.setText("Sharing this GPU" if view.switches.get("share") else "Share this GPU")
+        self.share_button.blockSignals(False)
+        self._show_problems(self._bridge.problems())
+        self.peers_table.setRowCount(len(view.nodes))
+        for row, node in enumerate(view.nodes):
+            for column, item in enumerate(_node_cells(node)):
+                self.peers_table.setItem(row, column, item)
+
+    def show_requests(self, requests: list[RequestDone]) -> None:
+        self.requests_table.setRowCount(len(requests))
+        for row, done in enumerate(requests):
+            for column, item in enumerate(_request_cells(done)):
+                self.requests_table.setItem(row, column, item)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.standalone_reason:
+            event.accept()
+            self.closed.emit()  # the app quits with its only window
+            return
+        event.ignore()
+        self.hide()
+
+    def _sampled(self, at: float, tokens_per_s: float, gpu_pct: int | None) -> None:
+        self.throughput_chart.add(at, tokens_per_s)
+        self.gpu_chart.add(at, gpu_pct)
+
+    def _show_problems(self, problems: list[Problem]) -> None:
+        while (item := self.health_layout.takeAt(0)) is not None:
+            if widget := item.widget():
+                widget.deleteLater()
+        if not problems:
+            ok = QLabel("✓  The pool is healthy")
+            ok.setStyleSheet("color: #15803d; font-weight: 600; padding: 4px 0;")
+            self.health_layout.addWidget(ok)
+        for problem in problems:
+            card = QLabel(f"<b>{problem.title}</b><br>{problem.detail}")
+            card.setWordWrap(True)
+            card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            color = _SEVERE if problem.severe else _WARNING
+            card.setStyleSheet(
+                f"border-left: 4px solid {color}; background: palette(alternate-base); padding: 8px;"
+            )
+            self.health_layout.addWidget(card)
+
+    def _add_peer(self) -> None:
+        address = self.peer_address.text().strip()
+        if not address:
+            return
+        try:
+            self._bridge.add_peer(address)
+        except ConfigError as exc:
+            self.add_peer_error.setText(str(exc))
+            return
+        self.add_peer_error.setText("")
+        self.peer_address.clear()
+
+
+def _table(columns: tuple[str, ...], *, stretch: int) -> QTableWidget:
+    table = QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(list(columns))
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.setAlternatingRowColors(True)
+    table.setShowGrid(False)
+    table.verticalHeader().setDefaultSectionSize(30)
+    header = table.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    header.setSectionResizeMode(stretch, QHeaderView.ResizeMode.Stretch)
+    header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+    return table
+
+
+def _section(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setStyleSheet("font-weight: 600; margin-top: 6px;")
+    return label
+
+
+def _item(text: str, tooltip: str = "") -> QTableWidgetItem:
+    item = QTableWidgetItem(text)
+    if tooltip:
+        item.setToolTip(tooltip)
+    return item
+
+
+def _node_cells(node: NodeView) -> list[QTableWidgetItem]:
+    vram = _item(
+        f"{node.vram_used_mib / 1024:.1f} / {node.vram_total_mib / 1024:.0f} GiB"
+        if node.vram_total_mib
+        else "—"
+    )
+    if node.vram_total_mib:
+        vram.setData(_FRACTION_ROLE, node.vram_used_mib / node.vram_total_mib)
+    name = _item(node.name + ("  (this machine)" if node.local else ""))
+    if not node.healthy:
+        name.setForeground(QColor(_SEVERE))
+        name.setToolTip(node.backend_error or node.breaker)
+    return [
+        name,
+        _item(node.address),
+        _item(node.gpu),
+        vram,
+        _item(f"{node.utilization_pct}%" if node.utilization_pct is not None else "—"),
+        _item(short_models(node.loaded) or "—", "\n".join(node.installed)),
+        _item(f"{node.active} / {node.slots}"),
+        _item(f"{node.tokens_per_s:.0f} tok/s" if node.tokens_per_s else "—"),
+        _item("yes" if node.sharing else "no"),
+    ]
+
+
+def _request_cells(done: RequestDone) -> list[QTableWidgetItem]:
+    if done.cancelled:
+        outcome = "cancelled by the client"
+    elif done.error:
+        outcome = f"HTTP {done.status}: {done.error}" if done.status else done.error
+    else:
+        outcome = "ok" if done.attempts <= 1 else f"ok after {done.attempts} attempts"
+    node = done.node or "—"
+    if done.api == "share":
+        node = f"{node} (for {done.client or 'a peer'})"
+    outcome_item = _item(outcome, done.error or "")
+    if not done.ok:
+        outcome_item.setForeground(QColor(_SEVERE if done.error else _WARNING))
+    return [
+        _item(time.strftime("%H:%M:%S", time.localtime(done.at))),
+        _item(short_name(done.model) if done.model else "—"),
+        _item(node),
+        _item(f"{done.duration_s:.2f} s"),
+        _item(f"{done.tokens_per_s:.0f} tok/s" if done.tokens_per_s else "—"),
+        outcome_item,
+    ]

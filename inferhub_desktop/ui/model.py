@@ -1,0 +1,239 @@
+"""What the desktop app shows, read from the node's status and its peers' (JSON values): pure, no Qt."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..core import DEFAULT_SHARE_PORT, short_name
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeView:
+    """One node of the pool as the dashboard and the menu show it."""
+
+    node_id: str
+    name: str
+    address: str
+    local: bool
+    sharing: bool
+    gpu: str  # e.g. "2x RTX 4090", "CPU"
+    gpu_count: int
+    vram_used_mib: int
+    vram_total_mib: int
+    utilization_pct: int | None  # the mean over its GPUs; None without NVML
+    loaded: tuple[str, ...]
+    installed: tuple[str, ...]
+    active: int
+    slots: int
+    tokens_per_s: float | None  # the mean of the speeds it has learnt, over its models
+    backend_up: bool
+    backend_error: str | None
+    tokens_generated: int
+    # How this node's breaker sees a peer: "closed", or why it is open.
+    breaker: str = "closed"
+
+    @property
+    def healthy(self) -> bool:
+        return self.backend_up and self.breaker == "closed"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelView:
+    """A model of the pool: where it is installed, and where it is loaded now."""
+
+    name: str
+    installed_on: tuple[str, ...]
+    loaded_on: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Something wrong that the owner can act on, said in plain words."""
+
+    title: str
+    detail: str
+    # Problems that stop this machine serving at all come first.
+    severe: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolView:
+    """This node and its peers at one moment."""
+
+    me: NodeView
+    peers: tuple[NodeView, ...]
+    switches: Mapping[str, bool]
+    api_url: str
+    # Peers' requests running on this machine's backend now.
+    serving: int
+    share_port: int = DEFAULT_SHARE_PORT
+
+    @property
+    def nodes(self) -> tuple[NodeView, ...]:
+        return (self.me, *self.peers)
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(n.gpu_count for n in self.nodes)
+
+    @property
+    def tokens_generated(self) -> int:
+        return sum(n.tokens_generated for n in self.nodes)
+
+    @property
+    def models(self) -> tuple[ModelView, ...]:
+        """The models this machine may use: its own and the sharing peers', by name."""
+        usable = [self.me, *(p for p in self.peers if p.sharing)]
+        names = sorted({m for n in usable for m in n.installed})
+        return tuple(
+            ModelView(
+                name,
+                tuple(n.name for n in usable if name in n.installed),
+                tuple(n.name for n in usable if name in n.loaded),
+            )
+            for name in names
+        )
+
+    def summary(self) -> str:
+        """Say in one line what the pool is: peers, GPUs and models."""
+        peers = len(self.peers)
+        return (
+            f"{peers} peer{'s' * (peers != 1)} · {_count(self.gpu_count, 'GPU')} · "
+            f"{_count(len(self.models), 'model')}"
+        )
+
+    def problems(self, *, alone_for_s: float, platform: str = sys.platform) -> list[Problem]:
+        """Say what is wrong, worst first; `alone_for_s` is how long no peer has been seen."""
+        found = []
+        if not self.me.backend_up:
+            found.append(
+                Problem(
+                    "No Ollama found on this machine",
+                    f"{self.me.backend_error or 'the backend does not answer'}. Install Ollama from "
+                    "https://ollama.com/download and start it (`ollama serve`), or set the backend "
+                    "address in Settings. Models of the pool's other machines can still be used.",
+                    severe=True,
+                )
+            )
+        for peer in self.peers:
+            if peer.sharing and not peer.healthy:
+                why = peer.backend_error if not peer.backend_up else f"its requests failed ({peer.breaker})"
+                found.append(
+                    Problem(
+                        f"{peer.name} cannot serve right now",
+                        f"{why}. Requests go to the other machines until it recovers.",
+                        severe=False,
+                    )
+                )
+        if not self.peers and alone_for_s >= NO_PEERS_AFTER_S:
+            found.append(
+                Problem(
+                    "No other InferHub seen on this network",
+                    "Machines find each other with mDNS (UDP port 5353) and talk on TCP port "
+                    f"{self.share_port}. {firewall_hint(platform, self.share_port)} Where multicast "
+                    "cannot pass (VPNs, other subnets), add a peer by its address below.",
+                    severe=False,
+                )
+            )
+        return found
+
+
+# How long a node may be alone before the dashboard suggests why.
+NO_PEERS_AFTER_S = 10.0
+
+
+def firewall_hint(platform: str, share_port: int) -> str:
+    """Say how to let mDNS and the share API through this OS's firewall."""
+    if platform == "win32":
+        return (
+            "Make sure this network is set to Private, and allow InferHub through Windows Defender "
+            "Firewall for private networks."
+        )
+    if platform == "darwin":
+        return (
+            "Allow InferHub in System Settings ▸ Privacy & Security ▸ Local Network, and allow its "
+            "incoming connections in System Settings ▸ Network ▸ Firewall."
+        )
+    return (
+        f"With ufw: `sudo ufw allow 5353/udp && sudo ufw allow {share_port}/tcp`; with firewalld: "
+        f"`sudo firewall-cmd --add-service=mdns --add-port={share_port}/tcp --permanent && "
+        "sudo firewall-cmd --reload`."
+    )
+
+
+def node_view(
+    status: Mapping[str, Any], *, local: bool, address: str = "", breaker: str = "closed"
+) -> NodeView:
+    """Read a node's status (its own, or a peer's as last polled)."""
+    backend = status.get("backend") or {}
+    telemetry = status.get("telemetry") or {}
+    gpus = telemetry.get("gpus") or []
+    utilization = [g["utilization_pct"] for g in gpus if g.get("utilization_pct") is not None]
+    total = int(telemetry.get("vram_total_mib") or 0)
+    speeds = [
+        figures["tokens_per_s"][0]
+        for figures in ((status.get("speeds") or {}).get("models") or {}).values()
+        if "tokens_per_s" in figures
+    ]
+    load = status.get("load") or {}
+    return NodeView(
+        node_id=str(status.get("id", "")),
+        name=str(status.get("name", "")),
+        address=address,
+        local=local,
+        sharing=bool(status.get("share")),
+        gpu=str(telemetry.get("summary") or "unknown GPU"),
+        gpu_count=len(gpus),
+        vram_used_mib=max(0, total - int(telemetry.get("vram_free_mib") or 0)),
+        vram_total_mib=total,
+        utilization_pct=round(sum(utilization) / len(utilization)) if utilization else None,
+        loaded=tuple(m["name"] for m in backend.get("loaded") or ()),
+        installed=tuple(sorted(m["name"] for m in backend.get("installed") or ())),
+        active=int(load.get("active", 0)),
+        slots=int(load.get("slots", 1)),
+        tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
+        backend_up=bool(backend.get("reachable")),
+        backend_error=backend.get("error"),
+        tokens_generated=int(status.get("tokens_generated", 0)),
+        breaker=breaker,
+    )
+
+
+def pool_view(status: Mapping[str, Any], peers: Sequence[Mapping[str, Any]]) -> PoolView:
+    """Read this node's status and its peers' list (as the local API serves them) into a PoolView."""
+    return PoolView(
+        me=node_view(status, local=True, address="this machine"),
+        peers=tuple(
+            node_view(
+                p["status"],
+                local=False,
+                address=f"{p['address']}:{p['port']}",
+                breaker=p.get("breaker", "closed"),
+            )
+            for p in peers
+        ),
+        switches={key: bool(status.get(key)) for key in ("share", "local_only", "pool_pull")},
+        api_url=str(status.get("api_url", "")),
+        serving=int((status.get("load") or {}).get("remote", 0)),
+        share_port=int(status.get("share_port", DEFAULT_SHARE_PORT)),
+    )
+
+
+def vram_bar(used_mib: int, total_mib: int, width: int = 10) -> str:
+    """Draw VRAM use as a text bar, e.g. "▰▰▰▱▱▱▱▱▱▱ 7.5/24 GiB"."""
+    if total_mib <= 0:
+        return "no VRAM reading"
+    filled = min(width, round(width * used_mib / total_mib))
+    return f"{'▰' * filled}{'▱' * (width - filled)} {used_mib / 1024:.1f}/{total_mib / 1024:.0f} GiB"
+
+
+def short_models(names: Sequence[str]) -> str:
+    """List model names as people write them (no ":latest")."""
+    return ", ".join(short_name(name) for name in names)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"

@@ -1,0 +1,315 @@
+"""Render the dashboard and the open tray menu of a demonstration pool into PNGs for the README.
+
+xvfb-run -a python -m inferhub_desktop.ui.screenshots [--out assets/screenshots]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QPoint, QRect, Qt
+from PySide6.QtGui import QColor, QFont, QLinearGradient, QPainter, QPixmap
+from PySide6.QtWidgets import QApplication
+
+from ..core import ConfigError, Events, RequestDone, Settings, SwitchesChanged, load_settings, parse_peer
+from .autostart import Autostart
+from .bridge import Bridge
+from .dashboard import Dashboard
+from .icons import tray_icon
+from .tray import Tray
+
+_GIB = 1 << 30
+# name, GPU summary, [(GPU, total MiB, used MiB, utilisation %)], installed, loaded, active/slots, tok/s,
+# sharing
+_NODES: list[
+    tuple[str, str, list[tuple[str, int, int, int]], list[str], list[str], tuple[int, int], float, bool]
+] = [
+    (
+        "atlas",
+        "RTX 4090",
+        [("NVIDIA GeForce RTX 4090", 24564, 17210, 71)],
+        ["llama3.1:8b", "qwen2.5-coder:14b", "nomic-embed-text:latest"],
+        ["qwen2.5-coder:14b", "nomic-embed-text:latest"],
+        (1, 2),
+        96.0,
+        True,
+    ),
+    (
+        "borealis",
+        "2x RTX 3090",
+        [("NVIDIA GeForce RTX 3090", 24576, 21980, 88), ("NVIDIA GeForce RTX 3090", 24576, 20110, 83)],
+        ["llama3.1:70b", "llama3.1:8b", "mistral-small:24b"],
+        ["llama3.1:70b"],
+        (2, 2),
+        21.5,
+        True,
+    ),
+    (
+        "cobalt",
+        "RTX 4080 SUPER",
+        [("NVIDIA GeForce RTX 4080 SUPER", 16376, 6020, 34)],
+        ["llama3.1:8b", "gemma2:9b", "phi4:14b"],
+        ["llama3.1:8b"],
+        (0, 1),
+        118.0,
+        True,
+    ),
+    (
+        "dune",
+        "RTX A6000",
+        [("NVIDIA RTX A6000", 49140, 1024, 0)],
+        ["deepseek-r1:32b", "llama3.1:8b"],
+        [],
+        (0, 2),
+        0.0,
+        False,
+    ),
+]
+
+
+def _status(index: int, node_id: str, share_port: int, tokens: int) -> dict[str, Any]:
+    name, summary, gpus, installed, loaded, (active, slots), speed, sharing = _NODES[index]
+    total = sum(g[1] for g in gpus)
+    return {
+        "id": node_id,
+        "name": name,
+        "version": "demo",
+        "api_url": "http://127.0.0.1:11435",
+        "share": sharing,
+        "local_only": False,
+        "pool_pull": False,
+        "share_port": share_port,
+        "load": {
+            "active": active,
+            "remote": 1 if index == 0 else 0,
+            "waiting": 0,
+            "slots": slots,
+            "queue_full": False,
+        },
+        "models_hash": "0" * 12,
+        "backend": {
+            "kind": "ollama",
+            "url": "http://127.0.0.1:11434",
+            "reachable": True,
+            "version": "0.12.10",
+            "installed": [
+                {
+                    "name": m,
+                    "size": 5 * _GIB,
+                    "digest": "",
+                    "family": "",
+                    "parameter_size": "",
+                    "quantization_level": "",
+                }
+                for m in installed
+            ],
+            "loaded": [
+                {"name": m, "size": 5 * _GIB, "size_vram": 5 * _GIB, "expires_at": "", "context_length": 8192}
+                for m in loaded
+            ],
+            "error": None,
+        },
+        "telemetry": {
+            "summary": summary,
+            "vram_total_mib": total,
+            "vram_free_mib": total - sum(g[2] for g in gpus),
+            "gpus": [
+                {
+                    "index": n,
+                    "uuid": "",
+                    "name": gpu,
+                    "total_mib": gpu_total,
+                    "used_mib": used,
+                    "free_mib": gpu_total - used,
+                    "utilization_pct": util,
+                    "temperature_c": 61,
+                    "processes": [],
+                }
+                for n, (gpu, gpu_total, used, util) in enumerate(gpus)
+            ],
+            "system": {
+                "cpu_pct": 12.0,
+                "cpu_count": 16,
+                "ram_total_mib": 65536,
+                "ram_used_mib": 20480,
+                "ram_free_mib": 45056,
+                "unified_memory": False,
+            },
+            "nvml_error": None,
+            "taken_at": 0.0,
+        },
+        "speeds": {
+            "models": {m: {"tokens_per_s": [speed, 3.0]} for m in loaded} if speed else {},
+            "busy_s": None,
+        },
+        "peak_loaded_bytes": 10 * _GIB,
+        "tokens_generated": tokens,
+    }
+
+
+class DemoCore:
+    """A pool of four workstations that behaves as a node does towards the app, without a network."""
+
+    def __init__(self, config_dir: Path) -> None:
+        self.settings: Settings = load_settings(config_dir, {"name": "atlas"}, environ={})
+        self.events = Events()
+        self._ids = [str(uuid.uuid5(uuid.NAMESPACE_DNS, n[0])) for n in _NODES]
+        self._tokens = [0] * len(_NODES)
+        self._switches = {"share": True, "local_only": False, "pool_pull": False}
+
+    @property
+    def api_url(self) -> str:
+        return "http://127.0.0.1:11435"
+
+    def advance(self, seconds: float) -> None:
+        """Let the pool generate tokens for `seconds` at its nodes' speeds."""
+        for n, node in enumerate(_NODES):
+            self._tokens[n] += round(node[6] * node[5][0] * seconds)
+
+    def status(self) -> dict[str, Any]:
+        return {**_status(0, self._ids[0], self.settings.share_port, self._tokens[0]), **self._switches}
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": self._ids[n],
+                "name": _NODES[n][0],
+                "address": f"192.168.1.{20 + n}",
+                "port": 11436,
+                "share": _NODES[n][7],
+                "status": _status(n, self._ids[n], 11436, self._tokens[n]),
+                "breaker": "closed",
+            }
+            for n in range(1, len(_NODES))
+        ]
+
+    def switch(self, changes: Mapping[str, bool] | None = None) -> dict[str, bool]:
+        self._switches.update(changes or {})
+        self.events.emit(SwitchesChanged(dict(self._switches)))
+        return dict(self._switches)
+
+    def set_peers(self, peers: Sequence[str]) -> None:
+        for peer in peers:
+            parse_peer(peer)
+        self.settings = load_settings(self.settings.config_dir, {"peers": list(peers)}, environ={})
+
+    def replay_requests(self) -> None:
+        """Tell of a few recent requests, as a node does when they end."""
+        now = time.time()
+        # Oldest first, as they ended.
+        for ago, model, node, api, client, seconds, tokens, error in [
+            (75, "mistral-small:24b", "borealis", "local", "", 0.4, 0, "model requires more system memory"),
+            (48, "nomic-embed-text", "atlas", "local", "", 0.08, 0, None),
+            (31, "llama3.1:8b", "cobalt", "local", "", 3.0, 355, None),
+            (16, "llama3.1:8b", "atlas", "share", "cobalt", 1.2, 140, None),
+            (9, "llama3.1:70b", "borealis", "local", "", 14.8, 318, None),
+            (3, "qwen2.5-coder:14b", "atlas", "local", "", 2.1, 212, None),
+        ]:
+            self.events.emit(
+                RequestDone(
+                    at=now - ago,
+                    api=api,
+                    endpoint="/api/chat",
+                    model=model,
+                    node=node,
+                    client=client,
+                    attempts=1,
+                    status=500 if error else 200,
+                    duration_s=seconds,
+                    first_byte_s=0.09,
+                    tokens=tokens or None,
+                    tokens_per_s=tokens / seconds if tokens else None,
+                    error=error,
+                )
+            )
+
+
+def render(out: Path) -> list[Path]:
+    """Render the dashboard and the open tray menu into `out`; return the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as config:
+        core = DemoCore(Path(config))
+        clock = [0.0]
+        bridge = Bridge(clock=lambda: clock[0])
+        bridge.attach(core)
+        core.replay_requests()
+        dashboard = Dashboard(bridge, open_settings=lambda: None)
+        # Five minutes of samples, the pool busier in the last two.
+        for second in range(0, 300, 2):
+            clock[0] = float(second)
+            core.advance(2.0 if second > 120 else 0.6 + 0.4 * ((second // 20) % 2))
+            bridge.refresh()
+        dashboard.resize(1240, 820)
+        dashboard.show()
+        QApplication.processEvents()
+        written = [out / "dashboard.png"]
+        dashboard.grab().save(str(written[0]))
+        tray = Tray(
+            bridge,
+            open_dashboard=lambda: None,
+            open_settings=lambda: None,
+            quit=lambda: None,
+            autostart=Autostart(home=Path(config)),
+        )
+        tray.update(bridge.view)
+        written.append(out / "tray-menu.png")
+        _menu_scene(tray).save(str(written[1]))
+        dashboard.close()
+        bridge.detach()
+    return written
+
+
+def _menu_scene(tray: Tray) -> QPixmap:
+    """Draw the open menu under a desktop panel with the tray icon in it, with the Peers submenu open."""
+    tray._fill_peers()
+    menu, peers = tray.menu.grab(), tray.peers_menu.grab()
+    width, height, panel = max(760, menu.width() + peers.width() + 140), menu.height() + 120, 34
+    scene = QPixmap(width, height)
+    painter = QPainter(scene)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    backdrop = QLinearGradient(0, 0, width, height)
+    backdrop.setColorAt(0, QColor("#1e293b"))
+    backdrop.setColorAt(1, QColor("#0f766e"))
+    painter.fillRect(scene.rect(), backdrop)
+    painter.fillRect(QRect(0, 0, width, panel), QColor("#111827"))
+    painter.setPen(QColor("#e5e7eb"))
+    painter.setFont(QFont(painter.font().family(), 10))
+    painter.drawText(
+        QRect(0, 0, width - 16, panel), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, "14:02"
+    )
+    icon_x = width - 90
+    painter.drawPixmap(icon_x, 6, tray_icon(tray.state, dark_panel=True).pixmap(22, 22))
+    menu_x = icon_x - menu.width() + 30
+    painter.drawPixmap(QPoint(menu_x, panel + 2), menu)
+    peers_y = panel + 2 + tray.menu.actionGeometry(tray.peers_menu.menuAction()).top()
+    painter.drawPixmap(QPoint(menu_x - peers.width() + 4, peers_y), peers)
+    painter.end()
+    return scene
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--out", type=Path, default=Path("assets/screenshots"), help="default: assets/screenshots"
+    )
+    args = parser.parse_args()
+    app = QApplication([])
+    try:
+        for path in render(args.out):
+            print(path)
+    except ConfigError as exc:
+        print(f"screenshots: {exc}")
+        return 1
+    finally:
+        app.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

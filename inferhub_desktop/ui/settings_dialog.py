@@ -1,0 +1,159 @@
+"""The settings dialog: the same settings as the command line's flags, checked as they are typed, saved to
+the same TOML file."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from PySide6.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core import ConfigError, Settings, load_settings, update_settings_file
+
+# What the dialog edits; the switches live in the menu.
+EDITED = ("name", "backend", "api_port", "share_port", "max_remote", "peers", "interfaces")
+# Settings a running node takes without restarting; the others restart it in place.
+LIVE = frozenset({"peers"})
+
+
+class SettingsDialog(QDialog):
+    """Edit this node's settings; `changes()` holds what differs from `settings` once accepted."""
+
+    def __init__(
+        self, settings: Settings, *, environ: Mapping[str, str] = os.environ, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("InferHub Settings")
+        self.setMinimumWidth(520)
+        self._settings = settings
+        self._environ = environ
+        self.name = QLineEdit(settings.name)
+        self.backend = QLineEdit(settings.backend)
+        self.backend.setPlaceholderText("http://127.0.0.1:11434")
+        self.api_port = _port(settings.api_port)
+        self.share_port = _port(settings.share_port)
+        self.max_remote = QSpinBox()
+        self.max_remote.setRange(0, 256)
+        self.max_remote.setSpecialValueText("as many as the backend runs at once")
+        self.max_remote.setValue(settings.max_remote)
+        self.peers = QPlainTextEdit("\n".join(settings.peers))
+        self.peers.setPlaceholderText("One HOST or HOST:PORT per line, for peers that mDNS does not reach")
+        self.peers.setFixedHeight(80)
+        self.interfaces = QLineEdit(", ".join(settings.interfaces))
+        self.interfaces.setPlaceholderText("every LAN interface")
+        self.error = QLabel("")
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #dc2626;")
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Display name", self.name)
+        form.addRow("Ollama address", self.backend)
+        form.addRow("API port (for your tools)", self.api_port)
+        form.addRow("Share port (for peers)", self.share_port)
+        form.addRow("Peers' requests at once", self.max_remote)
+        form.addRow("Peers by address", self.peers)
+        form.addRow("LAN interfaces (IPv4)", self.interfaces)
+        self.buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+        )
+        self.buttons.accepted.connect(self._save)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.error)
+        layout.addWidget(self.note)
+        layout.addWidget(self.buttons)
+
+        for edit in (self.name, self.backend, self.interfaces):
+            edit.textChanged.connect(self.validate)
+        self.peers.textChanged.connect(self.validate)
+        for spin in (self.api_port, self.share_port, self.max_remote):
+            spin.valueChanged.connect(self.validate)
+        self._checked: Settings | None = settings
+        self.validate()
+
+    def values(self) -> dict[str, Any]:
+        """Return what the form says, as settings values."""
+        return {
+            "name": self.name.text().strip(),
+            "backend": self.backend.text().strip(),
+            "api_port": self.api_port.value(),
+            "share_port": self.share_port.value(),
+            "max_remote": self.max_remote.value(),
+            "peers": [line.strip() for line in self.peers.toPlainText().splitlines() if line.strip()],
+            "interfaces": [part.strip() for part in self.interfaces.text().split(",") if part.strip()],
+        }
+
+    def changes(self) -> dict[str, Any]:
+        """Return the settings the form changes, as the checked settings hold them."""
+        if self._checked is None:
+            return {}
+        return {
+            key: getattr(self._checked, key)
+            for key in EDITED
+            if getattr(self._checked, key) != getattr(self._settings, key)
+        }
+
+    def validate(self) -> bool:
+        """Check the form as the node would; say what is wrong and allow saving only when nothing is."""
+        values = self.values()
+        try:
+            for address in values["interfaces"]:
+                _ipv4(address)
+            # A max_remote of 0 takes the backend's slots, as an absent setting does.
+            overrides = {**values, "max_remote": values["max_remote"] or None}
+            checked = load_settings(self._settings.config_dir, overrides, environ=self._environ)
+        except ConfigError as exc:
+            self._checked = None
+            self.error.setText(str(exc))
+        else:
+            self._checked = checked
+            self.error.setText("")
+        save = self.buttons.button(QDialogButtonBox.StandardButton.Save)
+        save.setEnabled(self._checked is not None)
+        restart = set(self.changes()) - LIVE
+        self.note.setText(
+            "Saving restarts the node in place: requests under way are given a few seconds to finish."
+            if restart
+            else ""
+        )
+        return self._checked is not None
+
+    def _save(self) -> None:
+        if not self.validate():
+            return
+        changes = self.changes()
+        if changes:
+            update_settings_file(
+                self._settings.config_dir,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},
+            )
+        self.accept()
+
+
+def _port(value: int) -> QSpinBox:
+    spin = QSpinBox()
+    spin.setRange(1, 65535)
+    spin.setValue(value)
+    return spin
+
+
+def _ipv4(address: str) -> None:
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise ConfigError(f"interface {address!r} is not an IPv4 address such as 192.168.1.20") from None
