@@ -73,14 +73,16 @@ _logs: dict[int, IO[str]] = {}
 _NODE_READY = re.compile(r"serving the Ollama API on (http://\S+),")
 
 
-def start_process(args: list[str], ready: re.Pattern[str]) -> tuple[subprocess.Popen[str], str]:
+def start_process(
+    args: list[str], ready: re.Pattern[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """Start a process and wait until its output (stdout and stderr, kept in a file) matches `ready`.
 
     Returns the process and the pattern's first group (the URL it serves). The output goes to a
     file rather than a pipe so a long-running process can never block on a full pipe.
     """
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - owned by the process, closed by stop_process
-    proc = subprocess.Popen(args, cwd=ROOT, text=True, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, cwd=ROOT, text=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     _logs[proc.pid] = log
     deadline = time.monotonic() + 30.0
     while time.monotonic() < deadline:

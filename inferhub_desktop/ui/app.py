@@ -4,10 +4,12 @@ and the settings dialog around it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import hashlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -18,7 +20,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
-from ..core import Node, Settings, load_settings
+from ..core import Node, Settings
 from .autostart import Autostart
 from .bridge import Bridge
 from .dashboard import Dashboard
@@ -72,14 +74,19 @@ class SingleInstance(QObject):
             _log.warning("cannot listen as the single instance: %s", self._server.errorString())
         return True
 
+    def close(self) -> None:
+        self._server.close()
+
     def _on_connection(self) -> None:
         while (socket := self._server.nextPendingConnection()) is not None:
             socket.readyRead.connect(lambda s=socket: self._read(s))
-            socket.disconnected.connect(socket.deleteLater)
 
     def _read(self, socket: QLocalSocket) -> None:
         if bytes(socket.readAll().data()).strip() == b"show":
             self.show_requested.emit()
+        # One message per launch: the connection has done its work.
+        socket.readyRead.disconnect()
+        socket.deleteLater()
 
 
 class Desktop(QObject):
@@ -87,6 +94,8 @@ class Desktop(QObject):
 
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] = os.environ) -> None:
         super().__init__()
+        # A tray app lives on with every window closed; it stops when quit() is called.
+        QApplication.setQuitOnLastWindowClosed(False)
         self.settings = settings
         self._environ = environ
         self.node: Node | None = None
@@ -125,9 +134,11 @@ class Desktop(QObject):
             await self._stop.wait()
         finally:
             self.tray.hide()
+            self.dashboard.hide()
             self.bridge.detach()
             # Goodbye on mDNS, then in-flight streams get the node's grace period.
             await self.node.close()
+            _log.info("InferHub stopped")
 
     def quit(self) -> None:
         self._stop.set()
@@ -159,7 +170,8 @@ class Desktop(QObject):
             self.node.set_peers(changes["peers"])
         if not set(changes) - LIVE:
             return
-        old, new = self.settings, load_settings(self.settings.config_dir, environ=self._environ)
+        # The changes were checked by the dialog; flags the app was started with stay as they were.
+        old, new = self.settings, dataclasses.replace(self.settings, **changes)
         self.bridge.detach()
         await self.node.close()
         try:
@@ -182,13 +194,13 @@ def run_app(settings: Settings) -> int:
     if reason := display_missing():
         print(f"inferhub: {reason}; run the node alone with `inferhub serve --headless`", file=sys.stderr)
         return 2
-    app = QApplication.instance() or QApplication(sys.argv)
+    # The program's name, not `__main__.py`, is what X window classes and desktops show.
+    app = QApplication.instance() or QApplication(["inferhub", *sys.argv[1:]])
     assert isinstance(app, QApplication)
     app.setApplicationName("InferHub")
+    app.setDesktopFileName("inferhub")
     app.setApplicationDisplayName("InferHub")
     app.setWindowIcon(app_icon())
-    # A tray app lives on with every window closed.
-    app.setQuitOnLastWindowClosed(False)
     instance = SingleInstance(settings)
     if not instance.claim():
         print("InferHub is already running; its dashboard is shown", file=sys.stderr)
@@ -197,9 +209,14 @@ def run_app(settings: Settings) -> int:
     asyncio.set_event_loop(loop)
     desktop = Desktop(settings)
     instance.show_requested.connect(desktop.show_dashboard)
+    # A logout or `kill` stops the app as Quit does. Python runs the handler between Qt events; the
+    # bridge's timer makes sure there is one within a second.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: desktop.quit())
     try:
         with loop:
             loop.run_until_complete(desktop.run())
+        instance.close()
     except OSError as exc:
         _log.error(
             "cannot listen on 127.0.0.1:%d: %s. Is another InferHub running? Choose a port with --api-port",

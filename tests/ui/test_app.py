@@ -1,0 +1,136 @@
+"""The app around a real node, on one loop: Qt and asyncio joined by qasync, as `inferhub` runs them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import qasync
+from PySide6.QtWidgets import QApplication
+from pytestqt.qtbot import QtBot
+
+from inferhub_desktop.core import Node, RequestDone, read_settings_file
+from inferhub_desktop.ui.app import NO_TRAY, Desktop, SingleInstance, display_missing
+from inferhub_desktop.ui.bridge import Bridge
+from tests.fakes.ollama import FakeOllama
+from tests.support import eventually, node_settings
+
+
+@pytest.fixture
+def run(qapp: QApplication) -> Iterator[Any]:
+    """Run a coroutine on a qasync loop over the test's QApplication."""
+    loop = qasync.QEventLoop(qapp)
+    asyncio.set_event_loop(loop)
+
+    def run(coro: Coroutine[Any, Any, None]) -> None:
+        loop.run_until_complete(asyncio.wait_for(coro, 30))
+
+    yield run
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def test_no_display_is_said_before_qt_would_abort() -> None:
+    assert display_missing({}, "linux") is not None
+    assert display_missing({"DISPLAY": ":0"}, "linux") is None
+    assert display_missing({"WAYLAND_DISPLAY": "wayland-0"}, "linux") is None
+    assert display_missing({"QT_QPA_PLATFORM": "offscreen"}, "linux") is None
+    assert display_missing({}, "win32") is None
+
+
+def test_a_second_instance_asks_the_first_to_show_itself(qtbot: QtBot, tmp_path: Path) -> None:
+    settings = node_settings(tmp_path, "http://127.0.0.1:9")
+    first, second = SingleInstance(settings), SingleInstance(settings)
+    other_dir = SingleInstance(node_settings(tmp_path / "other", "http://127.0.0.1:9"))
+    assert first.claim()
+    with qtbot.waitSignal(first.show_requested, timeout=5000):
+        assert not second.claim()
+    # Another config directory is another node, and another instance.
+    assert other_dir.name != first.name
+    assert other_dir.claim()
+    for instance in (first, second, other_dir):
+        instance.close()
+
+
+def test_the_bridge_turns_a_real_nodes_events_into_signals(run: Any, qtbot: QtBot, tmp_path: Path) -> None:
+    heard: list[tuple[str, object]] = []
+
+    async def scenario() -> None:
+        async with FakeOllama(["llama3:latest"], tokens_per_second=400) as fake:
+            node = Node(node_settings(tmp_path, fake.url, name="alpha"), environ={})
+            bridge = Bridge()
+            bridge.switches_changed.connect(lambda s: heard.append(("switches", s)))
+            bridge.request_done.connect(lambda r: heard.append(("request", r)))
+            bridge.backend_changed.connect(lambda up, error: heard.append(("backend", up)))
+            async with node:
+                bridge.attach(node)
+                await eventually(lambda: bridge.view is not None and bridge.view.me.backend_up)
+                node.switch({"share": True})
+                assert bridge.view is not None
+                assert bridge.view.switches["share"]
+                async with aiohttp.ClientSession() as http:
+                    body = {"model": "llama3", "prompt": "hi", "stream": False, "options": {"num_predict": 4}}
+                    async with http.post(node.api_url + "/api/generate", json=body) as reply:
+                        assert reply.status == 200
+                await eventually(lambda: any(kind == "request" for kind, _ in heard))
+                bridge.refresh()
+                assert bridge.view.me.tokens_generated == 4
+                bridge.detach()
+
+    run(scenario())
+    assert ("backend", True) in heard
+    assert ("switches", {"share": True, "local_only": False, "pool_pull": False}) in heard
+    done = next(r for kind, r in heard if kind == "request")
+    assert isinstance(done, RequestDone)
+    assert (done.model, done.node, done.tokens) == ("llama3", "alpha", 4)
+
+
+def test_without_a_tray_the_dashboard_is_the_window_and_closing_it_quits(
+    run: Any, qtbot: QtBot, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with FakeOllama() as fake:
+            desktop = Desktop(node_settings(tmp_path, fake.url, name="alpha"), environ={})
+            # The offscreen platform has no system tray, as some desktops have none.
+            assert not desktop.has_tray
+            running = asyncio.ensure_future(desktop.run())
+            await eventually(lambda: desktop.dashboard.isVisible())
+            assert desktop.dashboard.banner.text() == NO_TRAY
+            await eventually(lambda: desktop.dashboard.title.text().startswith("alpha"))
+            desktop.dashboard.close()
+            await running
+            assert desktop.node is not None
+            with pytest.raises(RuntimeError, match="not started"):
+                desktop.node.pool  # noqa: B018 - the node has left the pool
+
+    run(scenario())
+
+
+def test_saved_settings_apply_peers_live_and_the_rest_by_restarting_the_node(
+    run: Any, qtbot: QtBot, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with FakeOllama() as fake:
+            desktop = Desktop(node_settings(tmp_path, fake.url, name="alpha"), environ={})
+            running = asyncio.ensure_future(desktop.run())
+            await eventually(lambda: desktop.bridge.view is not None)
+            node = desktop.node
+            await desktop.apply({"peers": ("10.0.0.5:11436",)})
+            assert desktop.node is node  # peers are taken live
+            assert node is not None
+            assert node.settings.peers == ("10.0.0.5:11436",)
+            await desktop.apply({"name": "beta"})
+            assert desktop.node is not node
+            assert desktop.settings.name == "beta"
+            await eventually(
+                lambda: desktop.bridge.view is not None and desktop.bridge.view.me.name == "beta"
+            )
+            desktop.quit()
+            await running
+
+    run(scenario())
+    assert read_settings_file(tmp_path)["peers"] == ["10.0.0.5:11436"]

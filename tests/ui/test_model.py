@@ -1,0 +1,270 @@
+"""What the app shows is read faithfully from a node's status: the pool, its models and what is wrong."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferhub_desktop.core import Node
+from inferhub_desktop.ui.model import (
+    NO_PEERS_AFTER_S,
+    PoolView,
+    firewall_hint,
+    node_view,
+    pool_view,
+    vram_bar,
+)
+from inferhub_desktop.ui.screenshots import DemoCore
+from tests.support import node_settings
+
+# The demo's sharing machines hold these; dune, which does not share, alone holds deepseek-r1:32b.
+POOL_MODELS = (
+    "gemma2:9b",
+    "llama3.1:70b",
+    "llama3.1:8b",
+    "mistral-small:24b",
+    "nomic-embed-text:latest",
+    "phi4:14b",
+    "qwen2.5-coder:14b",
+)
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> DemoCore:
+    return DemoCore(tmp_path / "config")
+
+
+def view_of(core: DemoCore) -> PoolView:
+    return pool_view(core.status(), core.peers())
+
+
+def backend_down(status: dict[str, Any], error: str) -> dict[str, Any]:
+    """Return a copy of the status whose backend does not answer."""
+    down = copy.deepcopy(status)
+    down["backend"].update(reachable=False, error=error, installed=[], loaded=[])
+    return down
+
+
+def test_the_pool_holds_this_machine_first_then_its_peers(core: DemoCore) -> None:
+    view = view_of(core)
+
+    assert [n.name for n in view.nodes] == ["atlas", "borealis", "cobalt", "dune"]
+    assert view.me.local
+    assert view.me.address == "this machine"
+    assert not any(p.local for p in view.peers)
+    assert [p.address for p in view.peers] == [
+        "192.168.1.21:11436",
+        "192.168.1.22:11436",
+        "192.168.1.23:11436",
+    ]
+    assert [n.sharing for n in view.nodes] == [True, True, True, False]
+    assert view.api_url == "http://127.0.0.1:11435"
+    assert view.switches == {"share": True, "local_only": False, "pool_pull": False}
+    # Peers' requests running on this machine's backend.
+    assert view.serving == 1
+
+
+def test_every_gpu_counts_sharing_or_not(core: DemoCore) -> None:
+    view = view_of(core)
+
+    assert [n.gpu_count for n in view.nodes] == [1, 2, 1, 1]
+    assert view.gpu_count == 5
+
+
+def test_a_node_reads_its_gpus_load_and_speed(core: DemoCore) -> None:
+    borealis = view_of(core).peers[0]
+
+    assert borealis.gpu == "2x RTX 3090"
+    assert (borealis.vram_used_mib, borealis.vram_total_mib) == (21980 + 20110, 2 * 24576)
+    # The mean of its two GPUs, 88% and 83%.
+    assert borealis.utilization_pct == 86
+    assert (borealis.active, borealis.slots) == (2, 2)
+    assert borealis.tokens_per_s == pytest.approx(21.5)
+    assert borealis.loaded == ("llama3.1:70b",)
+    assert borealis.installed == ("llama3.1:70b", "llama3.1:8b", "mistral-small:24b")
+    assert borealis.healthy
+    # dune has loaded nothing, so it has learnt no speed.
+    assert view_of(core).peers[2].tokens_per_s is None
+
+
+def test_the_models_are_this_machines_and_the_sharing_peers(core: DemoCore) -> None:
+    view = view_of(core)
+    models = {m.name: m for m in view.models}
+
+    assert tuple(models) == POOL_MODELS
+    assert "deepseek-r1:32b" not in models
+    assert models["llama3.1:8b"].installed_on == ("atlas", "borealis", "cobalt")
+    # dune has it too, but does not share.
+    assert "dune" not in models["llama3.1:8b"].installed_on
+    assert models["llama3.1:8b"].loaded_on == ("cobalt",)
+    assert models["llama3.1:70b"].loaded_on == ("borealis",)
+    assert models["qwen2.5-coder:14b"].loaded_on == ("atlas",)
+    assert models["gemma2:9b"].loaded_on == ()
+
+
+def test_a_peer_that_starts_sharing_adds_its_models(core: DemoCore) -> None:
+    peers = core.peers()
+    peers[2]["status"]["share"] = True
+
+    view = pool_view(core.status(), peers)
+
+    assert "deepseek-r1:32b" in {m.name for m in view.models}
+    assert len(view.models) == len(POOL_MODELS) + 1
+
+
+def test_the_summary_counts_peers_gpus_and_models(core: DemoCore) -> None:
+    assert view_of(core).summary() == "3 peers · 5 GPUs · 7 models"
+
+
+def test_the_summary_speaks_of_one_in_the_singular(core: DemoCore) -> None:
+    # Alone, atlas has one GPU and three models.
+    assert pool_view(core.status(), []).summary() == "0 peers · 1 GPU · 3 models"
+    status = core.status()
+    status["backend"]["installed"] = status["backend"]["installed"][:1]
+    assert pool_view(status, core.peers()[:1]).summary() == "1 peer · 3 GPUs · 3 models"
+
+
+def test_tokens_generated_sum_over_the_pool(core: DemoCore) -> None:
+    assert view_of(core).tokens_generated == 0
+
+    core.advance(10.0)
+    view = view_of(core)
+
+    # atlas generates 96 tok/s on one busy slot, borealis 21.5 tok/s on two; cobalt and dune are idle.
+    assert [n.tokens_generated for n in view.nodes] == [960, 430, 0, 0]
+    assert view.tokens_generated == 1390
+
+
+def test_a_healthy_pool_has_no_problems(core: DemoCore) -> None:
+    assert view_of(core).problems(alone_for_s=3600.0, platform="linux") == []
+
+
+def test_no_backend_is_the_first_and_a_severe_problem(core: DemoCore) -> None:
+    status = backend_down(core.status(), "connection refused at http://127.0.0.1:11434")
+    peers = core.peers()
+    peers[0]["breaker"] = "open after 3 failure(s): timed out"
+
+    problems = pool_view(status, peers).problems(alone_for_s=0.0, platform="linux")
+
+    assert len(problems) == 2
+    first = problems[0]
+    assert first.severe
+    assert first.title == "No Ollama found on this machine"
+    assert "connection refused at http://127.0.0.1:11434" in first.detail
+    assert "https://ollama.com/download" in first.detail
+    assert not problems[1].severe
+
+
+def test_a_sharing_peer_with_an_open_breaker_is_a_problem(core: DemoCore) -> None:
+    peers = core.peers()
+    peers[0]["breaker"] = "open after 1 failure(s): x"
+
+    view = pool_view(core.status(), peers)
+    problems = view.problems(alone_for_s=0.0, platform="linux")
+
+    assert not view.peers[0].healthy
+    assert len(problems) == 1
+    assert not problems[0].severe
+    assert problems[0].title == "borealis cannot serve right now"
+    assert "open after 1 failure(s): x" in problems[0].detail
+
+
+def test_a_sharing_peer_whose_backend_is_down_is_a_problem(core: DemoCore) -> None:
+    peers = core.peers()
+    peers[1]["status"] = backend_down(peers[1]["status"], "Ollama stopped")
+
+    problems = pool_view(core.status(), peers).problems(alone_for_s=0.0, platform="linux")
+
+    assert [p.title for p in problems] == ["cobalt cannot serve right now"]
+    assert "Ollama stopped" in problems[0].detail
+
+
+def test_a_peer_that_does_not_share_is_no_problem(core: DemoCore) -> None:
+    peers = core.peers()
+    peers[2]["breaker"] = "open after 1 failure(s): x"
+
+    assert pool_view(core.status(), peers).problems(alone_for_s=0.0, platform="linux") == []
+
+
+def test_alone_for_long_suggests_the_firewall(core: DemoCore) -> None:
+    status = core.status()
+    status["share_port"] = 12345
+    view = pool_view(status, [])
+
+    assert view.problems(alone_for_s=NO_PEERS_AFTER_S - 0.1, platform="linux") == []
+    problems = view.problems(alone_for_s=NO_PEERS_AFTER_S, platform="linux")
+
+    assert len(problems) == 1
+    assert problems[0].title == "No other InferHub seen on this network"
+    assert not problems[0].severe
+    assert "TCP port 12345" in problems[0].detail
+    assert firewall_hint("linux", 12345) in problems[0].detail
+
+
+@pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
+def test_the_no_peers_problem_gives_this_oss_firewall_hint(core: DemoCore, platform: str) -> None:
+    view = pool_view(core.status(), [])
+
+    (problem,) = view.problems(alone_for_s=NO_PEERS_AFTER_S, platform=platform)
+
+    assert firewall_hint(platform, view.share_port) in problem.detail
+
+
+def test_each_os_has_its_own_firewall_hint() -> None:
+    hints = {platform: firewall_hint(platform, 12345) for platform in ("linux", "win32", "darwin")}
+
+    assert len(set(hints.values())) == 3
+    assert "12345" in hints["linux"]
+    assert "ufw" in hints["linux"]
+    assert "Windows Defender Firewall" in hints["win32"]
+    assert "Local Network" in hints["darwin"]
+
+
+def test_vram_bar_draws_the_share_in_use() -> None:
+    assert vram_bar(7680, 24576) == "▰▰▰▱▱▱▱▱▱▱ 7.5/24 GiB"
+    assert vram_bar(0, 8192) == "▱▱▱▱▱▱▱▱▱▱ 0.0/8 GiB"
+    assert vram_bar(8192, 8192, width=4) == "▰▰▰▰ 8.0/8 GiB"
+    assert vram_bar(512, 0) == "no VRAM reading"
+
+
+def test_a_node_without_telemetry_has_an_unknown_gpu(core: DemoCore) -> None:
+    status = core.status()
+    status["telemetry"] = None
+
+    node = node_view(status, local=True)
+
+    assert node.gpu == "unknown GPU"
+    assert node.gpu_count == 0
+    assert (node.vram_used_mib, node.vram_total_mib) == (0, 0)
+    assert node.utilization_pct is None
+    # The rest of its status still reads.
+    assert node.name == "atlas"
+    assert node.loaded == ("qwen2.5-coder:14b", "nomic-embed-text:latest")
+
+
+def test_an_unstarted_node_reads_as_one_without_gpu_or_backend(tmp_path: Path) -> None:
+    node = Node(node_settings(tmp_path, "http://127.0.0.1:9"), environ={})
+
+    view = node_view(node.status(), local=True)
+
+    assert view.name == "test-node"
+    assert view.gpu == "unknown GPU"
+    assert view.utilization_pct is None
+    assert not view.backend_up
+    assert view.backend_error == "not asked yet"
+    assert view.slots == 1
+
+
+def test_the_demo_status_has_the_shape_of_a_real_nodes(tmp_path: Path, core: DemoCore) -> None:
+    real = Node(node_settings(tmp_path / "node", "http://127.0.0.1:9"), environ={}).status()
+    demo = core.status()
+
+    assert set(demo) == set(real)
+    assert set(demo["load"]) == set(real["load"])
+    assert set(demo["backend"]) == set(real["backend"])
+    assert set(demo["speeds"]) == set(real["speeds"])
+    for peer in core.peers():
+        assert set(peer["status"]) == set(real)
