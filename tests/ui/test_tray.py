@@ -1,0 +1,374 @@
+"""The tray menu drives the node's switches and tells the pool's state; its messages are throttled."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtGui import QAction, QGuiApplication
+from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
+from pytestqt.qtbot import QtBot
+
+from inferhub_desktop.core import PeerJoined, PeerLeft
+from inferhub_desktop.ui import tray as tray_module
+from inferhub_desktop.ui.autostart import Autostart
+from inferhub_desktop.ui.bridge import Bridge
+from inferhub_desktop.ui.icons import TrayState
+from inferhub_desktop.ui.model import Problem
+from inferhub_desktop.ui.screenshots import DemoCore
+from inferhub_desktop.ui.tray import Notifier, Tray, tooltip, tray_state
+
+# Short enough to wait for, long enough that two calls in a row fall within it.
+QUICK_GAP_S = 0.2
+
+
+class Calls:
+    """Count the calls of the tray's callbacks."""
+
+    def __init__(self) -> None:
+        self.dashboard = self.settings = self.quit = 0
+
+    def open_dashboard(self) -> None:
+        self.dashboard += 1
+
+    def open_settings(self) -> None:
+        self.settings += 1
+
+    def quit_app(self) -> None:
+        self.quit += 1
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> DemoCore:
+    return DemoCore(tmp_path / "config")
+
+
+@pytest.fixture
+def bridge(qapp: QApplication, core: DemoCore) -> Iterator[Bridge]:
+    bridge = Bridge()
+    bridge.attach(core)
+    yield bridge
+    bridge.detach()
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+def autostart_file(tmp_path: Path) -> Path:
+    return tmp_path / "home" / ".config" / "autostart" / "inferhub.desktop"
+
+
+@pytest.fixture
+def tray(bridge: Bridge, calls: Calls, tmp_path: Path) -> Iterator[Tray]:
+    tray = Tray(
+        bridge,
+        open_dashboard=calls.open_dashboard,
+        open_settings=calls.open_settings,
+        quit=calls.quit_app,
+        autostart=Autostart(platform="linux", home=tmp_path / "home", environ={}),
+    )
+    yield tray
+    tray.hide()
+    tray.menu.deleteLater()
+
+
+def texts(menu: QMenu) -> list[str]:
+    return [action.text() for action in menu.actions() if not action.isSeparator()]
+
+
+def submenu(menu: QMenu, text: str) -> QMenu:
+    (action,) = [a for a in menu.actions() if a.text() == text]
+    sub = action.menu()
+    assert isinstance(sub, QMenu)
+    return sub
+
+
+@pytest.mark.parametrize(
+    ("action_name", "key"),
+    [("share_action", "share"), ("pull_action", "pool_pull"), ("local_action", "local_only")],
+)
+def test_a_switch_in_the_menu_turns_the_nodes_switch(
+    tray: Tray, core: DemoCore, action_name: str, key: str
+) -> None:
+    action: QAction = getattr(tray, action_name)
+    before = core.status()[key]
+    assert action.isChecked() == before
+
+    action.trigger()
+
+    assert core.status()[key] is (not before)
+    assert action.isChecked() is (not before)
+
+    action.trigger()
+
+    assert core.status()[key] is before
+    assert action.isChecked() is before
+
+
+def test_the_switch_names(tray: Tray) -> None:
+    assert tray.share_action.text() == "Share this GPU"
+    assert tray.pull_action.text() == "Let the pool pull models here"
+    assert tray.local_action.text() == "Use only this machine"
+
+
+def test_a_checkbox_follows_the_node_not_the_click(
+    tray: Tray, core: DemoCore, bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node that keeps its switches as they are: the click alone must not decide the checkbox.
+    monkeypatch.setattr(core, "switch", lambda changes=None: core.status())
+    tray.share_action.trigger()
+    assert core.status()["share"] is True
+
+    bridge.refresh()
+
+    assert tray.share_action.isChecked()
+
+
+def test_a_switch_turned_elsewhere_shows_in_the_menu(tray: Tray, core: DemoCore) -> None:
+    core.switch({"local_only": True, "share": False})
+
+    assert tray.local_action.isChecked()
+    assert not tray.share_action.isChecked()
+
+
+def test_copy_api_address_copies_the_localhost_url(tray: Tray) -> None:
+    QGuiApplication.clipboard().clear()
+
+    tray.copy_action.trigger()
+
+    assert QGuiApplication.clipboard().text() == "http://localhost:11435"
+
+
+def test_start_at_login_writes_and_removes_the_autostart_file(tray: Tray, autostart_file: Path) -> None:
+    assert tray.login_action.isEnabled()
+    assert not tray.login_action.isChecked()
+    assert not autostart_file.exists()
+
+    tray.login_action.trigger()
+
+    assert autostart_file.is_file()
+    assert "Exec=" in autostart_file.read_text(encoding="utf-8")
+    assert tray.login_action.isChecked()
+
+    tray.login_action.trigger()
+
+    assert not autostart_file.exists()
+    assert not tray.login_action.isChecked()
+
+
+def test_start_at_login_shows_an_entry_made_before(
+    bridge: Bridge, calls: Calls, tmp_path: Path, autostart_file: Path
+) -> None:
+    autostart = Autostart(platform="linux", home=tmp_path / "home", environ={})
+    autostart.set_enabled(True)
+
+    tray = Tray(
+        bridge,
+        open_dashboard=calls.open_dashboard,
+        open_settings=calls.open_settings,
+        quit=calls.quit_app,
+        autostart=autostart,
+    )
+
+    assert tray.login_action.isChecked()
+    assert tray.login_action.toolTip() == "~/.config/autostart/inferhub.desktop"
+    tray.menu.deleteLater()
+
+
+def test_open_dashboard_settings_and_quit_call_back(tray: Tray, calls: Calls) -> None:
+    tray.dashboard_action.trigger()
+    assert (calls.dashboard, calls.settings, calls.quit) == (1, 0, 0)
+    tray.settings_action.trigger()
+    assert (calls.dashboard, calls.settings, calls.quit) == (1, 1, 0)
+    tray.quit_action.trigger()
+    assert (calls.dashboard, calls.settings, calls.quit) == (1, 1, 1)
+
+
+def test_a_click_on_the_icon_opens_the_dashboard(tray: Tray, calls: Calls) -> None:
+    tray.icon.activated.emit(QSystemTrayIcon.ActivationReason.Context)
+    assert calls.dashboard == 0
+
+    tray.icon.activated.emit(QSystemTrayIcon.ActivationReason.Trigger)
+    assert calls.dashboard == 1
+
+
+def test_the_status_line_sums_up_the_pool(tray: Tray) -> None:
+    assert tray.status_action.text() == "3 peers · 5 GPUs · 7 models"
+    assert not tray.status_action.isEnabled()
+    assert texts(tray.menu)[0] == "3 peers · 5 GPUs · 7 models"
+
+
+def test_the_peers_menu_lists_each_peer_with_its_gpu_and_vram(tray: Tray) -> None:
+    tray.peers_menu.aboutToShow.emit()
+
+    assert texts(tray.peers_menu) == ["borealis", "cobalt", "dune (not sharing)"]
+    borealis = texts(submenu(tray.peers_menu, "borealis"))
+    assert borealis[0] == "2x RTX 3090 · 86% busy"
+    assert borealis[1].startswith("VRAM ")
+    assert borealis[1].endswith("41.1/48 GiB")
+    assert "2 of 2 slots busy" in borealis
+    assert "Loaded: llama3.1:70b" in borealis
+    assert "At 192.168.1.21:11436" in borealis
+    cobalt = texts(submenu(tray.peers_menu, "cobalt"))
+    assert cobalt[0] == "RTX 4080 SUPER · 34% busy"
+    assert cobalt[1].endswith("5.9/16 GiB")
+    dune = texts(submenu(tray.peers_menu, "dune (not sharing)"))
+    assert dune[0] == "RTX A6000 · 0% busy"
+    assert dune[1].startswith("VRAM ")
+    assert "Loaded: nothing" in dune
+
+
+def test_the_peers_menu_says_when_there_are_none(
+    tray: Tray, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core, "peers", list)
+    bridge.refresh()
+
+    tray.peers_menu.aboutToShow.emit()
+
+    assert texts(tray.peers_menu) == ["No peers seen yet"]
+
+
+def test_the_peers_menu_is_rebuilt_not_added_to(tray: Tray) -> None:
+    tray.peers_menu.aboutToShow.emit()
+    tray.peers_menu.aboutToShow.emit()
+
+    assert texts(tray.peers_menu) == ["borealis", "cobalt", "dune (not sharing)"]
+
+
+def test_reopening_the_peers_menu_does_not_pile_up_submenus(tray: Tray, qapp: QApplication) -> None:
+    # PRODUCT BUG (tray.py, Tray._fill_peers): QMenu.clear() removes the actions but not the submenus
+    # that addMenu() made children of peers_menu, so every opening of Peers leaks one QMenu per peer.
+    for _ in range(5):
+        tray.peers_menu.aboutToShow.emit()
+        qapp.processEvents()
+
+    assert len(tray.peers_menu.findChildren(QMenu)) == 3
+
+
+def test_the_models_menu_lists_the_pools_models_and_where_they_run(tray: Tray) -> None:
+    tray.models_menu.aboutToShow.emit()
+
+    assert texts(tray.models_menu) == [
+        "gemma2:9b  —  not loaded",
+        "llama3.1:70b  —  loaded on borealis",
+        "llama3.1:8b  —  loaded on cobalt",
+        "mistral-small:24b  —  not loaded",
+        "nomic-embed-text:latest  —  loaded on atlas",
+        "phi4:14b  —  not loaded",
+        "qwen2.5-coder:14b  —  loaded on atlas",
+    ]
+    assert not any(action.isEnabled() for action in tray.models_menu.actions())
+
+
+def test_tray_state_tells_trouble_first_then_work(bridge: Bridge) -> None:
+    view = bridge.view
+    assert view is not None
+    assert view.serving == 1
+    problem = Problem("cobalt cannot serve right now", "why", severe=False)
+    down = dataclasses.replace(view, me=dataclasses.replace(view.me, backend_up=False))
+    idle = dataclasses.replace(view, serving=0)
+    not_sharing = dataclasses.replace(idle, switches={**view.switches, "share": False})
+
+    assert tray_state(None, []) is TrayState.NO_BACKEND
+    assert tray_state(down, [problem]) is TrayState.NO_BACKEND
+    assert tray_state(view, [problem]) is TrayState.POOL_PROBLEM
+    assert tray_state(view, []) is TrayState.SERVING
+    assert tray_state(idle, []) is TrayState.SHARING
+    assert tray_state(not_sharing, []) is TrayState.NOT_SHARING
+    # Serving peers' requests shows even while sharing is being turned off.
+    assert tray_state(dataclasses.replace(not_sharing, serving=2), []) is TrayState.SERVING
+
+
+def test_the_tooltip_says_the_state_and_the_pool(tray: Tray, core: DemoCore, bridge: Bridge) -> None:
+    assert tray.state is TrayState.SERVING
+    assert tray.icon.toolTip() == "InferHub: serving a peer · 3 peers · 5 GPUs · 7 models"
+    assert tooltip(None, TrayState.NO_BACKEND) == "InferHub: starting"
+
+    def down() -> dict[str, object]:
+        status = DemoCore.status(core)
+        status["backend"] = {**status["backend"], "reachable": False, "error": "refused"}
+        return status
+
+    core.status = down  # type: ignore[method-assign]
+    bridge.refresh()
+
+    assert tray.state is TrayState.NO_BACKEND
+    assert tray.icon.toolTip().startswith("InferHub: no backend · ")
+    assert tray.icon.toolTip().endswith(bridge.view.summary() if bridge.view else "?")
+
+
+def test_the_first_message_is_shown_at_once_the_next_ones_together(
+    qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tray_module, "NOTIFY_GAP_S", QUICK_GAP_S)
+    now = [100.0]
+    notifier = Notifier(clock=lambda: now[0])
+    shown: list[tuple[str, str]] = []
+    notifier.shown.connect(lambda title, text: shown.append((title, text)))
+
+    notifier.tell("borealis joined the pool")
+    assert shown == [("InferHub", "borealis joined the pool")]
+
+    now[0] += QUICK_GAP_S / 4
+    with qtbot.waitSignal(notifier.shown, timeout=5000) as blocker:
+        notifier.tell("cobalt joined the pool")
+        notifier.tell("dune joined the pool")
+        assert len(shown) == 1
+
+    assert blocker.args == ["InferHub: 2 changes", "cobalt joined the pool\ndune joined the pool"]
+    assert len(shown) == 2
+
+
+def test_a_message_after_the_gap_takes_those_waiting_along(qapp: QApplication) -> None:
+    now = [0.0]
+    notifier = Notifier(clock=lambda: now[0])
+    shown: list[tuple[str, str]] = []
+    notifier.shown.connect(lambda title, text: shown.append((title, text)))
+    notifier.tell("one")
+
+    now[0] = tray_module.NOTIFY_GAP_S / 2
+    notifier.tell("two")
+    assert shown == [("InferHub", "one")]
+
+    now[0] = tray_module.NOTIFY_GAP_S + 1.0
+    notifier.tell("three")
+
+    assert shown == [("InferHub", "one"), ("InferHub: 2 changes", "two\nthree")]
+    # Nothing is left for the timer to tell again.
+    notifier.flush()
+    assert len(shown) == 2
+
+
+def test_peers_joining_and_leaving_reach_the_notifier(
+    qtbot: QtBot, core: DemoCore, bridge: Bridge, calls: Calls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tray_module, "NOTIFY_GAP_S", QUICK_GAP_S)
+    tray = Tray(
+        bridge,
+        open_dashboard=calls.open_dashboard,
+        open_settings=calls.open_settings,
+        quit=calls.quit_app,
+        autostart=Autostart(platform="linux", home=tmp_path / "home", environ={}),
+    )
+
+    with qtbot.waitSignal(tray.notifier.shown, timeout=5000) as joined:
+        core.events.emit(PeerJoined(node_id="e0", name="eos", address="192.168.1.30"))
+    assert joined.args == ["InferHub", "eos joined the pool"]
+
+    with qtbot.waitSignal(tray.notifier.shown, timeout=5000) as left:
+        core.events.emit(PeerLeft(node_id="e0", name="eos", reason="said goodbye"))
+    assert left.args == ["InferHub", "eos left the pool"]
+    tray.menu.deleteLater()
+
+
+def test_turning_sharing_off_is_told(qtbot: QtBot, tray: Tray) -> None:
+    with qtbot.waitSignal(tray.notifier.shown, timeout=5000) as told:
+        tray.share_action.trigger()
+
+    assert told.args == ["InferHub", "This GPU is not shared"]
