@@ -231,7 +231,7 @@ def vram_bar(used_mib: int, total_mib: int, width: int = 10) -> str:
 
 
 def short_models(names: Sequence[str]) -> str:
-    """List model names as people write them (no ":latest")."""
+    """List model names as people write them (no registry or library prefix)."""
     return ", ".join(short_name(name) for name in names)
 
 

@@ -99,24 +99,29 @@ class SettingsDialog(QDialog):
         }
 
     def changes(self) -> dict[str, Any]:
-        """Return the settings the form changes, as the checked settings hold them."""
+        """Return the settings the form changes, as the checked settings hold them (0 peers' requests at
+        once resolved to the backend's slots)."""
         if self._checked is None:
             return {}
-        return {
+        changed = {
             key: getattr(self._checked, key)
             for key in EDITED
-            if getattr(self._checked, key) != getattr(self._settings, key)
+            if key != "max_remote" and getattr(self._checked, key) != getattr(self._settings, key)
         }
+        if self.max_remote.value() != self._settings.max_remote:
+            changed["max_remote"] = self._checked.max_remote
+        return changed
 
     def validate(self) -> bool:
         """Check the form as the node would; say what is wrong and allow saving only when nothing is."""
         values = self.values()
         try:
+            if not values["name"]:
+                raise ConfigError("the display name must not be empty")
             for address in values["interfaces"]:
                 _ipv4(address)
-            # A max_remote of 0 takes the backend's slots, as an absent setting does.
-            overrides = {**values, "max_remote": values["max_remote"] or None}
-            checked = load_settings(self._settings.config_dir, overrides, environ=self._environ)
+            # A max_remote of 0 takes the backend's slots, in the file as on the command line.
+            checked = load_settings(self._settings.config_dir, values, environ=self._environ)
         except ConfigError as exc:
             self._checked = None
             self.error.setText(str(exc))
@@ -137,6 +142,9 @@ class SettingsDialog(QDialog):
         if not self.validate():
             return
         changes = self.changes()
+        if "max_remote" in changes:
+            # The file keeps 0, "the backend's slots", so a later change of OLLAMA_NUM_PARALLEL counts.
+            changes["max_remote"] = self.max_remote.value()
         if changes:
             update_settings_file(
                 self._settings.config_dir,
@@ -147,7 +155,8 @@ class SettingsDialog(QDialog):
 
 def _port(value: int) -> QSpinBox:
     spin = QSpinBox()
-    spin.setRange(1, 65535)
+    spin.setRange(0, 65535)
+    spin.setSpecialValueText("any free port")
     spin.setValue(value)
     return spin
 

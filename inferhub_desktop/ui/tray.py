@@ -173,6 +173,10 @@ class Tray(QObject):
         self.update(self._bridge.view)
 
     def _fill_peers(self) -> None:
+        # clear() drops the actions but not the submenus made for them.
+        for menu in self.peers_menu.findChildren(QMenu):
+            menu.setParent(None)
+            menu.deleteLater()
         self.peers_menu.clear()
         view = self._bridge.view
         if view is None or not view.peers:

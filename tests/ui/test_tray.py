@@ -123,6 +123,7 @@ def test_a_checkbox_follows_the_node_not_the_click(
     monkeypatch.setattr(core, "switch", lambda changes=None: core.status())
     tray.share_action.trigger()
     assert core.status()["share"] is True
+    assert not tray.share_action.isChecked()
 
     bridge.refresh()
 
@@ -242,8 +243,7 @@ def test_the_peers_menu_is_rebuilt_not_added_to(tray: Tray) -> None:
 
 
 def test_reopening_the_peers_menu_does_not_pile_up_submenus(tray: Tray, qapp: QApplication) -> None:
-    # PRODUCT BUG (tray.py, Tray._fill_peers): QMenu.clear() removes the actions but not the submenus
-    # that addMenu() made children of peers_menu, so every opening of Peers leaks one QMenu per peer.
+    # QMenu.clear() removes the actions but not the submenus addMenu() made children of the menu.
     for _ in range(5):
         tray.peers_menu.aboutToShow.emit()
         qapp.processEvents()
@@ -285,22 +285,23 @@ def test_tray_state_tells_trouble_first_then_work(bridge: Bridge) -> None:
     assert tray_state(dataclasses.replace(not_sharing, serving=2), []) is TrayState.SERVING
 
 
-def test_the_tooltip_says_the_state_and_the_pool(tray: Tray, core: DemoCore, bridge: Bridge) -> None:
+def test_the_tooltip_says_the_state_and_the_pool(
+    tray: Tray, core: DemoCore, bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert tray.state is TrayState.SERVING
     assert tray.icon.toolTip() == "InferHub: serving a peer · 3 peers · 5 GPUs · 7 models"
     assert tooltip(None, TrayState.NO_BACKEND) == "InferHub: starting"
+    status = core.status()
+    status["backend"] = {**status["backend"], "reachable": False, "error": "refused", "installed": []}
+    monkeypatch.setattr(core, "status", lambda: status)
 
-    def down() -> dict[str, object]:
-        status = DemoCore.status(core)
-        status["backend"] = {**status["backend"], "reachable": False, "error": "refused"}
-        return status
-
-    core.status = down  # type: ignore[method-assign]
     bridge.refresh()
 
     assert tray.state is TrayState.NO_BACKEND
-    assert tray.icon.toolTip().startswith("InferHub: no backend · ")
-    assert tray.icon.toolTip().endswith(bridge.view.summary() if bridge.view else "?")
+    assert bridge.view is not None
+    assert tray.icon.toolTip() == f"InferHub: no backend · {bridge.view.summary()}"
+    # atlas alone held nomic-embed-text and qwen2.5-coder.
+    assert bridge.view.summary() == "3 peers · 5 GPUs · 5 models"
 
 
 def test_the_first_message_is_shown_at_once_the_next_ones_together(
@@ -346,7 +347,12 @@ def test_a_message_after_the_gap_takes_those_waiting_along(qapp: QApplication) -
 
 
 def test_peers_joining_and_leaving_reach_the_notifier(
-    qtbot: QtBot, core: DemoCore, bridge: Bridge, calls: Calls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    qtbot: QtBot,
+    core: DemoCore,
+    bridge: Bridge,
+    calls: Calls,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(tray_module, "NOTIFY_GAP_S", QUICK_GAP_S)
     tray = Tray(

@@ -1,0 +1,349 @@
+"""The dashboard shows the pool's nodes, requests, health and throughput, and adds peers by address."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QTableWidget
+from pytestqt.qtbot import QtBot
+
+from inferhub_desktop.core import ConfigError, RequestDone, parse_peer
+from inferhub_desktop.ui.bridge import Bridge
+from inferhub_desktop.ui.dashboard import _FRACTION_ROLE, PEER_COLUMNS, REQUEST_COLUMNS, Dashboard
+from inferhub_desktop.ui.screenshots import DemoCore
+
+NODE = PEER_COLUMNS.index("Node")
+VRAM = PEER_COLUMNS.index("VRAM")
+OUTCOME = REQUEST_COLUMNS.index("Outcome")
+# The demo's requests, newest first.
+REPLAYED_MODELS = [
+    "qwen2.5-coder:14b",
+    "llama3.1:70b",
+    "llama3.1:8b",
+    "llama3.1:8b",
+    "nomic-embed-text",
+    "mistral-small:24b",
+]
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> DemoCore:
+    return DemoCore(tmp_path / "config")
+
+
+@pytest.fixture
+def now() -> list[float]:
+    return [1000.0]
+
+
+@pytest.fixture
+def bridge(qapp: QApplication, core: DemoCore, now: list[float]) -> Iterator[Bridge]:
+    bridge = Bridge(clock=lambda: now[0])
+    bridge.attach(core)
+    yield bridge
+    bridge.detach()
+
+
+@pytest.fixture
+def settings_opened() -> list[int]:
+    return []
+
+
+@pytest.fixture
+def dashboard(qtbot: QtBot, bridge: Bridge, settings_opened: list[int]) -> Dashboard:
+    dashboard = Dashboard(bridge, open_settings=lambda: settings_opened.append(1))
+    qtbot.addWidget(dashboard)
+    return dashboard
+
+
+def column(table: QTableWidget, index: int) -> list[str]:
+    return [table.item(row, index).text() for row in range(table.rowCount())]
+
+
+def cells(table: QTableWidget, columns: tuple[str, ...], name: str) -> list[str]:
+    return column(table, columns.index(name))
+
+
+def health_texts(dashboard: Dashboard) -> list[str]:
+    layout = dashboard.health_layout
+    labels = [layout.itemAt(i).widget() for i in range(layout.count())]
+    assert all(isinstance(label, QLabel) for label in labels)
+    return [label.text() for label in labels if isinstance(label, QLabel)]
+
+
+def request(**changes: Any) -> RequestDone:
+    done = RequestDone(
+        at=time.time(),
+        api="local",
+        endpoint="/api/chat",
+        model="llama3.1:8b",
+        node="cobalt",
+        client="",
+        attempts=1,
+        status=200,
+        duration_s=1.5,
+        first_byte_s=0.1,
+        tokens=150,
+        tokens_per_s=100.0,
+    )
+    return dataclasses.replace(done, **changes)
+
+
+def test_the_nodes_table_lists_this_machine_first(dashboard: Dashboard) -> None:
+    table = dashboard.peers_table
+
+    assert table.rowCount() == 4
+    assert column(table, NODE) == ["atlas  (this machine)", "borealis", "cobalt", "dune"]
+    assert cells(table, PEER_COLUMNS, "Address") == [
+        "this machine",
+        "192.168.1.21:11436",
+        "192.168.1.22:11436",
+        "192.168.1.23:11436",
+    ]
+    assert cells(table, PEER_COLUMNS, "GPU") == ["RTX 4090", "2x RTX 3090", "RTX 4080 SUPER", "RTX A6000"]
+    assert cells(table, PEER_COLUMNS, "Sharing") == ["yes", "yes", "yes", "no"]
+
+
+def test_vram_cells_carry_the_share_in_use_for_the_bar(dashboard: Dashboard, bridge: Bridge) -> None:
+    table = dashboard.peers_table
+    assert bridge.view is not None
+
+    assert column(table, VRAM) == ["16.8 / 24 GiB", "41.1 / 48 GiB", "5.9 / 16 GiB", "1.0 / 48 GiB"]
+    for row, node in enumerate(bridge.view.nodes):
+        fraction = table.item(row, VRAM).data(_FRACTION_ROLE)
+        assert fraction == pytest.approx(node.vram_used_mib / node.vram_total_mib)
+    assert table.item(0, VRAM).data(_FRACTION_ROLE) == pytest.approx(17210 / 24564)
+    assert table.itemDelegateForColumn(VRAM) is not None
+
+
+def test_a_node_without_a_vram_reading_has_no_bar(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status = core.status()
+    status["telemetry"] = None
+    monkeypatch.setattr(core, "status", lambda: status)
+
+    bridge.refresh()
+
+    assert dashboard.peers_table.item(0, VRAM).text() == "—"
+    assert dashboard.peers_table.item(0, VRAM).data(_FRACTION_ROLE) is None
+    assert dashboard.peers_table.item(0, PEER_COLUMNS.index("GPU use")).text() == "—"
+
+
+def test_the_nodes_table_shows_gpu_use_load_and_speed(dashboard: Dashboard) -> None:
+    table = dashboard.peers_table
+
+    assert cells(table, PEER_COLUMNS, "GPU use") == ["71%", "86%", "34%", "0%"]
+    assert cells(table, PEER_COLUMNS, "Busy") == ["1 / 2", "2 / 2", "0 / 1", "0 / 2"]
+    assert cells(table, PEER_COLUMNS, "Speed") == ["96 tok/s", "22 tok/s", "118 tok/s", "—"]
+    assert cells(table, PEER_COLUMNS, "Loaded models") == [
+        "qwen2.5-coder:14b, nomic-embed-text:latest",
+        "llama3.1:70b",
+        "llama3.1:8b",
+        "—",
+    ]
+
+
+def test_the_header_says_who_and_what(dashboard: Dashboard) -> None:
+    assert dashboard.title.text() == "atlas · 3 peers · 5 GPUs · 7 models"
+    assert dashboard.subtitle.text() == "Sharing this GPU · serving 1 request(s) for peers"
+    assert dashboard.api_label.text() == "API  http://localhost:11435"
+
+
+def test_the_requests_table_shows_the_newest_first(dashboard: Dashboard, core: DemoCore) -> None:
+    assert dashboard.requests_table.rowCount() == 0
+
+    core.replay_requests()
+
+    table = dashboard.requests_table
+    assert table.rowCount() == 6
+    assert cells(table, REQUEST_COLUMNS, "Model") == REPLAYED_MODELS
+    assert cells(table, REQUEST_COLUMNS, "Node") == [
+        "atlas",
+        "borealis",
+        "atlas (for cobalt)",
+        "cobalt",
+        "atlas",
+        "borealis",
+    ]
+    assert cells(table, REQUEST_COLUMNS, "Speed")[0] == f"{212 / 2.1:.0f} tok/s"
+    assert cells(table, REQUEST_COLUMNS, "Duration")[0] == "2.10 s"
+    assert column(table, OUTCOME)[:5] == ["ok"] * 5
+
+
+def test_a_failed_request_says_why_in_red(dashboard: Dashboard, core: DemoCore) -> None:
+    core.replay_requests()
+
+    failed = dashboard.requests_table.item(5, OUTCOME)
+
+    assert failed.text() == "HTTP 500: model requires more system memory"
+    assert failed.toolTip() == "model requires more system memory"
+    assert failed.foreground().color() == QColor("#dc2626")
+    assert dashboard.requests_table.item(5, REQUEST_COLUMNS.index("Speed")).text() == "—"
+
+
+def test_a_cancelled_request_says_so(dashboard: Dashboard, core: DemoCore) -> None:
+    core.replay_requests()
+
+    core.events.emit(request(cancelled=True, tokens=None, tokens_per_s=None))
+
+    assert dashboard.requests_table.rowCount() == 7
+    assert dashboard.requests_table.item(0, OUTCOME).text() == "cancelled by the client"
+
+
+def test_a_retried_request_says_how_many_attempts(dashboard: Dashboard, core: DemoCore) -> None:
+    core.events.emit(request(attempts=3))
+
+    assert dashboard.requests_table.item(0, OUTCOME).text() == "ok after 3 attempts"
+
+
+def test_the_share_button_turns_sharing(dashboard: Dashboard, core: DemoCore) -> None:
+    assert dashboard.share_button.isChecked()
+    assert dashboard.share_button.text() == "Sharing this GPU"
+
+    dashboard.share_button.click()
+
+    assert core.status()["share"] is False
+    assert not dashboard.share_button.isChecked()
+    assert dashboard.share_button.text() == "Share this GPU"
+    assert dashboard.subtitle.text().startswith("Not sharing")
+
+    dashboard.share_button.click()
+
+    assert core.status()["share"] is True
+    assert dashboard.share_button.isChecked()
+
+
+def test_the_health_panel_says_the_pool_is_healthy(dashboard: Dashboard) -> None:
+    assert health_texts(dashboard) == ["✓  The pool is healthy"]
+
+
+def test_the_health_panel_shows_a_problem(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status = core.status()
+    status["backend"] = {**status["backend"], "reachable": False, "error": "connection refused"}
+    monkeypatch.setattr(core, "status", lambda: status)
+
+    bridge.refresh()
+
+    (card,) = health_texts(dashboard)
+    assert "No Ollama found on this machine" in card
+    assert "connection refused" in card
+    name = dashboard.peers_table.item(0, NODE)
+    assert name.foreground().color() == QColor("#dc2626")
+    assert name.toolTip() == "connection refused"
+
+    monkeypatch.undo()
+    bridge.refresh()
+
+    assert health_texts(dashboard) == ["✓  The pool is healthy"]
+
+
+@pytest.mark.parametrize("address", ["host:99999", "a/b"])
+def test_adding_a_bad_peer_address_says_why(dashboard: Dashboard, core: DemoCore, address: str) -> None:
+    with pytest.raises(ConfigError) as expected:
+        parse_peer(address)
+    dashboard.peer_address.setText(address)
+
+    dashboard.add_peer_button.click()
+
+    assert dashboard.add_peer_error.text() == str(expected.value)
+    assert dashboard.peer_address.text() == address
+    assert core.settings.peers == ()
+
+
+def test_adding_a_peer_by_address_tells_the_node(dashboard: Dashboard, core: DemoCore) -> None:
+    dashboard.peer_address.setText("a/b")
+    dashboard.add_peer_button.click()
+    assert dashboard.add_peer_error.text()
+
+    dashboard.peer_address.setText("  10.0.0.5:11436 ")
+    dashboard.add_peer_button.click()
+
+    assert core.settings.peers == ("10.0.0.5:11436",)
+    assert dashboard.peer_address.text() == ""
+    assert dashboard.add_peer_error.text() == ""
+
+    dashboard.peer_address.setText("10.0.0.5:11436")
+    dashboard.add_peer_button.click()
+
+    assert core.settings.peers == ("10.0.0.5:11436",)
+
+
+def test_the_charts_take_a_sample_each_refresh(
+    dashboard: Dashboard, bridge: Bridge, now: list[float]
+) -> None:
+    before = len(dashboard.throughput_chart.samples)
+
+    now[0] += 1.0
+    bridge.refresh()
+
+    assert len(dashboard.throughput_chart.samples) == before + 1
+    assert dashboard.throughput_chart.samples[-1][0] == now[0]
+    assert dashboard.gpu_chart.samples[-1] == (now[0], 71)
+
+
+def test_throughput_is_the_tokens_generated_over_the_time(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, now: list[float]
+) -> None:
+    assert bridge.view is not None
+    tokens_before = bridge.view.tokens_generated
+
+    now[0] += 4.0
+    core.advance(4.0)
+    bridge.refresh()
+
+    assert bridge.view.tokens_generated > tokens_before
+    expected = (bridge.view.tokens_generated - tokens_before) / 4.0
+    assert dashboard.throughput_chart.latest == pytest.approx(expected)
+    # atlas at 96 tok/s and borealis at 2 x 21.5 tok/s.
+    assert expected == pytest.approx(139.0)
+
+
+def test_settings_button_opens_the_settings(dashboard: Dashboard, settings_opened: list[int]) -> None:
+    (button,) = [b for b in dashboard.findChildren(QPushButton) if b.text() == "Settings…"]
+
+    button.click()
+
+    assert settings_opened == [1]
+
+
+def test_closing_the_dashboard_only_hides_it(qtbot: QtBot, dashboard: Dashboard) -> None:
+    dashboard.show()
+    qtbot.waitExposed(dashboard)
+
+    with qtbot.assertNotEmitted(dashboard.closed):
+        dashboard.close()
+
+    assert not dashboard.isVisible()
+
+
+def test_closing_the_only_window_closes_it_for_good(qtbot: QtBot, bridge: Bridge) -> None:
+    dashboard = Dashboard(bridge, open_settings=lambda: None, standalone_reason="no tray")
+    qtbot.addWidget(dashboard)
+    assert dashboard.banner.text() == "no tray"
+    dashboard.show()
+    qtbot.waitExposed(dashboard)
+
+    with qtbot.waitSignal(dashboard.closed, timeout=1000):
+        dashboard.close()
+
+    assert not dashboard.isVisible()
+
+
+def test_the_populated_dashboard_renders(dashboard: Dashboard, core: DemoCore) -> None:
+    core.replay_requests()
+    dashboard.resize(1240, 820)
+
+    image = dashboard.grab().toImage()
+
+    assert not image.isNull()
+    assert image.width() >= 1240
+    assert image.height() >= 820
