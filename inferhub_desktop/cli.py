@@ -162,12 +162,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             update_settings_file(settings.config_dir, **remembered)
     except ConfigError as exc:
         parser.exit(2, f"inferhub: error: {exc}\n")
-    if args.headless:
-        return _run(settings)
-    # Qt is loaded only for the app, so the headless node and the client commands start fast without it.
-    from .ui.app import run_app
+    try:
+        if args.headless:
+            return _run(settings)
+        # Qt is loaded only for the app, so the headless node and the client commands start fast without it.
+        from .ui.app import run_app
 
-    return run_app(settings)
+        return run_app(settings)
+    except OSError as exc:
+        _log.error(
+            "cannot listen on 127.0.0.1:%d: %s. Is another InferHub running? Choose a port with --api-port",
+            settings.api_port,
+            exc.strerror or exc,
+        )
+        return 1
 
 
 def _client(args: argparse.Namespace) -> int:
@@ -339,13 +347,5 @@ def _run(settings: Settings) -> int:
                 signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
         await serve(settings, stop)
 
-    try:
-        asyncio.run(run())
-    except OSError as exc:
-        _log.error(
-            "cannot listen on 127.0.0.1:%d: %s. Is another InferHub running? Choose a port with --api-port",
-            settings.api_port,
-            exc.strerror or exc,
-        )
-        return 1
+    asyncio.run(run())
     return 0

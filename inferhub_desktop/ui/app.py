@@ -190,7 +190,8 @@ class Desktop(QObject):
 
 
 def run_app(settings: Settings) -> int:
-    """Run the desktop app until Quit; return the process exit status."""
+    """Run the desktop app until Quit; return the process exit status; raise OSError if the node cannot
+    listen."""
     if reason := display_missing():
         print(f"inferhub: {reason}; run the node alone with `inferhub serve --headless`", file=sys.stderr)
         return 2
@@ -213,15 +214,10 @@ def run_app(settings: Settings) -> int:
     # bridge's timer makes sure there is one within a second.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: desktop.quit())
+    # A port the node cannot listen on raises OSError, which the command line words for the user.
     try:
         with loop:
             loop.run_until_complete(desktop.run())
+    finally:
         instance.close()
-    except OSError as exc:
-        _log.error(
-            "cannot listen on 127.0.0.1:%d: %s. Is another InferHub running? Choose a port with --api-port",
-            settings.api_port,
-            exc.strerror or exc,
-        )
-        return 1
     return 0
