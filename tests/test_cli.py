@@ -208,3 +208,23 @@ def test_a_busy_port_is_reported(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "--api-port" in result.stderr
+
+
+def test_a_port_in_use_is_said_with_what_to_do(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            "serve",
+            "--headless",
+            "--api-port",
+            str(port),
+            "--backend",
+            "http://127.0.0.1:9",
+            "--config-dir",
+            str(tmp_path),
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Is another InferHub running? Choose a port with --api-port" in result.stderr
