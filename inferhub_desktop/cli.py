@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     parser = _parser()
     # No command starts the tray app with the remembered settings.
-    args = parser.parse_args(["serve"] if argv == [] or (argv is None and len(sys.argv) == 1) else argv)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv) or ["serve"])
     if args.command in ("status", "peers", "route", *_SWITCH_COMMANDS):
         return _client(args)
     logging.basicConfig(

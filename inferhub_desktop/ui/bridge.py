@@ -64,6 +64,8 @@ class Bridge(QObject):
         self._core: Core | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self.view: PoolView | None = None
+        # What is wrong with the pool, worked out once per refresh for the tray and the dashboard.
+        self.problems: list[Problem] = []
         self.recent: collections.deque[RequestDone] = collections.deque(maxlen=RECENT_REQUESTS)
         self._alone_since = clock()
         # (at, {node id: tokens generated}) over the throughput window.
@@ -102,13 +104,9 @@ class Bridge(QObject):
         if view.peers:
             self._alone_since = now
         self.view = view
+        self.problems = view.problems(alone_for_s=now - self._alone_since)
         self.view_changed.emit(view)
         self.sampled.emit(now, self._throughput(view, now), view.me.utilization_pct)
-
-    def problems(self) -> list[Problem]:
-        if self.view is None:
-            return []
-        return self.view.problems(alone_for_s=self._clock() - self._alone_since)
 
     def set_switch(self, key: str, on: bool) -> None:
         self.core.switch({key: on})

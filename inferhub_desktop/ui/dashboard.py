@@ -111,6 +111,7 @@ class Dashboard(QMainWindow):
         self.health = QFrame()
         self.health_layout = QVBoxLayout(self.health)
         self.health_layout.setContentsMargins(0, 0, 0, 0)
+        self._problems_shown: list[Problem] | None = None
         self.peer_address = QLineEdit()
         self.peer_address.setPlaceholderText("HOST or HOST:PORT of another InferHub")
         self.add_peer_button = QPushButton("Add peer")
@@ -171,7 +172,7 @@ class Dashboard(QMainWindow):
         self.share_button.setChecked(bool(view.switches.get("share")))
         self.share_button.setText("Sharing this GPU" if view.switches.get("share") else "Share this GPU")
         self.share_button.blockSignals(False)
-        self._show_problems(self._bridge.problems())
+        self._show_problems(self._bridge.problems)
         self.peers_table.setRowCount(len(view.nodes))
         for row, node in enumerate(view.nodes):
             for column, item in enumerate(_node_cells(node)):
@@ -196,6 +197,9 @@ class Dashboard(QMainWindow):
         self.gpu_chart.add(at, gpu_pct)
 
     def _show_problems(self, problems: list[Problem]) -> None:
+        if problems == self._problems_shown:
+            return
+        self._problems_shown = problems
         while (item := self.health_layout.takeAt(0)) is not None:
             if widget := item.widget():
                 widget.deleteLater()

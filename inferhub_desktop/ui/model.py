@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..core import DEFAULT_SHARE_PORT, short_name
+from ..core import DEFAULT_SHARE_PORT, SWITCHES, short_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +215,7 @@ def pool_view(status: Mapping[str, Any], peers: Sequence[Mapping[str, Any]]) -> 
             )
             for p in peers
         ),
-        switches={key: bool(status.get(key)) for key in ("share", "local_only", "pool_pull")},
+        switches={key: bool(status.get(key)) for key in SWITCHES},
         api_url=str(status.get("api_url", "")),
         serving=int((status.get("load") or {}).get("remote", 0)),
         share_port=int(status.get("share_port", DEFAULT_SHARE_PORT)),

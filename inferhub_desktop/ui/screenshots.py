@@ -267,7 +267,7 @@ def render(out: Path) -> list[Path]:
 
 def _menu_scene(tray: Tray) -> QPixmap:
     """Draw the open menu under a desktop panel with the tray icon in it, with the Peers submenu open."""
-    tray._fill_peers()
+    tray.peers_menu.aboutToShow.emit()
     menu, peers = tray.menu.grab(), tray.peers_menu.grab()
     width, height, panel = max(760, menu.width() + peers.width() + 140), menu.height() + 120, 34
     scene = QPixmap(width, height)

@@ -84,7 +84,8 @@ class Tray(QObject):
         self._bridge = bridge
         self._autostart = autostart
         self.icon = QSystemTrayIcon(self)
-        self.state = TrayState.NOT_SHARING
+        self.state = TrayState.NO_BACKEND
+        self._icon_state: TrayState | None = None
         self.notifier = Notifier(self)
         self.notifier.shown.connect(self._show_message)
         self.menu = QMenu()
@@ -114,6 +115,8 @@ class Tray(QObject):
         self.menu.addSeparator()
         self.quit_action = self.menu.addAction("Quit InferHub")
         self.quit_action.triggered.connect(quit)
+        # Whether it starts at login is a file (or registry) read: done when the menu opens.
+        self.menu.aboutToShow.connect(self._show_start_at_login)
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated(open_dashboard))
 
@@ -122,6 +125,7 @@ class Tray(QObject):
         bridge.peer_left.connect(lambda name, why: self.notifier.tell(f"{name} left the pool"))
         bridge.switches_changed.connect(self._switches_told)
         self.update(bridge.view)
+        self._show_start_at_login()
 
     def show(self) -> None:
         self.icon.show()
@@ -131,12 +135,12 @@ class Tray(QObject):
 
     def update(self, view: PoolView | None) -> None:
         """Show the pool's state in the icon, its tooltip and the menu's status and checkboxes."""
-        self.state = tray_state(view, self._bridge.problems())
-        self.icon.setIcon(tray_icon(self.state, dark_panel=panel_is_dark()))
+        self.state = tray_state(view, self._bridge.problems)
+        # Some tray hosts redraw, or re-embed, the icon on every change: set it only when it differs.
+        if self.state is not self._icon_state:
+            self._icon_state = self.state
+            self.icon.setIcon(tray_icon(self.state, dark_panel=panel_is_dark()))
         self.icon.setToolTip(tooltip(view, self.state))
-        self.login_action.blockSignals(True)
-        self.login_action.setChecked(self._autostart.supported and self._autostart.enabled())
-        self.login_action.blockSignals(False)
         if view is None:
             return
         self.status_action.setText(view.summary())
@@ -170,7 +174,12 @@ class Tray(QObject):
             self._autostart.set_enabled(on)
         except AutostartError as exc:
             self._show_message("InferHub cannot change start at login", str(exc))
-        self.update(self._bridge.view)
+        self._show_start_at_login()
+
+    def _show_start_at_login(self) -> None:
+        self.login_action.blockSignals(True)
+        self.login_action.setChecked(self._autostart.supported and self._autostart.enabled())
+        self.login_action.blockSignals(False)
 
     def _fill_peers(self) -> None:
         # clear() drops the actions but not the submenus made for them.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,11 +29,6 @@ REPLAYED_MODELS = [
     "nomic-embed-text",
     "mistral-small:24b",
 ]
-
-
-@pytest.fixture
-def core(tmp_path: Path) -> DemoCore:
-    return DemoCore(tmp_path / "config")
 
 
 @pytest.fixture

@@ -32,11 +32,6 @@ POOL_MODELS = (
 )
 
 
-@pytest.fixture
-def core(tmp_path: Path) -> DemoCore:
-    return DemoCore(tmp_path / "config")
-
-
 def view_of(core: DemoCore) -> PoolView:
     return pool_view(core.status(), core.peers())
 

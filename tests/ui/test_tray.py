@@ -41,11 +41,6 @@ class Calls:
 
 
 @pytest.fixture
-def core(tmp_path: Path) -> DemoCore:
-    return DemoCore(tmp_path / "config")
-
-
-@pytest.fixture
 def bridge(qapp: QApplication, core: DemoCore) -> Iterator[Bridge]:
     bridge = Bridge()
     bridge.attach(core)
@@ -347,21 +342,9 @@ def test_a_message_after_the_gap_takes_those_waiting_along(qapp: QApplication) -
 
 
 def test_peers_joining_and_leaving_reach_the_notifier(
-    qtbot: QtBot,
-    core: DemoCore,
-    bridge: Bridge,
-    calls: Calls,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    qtbot: QtBot, core: DemoCore, tray: Tray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tray_module, "NOTIFY_GAP_S", QUICK_GAP_S)
-    tray = Tray(
-        bridge,
-        open_dashboard=calls.open_dashboard,
-        open_settings=calls.open_settings,
-        quit=calls.quit_app,
-        autostart=Autostart(platform="linux", home=tmp_path / "home", environ={}),
-    )
 
     with qtbot.waitSignal(tray.notifier.shown, timeout=5000) as joined:
         core.events.emit(PeerJoined(node_id="e0", name="eos", address="192.168.1.30"))
@@ -370,7 +353,6 @@ def test_peers_joining_and_leaving_reach_the_notifier(
     with qtbot.waitSignal(tray.notifier.shown, timeout=5000) as left:
         core.events.emit(PeerLeft(node_id="e0", name="eos", reason="said goodbye"))
     assert left.args == ["InferHub", "eos left the pool"]
-    tray.menu.deleteLater()
 
 
 def test_turning_sharing_off_is_told(qtbot: QtBot, tray: Tray) -> None:
