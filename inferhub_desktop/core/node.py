@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -24,18 +23,21 @@ from .api.admission import Admission
 from .api.endpoints import Endpoint, Kind
 from .api.guard import OriginPolicy
 from .api.local import LocalApi
+from .api.payload import unloads_now
 from .api.relay import NODE_HEADER, Admit, Forwarder, Outcome, Plan, Query, Target
 from .api.share import PULL_PATH, ShareApi
 from .backends.base import Backend, BackendState
+from .backends.detect import open_backend
 from .backends.ollama import OllamaBackend
 from .errors import ApiError
 from .events import BackendChanged, Events, PeerJoined, PeerLeft, RequestDone, SwitchesChanged
+from .metrics import CONTENT_TYPE, NodeMetrics
 from .names import model_key, short_name
 from .peers import Peer, PeerAnnouncement
 from .pool import Pool
 from .router import RouteDecision, choose_route
 from .routing import Routing, route_request
-from .settings import SWITCHES, Settings, parse_peer, update_settings_file
+from .settings import SWITCHES, Settings, backend_kind, parse_peer, update_settings_file
 from .speeds import SpeedBook
 from .telemetry import Telemetry, TelemetrySampler
 
@@ -62,8 +64,6 @@ _CHANGING_KINDS = frozenset({Kind.INFERENCE, Kind.MANAGE, Kind.BLOB, Kind.PASSTH
 _ROUTED_READS = frozenset({"/api/show", "/v1/models/:model"})
 # Failures that say a node is broken; 404 (a stale model list) and 503 (busy, not sharing) do not.
 _NOT_BROKEN_STATUSES = frozenset({404, 503})
-# keep_alive values that mean "unload now": 0 as a number or a Go duration.
-_ZERO_DURATION = re.compile(r"[+-]?(?:0|(?:(?:0+\.?0*|\.0+)(?:ns|us|µs|μs|ms|s|m|h))+)")
 
 
 class Node:
@@ -95,9 +95,10 @@ class Node:
         self._sampler = TelemetrySampler()
         self.telemetry: Telemetry | None = None
         self.api_port = settings.api_port
-        self.backend_state = BackendState(
-            kind="ollama", url=settings.backend, reachable=False, error="not asked yet"
-        )
+        self._forwarders: dict[str, Forwarder] = {}
+        self.metrics = NodeMetrics(self)
+        kind, url = backend_kind(settings.backend)
+        self.backend_state = BackendState(kind=kind, url=url or kind, reachable=False, error="not asked yet")
 
     @property
     def api_url(self) -> str:
@@ -119,6 +120,14 @@ class Node:
         await self.close()
 
     @property
+    def running(self) -> bool:
+        return self._pool is not None
+
+    def active_streams(self) -> dict[str, int]:
+        """Return the streamed answers being relayed now, by API (local, share)."""
+        return {api: forwarder.streams for api, forwarder in self._forwarders.items()}
+
+    @property
     def pool(self) -> Pool:
         if self._pool is None:
             raise RuntimeError("the node is not started")
@@ -127,10 +136,11 @@ class Node:
     async def start(self) -> None:
         """Listen on the local and share APIs, then join the LAN pool."""
         # Errors name the node, so a peer's user reading one relayed knows where it happened.
-        self._backend = OllamaBackend(
+        self._backend = open_backend(
             self.settings.backend,
             connect_timeout_s=_BACKEND_CONNECT_TIMEOUT_S,
             name=f"{self.settings.name}'s backend",
+            api_port=self.settings.api_port,
         )
         local = LocalApi(
             self._forwarder(self._plan, "local"),
@@ -175,14 +185,16 @@ class Node:
         )
 
     def _forwarder(self, planner: Callable[[Query], Plan], api: str) -> Forwarder:
-        return Forwarder(
+        self._forwarders[api] = Forwarder(
             self.settings,
             planner,
             status=self.status,
+            metrics=lambda: (self.metrics.render(), CONTENT_TYPE),
             relayed=self._relayed,
             api=api,
             done=self._request_done,
         )
+        return self._forwarders[api]
 
     async def _listen(self, app: web.Application, hosts: list[str], port: int) -> int:
         runner = web.AppRunner(
@@ -516,11 +528,7 @@ def _is_unload(pattern: str, fields: Mapping[str, Any] | None) -> bool:
     """Tell a request to unload a model (keep_alive 0 and nothing to answer) from one to run it."""
     if pattern not in ("/api/generate", "/api/chat") or not fields:
         return False
-    keep_alive = fields.get("keep_alive")
-    zero = (isinstance(keep_alive, int | float) and not isinstance(keep_alive, bool) and keep_alive == 0) or (
-        isinstance(keep_alive, str) and _ZERO_DURATION.fullmatch(keep_alive.strip()) is not None
-    )
-    return zero and not fields.get("prompt") and not fields.get("messages")
+    return unloads_now(fields.get("keep_alive")) and not fields.get("prompt") and not fields.get("messages")
 
 
 def _url_host(host: str) -> str:

@@ -23,7 +23,11 @@ _log = logging.getLogger(__name__)
 SETTINGS_FILE = "settings.toml"
 DEFAULT_API_PORT = 11435
 OLLAMA_PORT = 11434
-DEFAULT_BACKEND = f"http://127.0.0.1:{OLLAMA_PORT}"
+OLLAMA_BACKEND = f"http://127.0.0.1:{OLLAMA_PORT}"
+# No backend named: look for a local model server on the usual ports.
+AUTO_BACKEND = "auto"
+# llama.cpp's server's port, for an `openai:` backend named without one.
+OPENAI_DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_MIB = 100
 DEFAULT_SHARE_PORT = 11436
 
@@ -36,7 +40,8 @@ class Settings:
     node_id: str
     name: str
     api_port: int = DEFAULT_API_PORT
-    backend: str = DEFAULT_BACKEND
+    # `auto`, an Ollama URL, or `openai:URL` for an OpenAI-compatible server (see parse_backend).
+    backend: str = AUTO_BACKEND
     max_body_mib: int = DEFAULT_MAX_BODY_MIB
     share: bool = False
     share_port: int = DEFAULT_SHARE_PORT
@@ -105,6 +110,32 @@ def parse_host(value: str, default_port: int = OLLAMA_PORT) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
+def parse_backend(value: str) -> str:
+    """Turn a backend setting into its canonical form: `auto`, an Ollama URL, or `openai:URL`.
+
+    `ollama:` may prefix an Ollama address; an OpenAI address may end in `/v1`, as the servers print it.
+    """
+    raw = value.strip()
+    if raw.lower() == AUTO_BACKEND:
+        return AUTO_BACKEND
+    kind, colon, rest = raw.partition(":")
+    if colon and kind.lower() in ("ollama", "openai") and not rest.startswith("//"):
+        if kind.lower() == "ollama":
+            return parse_host(rest)
+        url = parse_host(rest, OPENAI_DEFAULT_PORT)
+        return "openai:" + url.removesuffix("/v1")
+    return parse_host(raw)
+
+
+def backend_kind(spec: str) -> tuple[str, str]:
+    """Split a canonical backend setting into its kind (auto, ollama, openai) and URL."""
+    if spec == AUTO_BACKEND:
+        return AUTO_BACKEND, ""
+    if spec.startswith("openai:"):
+        return "openai", spec.removeprefix("openai:")
+    return "ollama", spec
+
+
 def read_settings_file(config_dir: Path) -> dict[str, Any]:
     """Return the settings file's table, or an empty one when there is no file yet."""
     path = config_dir / SETTINGS_FILE
@@ -160,17 +191,17 @@ def load_settings(
         values["max_remote"] = _backend_slots(environ)
     api_port = values.get("api_port", DEFAULT_API_PORT)
     if "backend" in values:
-        values["backend"] = parse_host(values["backend"])
-        if _is_own_api(values["backend"], api_port):
+        values["backend"] = parse_backend(values["backend"])
+        if _is_own_api(backend_kind(values["backend"])[1], api_port):
             raise ConfigError(
-                f"the backend {values['backend']} is this node's own API; "
-                f"point it at Ollama instead (default {DEFAULT_BACKEND})"
+                f"the backend {values['backend']} is this node's own API; point it at the model server "
+                f"(Ollama's is {OLLAMA_BACKEND}), or leave it out to find one"
             )
     elif env_host := environ.get("OLLAMA_HOST"):
         backend = parse_host(env_host)
         # Tools are told to set OLLAMA_HOST to this node; following it would loop.
         if _is_own_api(backend, api_port):
-            _log.info("OLLAMA_HOST points at this node; using Ollama at %s as the backend", DEFAULT_BACKEND)
+            _log.info("OLLAMA_HOST points at this node; looking for a model server on the usual ports")
         else:
             values["backend"] = backend
 

@@ -280,7 +280,13 @@ async def test_an_internal_fault_is_a_500_without_a_traceback(
     settings = node_settings(tmp_path, fake.url)
     api = LocalApi(
         Forwarder(
-            settings, broken_planner, status=dict, relayed=lambda _: None, api="local", done=lambda _: None
+            settings,
+            broken_planner,
+            status=dict,
+            metrics=lambda: (b"", "text/plain"),
+            relayed=lambda _: None,
+            api="local",
+            done=lambda _: None,
         ),
         OriginPolicy({}),
         listing_sources=list,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from inferhub_desktop.core import ConfigError, default_config_dir, load_settings, update_settings_file
-from inferhub_desktop.core.settings import SETTINGS_FILE, parse_host, parse_peer
+from inferhub_desktop.core.settings import SETTINGS_FILE, backend_kind, parse_backend, parse_host, parse_peer
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,7 @@ def test_parse_host_rejects_what_is_not_an_http_address(value: str) -> None:
 
 def test_defaults_and_a_persistent_node_id(tmp_path: Path) -> None:
     first = load_settings(tmp_path, environ={})
-    assert (first.api_port, first.backend, first.max_body_mib) == (11435, "http://127.0.0.1:11434", 100)
+    assert (first.api_port, first.backend, first.max_body_mib) == (11435, "auto", 100)
     assert first.name
     assert 'node_id = "' in (tmp_path / SETTINGS_FILE).read_text()
     assert load_settings(tmp_path, environ={}).node_id == first.node_id
@@ -54,12 +54,46 @@ def test_flags_override_the_file_which_overrides_ollama_host(tmp_path: Path) -> 
 
 def test_ollama_host_pointing_at_this_node_is_not_followed(tmp_path: Path) -> None:
     settings = load_settings(tmp_path, environ={"OLLAMA_HOST": "127.0.0.1:11435"})
-    assert settings.backend == "http://127.0.0.1:11434"
+    assert settings.backend == "auto"
 
 
-def test_a_backend_that_is_this_node_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["localhost:11435", "openai:http://127.0.0.1:11435/v1"])
+def test_a_backend_that_is_this_node_is_refused(tmp_path: Path, backend: str) -> None:
     with pytest.raises(ConfigError, match="this node's own API"):
-        load_settings(tmp_path, {"backend": "localhost:11435"}, environ={})
+        load_settings(tmp_path, {"backend": backend}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("value", "spec", "kind", "url"),
+    [
+        (" Auto ", "auto", "auto", ""),
+        ("localhost:11434", "http://localhost:11434", "ollama", "http://localhost:11434"),
+        ("ollama:gpu-box", "http://gpu-box:11434", "ollama", "http://gpu-box:11434"),
+        ("ollama:http://gpu-box:9999/", "http://gpu-box:9999", "ollama", "http://gpu-box:9999"),
+        ("openai:localhost", "openai:http://localhost:8080", "openai", "http://localhost:8080"),
+        (
+            "OpenAI:http://127.0.0.1:1234/v1",
+            "openai:http://127.0.0.1:1234",
+            "openai",
+            "http://127.0.0.1:1234",
+        ),
+        (
+            "openai:https://llm.lan/api/v1/",
+            "openai:https://llm.lan:443/api",
+            "openai",
+            "https://llm.lan:443/api",
+        ),
+    ],
+)
+def test_a_backend_is_auto_an_ollama_url_or_an_openai_one(value: str, spec: str, kind: str, url: str) -> None:
+    assert parse_backend(value) == spec
+    assert backend_kind(spec) == (kind, url)
+
+
+@pytest.mark.parametrize("value", ["openai:ftp://x", "ollama:http://x:99999", "gopher://x"])
+def test_a_backend_that_is_no_http_address_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_backend(value)
 
 
 @pytest.mark.parametrize(

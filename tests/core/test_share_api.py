@@ -94,7 +94,13 @@ class Rig:
             return Plan([Target(self.settings.name, chosen, admit, lambda outcome: None)])
 
         return Forwarder(
-            self.settings, plan, status=self.status, relayed=self._relayed, api="share", done=lambda _: None
+            self.settings,
+            plan,
+            status=self.status,
+            metrics=lambda: (b"", "text/plain"),
+            relayed=self._relayed,
+            api="share",
+            done=lambda _: None,
         )
 
     async def share(

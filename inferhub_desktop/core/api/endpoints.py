@@ -13,6 +13,8 @@ PEERS_PATH = CONTROL_PREFIX + "peers"
 SWITCHES_PATH = CONTROL_PREFIX + "switches"
 # GET ?model=NAME: where a request for the model would go now, and why.
 ROUTE_PATH = CONTROL_PREFIX + "route"
+# Prometheus scrapes, on both APIs; Ollama has no such path.
+METRICS_PATH = "/metrics"
 
 
 class Kind(enum.Enum):

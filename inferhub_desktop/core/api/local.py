@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..errors import ApiError
 from ..settings import SWITCHES
-from .endpoints import CONTROL_PREFIX, PEERS_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
+from .endpoints import CONTROL_PREFIX, METRICS_PATH, PEERS_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
 from .payload import parse_body
 from .pooled import POOLED_PATHS, pooled_listing
@@ -64,6 +64,8 @@ class LocalApi:
             return refusal
         if request.path.startswith(CONTROL_PREFIX):
             return await self._control(request)
+        if request.path == METRICS_PATH:
+            return self._forwarder.metrics_reply(request)
         routed = route(request)
         if isinstance(routed, web.Response):
             return routed

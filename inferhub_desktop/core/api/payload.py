@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from ..errors import ApiError
@@ -16,6 +17,9 @@ _SYNTAX_CONTEXT = {
     "Invalid control character at": "in string literal",
     "Invalid \\escape": "in string escape code",
 }
+
+# keep_alive values that mean "unload now": 0 as a number or a Go duration.
+_ZERO_DURATION = re.compile(r"[+-]?(?:0|(?:(?:0+\.?0*|\.0+)(?:ns|us|µs|μs|ms|s|m|h))+)")
 
 _GO_KIND = {dict: "object", list: "array", str: "string", bool: "bool", int: "number", float: "number"}
 
@@ -53,6 +57,13 @@ def string_field(request: dict[str, Any], name: str, go_type: str) -> str | None
             400, f"json: cannot unmarshal {_GO_KIND[type(value)]} into Go struct field {field} of type string"
         )
     return value
+
+
+def unloads_now(keep_alive: Any) -> bool:
+    """Tell whether a keep_alive says "unload now": 0 as a number, or a zero Go duration."""
+    if isinstance(keep_alive, int | float) and not isinstance(keep_alive, bool):
+        return keep_alive == 0
+    return isinstance(keep_alive, str) and _ZERO_DURATION.fullmatch(keep_alive.strip()) is not None
 
 
 def _go_syntax_error(exc: json.JSONDecodeError) -> str:

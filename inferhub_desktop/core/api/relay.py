@@ -303,6 +303,7 @@ class Forwarder:
         planner: Planner,
         *,
         status: StatusSource,
+        metrics: Callable[[], tuple[bytes, str]],
         relayed: RelayedHook,
         api: str,
         done: Callable[[RequestDone], None],
@@ -310,11 +311,14 @@ class Forwarder:
         self._settings = settings
         self._planner = planner
         self._status = status
+        self._metrics = metrics
         self._relayed = relayed
         # Which API this is ("local" or "share"), and who hears how each inference request ended.
         self._api = api
         self._done = done
         self._node_header = quote(settings.name, safe=" !#$&'()*+,/:;=?@[]~")
+        # Streamed replies being relayed now.
+        self.streams = 0
 
     def app(self, handler: Handler) -> web.Application:
         """Build an application that sends every path to `handler`, its failures in Ollama's shapes."""
@@ -350,6 +354,13 @@ class Forwarder:
         if request.method not in ("GET", "HEAD"):
             return text_response(405, "405 method not allowed")
         return web.Response(body=go_json(self._status()), content_type="application/json")
+
+    def metrics_reply(self, request: web.BaseRequest) -> web.Response:
+        """Answer a Prometheus scrape: the node's metrics to GET and HEAD."""
+        if request.method not in ("GET", "HEAD"):
+            return text_response(405, "405 method not allowed")
+        body, content_type = self._metrics()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def forward(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         """Send the request where the planner says and relay the answer; tell `done` how an inference
@@ -485,7 +496,12 @@ class Forwarder:
                         await upstream.read()
                     outcome = Outcome(f"{target.name} answered HTTP {upstream.status}", upstream.status)
                     raise BackendUnavailable(outcome.failure or "")
-                response = await relay(request, upstream, meter)
+                streamed = framing_of(upstream.headers.get("Content-Type", "")) is not None
+                self.streams += streamed
+                try:
+                    response = await relay(request, upstream, meter)
+                finally:
+                    self.streams -= streamed
                 if upstream.status >= 400:
                     trail.answer_error = meter.error() or f"HTTP {upstream.status}"
                 failure = meter.broken or meter.failed_in_stream()

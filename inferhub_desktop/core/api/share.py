@@ -9,7 +9,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ..errors import ApiError
-from .endpoints import STATUS_PATH, Kind
+from .endpoints import METRICS_PATH, STATUS_PATH, Kind
 from .relay import Forwarder, route
 
 # Sources on the local network: private, link-local and loopback addresses, plus the shared space
@@ -74,6 +74,8 @@ class ShareApi:
             raise ApiError(403, "InferHub shares only with machines on the local network")
         if request.path == STATUS_PATH:
             return self._forwarder.status_reply(request)
+        if request.path == METRICS_PATH:
+            return self._forwarder.metrics_reply(request)
         routed = route(request)
         if isinstance(routed, web.Response):
             return routed

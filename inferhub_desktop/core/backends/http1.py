@@ -11,10 +11,13 @@ import asyncio
 import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 from aiohttp import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from ..errors import BackendUnavailable
 
 # Header blocks and chunk-size lines longer than this are not HTTP a backend would send.
 _LINE_LIMIT = 1 << 20
@@ -259,3 +262,68 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
+
+
+class _Upstream:
+    """A reply as the API layer reads it: HttpError becomes BackendUnavailable, naming the server."""
+
+    def __init__(self, response: Response, who: str) -> None:
+        self._response = response
+        self._who = who
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._response.headers
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.iter_chunks():
+                yield chunk
+        except HttpError as exc:
+            raise self._broken(exc) from exc
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except HttpError as exc:
+            raise self._broken(exc) from exc
+
+    def _broken(self, exc: HttpError) -> BackendUnavailable:
+        return BackendUnavailable(f"{self._who} broke off its reply ({exc})")
+
+
+class HttpBackend:
+    """A model server reached over kept-alive HTTP/1.1 connections, requests sent as they are; its
+    failures are BackendUnavailable errors that name it and say what to do (`hint`)."""
+
+    def __init__(self, url: str, *, connect_timeout_s: float, name: str, hint: str) -> None:
+        self.url = url
+        self.name = name
+        self._hint = hint
+        self._client = Http1Client(url, connect_timeout_s=connect_timeout_s)
+
+    @asynccontextmanager
+    async def request(
+        self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes | StreamReader | None
+    ) -> AsyncIterator[_Upstream]:
+        try:
+            connection, response = await self._client.request(method, path_qs, headers, body)
+        except HttpError as exc:
+            hint = f". {self._hint}" if self._hint else ""
+            raise BackendUnavailable(f"cannot reach {self.name} at {self.url} ({exc}){hint}") from exc
+        try:
+            yield _Upstream(response, f"{self.name} at {self.url}")
+        finally:
+            self._client.release(connection, response)
+
+    def close(self) -> None:
+        """Close the kept-alive connections."""
+        self._client.close()
+
+    def abort(self, reason: str) -> None:
+        """Cut every connection, replies in progress too: the server is known to be gone."""
+        self._client.abort(reason)

@@ -4,53 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import Any
 
-from multidict import CIMultiDictProxy
-
 from ..errors import BackendUnavailable
-from .base import BackendState, Body, InstalledModel, LoadedModel
-from .http1 import Http1Client, HttpError, Response
+from .base import BackendState, InstalledModel, LoadedModel
+from .http1 import HttpBackend
 
 # A probe asks three cheap questions; a backend slower than this is reported as not answering.
 _PROBE_TIMEOUT_S = 3.0
 
 
-class _Upstream:
-    def __init__(self, response: Response, who: str) -> None:
-        self._response = response
-        self._who = who
-
-    @property
-    def status(self) -> int:
-        return self._response.status
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        return self._response.headers
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.iter_chunks():
-                yield chunk
-        except HttpError as exc:
-            raise self._broken(exc) from exc
-
-    async def read(self) -> bytes:
-        try:
-            return await self._response.read()
-        except HttpError as exc:
-            raise self._broken(exc) from exc
-
-    def _broken(self, exc: HttpError) -> BackendUnavailable:
-        return BackendUnavailable(f"{self._who} broke off its reply ({exc})")
-
-
-class OllamaBackend:
+class OllamaBackend(HttpBackend):
     """A server that speaks Ollama's API, reached over kept-alive HTTP/1.1 connections: the machine's
-    Ollama, or a peer's share API."""
+    Ollama, or a peer's share API. Requests pass through unchanged."""
 
     kind = "ollama"
 
@@ -60,34 +26,9 @@ class OllamaBackend:
         *,
         connect_timeout_s: float,
         name: str = "the backend",
-        hint: str = "Start Ollama (`ollama serve`), or point InferHub at another server with --backend URL",
+        hint: str = "Start Ollama (`ollama serve`), or point InferHub at another server with --backend",
     ) -> None:
-        self.url = url
-        self.name = name
-        self._hint = hint
-        self._client = Http1Client(url, connect_timeout_s=connect_timeout_s)
-
-    @asynccontextmanager
-    async def request(
-        self, method: str, path_qs: str, headers: Mapping[str, str], body: Body
-    ) -> AsyncIterator[_Upstream]:
-        try:
-            connection, response = await self._client.request(method, path_qs, headers, body)
-        except HttpError as exc:
-            hint = f". {self._hint}" if self._hint else ""
-            raise BackendUnavailable(f"cannot reach {self.name} at {self.url} ({exc}){hint}") from exc
-        try:
-            yield _Upstream(response, f"{self.name} at {self.url}")
-        finally:
-            self._client.release(connection, response)
-
-    def close(self) -> None:
-        """Close the kept-alive connections."""
-        self._client.close()
-
-    def abort(self, reason: str) -> None:
-        """Cut every connection, replies in progress too: the server is known to be gone."""
-        self._client.abort(reason)
+        super().__init__(url, connect_timeout_s=connect_timeout_s, name=name, hint=hint)
 
     async def probe(self) -> BackendState:
         try:

@@ -1,0 +1,97 @@
+"""The backend a setting names, and finding the model server on this machine when none is named."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+from ..errors import BackendUnavailable
+from ..settings import AUTO_BACKEND, backend_kind
+from .base import Backend, BackendState, Body, UpstreamResponse
+from .ollama import OllamaBackend
+from .openai import OpenAIBackend
+
+_log = logging.getLogger(__name__)
+
+# Where the usual local servers listen by default, in the order they are preferred.
+CANDIDATES = (
+    ("ollama", 11434, "Ollama"),
+    ("openai", 1234, "LM Studio"),
+    ("openai", 8080, "llama.cpp"),
+    ("openai", 8000, "vLLM"),
+)
+
+
+def open_backend(spec: str, *, connect_timeout_s: float, name: str, api_port: int) -> Backend:
+    """Return the backend a `backend` setting names: `auto`, an Ollama URL, or `openai:URL`."""
+    kind, url = backend_kind(spec)
+    if kind == "auto":
+        return AutoBackend(connect_timeout_s=connect_timeout_s, name=name, api_port=api_port)
+    backend_class = OpenAIBackend if kind == "openai" else OllamaBackend
+    return backend_class(url, connect_timeout_s=connect_timeout_s, name=name)
+
+
+class AutoBackend:
+    """Whichever usual local server answers: Ollama on 11434, else LM Studio, llama.cpp or vLLM on their
+    default ports. Each probe keeps the server found while it answers, and looks again when it does not,
+    so a server started after the node is found within a probe interval."""
+
+    def __init__(self, *, connect_timeout_s: float, name: str, api_port: int) -> None:
+        self._name = name
+        self._candidates: list[tuple[str, Backend]] = [
+            (
+                label,
+                (OpenAIBackend if kind == "openai" else OllamaBackend)(
+                    f"http://127.0.0.1:{port}", connect_timeout_s=connect_timeout_s, name=f"{name} ({label})"
+                ),
+            )
+            for kind, port, label in CANDIDATES
+            # The node's own API, moved onto one of these ports, is no backend.
+            if port != api_port
+        ]
+        self._found: Backend | None = None
+
+    @property
+    def kind(self) -> str:
+        return self._found.kind if self._found else AUTO_BACKEND
+
+    @property
+    def url(self) -> str:
+        return self._found.url if self._found else AUTO_BACKEND
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self, method: str, path_qs: str, headers: Mapping[str, str], body: Body
+    ) -> AsyncIterator[UpstreamResponse]:
+        if self._found is None:
+            raise BackendUnavailable(self._nothing_found())
+        async with self._found.request(method, path_qs, headers, body) as upstream:
+            yield upstream
+
+    async def probe(self) -> BackendState:
+        if self._found is not None:
+            state = await self._found.probe()
+            if state.reachable:
+                return state
+            _log.info("%s at %s stopped answering; looking for another model server", self._name, self.url)
+            self._found = None
+        states = await asyncio.gather(*(backend.probe() for _, backend in self._candidates))
+        for (label, backend), state in zip(self._candidates, states, strict=True):
+            if state.reachable:
+                _log.info("found %s at %s", label, backend.url)
+                self._found = backend
+                return state
+        return BackendState(kind=AUTO_BACKEND, url=AUTO_BACKEND, reachable=False, error=self._nothing_found())
+
+    def close(self) -> None:
+        for _, backend in self._candidates:
+            backend.close()
+
+    def _nothing_found(self) -> str:
+        where = ", ".join(f"{label} on {backend.url}" for label, backend in self._candidates)
+        return (
+            f"no model server answers on this machine (looked for {where}); start one, or name it with "
+            "--backend URL (Ollama) or --backend openai:URL"
+        )
