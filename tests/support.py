@@ -164,6 +164,9 @@ def llama_server_args(port: int) -> list[str]:
     return [
         *(sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_file())),
         *("--model_alias", SMOLLM2, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"),
+        # By default the server ends a stream when any other request arrives, so a node's occasional
+        # listing could cut the direct requests the tests and benchmarks compare with.
+        *("--interrupt_requests", "false"),
     ]
 
 

@@ -150,6 +150,10 @@ class Http1Client:
             # Closing is also how the backend learns that a client left mid-reply.
             connection.close()
 
+    async def connect(self) -> None:
+        """Open a connection and close it again; raise HttpError if none can be opened."""
+        (await self._connect()).close()
+
     def close(self) -> None:
         """Close the idle connections."""
         for connection in self._idle:
@@ -313,12 +317,18 @@ class HttpBackend:
         try:
             connection, response = await self._client.request(method, path_qs, headers, body)
         except HttpError as exc:
-            hint = f". {self._hint}" if self._hint else ""
-            raise BackendUnavailable(f"cannot reach {self.name} at {self.url} ({exc}){hint}") from exc
+            raise self._unreachable(exc) from exc
         try:
             yield _Upstream(response, f"{self.name} at {self.url}")
         finally:
             self._client.release(connection, response)
+
+    async def check(self) -> None:
+        """Raise BackendUnavailable unless the server accepts a connection; no request is sent."""
+        try:
+            await self._client.connect()
+        except HttpError as exc:
+            raise self._unreachable(exc) from exc
 
     def close(self) -> None:
         """Close the kept-alive connections."""
@@ -327,3 +337,7 @@ class HttpBackend:
     def abort(self, reason: str) -> None:
         """Cut every connection, replies in progress too: the server is known to be gone."""
         self._client.abort(reason)
+
+    def _unreachable(self, exc: HttpError) -> BackendUnavailable:
+        hint = f". {self._hint}" if self._hint else ""
+        return BackendUnavailable(f"cannot reach {self.name} at {self.url} ({exc}){hint}")

@@ -48,6 +48,9 @@ _NDJSON = "application/x-ndjson"
 _PROBE_TIMEOUT_S = 3.0
 # A request naming a model the last listing lacks reads the listing again, at most this often.
 _RELIST_GAP_S = 1.0
+# A probe reads the listing at most this often, and otherwise only checks that the server is there:
+# llama-cpp-python's server ends whatever stream it is sending when any other request arrives.
+_PROBE_LIST_S = 60.0
 # An OpenAI server keeps its models loaded while it runs: Ollama says so with the longest expiry it has.
 _FOREVER = timedelta(days=365 * 292)
 # Ollama's num_predict takes -1 (no limit) and -2 (fill the context); OpenAI servers have no such values.
@@ -201,6 +204,8 @@ class OpenAIBackend:
         self._models: dict[str, ServedModel] = {}
         self._listed_at = -_RELIST_GAP_S
         self._first_listed: dict[str, int] = {}
+        # Requests the server is working on: generations, embeddings and /v1 calls.
+        self._working = 0
 
     @contextlib.asynccontextmanager
     async def request(
@@ -219,7 +224,11 @@ class OpenAIBackend:
     async def probe(self) -> BackendState:
         try:
             async with asyncio.timeout(_PROBE_TIMEOUT_S):
-                models = await self._list()
+                if self._listed_at >= 0 and time.monotonic() - self._listed_at < _PROBE_LIST_S:
+                    await self._http.check()
+                    models = self._models
+                else:
+                    models = await self._list()
             owners = sorted({m.owned_by for m in models.values() if m.owned_by})
             expires = _rfc3339(datetime.now(UTC) + _FOREVER)
             return BackendState(
@@ -259,7 +268,13 @@ class OpenAIBackend:
     # -- listings ------------------------------------------------------------------------------------
 
     async def _list(self) -> dict[str, ServedModel]:
-        """Read the server's models afresh."""
+        """Read the server's models afresh; while the model is working, give the last listing.
+
+        llama-cpp-python's server ends a stream early when another request arrives (its
+        --interrupt_requests, on by default), so the node's own streams are not disturbed by listings.
+        """
+        if self._working and self._listed_at >= 0:
+            return self._models
         async with self._http.request("GET", "/v1/models", {"Accept": "application/json"}, None) as upstream:
             body = await upstream.read()
             if upstream.status != 200:
@@ -275,6 +290,14 @@ class OpenAIBackend:
         }
         self._listed_at = time.monotonic()
         return self._models
+
+    def _work(self, stack: contextlib.AsyncExitStack) -> None:
+        """Count a request as the server's work until `stack` closes."""
+        self._working += 1
+        stack.callback(self._worked)
+
+    def _worked(self) -> None:
+        self._working -= 1
 
     async def _find(self, requested: str) -> ServedModel | None:
         """Return the served model a request names, by its Ollama name or its id; None if not served."""
@@ -402,6 +425,7 @@ class OpenAIBackend:
         payload.update(model=model.id, stream=streamed)
         if streamed:
             payload["stream_options"] = {"include_usage": True}
+        self._work(stack)
         upstream = await stack.enter_async_context(
             self._http.request("POST", path, {"Content-Type": "application/json"}, go_json(payload))
         )
@@ -438,6 +462,7 @@ class OpenAIBackend:
         if not legacy and isinstance(fields.get("dimensions"), int):
             payload["dimensions"] = fields["dimensions"]
         started = time.monotonic()
+        self._work(stack)
         upstream = await stack.enter_async_context(
             self._http.request(
                 "POST", "/v1/embeddings", {"Content-Type": "application/json"}, go_json(payload)
@@ -503,6 +528,7 @@ class OpenAIBackend:
                 if model is None:
                     raise _Refusal(404, f"model '{requested}' not found")
                 body = go_json({**fields, "model": model.id})
+        self._work(stack)
         upstream = await stack.enter_async_context(self._http.request(method, path_qs, headers, body))
         content_type = upstream.headers.get("Content-Type", "")
         if requested is None or upstream.status != 200:
