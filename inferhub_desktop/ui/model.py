@@ -111,10 +111,11 @@ class PoolView:
         if not self.me.backend_up:
             found.append(
                 Problem(
-                    "No Ollama found on this machine",
+                    "No model server found on this machine",
                     f"{self.me.backend_error or 'the backend does not answer'}. Install Ollama from "
-                    "https://ollama.com/download and start it (`ollama serve`), or set the backend "
-                    "address in Settings. Models of the pool's other machines can still be used.",
+                    "https://ollama.com/download and start it (`ollama serve`), or start the server of "
+                    "LM Studio, llama.cpp or vLLM: it is found on its usual port, or set its address in "
+                    "Settings. Models of the pool's other machines can still be used.",
                     severe=True,
                 )
             )

@@ -41,7 +41,11 @@ class SettingsDialog(QDialog):
         self._environ = environ
         self.name = QLineEdit(settings.name)
         self.backend = QLineEdit(settings.backend)
-        self.backend.setPlaceholderText("http://127.0.0.1:11434")
+        self.backend.setPlaceholderText("auto, an Ollama URL, or openai:http://HOST:PORT")
+        self.backend.setToolTip(
+            "auto finds Ollama (11434), LM Studio (1234), llama.cpp (8080) or vLLM (8000) on this machine; "
+            "openai:URL names any OpenAI-compatible server"
+        )
         self.api_port = _port(settings.api_port)
         self.share_port = _port(settings.share_port)
         self.max_remote = QSpinBox()
@@ -61,7 +65,7 @@ class SettingsDialog(QDialog):
 
         form = QFormLayout()
         form.addRow("Display name", self.name)
-        form.addRow("Ollama address", self.backend)
+        form.addRow("Model server", self.backend)
         form.addRow("API port (for your tools)", self.api_port)
         form.addRow("Share port (for peers)", self.share_port)
         form.addRow("Peers' requests at once", self.max_remote)

@@ -228,7 +228,7 @@ def test_the_health_panel_shows_a_problem(
     bridge.refresh()
 
     (card,) = health_texts(dashboard)
-    assert "No Ollama found on this machine" in card
+    assert "No model server found on this machine" in card
     assert "connection refused" in card
     name = dashboard.peers_table.item(0, NODE)
     assert name.foreground().color() == QColor("#dc2626")

@@ -147,7 +147,7 @@ def test_no_backend_is_the_first_and_a_severe_problem(core: DemoCore) -> None:
     assert len(problems) == 2
     first = problems[0]
     assert first.severe
-    assert first.title == "No Ollama found on this machine"
+    assert first.title == "No model server found on this machine"
     assert "connection refused at http://127.0.0.1:11434" in first.detail
     assert "https://ollama.com/download" in first.detail
     assert not problems[1].severe
