@@ -38,7 +38,14 @@ class AutoBackend:
     default ports. Each probe keeps the server found while it answers, and looks again when it does not,
     so a server started after the node is found within a probe interval."""
 
-    def __init__(self, *, connect_timeout_s: float, name: str, api_port: int) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        name: str,
+        api_port: int,
+        candidates: tuple[tuple[str, int, str], ...] = CANDIDATES,
+    ) -> None:
         self._name = name
         self._candidates: list[tuple[str, Backend]] = [
             (
@@ -47,7 +54,7 @@ class AutoBackend:
                     f"http://127.0.0.1:{port}", connect_timeout_s=connect_timeout_s, name=f"{name} ({label})"
                 ),
             )
-            for kind, port, label in CANDIDATES
+            for kind, port, label in candidates
             # The node's own API, moved onto one of these ports, is no backend.
             if port != api_port
         ]
