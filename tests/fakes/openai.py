@@ -472,6 +472,21 @@ class _Dialect:
         raise NotImplementedError
 
 
+def _llama_cpp_delta(piece: _Piece, tool: _ToolCall | None) -> Json:
+    """One piece of a streamed reply as llama.cpp's delta (common/chat.cpp
+    common_chat_msg_diff_to_json_oaicompat)."""
+    if piece.channel == "content":
+        return {"content": piece.text}
+    if piece.channel == "reasoning":
+        return {"reasoning_content": piece.text}
+    call: Json = {"index": 0}
+    if piece.channel == "tool" and tool is not None:
+        call |= {"id": tool.id, "type": "function", "function": {"name": piece.text, "arguments": ""}}
+    else:
+        call["function"] = {"arguments": piece.text}
+    return {"tool_calls": [call]}
+
+
 class _LlamaCpp(_Dialect):
     """llama.cpp's llama-server (tools/server)."""
 
@@ -703,17 +718,7 @@ class _LlamaCpp(_Dialect):
         return reply | {"timings": _timings(job)}
 
     def _delta(self, piece: _Piece, tool: _ToolCall | None) -> Json:
-        # common/chat.cpp common_chat_msg_diff_to_json_oaicompat.
-        if piece.channel == "content":
-            return {"content": piece.text}
-        if piece.channel == "reasoning":
-            return {"reasoning_content": piece.text}
-        call: Json = {"index": 0}
-        if piece.channel == "tool" and tool is not None:
-            call |= {"id": tool.id, "type": "function", "function": {"name": piece.text, "arguments": ""}}
-        else:
-            call["function"] = {"arguments": piece.text}
-        return {"tool_calls": [call]}
+        return _llama_cpp_delta(piece, tool)
 
     def _chunk(self, job: _Job, delta: Json, finish: str | None) -> Json:
         return {
@@ -1267,16 +1272,8 @@ class _LmStudio(_Dialect):
         }
 
     def _delta(self, piece: _Piece, tool: _ToolCall | None) -> Json:
-        if piece.channel == "content":
-            return {"content": piece.text}
-        if piece.channel == "reasoning":
-            return {"reasoning_content": piece.text}
-        call: Json = {"index": 0}
-        if piece.channel == "tool" and tool is not None:
-            call |= {"id": tool.id, "type": "function", "function": {"name": piece.text, "arguments": ""}}
-        else:
-            call["function"] = {"arguments": piece.text}
-        return {"tool_calls": [call]}
+        # LM Studio runs llama.cpp, and its deltas are llama.cpp's.
+        return _llama_cpp_delta(piece, tool)
 
     def _chunk(self, job: _Job, delta: Json, finish: str | None) -> Json:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
