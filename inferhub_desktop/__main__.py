@@ -2,6 +2,7 @@
 
 import sys
 
-from .cli import main
+# Absolute, so the frozen app can use this file as its entry script, which runs outside the package.
+from inferhub_desktop.cli import main
 
 sys.exit(main())
