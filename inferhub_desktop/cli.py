@@ -17,17 +17,25 @@ from typing import Any
 
 from . import __version__
 from .core import (
+    AUDIT_PATH,
     DEFAULT_API_PORT,
     PEERS_PATH,
+    POOL_PATH,
     ROUTE_PATH,
     STATUS_PATH,
     SWITCHES,
     SWITCHES_PATH,
     USER_FIELDS,
     ConfigError,
+    PoolKey,
     Settings,
+    audit_row,
     default_config_dir,
+    join_code,
     load_settings,
+    new_secret,
+    read_audit,
+    read_join_code,
     read_settings_file,
     serve,
     update_settings_file,
@@ -141,6 +149,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     route.add_argument("model", metavar="MODEL")
     route.add_argument("--json", action="store_true", help="print the raw decision as JSON")
+    audit = commands.add_parser(
+        "audit",
+        parents=[client],
+        help="show what peers used this machine for",
+        description="List the last requests peers had this machine serve: from the running node, or from "
+        "its audit log when none runs.",
+    )
+    audit.add_argument("--limit", type=_positive, default=50, metavar="N", help="how many (default 50)")
+    audit.add_argument("--json", action="store_true", help="print the raw entries as JSON")
+    pool = commands.add_parser(
+        "pool",
+        help="make, join, leave or show a private pool",
+        description="A private pool: only machines that joined it with its code see and use each other's "
+        "GPUs. Without one, the pool is every InferHub on the local network.",
+    )
+    actions = pool.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("create", parents=[client], help="make a new private pool, join it, print its code")
+    join = actions.add_parser("join", parents=[client], help="join the private pool of a join code")
+    join.add_argument(
+        "code", metavar="CODE", help="the join code, as another member's `inferhub pool show` says"
+    )
+    actions.add_parser("leave", parents=[client], help="leave the private pool for the LAN's open pool")
+    actions.add_parser("show", parents=[client], help="show this machine's pool and its join code")
     return parser
 
 
@@ -151,14 +182,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv) or ["serve"])
     if args.command in ("status", "peers", "route", *_SWITCH_COMMANDS):
         return _client(args)
+    if args.command == "pool":
+        return _pool(args)
+    if args.command == "audit":
+        return _audit(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        # One flag per user setting, named alike.
-        flags = {key: getattr(args, key) for key in USER_FIELDS}
+        # One flag per user setting, named alike; but the join code, which a command line would show to
+        # every user of the machine: `inferhub pool` keeps it in the settings file.
+        flags = {key: getattr(args, key, None) for key in USER_FIELDS}
         settings = load_settings(args.config_dir, flags)
         if remembered := {key: flags[key] for key in SWITCHES if flags[key] is not None}:
             update_settings_file(settings.config_dir, **remembered)
@@ -227,6 +263,103 @@ def _client(args: argparse.Namespace) -> int:
             "route": format_route,
         }
         print(formats[args.command](answer))
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Print the requests peers had this machine serve, as the running node tells, else as its log holds."""
+    config_dir = args.config_dir or default_config_dir()
+    try:
+        port = args.api_port or read_settings_file(config_dir).get("api_port", DEFAULT_API_PORT)
+    except ConfigError as exc:
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 2
+    url = f"http://127.0.0.1:{port}{AUDIT_PATH}?limit={args.limit}"
+    try:
+        with urllib.request.urlopen(url, timeout=_CLIENT_TIMEOUT_S) as reply:
+            entries = json.load(reply)
+    except urllib.error.HTTPError as exc:
+        print(
+            f"inferhub: the node on 127.0.0.1:{port} answered HTTP {exc.code}: {exc.read()[:500]!r}",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError:
+        # No node runs: the log is where it writes it.
+        try:
+            entries = read_audit(config_dir, args.limit)
+        except OSError as exc:
+            print(f"inferhub: cannot read the audit log in {config_dir}: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(entries, indent=2) if args.json else format_audit(entries))
+    return 0
+
+
+def format_audit(entries: list[dict[str, Any]]) -> str:
+    """Render the audit log for people: one row per request a peer had this machine serve, newest last."""
+    if not entries:
+        return "no peer has used this machine yet"
+    rows = [("when", "peer", "model", "tokens", "duration", "outcome"), *(audit_row(e) for e in entries)]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = []
+    for row in rows:
+        # Figures to the right; the outcome, last, as long as it is.
+        cells = [row[i].rjust(w) if i in (3, 4) else row[i].ljust(w) for i, w in enumerate(widths)]
+        lines.append("  ".join([*cells, row[5]]))
+    return "\n".join(lines)
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def _pool(args: argparse.Namespace) -> int:
+    """Make, join, leave or show the private pool: in the settings file, and in the running node if any."""
+    config_dir = args.config_dir or default_config_dir()
+    try:
+        table = read_settings_file(config_dir)
+        code = {
+            "show": table.get("pool_code") or None,
+            "create": join_code(new_secret()),
+            "join": getattr(args, "code", None),
+            "leave": None,
+        }[args.action]
+        key = PoolKey(read_join_code(code)) if code else None  # says what is wrong with a mistyped code
+        code = key.code if key else None
+        if args.action != "show":
+            update_settings_file(config_dir, pool_code=code or "")
+    except ConfigError as exc:
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 2
+    port = args.api_port or table.get("api_port", DEFAULT_API_PORT)
+    running = True
+    try:
+        body = json.dumps({"code": code}).encode() if args.action != "show" else None
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{POOL_PATH}", data=body)
+        with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError as exc:
+        print(
+            f"inferhub: the node on 127.0.0.1:{port} answered HTTP {exc.code}: {exc.read()[:500]!r}",
+            file=sys.stderr,
+        )
+        return 1
+    except OSError:
+        running = False
+    if key is None:
+        print(
+            "This machine is in the LAN's open pool: while it shares, any InferHub on the local network "
+            "may use it."
+        )
+    else:
+        verb = {"create": "Made and joined", "join": "Joined", "show": "In"}[args.action]
+        print(f"{verb} the private pool {key.pool_id}. Its join code:\n\n    {code}\n")
+        print("Other machines join with `inferhub pool join CODE`; keep the code among the pool's members.")
+    if not running and args.action != "show":
+        print("No node is running here; it uses this pool when it starts.")
     return 0
 
 

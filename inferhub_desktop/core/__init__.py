@@ -1,6 +1,7 @@
 """InferHub's core: asyncio only, never Qt. The UI and the CLI use what this module exports."""
 
-from .api.endpoints import PEERS_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
+from .api.endpoints import AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
+from .audit import audit_entry, audit_row, read_audit
 from .errors import ApiError, BackendUnavailable, ConfigError, InferhubError
 from .events import (
     BackendChanged,
@@ -26,11 +27,14 @@ from .settings import (
     read_settings_file,
     update_settings_file,
 )
+from .trust import PoolKey, join_code, new_secret, read_join_code
 
 __all__ = [
+    "AUDIT_PATH",
     "DEFAULT_API_PORT",
     "DEFAULT_SHARE_PORT",
     "PEERS_PATH",
+    "POOL_PATH",
     "ROUTE_PATH",
     "STATUS_PATH",
     "SWITCHES",
@@ -46,13 +50,20 @@ __all__ = [
     "Node",
     "PeerJoined",
     "PeerLeft",
+    "PoolKey",
     "RequestDone",
     "Settings",
     "SwitchesChanged",
+    "audit_entry",
+    "audit_row",
     "default_config_dir",
+    "join_code",
     "load_settings",
+    "new_secret",
     "parse_host",
     "parse_peer",
+    "read_audit",
+    "read_join_code",
     "read_settings_file",
     "serve",
     "short_name",

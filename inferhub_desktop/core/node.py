@@ -26,6 +26,7 @@ from .api.local import LocalApi
 from .api.payload import unloads_now
 from .api.relay import NODE_HEADER, Admit, Forwarder, Outcome, Plan, Query, Target
 from .api.share import PULL_PATH, ShareApi
+from .audit import MAX_ENTRIES, AuditLog
 from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
 from .backends.ollama import OllamaBackend
@@ -40,6 +41,7 @@ from .routing import Routing, route_request
 from .settings import SWITCHES, Settings, backend_kind, parse_peer, update_settings_file
 from .speeds import SpeedBook
 from .telemetry import Telemetry, TelemetrySampler
+from .trust import PoolKey, read_join_code
 
 _log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class Node:
         self.sharing = settings.share
         self.local_only = settings.local_only
         self.pool_pull = settings.pool_pull
+        # The private pool's keys, or None in the LAN's open pool.
+        self.pool_key = PoolKey(read_join_code(settings.pool_code)) if settings.pool_code else None
         self.share_port = settings.share_port
         self.speeds = SpeedBook()
         # The most model bytes the backend has held at once, from its probes: its room for models.
@@ -97,6 +101,7 @@ class Node:
         self.api_port = settings.api_port
         self._forwarders: dict[str, Forwarder] = {}
         self.metrics = NodeMetrics(self)
+        self.audit_log = AuditLog(settings.config_dir)
         kind, url = backend_kind(settings.backend)
         self.backend_state = BackendState(kind=kind, url=url or kind, reachable=False, error="not asked yet")
 
@@ -149,12 +154,15 @@ class Node:
             peers=self.peers,
             explain_route=self.explain_route,
             switches=self.switch,
+            pool=(self.pool_info, self.set_pool),
+            audit=self.audit,
         )
         share = ShareApi(
             self._forwarder(self._plan_here, "share"),
             self.settings.name,
             sharing=lambda: self.sharing,
             pool_pull=lambda: self.pool_pull,
+            key=lambda: self.pool_key,
         )
         # The share API listens on the chosen LAN interfaces, else on all of them.
         share_hosts = list(self.settings.interfaces) or ["0.0.0.0"]
@@ -167,6 +175,7 @@ class Node:
         self._pool = Pool(
             self.settings,
             self.announcement,
+            key=lambda: self.pool_key,
             joined=self._peer_joined,
             answered=self._peer_answered,
             left=self._peer_left,
@@ -248,6 +257,29 @@ class Node:
         peers = self._pool.peers if self._pool else []
         return [{**peer.to_json(), "breaker": self.routing.breakers.describe(peer.node_id)} for peer in peers]
 
+    def pool_info(self) -> dict[str, Any]:
+        """Return the private pool this node is in (its id and join code), or nulls for the open pool."""
+        key = self.pool_key
+        return {"pool": key.pool_id if key else None, "code": key.code if key else None}
+
+    def set_pool(self, code: str | None) -> dict[str, Any]:
+        """Join the private pool of a join code, or with None go back to the LAN's open pool; remembered.
+
+        Peers are forgotten until they prove, by signing, that they are in the same pool.
+        """
+        key = PoolKey(read_join_code(code)) if code else None  # raises ConfigError for a mistyped code
+        self.pool_key = key
+        self.settings = dataclasses.replace(self.settings, pool_code=key.code if key else "")
+        update_settings_file(self.settings.config_dir, pool_code=self.settings.pool_code)
+        _log.info("pool: %s", f"private pool {key.pool_id}" if key else "the LAN's open pool")
+        if self._pool is not None:
+            self._pool.rekey()
+        return self.pool_info()
+
+    def audit(self, limit: int = MAX_ENTRIES) -> list[dict[str, Any]]:
+        """Return the last `limit` requests peers had this machine serve, newest last, as JSON values."""
+        return self.audit_log.entries(limit)
+
     def set_peers(self, peers: Sequence[str]) -> None:
         """Reach these HOST:PORT peers by address from now on, instead of the ones set before; remembered."""
         for peer in peers:
@@ -283,6 +315,7 @@ class Node:
             active=self.admission.active,
             slots=self.settings.max_remote,
             models_hash=self.models_hash(),
+            pool=self.pool_key.pool_id if self.pool_key else "",
         )
 
     def status(self) -> dict[str, Any]:
@@ -295,6 +328,8 @@ class Node:
             "share": self.sharing,
             "local_only": self.local_only,
             "pool_pull": self.pool_pull,
+            # The private pool's public id (never its secret), or None in the LAN's open pool.
+            "pool": self.pool_key.pool_id if self.pool_key else None,
             "share_port": self.share_port,
             "load": {
                 "active": self.admission.active,
@@ -459,9 +494,15 @@ class Node:
                 connect_timeout_s=_PEER_CONNECT_TIMEOUT_S,
                 name=f"peer {peer.announcement.name!r}",
                 hint="",
+                sign=self._sign,
             )
             self._peer_backends[peer.node_id] = backend
         return backend
+
+    def _sign(self, method: str, target: str, body: bytes) -> str | None:
+        """Sign a request to a peer, in a private pool."""
+        key = self.pool_key
+        return key.sign_request(self.settings.node_id, method, target, body) if key else None
 
     def _peer_joined(self, peer: Peer) -> None:
         self.events.emit(PeerJoined(peer.node_id, peer.announcement.name, peer.announcement.address))
@@ -479,6 +520,8 @@ class Node:
     def _request_done(self, done: RequestDone) -> None:
         """Pass on how a request ended, with the peer it came from by name."""
         peer = self._pool.table.get(done.client) if self._pool and done.client else None
+        if done.api == "share":
+            self.audit_log.record(done, peer.announcement.name if peer else None)
         self.events.emit(dataclasses.replace(done, client=peer.announcement.name) if peer else done)
 
     def _relayed(self, endpoint: Endpoint) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +16,7 @@ from .api.endpoints import STATUS_PATH
 from .discovery import Discovery
 from .peers import MalformedRecord, Peer, PeerAnnouncement, PeerTable, encode_txt
 from .settings import Settings, parse_peer
+from .trust import AUTH_HEADER, PoolKey, Unauthorized, nonce_of
 
 _log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class Pool:
         settings: Settings,
         own: Callable[[], PeerAnnouncement],
         *,
+        key: Callable[[], PoolKey | None] = lambda: None,
         joined: Callable[[Peer], None] = lambda peer: None,
         answered: Callable[[str], None] = lambda node_id: None,
         left: Callable[[Peer, str], None] = lambda peer, reason: None,
@@ -73,6 +76,8 @@ class Pool:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._own = own
+        # The private pool's keys, or None in the LAN's open pool; they may change while the node runs.
+        self._key = key
         # Told when a peer first answers, when it answers a status poll, and when it leaves (and why).
         self._joined = joined
         self._answered = answered
@@ -80,6 +85,10 @@ class Pool:
         self.table = PeerTable(settings.node_id, _PEER_TTL_S)
         # Where peers may be reached, and how they were learnt of ("mdns" or "static").
         self._candidates: dict[tuple[str, int], str] = {parse_peer(p): "static" for p in settings.peers}
+        # The pool id each node found by mDNS advertises: only those of this node's pool are polled.
+        self._advertised_pools: dict[tuple[str, int], str] = {}
+        # Why each node that answers but is not taken as a peer is ignored.
+        self._ignored: dict[tuple[str, int], str] = {}
         self._discovery = Discovery(settings.node_id, settings.interfaces, self._on_seen, self._on_gone)
         self._poll_now = asyncio.Event()
         self._advertise_now = asyncio.Event()
@@ -98,6 +107,14 @@ class Pool:
         for endpoint in wanted:
             self._candidates[endpoint] = "static"
         self._poll_now.set()
+
+    def rekey(self) -> None:
+        """This node joined or left a private pool: forget every peer until it proves it belongs."""
+        for peer in self.table:
+            self.table.remove(peer.node_id)
+            self._left(peer, f"peer {peer.announcement.name!r} is not in this node's pool now")
+        self._poll_now.set()
+        self.readvertise()
 
     def readvertise(self) -> None:
         """Publish this node's record soon: something a user changed is in it."""
@@ -123,11 +140,13 @@ class Pool:
 
     def _on_seen(self, announcement: PeerAnnouncement) -> None:
         self._candidates.setdefault(announcement.endpoint, "mdns")
+        self._advertised_pools[announcement.endpoint] = announcement.pool
         self._poll_now.set()
 
     def _on_gone(self, endpoint: tuple[str, int]) -> None:
         if self._candidates.get(endpoint) == "mdns":
             del self._candidates[endpoint]
+            self._advertised_pools.pop(endpoint, None)
         for peer in self.table:
             if peer.announcement.endpoint == endpoint:
                 self.table.remove(peer.node_id)
@@ -137,7 +156,17 @@ class Pool:
     async def _poll(self) -> None:
         while True:
             self._poll_now.clear()
-            await asyncio.gather(*(self._check(endpoint) for endpoint in list(self._candidates)))
+            key = self._key()
+            pool_id = key.pool_id if key else ""
+            # Nodes that advertise another pool are not asked; those reached by address prove theirs by
+            # signing their status.
+            await asyncio.gather(
+                *(
+                    self._check(endpoint, key)
+                    for endpoint, how in list(self._candidates.items())
+                    if how == "static" or self._advertised_pools.get(endpoint, "") == pool_id
+                )
+            )
             for peer in self.table.expire(time.monotonic()):
                 _log.info(
                     "peer %r (%s:%d) stopped answering", peer.announcement.name, *peer.announcement.endpoint
@@ -147,23 +176,37 @@ class Pool:
                 async with asyncio.timeout(_PEER_POLL_S):
                     await self._poll_now.wait()
 
-    async def _check(self, endpoint: tuple[str, int]) -> None:
+    async def _check(self, endpoint: tuple[str, int], key: PoolKey | None) -> None:
         host, port = endpoint
         url = f"http://{host}:{port}{STATUS_PATH}"
         assert self._session is not None
+        headers = (
+            {AUTH_HEADER: key.sign_request(self._settings.node_id, "GET", STATUS_PATH, b"")} if key else {}
+        )
         sent = time.monotonic()
         try:
-            async with asyncio.timeout(_PEER_POLL_TIMEOUT_S), self._session.get(url) as reply:
+            async with (
+                asyncio.timeout(_PEER_POLL_TIMEOUT_S),
+                self._session.get(url, headers=headers) as reply,
+            ):
                 if reply.status != 200:
                     return
-                status = await reply.json(content_type=None)
+                body = await reply.read()
+            if key:
+                # A node that cannot sign its status is not a member, whatever its record claims.
+                key.check_status(reply.headers.get(AUTH_HEADER), nonce_of(headers[AUTH_HEADER]), body)
+            status = json.loads(body)
             announcement = announcement_from_status(status, host, port)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             _log.debug("peer at %s:%d did not answer: %s", host, port, exc)
             return
-        except MalformedRecord as exc:
-            _log.info("ignoring the peer at %s:%d: %s", host, port, exc)
+        except (MalformedRecord, Unauthorized) as exc:
+            # Said once, not at every poll.
+            if self._ignored.get(endpoint) != str(exc):
+                _log.info("ignoring the peer at %s:%d: %s", host, port, exc)
+            self._ignored[endpoint] = str(exc)
             return
+        self._ignored.pop(endpoint, None)
         now = time.monotonic()
         if self.table.seen(announcement, status, now, rtt_s=now - sent):
             _log.info("peer %r joined from %s:%d", announcement.name, host, port)

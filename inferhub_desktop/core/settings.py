@@ -17,6 +17,7 @@ import platformdirs
 import tomli_w
 
 from .errors import ConfigError
+from .trust import read_join_code
 
 _log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class Settings:
     local_only: bool = False
     # Let peers pull models onto this machine (the only management call they may make).
     pool_pull: bool = False
+    # The join code of the private pool this node belongs to; empty for the LAN's open pool.
+    pool_code: str = ""
 
     @property
     def max_body_bytes(self) -> int:
@@ -74,6 +77,7 @@ USER_FIELDS: dict[str, type] = {
     "peers": list,
     "local_only": bool,
     "pool_pull": bool,
+    "pool_code": str,
 }
 # The settings a running node changes when told to, and remembers in its settings file.
 SWITCHES = ("share", "local_only", "pool_pull")
@@ -155,6 +159,9 @@ def update_settings_file(config_dir: Path, **values: Any) -> None:
     config_dir.mkdir(parents=True, exist_ok=True)
     path = config_dir / SETTINGS_FILE
     tmp = path.with_suffix(".tmp")
+    # The file may hold a pool's join code: only its owner reads it.
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
     tmp.write_text(tomli_w.dumps(table), encoding="utf-8")
     tmp.replace(path)
 
@@ -235,6 +242,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"max_remote must be at least 1, not {settings.max_remote}")
     for peer in settings.peers:
         parse_peer(peer)
+    if settings.pool_code:
+        read_join_code(settings.pool_code)
     if settings.max_body_mib < 1:
         raise ConfigError(f"max_body_mib must be at least 1, not {settings.max_body_mib}")
     if not settings.name.strip() or len(settings.name) > 63 or not settings.name.isprintable():

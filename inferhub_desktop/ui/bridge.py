@@ -27,6 +27,8 @@ REFRESH_MS = 1000
 _THROUGHPUT_WINDOW_S = 10.0
 # Requests kept for the dashboard's list.
 RECENT_REQUESTS = 200
+# Entries of the audit log (what peers had this machine serve) the dashboard shows.
+AUDIT_SHOWN = 200
 
 
 class Core(Protocol):
@@ -46,6 +48,8 @@ class Core(Protocol):
 
     def set_peers(self, peers: Sequence[str]) -> None: ...
 
+    def audit(self, limit: int) -> list[dict[str, Any]]: ...
+
 
 class Bridge(QObject):
     """Watch a node: its events become signals, and its state a PoolView every second."""
@@ -57,6 +61,7 @@ class Bridge(QObject):
     switches_changed = Signal(object)  # {switch: bool}
     backend_changed = Signal(bool, str)  # reachable, error
     request_done = Signal(object)  # RequestDone
+    audit_changed = Signal(object)  # [audit entry], newest last
 
     def __init__(self, parent: QObject | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(parent)
@@ -67,6 +72,9 @@ class Bridge(QObject):
         # What is wrong with the pool, worked out once per refresh for the tray and the dashboard.
         self.problems: list[Problem] = []
         self.recent: collections.deque[RequestDone] = collections.deque(maxlen=RECENT_REQUESTS)
+        # The audit log's last entries, read again only after a peer's request ended.
+        self.audit: list[dict[str, Any]] = []
+        self._audit_stale = True
         self._alone_since = clock()
         # (at, {node id: tokens generated}) over the throughput window.
         self._counts: collections.deque[tuple[float, dict[str, int]]] = collections.deque()
@@ -86,6 +94,7 @@ class Bridge(QObject):
         self._core = core
         self._unsubscribe = core.events.subscribe(self._on_event)
         self._counts.clear()
+        self._audit_stale = True
         self._timer.start()
         self.refresh()
 
@@ -107,6 +116,10 @@ class Bridge(QObject):
         self.problems = view.problems(alone_for_s=now - self._alone_since)
         self.view_changed.emit(view)
         self.sampled.emit(now, self._throughput(view, now), view.me.utilization_pct)
+        if self._audit_stale:
+            self._audit_stale = False
+            self.audit = self._core.audit(AUDIT_SHOWN)
+            self.audit_changed.emit(self.audit)
 
     def set_switch(self, key: str, on: bool) -> None:
         self.core.switch({key: on})
@@ -144,6 +157,8 @@ class Bridge(QObject):
                 self.backend_changed.emit(reachable, error or "")
             case RequestDone():
                 self.recent.appendleft(event)
+                # A peer's request is in the audit log now; the next refresh shows it.
+                self._audit_stale = self._audit_stale or event.api == "share"
                 self.request_done.emit(event)
                 return  # a request changes nothing the next refresh will not show
         self.refresh()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QColor, QPainter, QPalette
@@ -24,13 +25,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import ConfigError, RequestDone, short_name
+from ..core import ConfigError, RequestDone, audit_row, short_name
 from .bridge import Bridge
 from .chart import LineChart
 from .model import NodeView, PoolView, Problem, short_models
 
 PEER_COLUMNS = ("Node", "Address", "GPU", "VRAM", "GPU use", "Loaded models", "Busy", "Speed", "Sharing")
 REQUEST_COLUMNS = ("Time", "Model", "Node", "Duration", "Speed", "Outcome")
+AUDIT_COLUMNS = ("Time", "Peer", "Model", "Tokens", "Duration", "Outcome")
 _VRAM_COLUMN = PEER_COLUMNS.index("VRAM")
 # The share of VRAM in use, for the bar the delegate draws.
 _FRACTION_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -137,6 +139,9 @@ class Dashboard(QMainWindow):
         self.peers_table.horizontalHeader().setSectionResizeMode(_VRAM_COLUMN, QHeaderView.ResizeMode.Fixed)
         self.peers_table.setColumnWidth(_VRAM_COLUMN, 150)
         self.requests_table = _table(REQUEST_COLUMNS, stretch=REQUEST_COLUMNS.index("Outcome"))
+        self.audit_table = _table(AUDIT_COLUMNS, stretch=AUDIT_COLUMNS.index("Outcome"))
+        self.audit_note = QLabel("No peer has used this machine yet.")
+        self.audit_note.setStyleSheet("color: #6b7280;")
 
         body = QVBoxLayout()
         body.addLayout(header)
@@ -145,9 +150,12 @@ class Dashboard(QMainWindow):
         body.addLayout(add_row)
         body.addLayout(charts)
         body.addWidget(_section("Nodes"))
-        body.addWidget(self.peers_table, 2)
+        body.addWidget(self.peers_table, 3)
         body.addWidget(_section("Recent requests"))
-        body.addWidget(self.requests_table, 3)
+        body.addWidget(self.requests_table, 2)
+        body.addWidget(_section("Used by peers"))
+        body.addWidget(self.audit_note)
+        body.addWidget(self.audit_table, 2)
         central = QWidget()
         central.setLayout(body)
         self.setCentralWidget(central)
@@ -156,7 +164,9 @@ class Dashboard(QMainWindow):
         bridge.sampled.connect(self._sampled)
         bridge.request_done.connect(lambda _: self.show_requests(list(bridge.recent)))
         self.show_view(bridge.view)
+        bridge.audit_changed.connect(self.show_audit)
         self.show_requests(list(bridge.recent))
+        self.show_audit(bridge.audit)
 
     def show_view(self, view: PoolView | None) -> None:
         """Show the pool's state: the header, the health panel and the nodes table."""
@@ -183,6 +193,15 @@ class Dashboard(QMainWindow):
         for row, done in enumerate(requests):
             for column, item in enumerate(_request_cells(done)):
                 self.requests_table.setItem(row, column, item)
+
+    def show_audit(self, entries: list[dict[str, Any]]) -> None:
+        """Show what peers had this machine serve, newest first, from the audit log's entries."""
+        self.audit_note.setVisible(not entries)
+        self.audit_table.setVisible(bool(entries))
+        self.audit_table.setRowCount(len(entries))
+        for row, entry in enumerate(reversed(entries)):
+            for column, item in enumerate(_audit_cells(entry)):
+                self.audit_table.setItem(row, column, item)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.standalone_reason:
@@ -303,5 +322,20 @@ def _request_cells(done: RequestDone) -> list[QTableWidgetItem]:
         _item(node),
         _item(f"{done.duration_s:.2f} s"),
         _item(f"{done.tokens_per_s:.0f} tok/s" if done.tokens_per_s else "—"),
+        outcome_item,
+    ]
+
+
+def _audit_cells(entry: dict[str, Any]) -> list[QTableWidgetItem]:
+    when, peer, model, tokens, duration, outcome = audit_row(entry)
+    outcome_item = _item(outcome, entry.get("error") or "")
+    if entry.get("outcome") != "ok":
+        outcome_item.setForeground(QColor(_SEVERE if entry.get("outcome") == "error" else _WARNING))
+    return [
+        _item(when),
+        _item(peer, f"node id {entry['peer_id']}" if entry.get("peer_id") else "the request named no node"),
+        _item(model),
+        _item(tokens),
+        _item(duration),
         outcome_item,
     ]

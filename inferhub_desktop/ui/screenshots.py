@@ -17,7 +17,16 @@ from PySide6.QtCore import QPoint, QRect, Qt
 from PySide6.QtGui import QColor, QFont, QLinearGradient, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication
 
-from ..core import ConfigError, Events, RequestDone, Settings, SwitchesChanged, load_settings, parse_peer
+from ..core import (
+    ConfigError,
+    Events,
+    RequestDone,
+    Settings,
+    SwitchesChanged,
+    audit_entry,
+    load_settings,
+    parse_peer,
+)
 from .autostart import Autostart
 from .bridge import Bridge
 from .dashboard import Dashboard
@@ -162,6 +171,17 @@ class DemoCore:
         self._ids = [str(uuid.uuid5(uuid.NAMESPACE_DNS, n[0])) for n in _NODES]
         self._tokens = [0] * len(_NODES)
         self._switches = {"share": True, "local_only": False, "pool_pull": False}
+        # What peers had this machine serve before, newest last, as a node's audit log holds it.
+        now = time.time()
+        self._audit = [
+            audit_entry(self._served(now - ago, model, peer, seconds, tokens, error), peer)
+            for ago, model, peer, seconds, tokens, error in [
+                (26 * 3600, "qwen2.5-coder:14b", "cobalt", 4.2, 388, None),
+                (5 * 3600, "llama3.1:8b", "borealis", 0.9, 95, None),
+                (3 * 3600, "qwen2.5-coder:14b", "dune", 31.0, 0, "model runner has unexpectedly stopped"),
+                (40 * 60, "nomic-embed-text", "cobalt", 0.05, 0, None),
+            ]
+        ]
 
     @property
     def api_url(self) -> str:
@@ -194,6 +214,29 @@ class DemoCore:
         self.events.emit(SwitchesChanged(dict(self._switches)))
         return dict(self._switches)
 
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        return self._audit[-limit:]
+
+    def _served(
+        self, at: float, model: str, peer: str, seconds: float, tokens: int, error: str | None
+    ) -> RequestDone:
+        """Return a request this machine served for a peer, as the share API ends one."""
+        return RequestDone(
+            at=at,
+            api="share",
+            endpoint="/api/chat",
+            model=model,
+            node="atlas",
+            client=self._ids[[n[0] for n in _NODES].index(peer)],
+            attempts=1,
+            status=500 if error else 200,
+            duration_s=seconds,
+            first_byte_s=0.09,
+            tokens=tokens or None,
+            tokens_per_s=tokens / seconds if tokens else None,
+            error=error,
+        )
+
     def set_peers(self, peers: Sequence[str]) -> None:
         for peer in peers:
             parse_peer(peer)
@@ -211,6 +254,11 @@ class DemoCore:
             (9, "llama3.1:70b", "borealis", "local", "", 14.8, 318, None),
             (3, "qwen2.5-coder:14b", "atlas", "local", "", 2.1, 212, None),
         ]:
+            if api == "share":
+                # Served here for a peer: the node logs it before telling of it.
+                self._audit.append(
+                    audit_entry(self._served(now - ago, model, client, seconds, tokens, error), client)
+                )
             self.events.emit(
                 RequestDone(
                     at=now - ago,

@@ -293,6 +293,7 @@ async def test_an_internal_fault_is_a_500_without_a_traceback(
         peers=list,
         explain_route=lambda model: {},
         switches=lambda changes: {},
+        pool=(dict, lambda code: {}),
     )
     runner = web.AppRunner(api.app())
     await runner.setup()

@@ -119,6 +119,7 @@ class Rig:
             peers=list,
             explain_route=lambda model: {},
             switches=lambda changes: {},
+            pool=(dict, lambda code: {}),
         )
         return await self._serve(api.app())
 

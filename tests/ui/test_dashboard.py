@@ -14,7 +14,13 @@ from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.core import ConfigError, RequestDone, parse_peer
 from inferhub_desktop.ui.bridge import Bridge
-from inferhub_desktop.ui.dashboard import _FRACTION_ROLE, PEER_COLUMNS, REQUEST_COLUMNS, Dashboard
+from inferhub_desktop.ui.dashboard import (
+    _FRACTION_ROLE,
+    AUDIT_COLUMNS,
+    PEER_COLUMNS,
+    REQUEST_COLUMNS,
+    Dashboard,
+)
 from inferhub_desktop.ui.screenshots import DemoCore
 
 NODE = PEER_COLUMNS.index("Node")
@@ -341,3 +347,66 @@ def test_the_populated_dashboard_renders(dashboard: Dashboard, core: DemoCore) -
     assert not image.isNull()
     assert image.width() >= 1240
     assert image.height() >= 820
+
+
+def test_used_by_peers_lists_the_audit_log_newest_first(dashboard: Dashboard, core: DemoCore) -> None:
+    table = dashboard.audit_table
+
+    assert (table.isHidden(), dashboard.audit_note.isHidden()) == (False, True)
+    assert cells(table, AUDIT_COLUMNS, "Peer") == ["cobalt", "dune", "borealis", "cobalt"]
+    assert cells(table, AUDIT_COLUMNS, "Model") == [
+        "nomic-embed-text",
+        "qwen2.5-coder:14b",
+        "llama3.1:8b",
+        "qwen2.5-coder:14b",
+    ]
+    assert cells(table, AUDIT_COLUMNS, "Tokens") == ["—", "—", "95", "388"]
+    assert cells(table, AUDIT_COLUMNS, "Duration") == ["0.05 s", "31.00 s", "0.90 s", "4.20 s"]
+    times = cells(table, AUDIT_COLUMNS, "Time")
+    assert times == sorted(times, reverse=True)
+    failed = table.item(1, AUDIT_COLUMNS.index("Outcome"))
+    assert failed.text() == "error: HTTP 500: model runner has unexpectedly stopped"
+    assert failed.toolTip() == "model runner has unexpectedly stopped"
+    assert failed.foreground().color() == QColor("#dc2626")
+    assert table.item(0, AUDIT_COLUMNS.index("Outcome")).text() == "ok"
+    assert table.item(0, AUDIT_COLUMNS.index("Peer")).toolTip() == f"node id {core.peers()[1]['id']}"
+
+
+def test_the_audit_is_read_again_only_after_a_peers_request(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    read = core.audit
+
+    def counted(limit: int) -> list[dict[str, Any]]:
+        reads.append(limit)
+        return read(limit)
+
+    monkeypatch.setattr(core, "audit", counted)
+
+    bridge.refresh()
+    core.events.emit(request())  # this machine's own request: nothing for the audit
+    bridge.refresh()
+    assert reads == []
+
+    core.replay_requests()  # one of them was served here for cobalt
+    assert dashboard.audit_table.rowCount() == 4  # shown at the next refresh
+    bridge.refresh()
+    bridge.refresh()
+
+    assert len(reads) == 1
+    assert dashboard.audit_table.rowCount() == 5
+    assert cells(dashboard.audit_table, AUDIT_COLUMNS, "Peer")[0] == "cobalt"
+    assert cells(dashboard.audit_table, AUDIT_COLUMNS, "Tokens")[0] == "140"
+
+
+def test_with_no_peer_served_yet_used_by_peers_says_so(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core, "audit", lambda limit: [])
+
+    bridge.attach(core)
+
+    assert dashboard.audit_table.isHidden()
+    assert not dashboard.audit_note.isHidden()
+    assert dashboard.audit_note.text() == "No peer has used this machine yet."

@@ -13,6 +13,10 @@ PEERS_PATH = CONTROL_PREFIX + "peers"
 SWITCHES_PATH = CONTROL_PREFIX + "switches"
 # GET ?model=NAME: where a request for the model would go now, and why.
 ROUTE_PATH = CONTROL_PREFIX + "route"
+# GET ?limit=N: the last N requests peers had this machine serve, newest last (see audit.py).
+AUDIT_PATH = CONTROL_PREFIX + "audit"
+# GET the private pool this node is in; POST {"code": CODE} to join one, {"code": null} to leave it.
+POOL_PATH = CONTROL_PREFIX + "pool"
 # Prometheus scrapes, on both APIs; Ollama has no such path.
 METRICS_PATH = "/metrics"
 

@@ -8,9 +8,19 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import ApiError
+from ..audit import MAX_ENTRIES
+from ..errors import ApiError, ConfigError
 from ..settings import SWITCHES
-from .endpoints import CONTROL_PREFIX, METRICS_PATH, PEERS_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
+from .endpoints import (
+    AUDIT_PATH,
+    CONTROL_PREFIX,
+    METRICS_PATH,
+    PEERS_PATH,
+    POOL_PATH,
+    ROUTE_PATH,
+    STATUS_PATH,
+    SWITCHES_PATH,
+)
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
 from .payload import parse_body
 from .pooled import POOLED_PATHS, pooled_listing
@@ -27,6 +37,10 @@ ListingSources = Callable[[], Sequence[Target]]
 RouteExplainer = Callable[[str], dict[str, Any]]
 # Read the switches (with None), or change some of them; both return them all.
 Switches = Callable[[dict[str, bool] | None], dict[str, bool]]
+# The last N requests peers had this machine serve, newest last, as JSON values.
+AuditSource = Callable[[int], list[dict[str, Any]]]
+# The private pool: read it, or join one by its code (None leaves it); both return it.
+PoolControl = tuple[Callable[[], dict[str, Any]], Callable[[str | None], dict[str, Any]]]
 
 
 class LocalApi:
@@ -41,6 +55,8 @@ class LocalApi:
         peers: PeersSource,
         explain_route: RouteExplainer,
         switches: Switches,
+        pool: PoolControl,
+        audit: AuditSource = lambda limit: [],
     ) -> None:
         self._forwarder = forwarder
         self._origins = origins
@@ -48,6 +64,8 @@ class LocalApi:
         self._peers = peers
         self._explain_route = explain_route
         self._switches = switches
+        self._pool = pool
+        self._audit = audit
 
     def app(self) -> web.Application:
         """Build the application; the node runs it with an AppRunner."""
@@ -92,7 +110,25 @@ class LocalApi:
             if not fields or any(k not in SWITCHES or not isinstance(v, bool) for k, v in fields.items()):
                 raise ApiError(400, "send an object of true/false values for any of: " + ", ".join(SWITCHES))
             return _json(self._switches(fields))
-        if request.path in (PEERS_PATH, ROUTE_PATH, SWITCHES_PATH):
+        if request.path == AUDIT_PATH and reading:
+            limit = request.query.get("limit", "100")
+            if not (limit.isascii() and limit.isdigit()):
+                raise ApiError(400, f"?limit= takes a number of entries (at most {MAX_ENTRIES} are sent)")
+            return _json(self._audit(min(int(limit), MAX_ENTRIES)))
+        if request.path == POOL_PATH and reading:
+            return _json(self._pool[0]())
+        if request.path == POOL_PATH and request.method == "POST":
+            fields = parse_body(await request.read(), "inferhub.Pool", openai=False)
+            code = fields.get("code")
+            if set(fields) != {"code"} or not (code is None or isinstance(code, str)):
+                raise ApiError(
+                    400, 'send {"code": "JOIN-CODE"} to join a private pool, {"code": null} to leave it'
+                )
+            try:
+                return _json(self._pool[1](code or None))
+            except ConfigError as exc:
+                raise ApiError(400, str(exc)) from None
+        if request.path in (AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, SWITCHES_PATH):
             return text_response(405, "405 method not allowed")
         return text_response(404, "404 page not found")
 

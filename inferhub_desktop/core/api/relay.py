@@ -29,6 +29,7 @@ from ..errors import ApiError, BackendUnavailable
 from ..events import RequestDone
 from ..settings import SETTINGS_FILE, Settings
 from ..speeds import Observation
+from ..trust import AUTH_HEADER
 from .endpoints import Endpoint, Kind, match
 from .meter import ReplyMeter
 from .payload import parse_body, string_field
@@ -121,6 +122,10 @@ class _Trail:
 
 
 _STARTED_KEY = web.RequestKey("response_started", bool)
+# A body the share API read already, to check its signature.
+BODY_KEY = web.RequestKey("body", bytes)
+# The peer whose signature the share API checked: who the request is from, whatever else it claims.
+SIGNER_KEY = web.RequestKey("signer", str)
 
 _HOP_BY_HOP = frozenset(
     {
@@ -144,6 +149,8 @@ _NOT_SENT_UP = _HOP_BY_HOP | {
     "accept-encoding",
     "expect",
     NODE_HEADER.lower(),
+    # Each hop signs its own requests.
+    AUTH_HEADER.lower(),
 }
 # aiohttp writes its own framing and Date; CORS headers are the node's, not the backend's.
 _NOT_SENT_DOWN = _HOP_BY_HOP | {"content-length", "date", "server", "vary"}
@@ -368,7 +375,7 @@ class Forwarder:
         via = [v.strip() for v in request.headers.get(VIA_HEADER, "").split(",") if v.strip()]
         if endpoint.kind is not Kind.INFERENCE:
             return await self._forward(request, endpoint, via, _Trail(0.0))
-        trail = _Trail(time.monotonic(), client=via[-1] if via else "")
+        trail = _Trail(time.monotonic(), client=request.get(SIGNER_KEY) or (via[-1] if via else ""))
         error: str | None = None
         status = 0
         try:
@@ -537,10 +544,16 @@ class Forwarder:
 
     async def _body(self, request: web.Request, endpoint: Endpoint) -> Body:
         """Read the body within the size limit; blob uploads stream through unread and unlimited."""
+        if BODY_KEY in request:
+            return request[BODY_KEY]
         if not request.body_exists:
             return None
         if endpoint.kind is Kind.BLOB:
             return request.content
+        return await self.read_body(request)
+
+    async def read_body(self, request: web.Request) -> bytes:
+        """Read the whole body within the size limit."""
         limit = self._settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise self._too_large()

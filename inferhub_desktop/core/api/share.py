@@ -3,14 +3,21 @@ owner shares it."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aiohttp import web
 
 from ..errors import ApiError
+from ..trust import AUTH_HEADER, PoolKey, Unauthorized
 from .endpoints import METRICS_PATH, STATUS_PATH, Kind
-from .relay import Forwarder, route
+from .relay import BODY_KEY, SIGNER_KEY, Forwarder, route
+
+_log = logging.getLogger(__name__)
 
 # Sources on the local network: private, link-local and loopback addresses, plus the shared space
 # VPN meshes such as Tailscale hand out (100.64/10) and the range labs use for test networks (198.18/15).
@@ -33,6 +40,16 @@ _LAN_NETWORKS = tuple(
 # where the owner allows them.
 _OPEN_TO_PEERS = frozenset({Kind.INFERENCE, Kind.READ})
 PULL_PATH = "/api/pull"
+# A body that takes longer than this to arrive is a slow client holding a connection open.
+_BODY_TIMEOUT_S = 30.0
+# Requests one source address may make: a sustained rate, and a burst above it. A peer polls the status
+# once a second and sends a few requests at a time; a flood past this is refused with 429.
+_RATE_PER_S = 20.0
+_BURST = 60.0
+# Sources whose rate is tracked at once; the least recently seen are forgotten past this.
+_MAX_SOURCES = 4096
+# A refused source is logged at most this often.
+_REFUSAL_LOG_GAP_S = 60.0
 
 
 def is_lan_address(address: str | None) -> bool:
@@ -58,22 +75,58 @@ class ShareApi:
         *,
         sharing: Callable[[], bool],
         pool_pull: Callable[[], bool],
+        key: Callable[[], PoolKey | None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder
         self._name = name
         self._sharing = sharing
         self._pool_pull = pool_pull
+        # The private pool's keys: with them every request must be signed by a member; without them the
+        # pool is the LAN's open one and only local-network sources are served.
+        self._key = key
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._refusals_logged: dict[str, float] = {}
 
     def app(self) -> web.Application:
         """Build the application; the node runs it with an AppRunner."""
         return self._forwarder.app(self._handle)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        """Answer peers on the LAN: status always, inference and reads while sharing, nothing else."""
-        if not is_lan_address(request.remote):
-            raise ApiError(403, "InferHub shares only with machines on the local network")
+        """Answer peers: status always, inference and reads while sharing, nothing else; in a private pool
+        only to members."""
+        source = request.remote or ""
+        if not self._allowed(source):
+            raise ApiError(429, "too many requests from this address; slow down")
+        key = self._key()
+        nonce = ""
+        if key is None:
+            if not is_lan_address(source):
+                raise ApiError(403, "InferHub shares only with machines on the local network")
+        else:
+            try:
+                async with asyncio.timeout(_BODY_TIMEOUT_S):
+                    body = await self._forwarder.read_body(request)
+            except TimeoutError:
+                raise ApiError(
+                    408, f"the request's body did not arrive within {_BODY_TIMEOUT_S:g} s"
+                ) from None
+            try:
+                signer, nonce = key.check_request(
+                    request.headers.get(AUTH_HEADER), request.method, request.raw_path, body
+                )
+            except Unauthorized as exc:
+                self._log_refusal(source, str(exc))
+                # Ollama's word for it, and nothing that would help a caller who is not a member.
+                raise ApiError(401, "unauthorized") from None
+            request[BODY_KEY] = body
+            request[SIGNER_KEY] = signer
         if request.path == STATUS_PATH:
-            return self._forwarder.status_reply(request)
+            reply = self._forwarder.status_reply(request)
+            if key is not None and isinstance(reply.body, bytes):
+                reply.headers[AUTH_HEADER] = key.sign_status(nonce, reply.body)
+            return reply
         if request.path == METRICS_PATH:
             return self._forwarder.metrics_reply(request)
         routed = route(request)
@@ -92,3 +145,22 @@ class ShareApi:
                 503, f"{self._name} is not sharing its GPU right now; its owner can turn sharing on"
             )
         return await self._forwarder.forward(request, routed)
+
+    def _allowed(self, source: str) -> bool:
+        """Take a token from the source's bucket; False when it has none left."""
+        now = self._clock()
+        tokens, last = self._buckets.pop(source, (_BURST, now))
+        tokens = min(_BURST, tokens + (now - last) * _RATE_PER_S)
+        allowed = tokens >= 1
+        self._buckets[source] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > _MAX_SOURCES:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def _log_refusal(self, source: str, reason: str) -> None:
+        now = self._clock()
+        if now - self._refusals_logged.get(source, -_REFUSAL_LOG_GAP_S) >= _REFUSAL_LOG_GAP_S:
+            self._refusals_logged[source] = now
+            if len(self._refusals_logged) > _MAX_SOURCES:
+                self._refusals_logged.clear()
+            _log.info("refused a request from %s, which is not a member of this pool: %s", source, reason)

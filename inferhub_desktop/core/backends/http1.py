@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ from aiohttp import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..errors import BackendUnavailable
+from ..trust import AUTH_HEADER
 
 # Header blocks and chunk-size lines longer than this are not HTTP a backend would send.
 _LINE_LIMIT = 1 << 20
@@ -304,16 +305,32 @@ class HttpBackend:
     """A model server reached over kept-alive HTTP/1.1 connections, requests sent as they are; its
     failures are BackendUnavailable errors that name it and say what to do (`hint`)."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float, name: str, hint: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float,
+        name: str,
+        hint: str,
+        sign: Callable[[str, str, bytes], str | None] | None = None,
+    ) -> None:
         self.url = url
         self.name = name
         self._hint = hint
+        # Signs each request (method, target, body) for a server that checks who sends it: a peer of a
+        # private pool.
+        self._sign = sign
         self._client = Http1Client(url, connect_timeout_s=connect_timeout_s)
 
     @asynccontextmanager
     async def request(
         self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes | StreamReader | None
     ) -> AsyncIterator[_Upstream]:
+        if self._sign is not None:
+            if isinstance(body, StreamReader):
+                raise BackendUnavailable(f"a streamed body cannot be signed for {self.name}")
+            if (auth := self._sign(method, path_qs, body or b"")) is not None:
+                headers = {**headers, AUTH_HEADER: auth}
         try:
             connection, response = await self._client.request(method, path_qs, headers, body)
         except HttpError as exc:

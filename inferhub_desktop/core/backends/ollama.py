@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import BackendUnavailable
@@ -27,8 +28,9 @@ class OllamaBackend(HttpBackend):
         connect_timeout_s: float,
         name: str = "the backend",
         hint: str = "Start Ollama (`ollama serve`), or point InferHub at another server with --backend",
+        sign: Callable[[str, str, bytes], str | None] | None = None,
     ) -> None:
-        super().__init__(url, connect_timeout_s=connect_timeout_s, name=name, hint=hint)
+        super().__init__(url, connect_timeout_s=connect_timeout_s, name=name, hint=hint, sign=sign)
 
     async def probe(self) -> BackendState:
         try:

@@ -1,0 +1,169 @@
+"""The audit log: every request a peer had this machine's GPU answer, one JSON line each, so its owner can
+see who used it.
+
+The log is `audit.jsonl` in the config directory, readable by its owner only. Once it passes
+MAX_FILE_BYTES (5 MiB, some 20,000 requests) it becomes `audit.1.jsonl`, replacing the one before, so
+the two files never hold much more than 10 MiB.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .events import RequestDone
+from .names import short_name
+
+_log = logging.getLogger(__name__)
+
+AUDIT_FILE = "audit.jsonl"
+ROTATED_FILE = "audit.1.jsonl"
+MAX_FILE_BYTES = 5 * 1024 * 1024
+# The most entries one read returns.
+MAX_ENTRIES = 1000
+# An error is kept to its first characters: a backend's message may quote a whole prompt.
+_ERROR_CHARS = 300
+# The log is read from its end, this many bytes at a time.
+_READ_BLOCK_BYTES = 64 * 1024
+
+
+class AuditLog:
+    """Append a line to the audit log for each request served to a peer; never fail the node for it."""
+
+    def __init__(self, config_dir: Path, *, max_file_bytes: int = MAX_FILE_BYTES) -> None:
+        self.config_dir = config_dir
+        self._max_file_bytes = max_file_bytes
+        # Whether the last write failed, so a directory that stays unwritable is warned of once.
+        self._failing = False
+
+    def record(self, done: RequestDone, peer_name: str | None) -> None:
+        """Log a request served to a peer; `done.client` is the peer's node id as it said it."""
+        line = json.dumps(audit_entry(done, peer_name), ensure_ascii=False) + "\n"
+        try:
+            self._append(line.encode())
+        except OSError as exc:
+            if not self._failing:
+                _log.warning(
+                    "cannot write the audit log in %s (%s); peers' requests are served but not logged",
+                    self.config_dir,
+                    exc.strerror or exc,
+                )
+            self._failing = True
+        else:
+            self._failing = False
+
+    def entries(self, limit: int) -> list[dict[str, Any]]:
+        """Return the last `limit` entries, newest last; none if the log cannot be read."""
+        try:
+            return read_audit(self.config_dir, limit)
+        except OSError as exc:
+            _log.warning("cannot read the audit log in %s: %s", self.config_dir, exc.strerror or exc)
+            return []
+
+    def _append(self, data: bytes) -> None:
+        path = self.config_dir / AUDIT_FILE
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        # One write of a short line in append mode: a reader never sees two lines interleaved. No fsync:
+        # a line lost in a power cut is not worth a disk flush on every request.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, data)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if size >= self._max_file_bytes:
+            os.replace(path, self.config_dir / ROTATED_FILE)
+
+
+def audit_entry(done: RequestDone, peer_name: str | None) -> dict[str, Any]:
+    """Return the audit log's entry for a request served to a peer, as JSON values."""
+    at = datetime.datetime.fromtimestamp(done.at, datetime.UTC)
+    return {
+        # When it ended; `duration_s` says how long it had run.
+        "at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "peer": peer_name or None,
+        "peer_id": done.client or None,
+        "endpoint": done.endpoint,
+        "model": done.model,
+        "tokens": done.tokens,
+        "duration_s": round(done.duration_s, 3),
+        "outcome": "cancelled" if done.cancelled else "ok" if done.ok else "error",
+        "status": done.status,
+        "error": done.error[:_ERROR_CHARS] if done.error else None,
+    }
+
+
+def read_audit(config_dir: Path, limit: int = MAX_ENTRIES) -> list[dict[str, Any]]:
+    """Return the last `limit` entries of the audit log in `config_dir`, newest last, from the current file
+    and the rotated one; lines that are not entries are skipped. Raise OSError if a file cannot be read."""
+    limit = max(0, min(limit, MAX_ENTRIES))
+    newest_first: list[dict[str, Any]] = []
+    for name in (AUDIT_FILE, ROTATED_FILE):
+        if len(newest_first) < limit:
+            newest_first += _last_entries(config_dir / name, limit - len(newest_first))
+    return newest_first[::-1]
+
+
+def audit_row(entry: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
+    """Return an entry as people read it: when (local time), peer, model, tokens, duration, outcome."""
+    when = datetime.datetime.fromisoformat(entry["at"]).astimezone()
+    peer_id = entry.get("peer_id") or ""
+    peer = entry.get("peer") or (f"id {peer_id[:8]}" if peer_id else "unknown")
+    model = entry.get("model")
+    tokens = entry.get("tokens")
+    duration = entry.get("duration_s")
+    outcome = str(entry.get("outcome", "?"))
+    if outcome == "cancelled":
+        outcome = "cancelled by the peer"
+    elif outcome == "error":
+        status, error = entry.get("status"), entry.get("error") or ""
+        outcome = f"error: HTTP {status}: {error}" if status else f"error: {error}"
+    return (
+        when.strftime("%Y-%m-%d %H:%M:%S"),
+        str(peer),
+        short_name(str(model)) if model else "—",
+        str(tokens) if isinstance(tokens, int) else "—",
+        f"{duration:.2f} s" if isinstance(duration, int | float) else "—",
+        outcome,
+    )
+
+
+def _last_entries(path: Path, count: int) -> list[dict[str, Any]]:
+    """Return up to `count` entries from the end of one file, newest first; none if it does not exist."""
+    found: list[dict[str, Any]] = []
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return found
+    with file:
+        end = file.seek(0, os.SEEK_END)
+        # The start of the earliest block read, which may be part of a line.
+        head = b""
+        while end > 0 and len(found) < count:
+            start = max(0, end - _READ_BLOCK_BYTES)
+            file.seek(start)
+            lines = (file.read(end - start) + head).split(b"\n")
+            end = start
+            head = lines.pop(0) if start > 0 else b""
+            for line in reversed(lines):
+                if len(found) < count and (entry := _parse(line)) is not None:
+                    found.append(entry)
+    return found
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    """Read one line of the log; None for a blank, torn or foreign one."""
+    if not line.strip():
+        return None
+    try:
+        entry = json.loads(line)
+        if isinstance(entry, dict) and isinstance(entry.get("at"), str):
+            datetime.datetime.fromisoformat(entry["at"])
+            return entry
+    except ValueError:  # bad JSON, bad UTF-8 and bad times alike
+        pass
+    return None
