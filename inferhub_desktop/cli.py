@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--share-port", type=int, metavar="PORT", help="port of the share API (default 11436)")
     run.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        help="serve the share API over TLS with this node's own certificate, which peers pin",
+    )
+    run.add_argument(
         "--max-remote",
         type=int,
         metavar="N",
@@ -207,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .ui.app import run_app
 
         return run_app(settings)
+    except ConfigError as exc:
+        parser.exit(2, f"inferhub: error: {exc}\n")
     except OSError as exc:
         _log.error(
             "cannot listen on 127.0.0.1:%d: %s. Is another InferHub running? Choose a port with --api-port",

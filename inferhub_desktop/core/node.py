@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -34,13 +35,14 @@ from .errors import ApiError
 from .events import BackendChanged, Events, PeerJoined, PeerLeft, RequestDone, SwitchesChanged
 from .metrics import CONTENT_TYPE, NodeMetrics
 from .names import model_key, short_name
-from .peers import Peer, PeerAnnouncement
+from .peers import Peer, PeerAnnouncement, url_host
 from .pool import Pool
 from .router import RouteDecision, choose_route
 from .routing import Routing, route_request
 from .settings import SWITCHES, Settings, backend_kind, parse_peer, update_settings_file
 from .speeds import SpeedBook
 from .telemetry import Telemetry, TelemetrySampler
+from .tls import node_certificate, server_context
 from .trust import PoolKey, read_join_code
 
 _log = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ class Node:
         self.sharing = settings.share
         self.local_only = settings.local_only
         self.pool_pull = settings.pool_pull
+        # The share API's certificate's fingerprint, with --tls; peers pin it.
+        self.tls_fingerprint = ""
         # The private pool's keys, or None in the LAN's open pool.
         self.pool_key = PoolKey(read_join_code(settings.pool_code)) if settings.pool_code else None
         self.share_port = settings.share_port
@@ -168,7 +172,9 @@ class Node:
         share_hosts = list(self.settings.interfaces) or ["0.0.0.0"]
         try:
             self.api_port = await self._listen(local.app(), [LOCAL_API_HOST], self.settings.api_port)
-            self.share_port = await self._listen(share.app(), share_hosts, self.settings.share_port)
+            self.share_port = await self._listen(
+                share.app(), share_hosts, self.settings.share_port, self._share_tls()
+            )
         except OSError:
             await self.close()
             raise
@@ -193,6 +199,13 @@ class Node:
             "sharing" if self.sharing else "not sharing",
         )
 
+    def _share_tls(self) -> ssl.SSLContext | None:
+        """Return the share API's TLS context with --tls (its certificate made on first use), else None."""
+        if not self.settings.tls:
+            return None
+        cert, key, self.tls_fingerprint = node_certificate(self.settings.config_dir, self.settings.name)
+        return server_context(cert, key)
+
     def _forwarder(self, planner: Callable[[Query], Plan], api: str) -> Forwarder:
         self._forwarders[api] = Forwarder(
             self.settings,
@@ -205,14 +218,16 @@ class Node:
         )
         return self._forwarders[api]
 
-    async def _listen(self, app: web.Application, hosts: list[str], port: int) -> int:
+    async def _listen(
+        self, app: web.Application, hosts: list[str], port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> int:
         runner = web.AppRunner(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S
         )
         await runner.setup()
         self._runners.append(runner)
         for host in hosts:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
             # Port 0 picks a free port; further interfaces take the same one.
             port = runner.addresses[0][1]
         return port
@@ -316,6 +331,7 @@ class Node:
             slots=self.settings.max_remote,
             models_hash=self.models_hash(),
             pool=self.pool_key.pool_id if self.pool_key else "",
+            tls=self.tls_fingerprint,
         )
 
     def status(self) -> dict[str, Any]:
@@ -330,6 +346,8 @@ class Node:
             "pool_pull": self.pool_pull,
             # The private pool's public id (never its secret), or None in the LAN's open pool.
             "pool": self.pool_key.pool_id if self.pool_key else None,
+            # The share API's certificate, which peers pin; a private pool's members sign it with the status.
+            "tls": self.tls_fingerprint or None,
             "share_port": self.share_port,
             "load": {
                 "active": self.admission.active,
@@ -484,9 +502,11 @@ class Node:
 
     def _peer_backend(self, peer: Peer) -> OllamaBackend:
         """Return the connections kept to a peer's share API, made anew if it moved."""
-        url = f"http://{_url_host(peer.announcement.address)}:{peer.announcement.port}"
+        pin = peer.announcement.tls or None
+        scheme = "https" if pin else "http"
+        url = f"{scheme}://{url_host(peer.announcement.address)}:{peer.announcement.port}"
         backend = self._peer_backends.get(peer.node_id)
-        if backend is None or backend.url != url:
+        if backend is None or (backend.url, backend.pin) != (url, pin):
             if backend is not None:
                 backend.close()
             backend = OllamaBackend(
@@ -495,6 +515,7 @@ class Node:
                 name=f"peer {peer.announcement.name!r}",
                 hint="",
                 sign=self._sign,
+                pin=pin,
             )
             self._peer_backends[peer.node_id] = backend
         return backend
@@ -572,10 +593,6 @@ def _is_unload(pattern: str, fields: Mapping[str, Any] | None) -> bool:
     if pattern not in ("/api/generate", "/api/chat") or not fields:
         return False
     return unloads_now(fields.get("keep_alive")) and not fields.get("prompt") and not fields.get("messages")
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

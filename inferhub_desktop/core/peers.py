@@ -54,6 +54,11 @@ class PeerAnnouncement:
         return self.address, self.port
 
 
+def url_host(host: str) -> str:
+    """Write an address as a URL's host: IPv6 in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def encode_txt(announcement: PeerAnnouncement) -> dict[str, str]:
     """Return the TXT record's key/value pairs for this node's announcement."""
     return {
@@ -105,6 +110,9 @@ def decode_txt(properties: Mapping[bytes, bytes | None], address: str, port: int
         raise MalformedRecord(f"mh {models_hash!r} is not lowercase hex")
     if not 1 <= port <= 65535:
         raise MalformedRecord(f"port {port} is out of range")
+    tls = _field(txt, "tls", _MAX_TLS_CHARS)
+    if tls and (len(tls) != 64 or any(c not in "0123456789abcdef" for c in tls)):
+        raise MalformedRecord(f"tls {tls[:16]!r}… is not a SHA-256 fingerprint in lowercase hex")
     return PeerAnnouncement(
         node_id=node_id,
         name=_field(txt, "name", _MAX_NAME_CHARS, required=True),
@@ -118,7 +126,7 @@ def decode_txt(properties: Mapping[bytes, bytes | None], address: str, port: int
         slots=slots,
         models_hash=models_hash,
         pool=_field(txt, "pool", _MAX_POOL_CHARS),
-        tls=_field(txt, "tls", _MAX_TLS_CHARS),
+        tls=tls,
         version=version,
     )
 

@@ -14,8 +14,9 @@ import aiohttp
 
 from .api.endpoints import STATUS_PATH
 from .discovery import Discovery
-from .peers import MalformedRecord, Peer, PeerAnnouncement, PeerTable, encode_txt
+from .peers import MalformedRecord, Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
 from .settings import Settings, parse_peer
+from .tls import shown_fingerprint
 from .trust import AUTH_HEADER, PoolKey, Unauthorized, nonce_of
 
 _log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ def announcement_from_status(status: Mapping[str, Any], address: str, port: int)
             active=int(load["active"]),
             slots=int(load["slots"]),
             models_hash=str(status["models_hash"]),
+            tls=str(status.get("tls") or ""),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedRecord(f"status is missing or mistypes {exc}") from exc
@@ -87,6 +89,9 @@ class Pool:
         self._candidates: dict[tuple[str, int], str] = {parse_peer(p): "static" for p in settings.peers}
         # The pool id each node found by mDNS advertises: only those of this node's pool are polled.
         self._advertised_pools: dict[tuple[str, int], str] = {}
+        # The TLS certificates nodes' records pin, and those learnt from nodes reached by address.
+        self._advertised_tls: dict[tuple[str, int], str] = {}
+        self._learnt_tls: dict[tuple[str, int], str] = {}
         # Why each node that answers but is not taken as a peer is ignored.
         self._ignored: dict[tuple[str, int], str] = {}
         self._discovery = Discovery(settings.node_id, settings.interfaces, self._on_seen, self._on_gone)
@@ -141,12 +146,14 @@ class Pool:
     def _on_seen(self, announcement: PeerAnnouncement) -> None:
         self._candidates.setdefault(announcement.endpoint, "mdns")
         self._advertised_pools[announcement.endpoint] = announcement.pool
+        self._advertised_tls[announcement.endpoint] = announcement.tls
         self._poll_now.set()
 
     def _on_gone(self, endpoint: tuple[str, int]) -> None:
         if self._candidates.get(endpoint) == "mdns":
             del self._candidates[endpoint]
             self._advertised_pools.pop(endpoint, None)
+            self._advertised_tls.pop(endpoint, None)
         for peer in self.table:
             if peer.announcement.endpoint == endpoint:
                 self.table.remove(peer.node_id)
@@ -178,26 +185,32 @@ class Pool:
 
     async def _check(self, endpoint: tuple[str, int], key: PoolKey | None) -> None:
         host, port = endpoint
-        url = f"http://{host}:{port}{STATUS_PATH}"
-        assert self._session is not None
         headers = (
             {AUTH_HEADER: key.sign_request(self._settings.node_id, "GET", STATUS_PATH, b"")} if key else {}
         )
+        # The certificate a node's record pins; a node reached by address has its own learnt on first
+        # contact (its status names it, and a private pool's members sign that).
+        pin = self._advertised_tls.get(endpoint) or self._learnt_tls.get(endpoint, "")
         sent = time.monotonic()
         try:
-            async with (
-                asyncio.timeout(_PEER_POLL_TIMEOUT_S),
-                self._session.get(url, headers=headers) as reply,
-            ):
-                if reply.status != 200:
-                    return
-                body = await reply.read()
+            try:
+                body, reply_headers, shown = await self._fetch_status(host, port, headers, pin)
+            except aiohttp.ClientConnectionError:
+                if pin or self._candidates.get(endpoint) != "static":
+                    raise
+                # A node reached by address whose share API speaks only TLS: the certificate it shows now
+                # is pinned for the status fetch, whose answer must name it.
+                async with asyncio.timeout(_PEER_POLL_TIMEOUT_S):
+                    shown = await shown_fingerprint(host, port)
+                body, reply_headers, shown = await self._fetch_status(host, port, headers, shown)
             if key:
                 # A node that cannot sign its status is not a member, whatever its record claims.
-                key.check_status(reply.headers.get(AUTH_HEADER), nonce_of(headers[AUTH_HEADER]), body)
+                key.check_status(reply_headers.get(AUTH_HEADER), nonce_of(headers[AUTH_HEADER]), body)
             status = json.loads(body)
             announcement = announcement_from_status(status, host, port)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            if announcement.tls != shown:
+                raise MalformedRecord("its status names another TLS certificate than the one it showed")
+        except (TimeoutError, OSError, aiohttp.ClientError, ValueError) as exc:
             _log.debug("peer at %s:%d did not answer: %s", host, port, exc)
             return
         except (MalformedRecord, Unauthorized) as exc:
@@ -206,6 +219,8 @@ class Pool:
                 _log.info("ignoring the peer at %s:%d: %s", host, port, exc)
             self._ignored[endpoint] = str(exc)
             return
+        if shown and not pin:
+            self._learnt_tls[endpoint] = shown
         self._ignored.pop(endpoint, None)
         now = time.monotonic()
         if self.table.seen(announcement, status, now, rtt_s=now - sent):
@@ -213,6 +228,23 @@ class Pool:
             if peer := self.table.get(announcement.node_id):
                 self._joined(peer)
         self._answered(announcement.node_id)
+
+    async def _fetch_status(
+        self, host: str, port: int, headers: Mapping[str, str], pin: str | None
+    ) -> tuple[bytes, Mapping[str, str], str]:
+        """GET a node's status, over TLS accepting only the pinned certificate when there is a pin; return
+        the body, the headers and the pin ("" over plain HTTP)."""
+        assert self._session is not None
+        url = f"{'https' if pin else 'http'}://{url_host(host)}:{port}{STATUS_PATH}"
+        check = aiohttp.Fingerprint(bytes.fromhex(pin)) if pin else True
+        async with (
+            asyncio.timeout(_PEER_POLL_TIMEOUT_S),
+            self._session.get(url, headers=headers, ssl=check) as reply,
+        ):
+            if reply.status != 200:
+                raise ValueError(f"status answered HTTP {reply.status}")
+            body = await reply.read()
+        return body, reply.headers, pin or ""
 
     async def _advertise(self) -> None:
         announcement = self._own()

@@ -17,7 +17,7 @@ import platformdirs
 import tomli_w
 
 from .errors import ConfigError
-from .trust import read_join_code
+from .trust import join_code, read_join_code
 
 _log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class Settings:
     pool_pull: bool = False
     # The join code of the private pool this node belongs to; empty for the LAN's open pool.
     pool_code: str = ""
+    # Serve the share API over TLS, with a self-signed certificate that peers pin.
+    tls: bool = False
 
     @property
     def max_body_bytes(self) -> int:
@@ -78,6 +80,7 @@ USER_FIELDS: dict[str, type] = {
     "local_only": bool,
     "pool_pull": bool,
     "pool_code": str,
+    "tls": bool,
 }
 # The settings a running node changes when told to, and remembers in its settings file.
 SWITCHES = ("share", "local_only", "pool_pull")
@@ -194,6 +197,9 @@ def load_settings(
         if value is not None:
             values[key] = _check_type(key, value, "on the command line")
 
+    if values.get("pool_code"):
+        # Kept as the code is written out, however it was typed.
+        values["pool_code"] = join_code(read_join_code(values["pool_code"]))
     if not values.get("max_remote"):
         values["max_remote"] = _backend_slots(environ)
     api_port = values.get("api_port", DEFAULT_API_PORT)

@@ -9,21 +9,34 @@ from collections.abc import Mapping
 from typing import Any
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
+    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from ..core import ConfigError, Settings, load_settings, update_settings_file
+from ..core import ConfigError, Settings, join_code, load_settings, new_secret, update_settings_file
 
 # What the dialog edits; the switches live in the menu.
-EDITED = ("name", "backend", "api_port", "share_port", "max_remote", "peers", "interfaces")
+EDITED = (
+    "name",
+    "backend",
+    "api_port",
+    "share_port",
+    "max_remote",
+    "peers",
+    "interfaces",
+    "pool_code",
+    "tls",
+)
 # Settings a running node takes without restarting; the others restart it in place.
 LIVE = frozenset({"peers"})
 
@@ -57,6 +70,16 @@ class SettingsDialog(QDialog):
         self.peers.setFixedHeight(80)
         self.interfaces = QLineEdit(", ".join(settings.interfaces))
         self.interfaces.setPlaceholderText("every LAN interface")
+        self.pool_code = QLineEdit(settings.pool_code)
+        self.pool_code.setPlaceholderText("none: every InferHub on the LAN; or a private pool's join code")
+        self.new_pool = QPushButton("New private pool")
+        self.new_pool.setToolTip("Make a pool of your own; other machines join it with the code shown")
+        self.new_pool.clicked.connect(lambda: self.pool_code.setText(join_code(new_secret())))
+        pool_row = QHBoxLayout()
+        pool_row.addWidget(self.pool_code, 1)
+        pool_row.addWidget(self.new_pool)
+        self.tls = QCheckBox("Serve the share API over TLS (peers pin this machine's own certificate)")
+        self.tls.setChecked(settings.tls)
         self.error = QLabel("")
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #dc2626;")
@@ -71,6 +94,8 @@ class SettingsDialog(QDialog):
         form.addRow("Peers' requests at once", self.max_remote)
         form.addRow("Peers by address", self.peers)
         form.addRow("LAN interfaces (IPv4)", self.interfaces)
+        form.addRow("Private pool", pool_row)
+        form.addRow("", self.tls)
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
         )
@@ -82,8 +107,9 @@ class SettingsDialog(QDialog):
         layout.addWidget(self.note)
         layout.addWidget(self.buttons)
 
-        for edit in (self.name, self.backend, self.interfaces):
+        for edit in (self.name, self.backend, self.interfaces, self.pool_code):
             edit.textChanged.connect(self.validate)
+        self.tls.toggled.connect(self.validate)
         self.peers.textChanged.connect(self.validate)
         for spin in (self.api_port, self.share_port, self.max_remote):
             spin.valueChanged.connect(self.validate)
@@ -100,6 +126,8 @@ class SettingsDialog(QDialog):
             "max_remote": self.max_remote.value(),
             "peers": [line.strip() for line in self.peers.toPlainText().splitlines() if line.strip()],
             "interfaces": [part.strip() for part in self.interfaces.text().split(",") if part.strip()],
+            "pool_code": self.pool_code.text().strip(),
+            "tls": self.tls.isChecked(),
         }
 
     def changes(self) -> dict[str, Any]:

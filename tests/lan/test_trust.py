@@ -161,3 +161,21 @@ def test_a_spoofed_record_claiming_a_members_id_is_not_routed_to(machines: list[
     # The spoof was polled for its status, which it cannot sign, and never sent a request.
     assert "asked GET /_inferhub/v1/status" in asked
     assert "asked POST" not in asked
+
+
+def test_a_tls_peer_reached_by_address_is_pinned_on_first_contact(tmp_path: Path) -> None:
+    with Lan(2) as lan:
+        lan.block_multicast()
+        server = lan.hosts[0]
+        fakes = [["--model", "llama3:latest", "--loaded", "llama3:latest"], ["--model", "phi3:latest"]]
+        extra = {0: ["--tls"], 1: ["--peer", f"{server.ip}:11436"]}
+        machines = start_machines(lan, tmp_path, fakes, lambda i: extra[i])
+        box, desk = machines
+        try:
+            wait_for(lambda: set(desk.peers()) == {"node0"}, 20, "node1 reaching node0 by address over TLS")
+            assert generate(desk) == {"status": 200, "node": "node0"}
+            # node0 cannot reach node1 (no multicast, no address), and node1's share API is plain HTTP.
+            assert box.peers() == {}
+        finally:
+            for m in machines:
+                print(f"--- {m.name} log\n{m.node_log.read_text()[-3000:]}")

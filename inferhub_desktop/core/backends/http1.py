@@ -18,6 +18,7 @@ from aiohttp import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..errors import BackendUnavailable
+from ..tls import peer_fingerprint, pinning_context
 from ..trust import AUTH_HEADER
 
 # Header blocks and chunk-size lines longer than this are not HTTP a backend would send.
@@ -105,11 +106,15 @@ class Response:
 class Http1Client:
     """Keep-alive connections to one backend URL, opened as needed and reused when a reply is done."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float) -> None:
+    def __init__(self, url: str, *, connect_timeout_s: float, pin: str | None = None) -> None:
         parts = urlsplit(url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        # A peer's self-signed certificate is accepted by its fingerprint alone.
+        self._pin = pin
+        self._ssl = (
+            (pinning_context() if pin else ssl.create_default_context()) if parts.scheme == "https" else None
+        )
         self._prefix = parts.path.rstrip("/")
         netloc_host = f"[{self._host}]" if ":" in self._host else self._host
         self._host_header = f"{netloc_host}:{self._port}"
@@ -178,6 +183,11 @@ class Http1Client:
             raise HttpError("timed out connecting") from exc
         except OSError as exc:
             raise HttpError(_describe(exc)) from exc
+        if self._pin and (shown := peer_fingerprint(writer.get_extra_info("ssl_object"))) != self._pin:
+            writer.close()
+            raise HttpError(
+                f"its TLS certificate {shown[:16]}… is not the one its record pins, {self._pin[:16]}…"
+            )
         _keep_alive(writer)
         return Connection(reader, writer)
 
@@ -313,14 +323,16 @@ class HttpBackend:
         name: str,
         hint: str,
         sign: Callable[[str, str, bytes], str | None] | None = None,
+        pin: str | None = None,
     ) -> None:
         self.url = url
         self.name = name
+        self.pin = pin
         self._hint = hint
         # Signs each request (method, target, body) for a server that checks who sends it: a peer of a
         # private pool.
         self._sign = sign
-        self._client = Http1Client(url, connect_timeout_s=connect_timeout_s)
+        self._client = Http1Client(url, connect_timeout_s=connect_timeout_s, pin=pin)
 
     @asynccontextmanager
     async def request(

@@ -29,8 +29,9 @@ class OllamaBackend(HttpBackend):
         name: str = "the backend",
         hint: str = "Start Ollama (`ollama serve`), or point InferHub at another server with --backend",
         sign: Callable[[str, str, bytes], str | None] | None = None,
+        pin: str | None = None,
     ) -> None:
-        super().__init__(url, connect_timeout_s=connect_timeout_s, name=name, hint=hint, sign=sign)
+        super().__init__(url, connect_timeout_s=connect_timeout_s, name=name, hint=hint, sign=sign, pin=pin)
 
     async def probe(self) -> BackendState:
         try:
