@@ -57,6 +57,9 @@ _BACKEND_CONNECT_TIMEOUT_S = 10.0
 _PEER_CONNECT_TIMEOUT_S = 2.0
 # How long in-flight requests may finish after a stop is asked for.
 _SHUTDOWN_GRACE_S = 5.0
+# A connection to the share API that has not brought a whole request this long after it opened (or after
+# its last answer) is closed: a slow client trickling headers holds nothing for long.
+SHARE_IDLE_TIMEOUT_S = 15.0
 # How often the backend is asked what it has; sooner after a request that may change it.
 _PROBE_INTERVAL_S = 5.0
 _PROBE_MIN_GAP_S = 0.5
@@ -173,7 +176,11 @@ class Node:
         try:
             self.api_port = await self._listen(local.app(), [LOCAL_API_HOST], self.settings.api_port)
             self.share_port = await self._listen(
-                share.app(), share_hosts, self.settings.share_port, self._share_tls()
+                share.app(),
+                share_hosts,
+                self.settings.share_port,
+                self._share_tls(),
+                idle_timeout_s=SHARE_IDLE_TIMEOUT_S,
             )
         except OSError:
             await self.close()
@@ -219,10 +226,20 @@ class Node:
         return self._forwarders[api]
 
     async def _listen(
-        self, app: web.Application, hosts: list[str], port: int, ssl_context: ssl.SSLContext | None = None
+        self,
+        app: web.Application,
+        hosts: list[str],
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        idle_timeout_s: float = 3630.0,  # aiohttp's own default
     ) -> int:
         runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=_SHUTDOWN_GRACE_S,
+            # aiohttp's keep-alive timeout counts from a connection's opening, and from each answer.
+            keepalive_timeout=idle_timeout_s,
         )
         await runner.setup()
         self._runners.append(runner)

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from inferhub_desktop.core import ConfigError, Node, PoolKey, join_code, new_secret, read_join_code
+from inferhub_desktop.core import node as node_module
 from inferhub_desktop.core.api.endpoints import STATUS_PATH
 from inferhub_desktop.core.settings import read_settings_file
 from inferhub_desktop.core.trust import _ALPHABET, AUTH_HEADER, WINDOW_S, Unauthorized
@@ -220,3 +221,37 @@ async def test_joining_and_leaving_while_running_is_remembered(
             assert (await reply.json()) == {"pool": None, "code": None}
         assert read_settings_file(tmp_path / "a")["pool_code"] == ""
         await eventually(lambda: _names(a) == set() and _names(b) == set())
+
+
+async def test_a_slow_client_is_cut_off_and_a_flood_is_refused(
+    tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_module, "SHARE_IDLE_TIMEOUT_S", 0.5)
+    async with (
+        FakeOllama(["llama3:latest"]) as fake,
+        Node(node_settings(tmp_path, fake.url, name="box", share=True), environ={}) as box,
+    ):
+        # Headers trickling in, never finished: the connection is closed, not held.
+        reader, writer = await asyncio.open_connection("127.0.0.1", box.share_port)
+        writer.write(b"GET /api/tags HTTP/1.1\r\nHost: box\r\n")
+        await writer.drain()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        writer.close()
+
+        url = f"http://127.0.0.1:{box.share_port}/api/version"
+
+        async def ask() -> tuple[int, dict[str, str]]:
+            async with http.get(url) as reply:
+                return reply.status, await reply.json()
+
+        # 150 at once: a burst of 60 goes through (plus 20 a second), the rest are refused.
+        answers = await asyncio.gather(*(ask() for _ in range(150)))
+        statuses = [status for status, _ in answers]
+        assert statuses.count(200) >= 60
+        assert statuses.count(429) >= 30
+        assert {body["error"] for status, body in answers if status == 429} == {
+            "too many requests from this address; slow down"
+        }
+        async with http.get(box.api_url + "/api/version") as reply:
+            assert reply.status == 200  # the local API has no such limit
