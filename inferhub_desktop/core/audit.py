@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .api.responses import valid_utf8
 from .events import RequestDone
 from .names import short_name
 
@@ -44,7 +45,7 @@ class AuditLog:
         """Log a request served to a peer; `done.client` is the peer's node id as it said it."""
         line = json.dumps(audit_entry(done, peer_name), ensure_ascii=False) + "\n"
         try:
-            self._append(line.encode())
+            self._append(valid_utf8(line).encode())
         except OSError as exc:
             if not self._failing:
                 _log.warning(

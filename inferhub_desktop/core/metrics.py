@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .api.responses import valid_utf8
 from .breaker import BreakerState
 from .events import Event, RequestDone
 
@@ -77,8 +78,8 @@ class NodeMetrics:
     def _heard(self, event: Event) -> None:
         if not isinstance(event, RequestDone):
             return
-        model = self._model_label(event.model or "")
-        labels = (event.api, event.endpoint, model, event.node)
+        model = self._model_label(valid_utf8(event.model or ""))
+        labels = (event.api, event.endpoint, model, valid_utf8(event.node))
         outcome = "cancelled" if event.cancelled else "ok" if event.ok else "error"
         self._requests.labels(*labels, outcome).inc()
         self._duration.labels(*labels).observe(event.duration_s)
@@ -150,7 +151,7 @@ class _NodeState(Collector):
             labels=("peer", "peer_id", "state"),
         )
         for peer in peers:
-            ids = (peer.announcement.name, peer.node_id)
+            ids = (valid_utf8(peer.announcement.name), peer.node_id)
             sharing.add_metric(ids, int(peer.announcement.share))
             current = node.routing.breakers.state(peer.node_id)
             for state in BreakerState:

@@ -240,6 +240,9 @@ class Node:
             shutdown_timeout=_SHUTDOWN_GRACE_S,
             # aiohttp's keep-alive timeout counts from a connection's opening, and from each answer.
             keepalive_timeout=idle_timeout_s,
+            # Bodies pass as they came, as Ollama takes them: one whose Content-Encoding does not decode
+            # is the backend's to refuse, and one that does reaches it still encoded, as its header says.
+            auto_decompress=False,
         )
         await runner.setup()
         self._runners.append(runner)

@@ -142,14 +142,18 @@ def _field(txt: Mapping[str, str], key: str, max_chars: int, *, required: bool =
 
 def _int(txt: Mapping[str, str], key: str, low: int, high: int) -> int:
     value = _field(txt, key, 10)
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise MalformedRecord(f"TXT key {key!r} is not a number in {low}..{high}: {value!r}")
     return int(value)
 
 
 def _pair(txt: Mapping[str, str], key: str, high: int) -> tuple[int, int]:
     first, sep, second = _field(txt, key, 24).partition("/")
-    if not (sep and first.isdigit() and second.isdigit()) or max(int(first), int(second)) > high:
+    numbers = first + second
+    if (
+        not (sep and first and second and numbers.isascii() and numbers.isdigit())
+        or max(int(first), int(second)) > high
+    ):
         raise MalformedRecord(f"TXT key {key!r} is not two numbers A/B up to {high}: {txt[key]!r}")
     return int(first), int(second)
 

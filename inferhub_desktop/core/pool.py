@@ -51,7 +51,7 @@ def announcement_from_status(status: Mapping[str, Any], address: str, port: int)
             models_hash=str(status["models_hash"]),
             tls=str(status.get("tls") or ""),
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise MalformedRecord(f"status is missing or mistypes {exc}") from exc
     if (
         not announcement.name
@@ -167,13 +167,16 @@ class Pool:
             pool_id = key.pool_id if key else ""
             # Nodes that advertise another pool are not asked; those reached by address prove theirs by
             # signing their status.
-            await asyncio.gather(
-                *(
-                    self._check(endpoint, key)
-                    for endpoint, how in list(self._candidates.items())
-                    if how == "static" or self._advertised_pools.get(endpoint, "") == pool_id
-                )
-            )
+            checks = [
+                (endpoint, self._check(endpoint, key))
+                for endpoint, how in list(self._candidates.items())
+                if how == "static" or self._advertised_pools.get(endpoint, "") == pool_id
+            ]
+            results = await asyncio.gather(*(check for _, check in checks), return_exceptions=True)
+            # Whatever one node sends, polling the others goes on.
+            for (endpoint, _), result in zip(checks, results, strict=True):
+                if isinstance(result, Exception):
+                    _log.warning("polling the node at %s:%d failed", *endpoint, exc_info=result)
             for peer in self.table.expire(time.monotonic()):
                 _log.info(
                     "peer %r (%s:%d) stopped answering", peer.announcement.name, *peer.announcement.endpoint
@@ -210,7 +213,7 @@ class Pool:
             announcement = announcement_from_status(status, host, port)
             if announcement.tls != shown:
                 raise MalformedRecord("its status names another TLS certificate than the one it showed")
-        except (TimeoutError, OSError, aiohttp.ClientError, ValueError) as exc:
+        except (TimeoutError, OSError, aiohttp.ClientError, ValueError, RecursionError) as exc:
             _log.debug("peer at %s:%d did not answer: %s", host, port, exc)
             return
         except (MalformedRecord, Unauthorized) as exc:

@@ -86,7 +86,7 @@ def _token_limit(fields: Mapping[str, Any] | None) -> int | None:
     for holder, name in _TOKEN_LIMITS:
         source = fields.get(holder) if holder and fields else fields
         value = source.get(name) if isinstance(source, Mapping) else None
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
             return int(value)
     return None
 
@@ -142,7 +142,7 @@ def view_from_status(
             busy_s=_figure(speeds.get("busy_s")),
             peak_loaded=peak_loaded,
         )
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise ValueError(f"status is missing or mistypes {exc}") from exc
 
 

@@ -93,6 +93,8 @@ def _status(index: int, node_id: str, share_port: int, tokens: int) -> dict[str,
         "share": sharing,
         "local_only": False,
         "pool_pull": False,
+        "pool": None,
+        "tls": None,
         "share_port": share_port,
         "load": {
             "active": active,

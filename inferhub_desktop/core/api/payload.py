@@ -38,6 +38,11 @@ def parse_body(body: bytes, go_type: str, *, openai: bool) -> dict[str, Any]:
         value, _ = json.JSONDecoder().raw_decode(text)
     except json.JSONDecodeError as exc:
         raise ApiError(400, _go_syntax_error(exc)) from None
+    except RecursionError:
+        raise ApiError(400, "exceeded max depth") from None  # Go's decoder says so past its limit
+    except ValueError:
+        # Integers past Python's digit limit; Go fails on them as out of range.
+        raise ApiError(400, "json: a number in the body is out of range") from None
     if value is None:
         return {}
     if not isinstance(value, dict):

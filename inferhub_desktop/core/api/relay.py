@@ -349,6 +349,10 @@ class Forwarder:
             return error_response(exc.status, exc.message, openai=openai)
         except BackendUnavailable as exc:
             return error_response(502, str(exc), openai=openai)
+        except web.HTTPException as exc:
+            # aiohttp's own refusals (a CONNECT, whose path is no path), worded as gin words them.
+            text = {404: "404 page not found", 405: "405 method not allowed"}.get(exc.status)
+            return text_response(exc.status, text or f"{exc.status} {exc.reason.lower()}")
         except Exception:
             if request.get(_STARTED_KEY):
                 raise  # the status line is out; aiohttp drops the connection

@@ -12,7 +12,16 @@ _GO_ESCAPES = str.maketrans({c: f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"})
 
 def go_json(value: object) -> bytes:
     """Encode JSON byte for byte as Go's json.Marshal does: compact, UTF-8, HTML characters escaped."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_GO_ESCAPES).encode()
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_GO_ESCAPES)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return valid_utf8(text).encode()
+
+
+def valid_utf8(text: str) -> str:
+    """Replace what UTF-8 cannot carry (lone surrogates, from JSON's \\ud800) with U+FFFD, as Go does."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def error_payload(status: int, message: str, *, openai: bool) -> dict[str, object]:
