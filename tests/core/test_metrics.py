@@ -127,6 +127,11 @@ async def test_the_gpus_backend_and_switches_are_read_when_scraped(
         desk.switch({"share": True})
         shared = await scrape(http, desk.api_url)
         await fake.close()
+        # A request that finds the backend gone has the node look at it again at once.
+        async with http.post(
+            desk.api_url + "/api/generate", json={"model": "llama3", "prompt": "hi"}
+        ) as reply:
+            assert reply.status == 502
         await eventually(lambda: not desk.backend_state.reachable)
         down = await scrape(http, desk.api_url)
 
