@@ -248,11 +248,7 @@ def _client(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(base + path, timeout=_CLIENT_TIMEOUT_S) as reply:
             answer = json.load(reply)
     except urllib.error.HTTPError as exc:
-        print(
-            f"inferhub: the node on 127.0.0.1:{port} answered HTTP {exc.code}: {exc.read()[:500]!r}",
-            file=sys.stderr,
-        )
-        return 1
+        return _refused(port, exc)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         print(
@@ -273,6 +269,15 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refused(port: int, exc: urllib.error.HTTPError) -> int:
+    """Say what the node answered to a request it refused; return the exit status for it."""
+    print(
+        f"inferhub: the node on 127.0.0.1:{port} answered HTTP {exc.code}: {exc.read()[:500]!r}",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def _audit(args: argparse.Namespace) -> int:
     """Print the requests peers had this machine serve, as the running node tells, else as its log holds."""
     config_dir = args.config_dir or default_config_dir()
@@ -286,11 +291,7 @@ def _audit(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(url, timeout=_CLIENT_TIMEOUT_S) as reply:
             entries = json.load(reply)
     except urllib.error.HTTPError as exc:
-        print(
-            f"inferhub: the node on 127.0.0.1:{port} answered HTTP {exc.code}: {exc.read()[:500]!r}",
-            file=sys.stderr,
-        )
-        return 1
+        return _refused(port, exc)
     except OSError:
         # No node runs: the log is where it writes it.
         try:
@@ -349,11 +350,7 @@ def _pool(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S):
             pass
     except urllib.error.HTTPError as exc:
-        print(
-            f"inferhub: the node on 127.0.0.1:{port} answered HTTP {exc.code}: {exc.read()[:500]!r}",
-            file=sys.stderr,
-        )
-        return 1
+        return _refused(port, exc)
     except OSError:
         running = False
     if key is None:
