@@ -4,8 +4,9 @@ server, asked directly, through a node's local API, and from a second node throu
     python -m bench.real_model [--rounds 12] [--tokens 64]
 
 Each round streams the same greedy chat once on every path, in a shuffled order, so drift in the
-machine's load falls on all three alike. Time to first token is from sending the request to the first
-piece of text; tokens/s counts the pieces of text after the first over the time they took to arrive.
+machine's load falls on all three alike; ratios and added times are medians of each round's figures
+against that round's direct run. Time to first token is from sending the request to the first piece of
+text; tokens/s counts the pieces of text after the first over the time they took to arrive.
 """
 
 from __future__ import annotations
@@ -94,17 +95,21 @@ async def measure(llama: str, local: str, peer: str, rounds: int, tokens: int) -
                     runs[name].append(run)
 
     direct = runs["direct to llama.cpp"]
-    direct_ttft = statistics.median(r.first_token_s for r in direct)
-    direct_rate = statistics.median(r.tokens_per_s for r in direct)
     print(f"SmolLM2-135M Q4_1, {rounds} rounds of a greedy chat of up to {tokens} tokens, medians:")
     print(f"{'path':<22}{'tokens':>8}{'tokens/s':>10}{'ratio':>8}{'first token':>14}{'added':>10}")
     for name, measured in runs.items():
-        ttft = statistics.median(r.first_token_s for r in measured)
-        rate = statistics.median(r.tokens_per_s for r in measured)
-        count = statistics.median(r.tokens for r in measured)
+        # Ratio and added time are taken round by round against that round's direct run, so a machine
+        # whose speed drifts between rounds still compares like with like.
+        ratio = statistics.median(
+            r.tokens_per_s / d.tokens_per_s for r, d in zip(measured, direct, strict=True)
+        )
+        added = statistics.median(
+            r.first_token_s - d.first_token_s for r, d in zip(measured, direct, strict=True)
+        )
         print(
-            f"{name:<22}{count:>8.0f}{rate:>10.1f}{rate / direct_rate:>8.3f}"
-            f"{ttft * 1000:>11.1f} ms{(ttft - direct_ttft) * 1000:>+8.1f} ms"
+            f"{name:<22}{statistics.median(r.tokens for r in measured):>8.0f}"
+            f"{statistics.median(r.tokens_per_s for r in measured):>10.1f}{ratio:>8.3f}"
+            f"{statistics.median(r.first_token_s for r in measured) * 1000:>11.1f} ms{added * 1000:>+8.1f} ms"
         )
 
 
@@ -129,7 +134,7 @@ async def share_port(local: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
     processes = []
