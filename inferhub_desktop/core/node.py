@@ -47,6 +47,9 @@ from .trust import PoolKey, read_join_code
 
 _log = logging.getLogger(__name__)
 
+# The API key of an OpenAI-compatible backend started with one (llama-server --api-key, vLLM, LM Studio).
+BACKEND_API_KEY_ENV = "INFERHUB_BACKEND_API_KEY"
+
 LOCAL_API_HOST = "127.0.0.1"
 # Free VRAM is advertised in steps of this size, so its small drifts do not rewrite the mDNS record.
 _VRAM_STEP_MIB = 256
@@ -81,6 +84,7 @@ class Node:
         # What happened, for whoever watches the node (the desktop app).
         self.events = Events()
         self._origins = OriginPolicy(environ)
+        self._environ = environ
         self._runners: list[web.AppRunner] = []
         self._pool: Pool | None = None
         self.admission = Admission(slots=settings.max_remote, max_remote=settings.max_remote)
@@ -153,6 +157,8 @@ class Node:
             connect_timeout_s=_BACKEND_CONNECT_TIMEOUT_S,
             name=f"{self.settings.name}'s backend",
             api_port=self.settings.api_port,
+            # Kept out of the settings file and the command line, where other users could read it.
+            api_key=self._environ.get(BACKEND_API_KEY_ENV) or None,
         )
         local = LocalApi(
             self._forwarder(self._plan, "local"),

@@ -516,3 +516,27 @@ async def test_auto_finds_the_first_usual_server_that_answers(unused_tcp_port_fa
         await lmstudio.close()
         await local_ollama.close()
         backend.close()
+
+
+async def test_a_server_with_an_api_key_is_used_with_the_key_the_node_was_given(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with FakeOpenAI([LLAMA], flavour="vllm", api_key="s3cret") as server:
+        settings = node_settings(tmp_path, f"openai:{server.url}", name="desk")
+        async with Node(settings, environ={}) as keyless:
+            # Without it, the node says what the server wants and where to give it.
+            await eventually(lambda: "INFERHUB_BACKEND_API_KEY" in (keyless.backend_state.error or ""))
+        async with Node(settings, environ={"INFERHUB_BACKEND_API_KEY": "s3cret"}) as node:
+            await eventually(lambda: node.backend_state.reachable)
+            status, _, [reply] = await post(
+                http, node.api_url + "/api/chat", {"model": LLAMA, "messages": QUESTION, "stream": False}
+            )
+            assert status == 200
+            assert reply["done"] is True
+            # A client's own bearer token (the OpenAI SDK sends one) gives way to the server's key.
+            headers = {"Authorization": "Bearer ollama"}
+            body = {"model": LLAMA, "messages": QUESTION, "max_tokens": 3}
+            async with http.post(node.api_url + "/v1/chat/completions", json=body, headers=headers) as answer:
+                assert answer.status == 200
+    sent = {r.headers.get("Authorization") for r in server.requests if r.path != "/v1/models"}
+    assert sent == {"Bearer s3cret"}

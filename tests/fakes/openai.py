@@ -1355,6 +1355,7 @@ class FakeOpenAI:
         startup_s: float = 0.0,
         slots: int | None = None,
         reply_tokens: int = 8,
+        api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -1376,6 +1377,7 @@ class FakeOpenAI:
         self.startup_s = startup_s  # llama.cpp answers 503 "Loading model" this long after start()
         self.slots = slots  # requests run at once (llama-server's --parallel, 4 by default); None: any
         self.reply_tokens = reply_tokens  # the length of a reply that runs to its natural end
+        self.api_key = api_key  # the servers' --api-key: every request must bear it
         self.host = host
         self.port = port
         self.url = ""
@@ -1509,6 +1511,9 @@ class FakeOpenAI:
         if isinstance(dialect, _LlamaCpp) and asyncio.get_running_loop().time() < self._ready_at:
             return dialect.loading()
         try:
+            if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                # llama-server's words (server.cpp's API key middleware), shaped as the flavour shapes errors.
+                raise _ApiError(401, "Invalid API Key")
             if (fault := _take(self._failures, request)) is not None:
                 raise _ApiError(fault.status, fault.message)
             return await handler(request)

@@ -24,13 +24,17 @@ CANDIDATES = (
 )
 
 
-def open_backend(spec: str, *, connect_timeout_s: float, name: str, api_port: int) -> Backend:
-    """Return the backend a `backend` setting names: `auto`, an Ollama URL, or `openai:URL`."""
+def open_backend(
+    spec: str, *, connect_timeout_s: float, name: str, api_port: int, api_key: str | None = None
+) -> Backend:
+    """Return the backend a `backend` setting names: `auto`, an Ollama URL, or `openai:URL`; `api_key` is
+    for an OpenAI-compatible server started with one."""
     kind, url = backend_kind(spec)
     if kind == "auto":
-        return AutoBackend(connect_timeout_s=connect_timeout_s, name=name, api_port=api_port)
-    backend_class = OpenAIBackend if kind == "openai" else OllamaBackend
-    return backend_class(url, connect_timeout_s=connect_timeout_s, name=name)
+        return AutoBackend(connect_timeout_s=connect_timeout_s, name=name, api_port=api_port, api_key=api_key)
+    if kind == "openai":
+        return OpenAIBackend(url, connect_timeout_s=connect_timeout_s, name=name, api_key=api_key)
+    return OllamaBackend(url, connect_timeout_s=connect_timeout_s, name=name)
 
 
 class AutoBackend:
@@ -45,12 +49,20 @@ class AutoBackend:
         name: str,
         api_port: int,
         candidates: tuple[tuple[str, int, str], ...] = CANDIDATES,
+        api_key: str | None = None,
     ) -> None:
         self._name = name
         self._candidates: list[tuple[str, Backend]] = [
             (
                 label,
-                (OpenAIBackend if kind == "openai" else OllamaBackend)(
+                OpenAIBackend(
+                    f"http://127.0.0.1:{port}",
+                    connect_timeout_s=connect_timeout_s,
+                    name=f"{name} ({label})",
+                    api_key=api_key,
+                )
+                if kind == "openai"
+                else OllamaBackend(
                     f"http://127.0.0.1:{port}", connect_timeout_s=connect_timeout_s, name=f"{name} ({label})"
                 ),
             )

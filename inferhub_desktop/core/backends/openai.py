@@ -197,9 +197,12 @@ class OpenAIBackend:
         connect_timeout_s: float,
         name: str = "the backend",
         hint: str = "Start the model server, or point InferHub at another one with --backend",
+        api_key: str | None = None,
     ) -> None:
         self.url = url
         self.name = name
+        # Sent as a bearer token to a server started with an API key, in place of whatever a client sent.
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = HttpBackend(url, connect_timeout_s=connect_timeout_s, name=name, hint=hint)
         self._models: dict[str, ServedModel] = {}
         self._listed_at = -_RELIST_GAP_S
@@ -275,8 +278,15 @@ class OpenAIBackend:
         """
         if self._working and self._listed_at >= 0:
             return self._models
-        async with self._http.request("GET", "/v1/models", {"Accept": "application/json"}, None) as upstream:
+        async with self._http.request(
+            "GET", "/v1/models", {"Accept": "application/json", **self._auth}, None
+        ) as upstream:
             body = await upstream.read()
+            if upstream.status in (401, 403):
+                raise BackendUnavailable(
+                    f"{self.name} at {self.url} wants an API key (HTTP {upstream.status}): give the node "
+                    "the key the server was started with in the environment variable INFERHUB_BACKEND_API_KEY"
+                )
             if upstream.status != 200:
                 raise BackendUnavailable(
                     f"{self.name} at {self.url} answered /v1/models with HTTP {upstream.status}"
@@ -427,7 +437,9 @@ class OpenAIBackend:
             payload["stream_options"] = {"include_usage": True}
         self._work(stack)
         upstream = await stack.enter_async_context(
-            self._http.request("POST", path, {"Content-Type": "application/json"}, go_json(payload))
+            self._http.request(
+                "POST", path, {"Content-Type": "application/json", **self._auth}, go_json(payload)
+            )
         )
         if upstream.status != 200:
             return _server_error(upstream.status, await upstream.read(), requested)
@@ -465,7 +477,7 @@ class OpenAIBackend:
         self._work(stack)
         upstream = await stack.enter_async_context(
             self._http.request(
-                "POST", "/v1/embeddings", {"Content-Type": "application/json"}, go_json(payload)
+                "POST", "/v1/embeddings", {"Content-Type": "application/json", **self._auth}, go_json(payload)
             )
         )
         body = await upstream.read()
@@ -529,7 +541,9 @@ class OpenAIBackend:
                     raise _Refusal(404, f"model '{requested}' not found")
                 body = go_json({**fields, "model": model.id})
         self._work(stack)
-        upstream = await stack.enter_async_context(self._http.request(method, path_qs, headers, body))
+        upstream = await stack.enter_async_context(
+            self._http.request(method, path_qs, {**headers, **self._auth}, body)
+        )
         content_type = upstream.headers.get("Content-Type", "")
         if requested is None or upstream.status != 200:
             return upstream
