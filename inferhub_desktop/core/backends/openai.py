@@ -327,8 +327,9 @@ class OpenAIBackend:
         body: Body,
     ) -> UpstreamResponse:
         path = path_qs.partition("?")[0]
+        # Only blob uploads come streamed, and they are refused unread: an OpenAI server keeps no blobs.
         if isinstance(body, StreamReader):
-            body = await body.read()
+            body = None
         try:
             if path.startswith("/v1/"):
                 return await self._openai(stack, method, path, path_qs, headers, body)
