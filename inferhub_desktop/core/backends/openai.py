@@ -34,6 +34,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..api.endpoints import Kind, match
 from ..api.payload import unloads_now
+from ..api.relay import FrameSplitter, Framing
 from ..api.responses import error_payload, go_json
 from ..errors import BackendUnavailable
 from ..names import model_key, short_name
@@ -68,7 +69,6 @@ _OPTIONS = (
 )
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.:/-]+")
 _IMAGE_TYPES = ((b"\x89PNG", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"))
-_SSE_END = re.compile(rb"\n\n")
 
 
 def ollama_name(model_id: str) -> str:
@@ -853,15 +853,12 @@ async def _sse_events(chunks: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, 
 
     What follows `[DONE]` is read and dropped, so the connection is read to its end and can be kept.
     """
-    pending = b""
+    splitter = FrameSplitter(Framing.SSE)
     done = False
     async for chunk in chunks:
         if done:
             continue
-        # SSE lines may end in CRLF; a CR at the end of one chunk meets its LF in the next.
-        pending = (pending + chunk).replace(b"\r\n", b"\n")
-        *events, pending = _SSE_END.split(pending)
-        for event in events:
+        for event in _events(splitter.feed(chunk)):
             data = b"\n".join(
                 line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
             )
@@ -895,21 +892,22 @@ async def _whole_as_events(value: dict[str, Any]) -> AsyncGenerator[dict[str, An
 
 async def _renamed_events(chunks: AsyncIterator[bytes], model: str) -> AsyncIterator[bytes]:
     """Pass an SSE stream through with each event's model name set to the one the client sent."""
-    pending = b""
+    splitter = FrameSplitter(Framing.SSE)
     async for chunk in chunks:
-        pending = (pending + chunk).replace(b"\r\n", b"\n")
-        end = pending.rfind(b"\n\n")
-        if end == -1:
-            continue
-        complete, pending = pending[: end + 2], pending[end + 2 :]
-        lines = []
-        for line in complete.split(b"\n"):
-            if line.startswith(b"data:") and (value := _loads_or_none(line[5:])) is not None:
-                line = b"data: " + go_json(_renamed(value, model))
-            lines.append(line)
-        yield b"\n".join(lines)
-    if pending:
-        yield pending
+        if frames := splitter.feed(chunk):
+            lines = []
+            for line in b"\n\n".join(_events(frames)).split(b"\n"):
+                if line.startswith(b"data:") and (value := _loads_or_none(line[5:])) is not None:
+                    line = b"data: " + go_json(_renamed(value, model))
+                lines.append(line)
+            yield b"\n".join(lines) + b"\n\n"
+    if splitter.pending:
+        yield splitter.pending
+
+
+def _events(frames: bytes) -> list[bytes]:
+    """Split complete SSE frames into their events; their lines may end in CRLF."""
+    return frames.replace(b"\r\n", b"\n").removesuffix(b"\n\n").split(b"\n\n")
 
 
 def _renamed(value: dict[str, Any], model: str) -> dict[str, Any]:
