@@ -27,15 +27,14 @@ from .core import (
     SWITCHES_PATH,
     USER_FIELDS,
     ConfigError,
-    PoolKey,
     Settings,
     audit_row,
     default_config_dir,
     join_code,
     load_settings,
     new_secret,
+    pool_key,
     read_audit,
-    read_join_code,
     read_settings_file,
     serve,
     update_settings_file,
@@ -223,11 +222,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _node(args: argparse.Namespace) -> tuple[Path, dict[str, Any], int]:
+    """Return the node's config directory, its settings file's table and its local API port; raise
+    ConfigError for a settings file that cannot be read."""
+    config_dir = args.config_dir or default_config_dir()
+    table = read_settings_file(config_dir)
+    return config_dir, table, args.api_port or table.get("api_port", DEFAULT_API_PORT)
+
+
 def _client(args: argparse.Namespace) -> int:
     try:
-        port = args.api_port or read_settings_file(args.config_dir or default_config_dir()).get(
-            "api_port", DEFAULT_API_PORT
-        )
+        _, _, port = _node(args)
     except ConfigError as exc:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
@@ -280,9 +285,8 @@ def _refused(port: int, exc: urllib.error.HTTPError) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     """Print the requests peers had this machine serve, as the running node tells, else as its log holds."""
-    config_dir = args.config_dir or default_config_dir()
     try:
-        port = args.api_port or read_settings_file(config_dir).get("api_port", DEFAULT_API_PORT)
+        config_dir, _, port = _node(args)
     except ConfigError as exc:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
@@ -326,23 +330,21 @@ def _positive(text: str) -> int:
 
 def _pool(args: argparse.Namespace) -> int:
     """Make, join, leave or show the private pool: in the settings file, and in the running node if any."""
-    config_dir = args.config_dir or default_config_dir()
     try:
-        table = read_settings_file(config_dir)
+        config_dir, table, port = _node(args)
         code = {
             "show": table.get("pool_code") or None,
             "create": join_code(new_secret()),
             "join": getattr(args, "code", None),
             "leave": None,
         }[args.action]
-        key = PoolKey(read_join_code(code)) if code else None  # says what is wrong with a mistyped code
+        key = pool_key(code)
         code = key.code if key else None
         if args.action != "show":
             update_settings_file(config_dir, pool_code=code or "")
     except ConfigError as exc:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
-    port = args.api_port or table.get("api_port", DEFAULT_API_PORT)
     running = True
     try:
         body = json.dumps({"code": code}).encode() if args.action != "show" else None

@@ -27,7 +27,7 @@ from .settings import (
     read_settings_file,
     update_settings_file,
 )
-from .trust import PoolKey, join_code, new_secret, read_join_code
+from .trust import PoolKey, join_code, new_secret, pool_key, read_join_code
 
 __all__ = [
     "AUDIT_PATH",
@@ -62,6 +62,7 @@ __all__ = [
     "new_secret",
     "parse_host",
     "parse_peer",
+    "pool_key",
     "read_audit",
     "read_join_code",
     "read_settings_file",

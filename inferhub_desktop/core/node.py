@@ -43,7 +43,7 @@ from .settings import SWITCHES, Settings, backend_kind, parse_peer, update_setti
 from .speeds import SpeedBook
 from .telemetry import Telemetry, TelemetrySampler
 from .tls import node_certificate, server_context
-from .trust import PoolKey, read_join_code
+from .trust import pool_key
 
 _log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Node:
         # The share API's certificate's fingerprint, with --tls; peers pin it.
         self.tls_fingerprint = ""
         # The private pool's keys, or None in the LAN's open pool.
-        self.pool_key = PoolKey(read_join_code(settings.pool_code)) if settings.pool_code else None
+        self.pool_key = pool_key(settings.pool_code)
         self.share_port = settings.share_port
         self.speeds = SpeedBook()
         # The most model bytes the backend has held at once, from its probes: its room for models.
@@ -308,7 +308,7 @@ class Node:
 
         Peers are forgotten until they prove, by signing, that they are in the same pool.
         """
-        key = PoolKey(read_join_code(code)) if code else None  # raises ConfigError for a mistyped code
+        key = pool_key(code)
         self.pool_key = key
         self.settings = dataclasses.replace(self.settings, pool_code=key.code if key else "")
         update_settings_file(self.settings.config_dir, pool_code=self.settings.pool_code)

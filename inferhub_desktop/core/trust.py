@@ -146,6 +146,12 @@ class PoolKey:
             del self._seen[nonce]
 
 
+def pool_key(code: str | None) -> PoolKey | None:
+    """Return the keys of the pool a join code names, None without one (the LAN's open pool); raise
+    ConfigError saying what is wrong with a mistyped code."""
+    return PoolKey(read_join_code(code)) if code else None
+
+
 def nonce_of(header: str) -> str:
     """Return the nonce of a request's auth header (its status answer is signed with it)."""
     return _fields(header).get("n", "")

@@ -19,7 +19,6 @@ import json
 import math
 import random
 import re
-import signal
 import socket
 import struct
 import sys
@@ -32,6 +31,8 @@ from typing import Any, Literal
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+
+from tests.fakes import serve_until_stopped
 
 Json = dict[str, Any]
 
@@ -1838,22 +1839,9 @@ def _fake(args: argparse.Namespace) -> FakeOllama:
     )
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM or SIGINT, then close gracefully."""
-    fake = _fake(args)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with fake:
-        print(f"LISTENING {fake.url}", flush=True)
-        await stop.wait()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the fake as a process."""
-    return asyncio.run(_serve(_parse_args(argv)))
+    return asyncio.run(serve_until_stopped(_fake(_parse_args(argv))))
 
 
 if __name__ == "__main__":

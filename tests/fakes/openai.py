@@ -44,7 +44,6 @@ import math
 import random
 import re
 import secrets
-import signal
 import string
 import struct
 import sys
@@ -56,6 +55,8 @@ from typing import Any, ClassVar, Literal, get_args
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+
+from tests.fakes import serve_until_stopped
 
 Json = dict[str, Any]
 Flavour = Literal["llama.cpp", "vllm", "lmstudio"]
@@ -2052,23 +2053,9 @@ def _fake(args: argparse.Namespace) -> FakeOpenAI:
     )
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM or SIGINT, then close."""
-    fake = _fake(args)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    async with fake:
-        # The same ready line as tests.fakes.ollama, so one helper pattern starts either.
-        print(f"LISTENING {fake.url}", flush=True)
-        await stop.wait()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the fake as a process."""
-    return asyncio.run(_serve(_parse_args(argv)))
+    return asyncio.run(serve_until_stopped(_fake(_parse_args(argv))))
 
 
 if __name__ == "__main__":

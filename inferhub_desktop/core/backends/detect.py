@@ -32,6 +32,11 @@ def open_backend(
     kind, url = backend_kind(spec)
     if kind == "auto":
         return AutoBackend(connect_timeout_s=connect_timeout_s, name=name, api_port=api_port, api_key=api_key)
+    return _server(kind, url, connect_timeout_s=connect_timeout_s, name=name, api_key=api_key)
+
+
+def _server(kind: str, url: str, *, connect_timeout_s: float, name: str, api_key: str | None) -> Backend:
+    """Return the adapter for one server: Ollama's, or an OpenAI-compatible one's."""
     if kind == "openai":
         return OpenAIBackend(url, connect_timeout_s=connect_timeout_s, name=name, api_key=api_key)
     return OllamaBackend(url, connect_timeout_s=connect_timeout_s, name=name)
@@ -55,15 +60,12 @@ class AutoBackend:
         self._candidates: list[tuple[str, Backend]] = [
             (
                 label,
-                OpenAIBackend(
+                _server(
+                    kind,
                     f"http://127.0.0.1:{port}",
                     connect_timeout_s=connect_timeout_s,
                     name=f"{name} ({label})",
                     api_key=api_key,
-                )
-                if kind == "openai"
-                else OllamaBackend(
-                    f"http://127.0.0.1:{port}", connect_timeout_s=connect_timeout_s, name=f"{name} ({label})"
                 ),
             )
             for kind, port, label in candidates
