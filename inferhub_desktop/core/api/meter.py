@@ -8,6 +8,7 @@ from typing import Any
 
 from ..speeds import Observation
 from .endpoints import Endpoint, Kind
+from .payload import count
 
 _NS = 1e-9
 # Whole replies larger than this (long embedding lists) are timed, not parsed.
@@ -75,7 +76,7 @@ class ReplyMeter:
             return Observation(total_s=total_s)
         return Observation(
             total_s=final["total_duration"] * _NS,
-            eval_count=_int(final.get("eval_count")),
+            eval_count=count(final.get("eval_count")),
             eval_s=_seconds(final.get("eval_duration")),
             prompt_s=_seconds(final.get("prompt_eval_duration")),
             load_s=_seconds(final.get("load_duration")),
@@ -93,7 +94,7 @@ class ReplyMeter:
             for payload in self._payloads(batch):
                 if isinstance(payload.get("usage"), dict):
                     usage = payload["usage"]
-        tokens = _int(usage.get("completion_tokens")) if usage else None
+        tokens = count(usage.get("completion_tokens")) if usage else None
         eval_s = None
         if self._frames > 1 and self._first is not None and self._last is not None:
             eval_s = (self._last - self._first) or None
@@ -110,10 +111,6 @@ def _object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
 def _seconds(value: Any) -> float | None:
-    count = _int(value)
-    return count * _NS if count is not None else None
+    nanoseconds = count(value)
+    return nanoseconds * _NS if nanoseconds is not None else None

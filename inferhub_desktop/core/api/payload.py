@@ -64,6 +64,11 @@ def string_field(request: dict[str, Any], name: str, go_type: str) -> str | None
     return value
 
 
+def count(value: Any) -> int | None:
+    """Return a JSON value that is a count (an integer, not a boolean, at least 0), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def unloads_now(keep_alive: Any) -> bool:
     """Tell whether a keep_alive says "unload now": 0 as a number, or a zero Go duration."""
     if isinstance(keep_alive, int | float) and not isinstance(keep_alive, bool):

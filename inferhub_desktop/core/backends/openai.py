@@ -33,7 +33,7 @@ from aiohttp import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..api.endpoints import Kind, match
-from ..api.payload import unloads_now
+from ..api.payload import count, unloads_now
 from ..api.relay import FrameSplitter, Framing
 from ..api.responses import error_payload, go_json
 from ..errors import BackendUnavailable
@@ -109,7 +109,7 @@ class ServedModel:
             "format": "gguf" if self.id.lower().endswith(".gguf") else "",
             "family": "",
             "families": None,
-            "parameter_size": _human_count(self.parameters) if self.parameters else "",
+            "parameter_size": _humancount(self.parameters) if self.parameters else "",
             "quantization_level": "",
         }
 
@@ -137,13 +137,13 @@ def served_models(listing: Any) -> dict[str, ServedModel]:
         table[model_key(name)] = ServedModel(
             id=model_id,
             name=name,
-            created=_count(entry.get("created")) or 0,
+            created=count(entry.get("created")) or 0,
             owned_by=str(entry.get("owned_by") or ""),
             # llama-server's `meta` has the file's size, its parameters and trained context; vLLM says
             # how long a context it serves.
-            size=_count(meta.get("size")) or 0,
-            parameters=_count(meta.get("n_params")),
-            context_length=_count(entry.get("max_model_len")) or _count(meta.get("n_ctx_train")),
+            size=count(meta.get("size")) or 0,
+            parameters=count(meta.get("n_params")),
+            context_length=count(entry.get("max_model_len")) or count(meta.get("n_ctx_train")),
         )
     return table
 
@@ -245,7 +245,7 @@ class OpenAIBackend:
                         name=m.name,
                         size=m.size,
                         digest=m.digest,
-                        parameter_size=_human_count(m.parameters) if m.parameters else "",
+                        parameter_size=_humancount(m.parameters) if m.parameters else "",
                     )
                     for m in models.values()
                 ),
@@ -490,7 +490,7 @@ class OpenAIBackend:
             raise BackendUnavailable(
                 f"{self.name} at {self.url} answered /v1/embeddings without a `data` list"
             )
-        vectors = [d.get("embedding") for d in sorted(data, key=lambda d: _count(d.get("index")) or 0)]
+        vectors = [d.get("embedding") for d in sorted(data, key=lambda d: count(d.get("index")) or 0)]
         if not all(isinstance(v, list) and all(isinstance(x, int | float) for x in v) for v in vectors):
             # llama-cpp-python gives a model without pooling (a chat model) one vector per token.
             raise _Refusal(
@@ -507,7 +507,7 @@ class OpenAIBackend:
                 "embeddings": vectors,
                 "total_duration": _ns(time.monotonic() - started),
                 "load_duration": 0,
-                "prompt_eval_count": _count(usage.get("prompt_tokens")) or 0,
+                "prompt_eval_count": count(usage.get("prompt_tokens")) or 0,
             }
         )
 
@@ -681,7 +681,7 @@ class _Turn:
             return
         if self._first_at is None:
             self._first_at = time.monotonic()
-        index = _count(call.get("index"))
+        index = count(call.get("index"))
         slot = self._calls.setdefault(
             len(self._calls) if index is None else index, {"id": "", "name": "", "arguments": ""}
         )
@@ -733,7 +733,7 @@ class _Turn:
         first = self._first_at or end
         usage = self._usage or {}
         # Without `usage`, each piece of text a server streams is one token.
-        eval_count = _count(usage.get("completion_tokens"))
+        eval_count = count(usage.get("completion_tokens"))
         final = self._chunk("", "")
         final.update(
             done=True,
@@ -741,7 +741,7 @@ class _Turn:
             total_duration=_ns(end - self._started),
             load_duration=0,
         )
-        if (prompt_tokens := _count(usage.get("prompt_tokens"))) is not None:
+        if (prompt_tokens := count(usage.get("prompt_tokens"))) is not None:
             final["prompt_eval_count"] = prompt_tokens
         prompt_ms, predicted_ms = self._timings.get("prompt_ms"), self._timings.get("predicted_ms")
         if isinstance(prompt_ms, int | float) and isinstance(predicted_ms, int | float):
@@ -1015,10 +1015,6 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
 def _ns(seconds: float) -> int:
     return max(0, round(seconds * 1e9))
 
@@ -1027,7 +1023,7 @@ def _rfc3339(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _human_count(count: int) -> str:
+def _humancount(count: int) -> str:
     """Write a parameter count as Ollama's listings do: 135M, 7.6B."""
     for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if count >= scale:
