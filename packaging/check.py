@@ -22,12 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from smoke import ROOT, check_headless, check_version, fail, node_args
+from smoke import ROOT, check_headless, check_version, fail
 
 # The repository's helpers for running processes and a virtual display with a tray; smoke puts the
 # repository on the path.
 from tests.support import process_output, start_fake_ollama_process, start_process, stop_process
-from tests.ui.display import virtual_desktop, windows
+from tests.ui.display import app_args, virtual_desktop, windows
 
 # packaging/build.py, beside this file. Imported by name, not by an import statement, which linters would
 # sort differently depending on whether PyInstaller's build/ folder exists.
@@ -124,7 +124,7 @@ def check_tray(command: Path, scratch: Path, backend: str) -> None:
     """Start the tray app from the package on a virtual display with a tray; check its icon docks."""
     with virtual_desktop() as env:
         app, _ = start_process(
-            node_args(command, scratch / "tray", backend), re.compile(r"(tray icon shown)"), env=env
+            app_args(scratch / "tray", backend, [str(command)]), re.compile(r"(tray icon shown)"), env=env
         )
         try:
             tree = windows(env)

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from inferhub_desktop import __version__  # noqa: E402
 from tests.support import process_output, start_fake_ollama_process, start_process, stop_process  # noqa: E402
+from tests.ui.display import app_args  # noqa: E402
 
 _NODE_READY = re.compile(r"serving the Ollama API on (http://\S+),")
 _HTTP_TIMEOUT_S = 5.0
@@ -31,24 +32,6 @@ _HTTP_TIMEOUT_S = 5.0
 
 def fail(message: str) -> NoReturn:
     raise SystemExit(f"check failed: {message}")
-
-
-def node_args(command: Path, config_dir: Path, backend: str) -> list[str]:
-    """Return the arguments of a node on free loopback ports, sharing off (so nothing goes out on mDNS)."""
-    return [
-        str(command),
-        "serve",
-        "--api-port",
-        "0",
-        "--share-port",
-        "0",
-        "--interface",
-        "127.0.0.1",
-        "--backend",
-        backend,
-        "--config-dir",
-        str(config_dir),
-    ]
 
 
 def check_version(command: Path) -> None:
@@ -66,7 +49,7 @@ def get(url: str) -> tuple[int, str, str | None]:
 
 def check_headless(command: Path, config_dir: Path, backend: str) -> None:
     """Start a headless node; check it answers as Ollama does, then stops cleanly."""
-    node, url = start_process([*node_args(command, config_dir, backend), "--headless"], _NODE_READY)
+    node, url = start_process([*app_args(config_dir, backend, [str(command)]), "--headless"], _NODE_READY)
     try:
         status, body, _ = get(url + "/")
         if (status, body) != (200, "Ollama is running"):

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 # Debian's packages; .ci/run installs them.
@@ -61,12 +61,13 @@ def windows(env: dict[str, str]) -> str:
     ).stdout
 
 
-def app_args(config_dir: Path, backend: str) -> list[str]:
-    """Return the command that starts the app (not headless) with a node on free loopback ports."""
+def app_args(
+    config_dir: Path, backend: str, command: Sequence[str] = (sys.executable, "-m", "inferhub_desktop")
+) -> list[str]:
+    """Return the command that starts the app (not headless) with a node on free loopback ports, sharing
+    off so nothing goes out on mDNS; `command` is the app: this checkout's by default, or an installed one."""
     return [
-        sys.executable,
-        "-m",
-        "inferhub_desktop",
+        *command,
         "serve",
         "--api-port",
         "0",
