@@ -27,17 +27,16 @@ from .core import (
     SWITCHES_PATH,
     USER_FIELDS,
     ConfigError,
-    Settings,
+    SettingsNotSaved,
+    SettingsStore,
     audit_row,
     default_config_dir,
     join_code,
-    load_settings,
     new_secret,
     pool_key,
     read_audit,
     read_settings_file,
     serve,
-    update_settings_file,
 )
 
 _log = logging.getLogger("inferhub_desktop")
@@ -199,18 +198,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One flag per user setting, named alike; but the join code, which a command line would show to
         # every user of the machine: `inferhub pool` keeps it in the settings file.
         flags = {key: getattr(args, key, None) for key in USER_FIELDS}
-        settings = load_settings(args.config_dir, flags)
+        store = SettingsStore(args.config_dir, flags)
+        # A switch given as a flag is remembered, as the same switch in the tray is.
         if remembered := {key: flags[key] for key in SWITCHES if flags[key] is not None}:
-            update_settings_file(settings.config_dir, **remembered)
-    except ConfigError as exc:
+            store.change(**remembered)
+    except (ConfigError, SettingsNotSaved) as exc:
         parser.exit(2, f"inferhub: error: {exc}\n")
+    settings = store.settings
     try:
         if args.headless:
-            return _run(settings)
+            return _run(store)
         # Qt is loaded only for the app, so the headless node and the client commands start fast without it.
         from .ui.app import run_app
 
-        return run_app(settings)
+        return run_app(store)
     except ConfigError as exc:
         parser.exit(2, f"inferhub: error: {exc}\n")
     except OSError as exc:
@@ -237,14 +238,9 @@ def _client(args: argparse.Namespace) -> int:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
     base = f"http://127.0.0.1:{port}"
+    if args.command in _SWITCH_COMMANDS:
+        return _switch(args, base, port)
     try:
-        if args.command in _SWITCH_COMMANDS:
-            key, _, said = _SWITCH_COMMANDS[args.command]
-            body = json.dumps({key: args.state == "on"}).encode()
-            request = urllib.request.Request(base + SWITCHES_PATH, data=body, method="POST")
-            with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S) as reply:
-                print(f"{said} {'on' if json.load(reply)[key] else 'off'}")
-            return 0
         path = {
             "status": STATUS_PATH,
             "peers": PEERS_PATH,
@@ -274,12 +270,43 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
+def _switch(args: argparse.Namespace, base: str, port: int) -> int:
+    """Turn a switch on or off: in the running node, else in the settings file it starts from."""
+    key, _, said = _SWITCH_COMMANDS[args.command]
+    on = args.state == "on"
+    body = json.dumps({key: on}).encode()
+    request = urllib.request.Request(base + SWITCHES_PATH, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S) as reply:
+            print(f"{said} {'on' if json.load(reply)[key] else 'off'}")
+        return 0
+    except urllib.error.HTTPError as exc:
+        return _refused(port, exc)
+    except (OSError, ValueError) as exc:
+        # Only with no node listening is the file the place to change: a node that is slow to answer
+        # would overwrite it with its own switches.
+        if not isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+            print(f"inferhub: the node on 127.0.0.1:{port} did not answer: {exc}", file=sys.stderr)
+            return 1
+    try:
+        store = SettingsStore(args.config_dir)
+        store.change(**{key: on})
+    except (ConfigError, SettingsNotSaved) as exc:
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{said} {'on' if getattr(store.settings, key) else 'off'} (no node is running here; it starts so)")
+    return 0
+
+
 def _refused(port: int, exc: urllib.error.HTTPError) -> int:
     """Say what the node answered to a request it refused; return the exit status for it."""
-    print(
-        f"inferhub: the node on 127.0.0.1:{port} answered HTTP {exc.code}: {exc.read()[:500]!r}",
-        file=sys.stderr,
-    )
+    body = exc.read()[:2000]
+    try:
+        error = json.loads(body)["error"]
+        said = error if isinstance(error, str) else repr(body)
+    except (ValueError, KeyError, TypeError):
+        said = repr(body[:500])
+    print(f"inferhub: the node on 127.0.0.1:{port} answered HTTP {exc.code}: {said}", file=sys.stderr)
     return 1
 
 
@@ -329,7 +356,8 @@ def _positive(text: str) -> int:
 
 
 def _pool(args: argparse.Namespace) -> int:
-    """Make, join, leave or show the private pool: in the settings file, and in the running node if any."""
+    """Make, join, leave or show the private pool: in the running node, else in the settings file it
+    starts from."""
     try:
         config_dir, table, port = _node(args)
         code = {
@@ -339,12 +367,10 @@ def _pool(args: argparse.Namespace) -> int:
             "leave": None,
         }[args.action]
         key = pool_key(code)
-        code = key.code if key else None
-        if args.action != "show":
-            update_settings_file(config_dir, pool_code=code or "")
     except ConfigError as exc:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
+    code = key.code if key else None
     running = True
     try:
         body = json.dumps({"code": code}).encode() if args.action != "show" else None
@@ -353,8 +379,17 @@ def _pool(args: argparse.Namespace) -> int:
             pass
     except urllib.error.HTTPError as exc:
         return _refused(port, exc)
-    except OSError:
+    except OSError as exc:
+        if not isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+            print(f"inferhub: the node on 127.0.0.1:{port} did not answer: {exc}", file=sys.stderr)
+            return 1
         running = False
+    if not running and args.action != "show":
+        try:
+            SettingsStore(config_dir).change(pool_code=code or "")
+        except (ConfigError, SettingsNotSaved) as exc:
+            print(f"inferhub: error: {exc}", file=sys.stderr)
+            return 2
     if key is None:
         print(
             "This machine is in the LAN's open pool: while it shares, any InferHub on the local network "
@@ -477,7 +512,7 @@ def _gib(size: int) -> str:
     return f"{size / 2**30:.1f} GiB"
 
 
-def _run(settings: Settings) -> int:
+def _run(store: SettingsStore) -> int:
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -486,7 +521,7 @@ def _run(settings: Settings) -> int:
                 loop.add_signal_handler(sig, stop.set)
             except NotImplementedError:  # Windows' event loops have no signal handlers
                 signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
-        await serve(settings, stop)
+        await serve(store, stop)
 
     asyncio.run(run())
     return 0

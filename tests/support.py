@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import os
 import re
 import signal
 import socket
@@ -12,17 +14,22 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from inferhub_desktop.core import Settings, load_settings
+import pytest
+import tomli_w
+
+from inferhub_desktop.core import SettingsStore, read_settings_file
+from inferhub_desktop.core.settings import SETTINGS_FILE
 
 T = TypeVar("T")
 
 
-def node_settings(config_dir: Path, backend: str, **overrides: Any) -> Settings:
-    """Settings for a test node on a free loopback port, untouched by the test machine's environment."""
+def node_settings(config_dir: Path, backend: str, **overrides: Any) -> SettingsStore:
+    """The settings of a test node on a free loopback port, untouched by the test machine's environment:
+    `overrides` are this run's flags."""
     values = {
         "api_port": 0,
         "share_port": 0,
@@ -31,7 +38,49 @@ def node_settings(config_dir: Path, backend: str, **overrides: Any) -> Settings:
         "name": "test-node",
         **overrides,
     }
-    return load_settings(config_dir, values, environ={})
+    return SettingsStore(config_dir, values, environ={})
+
+
+def write_settings(config_dir: Path, **values: Any) -> None:
+    """Set keys in a settings file by hand, as a user editing it would: unchecked, the others kept."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    table = {**read_settings_file(config_dir), **values}
+    (config_dir / SETTINGS_FILE).write_text(tomli_w.dumps(table))
+
+
+@contextlib.contextmanager
+def unwritable(config_dir: Path, how: str) -> Iterator[None]:
+    """Make a config directory, with its settings file as it is, "read-only" or "full" while in the block.
+
+    As root (which file modes do not stop) the directory becomes a small tmpfs of its own: remounted
+    read-only, or filled to its last byte. Without root a read-only directory is one without write
+    permission, and a full one cannot be made: the test is skipped.
+    """
+    root = os.geteuid() == 0
+    if how == "full" and not root:
+        pytest.skip("a full disk is a tmpfs filled up, and mounting one needs root")
+    if not root:
+        config_dir.chmod(0o500)
+        try:
+            yield
+        finally:
+            config_dir.chmod(0o700)
+        return
+    kept = {path.name: path.read_bytes() for path in config_dir.iterdir() if path.is_file()}
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(config_dir)], check=True)
+    try:
+        for name, data in kept.items():
+            (config_dir / name).write_bytes(data)
+        if how == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(config_dir)], check=True)
+        else:
+            with (config_dir / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+                while filler.write(b"\0" * 4096):
+                    pass
+        yield
+    finally:
+        # The files beneath the mount were never touched.
+        subprocess.run(["umount", str(config_dir)], check=True)
 
 
 async def eventually(condition: Callable[[], bool]) -> None:

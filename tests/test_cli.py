@@ -24,6 +24,7 @@ from tests.support import (
     start_node_process,
     start_process,
     stop_process,
+    unwritable,
 )
 
 
@@ -228,3 +229,37 @@ def test_a_port_in_use_is_said_with_what_to_do(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Is another InferHub running? Choose a port with --api-port" in result.stderr
+
+
+def test_a_switch_turned_off_holds_through_a_restart_of_the_node(tmp_path: Path, fake_ollama: str) -> None:
+    # Started with --share, turned off with `inferhub share off`, started again without the flag.
+    node, url = start_node_process(tmp_path, fake_ollama, "--share", "--share-port", "0")
+    port = url.rsplit(":", 1)[1]
+    try:
+        off = run_cli("share", "off", "--api-port", port)
+    finally:
+        assert stop_process(node) == 0
+    assert off.stdout.strip() == "sharing off"
+    node, url = start_node_process(tmp_path, fake_ollama, "--share-port", "0")
+    try:
+        status = json.loads(run_cli("status", "--json", "--api-port", url.rsplit(":", 1)[1]).stdout)
+    finally:
+        assert stop_process(node) == 0
+    assert status["share"] is False
+
+
+def test_a_switch_with_no_node_running_is_saved_for_its_start(tmp_path: Path, unused_tcp_port: int) -> None:
+    port = str(unused_tcp_port)
+    on = run_cli("pool-pull", "on", "--api-port", port, "--config-dir", str(tmp_path))
+    assert (on.returncode, on.stdout.strip()) == (0, "pool pull on (no node is running here; it starts so)")
+    assert "pool_pull = true" in (tmp_path / "settings.toml").read_text()
+
+
+def test_a_switch_that_cannot_be_saved_says_why(tmp_path: Path, unused_tcp_port: int) -> None:
+    port = str(unused_tcp_port)
+    assert run_cli("share", "on", "--api-port", port, "--config-dir", str(tmp_path)).returncode == 0
+    with unwritable(tmp_path, "read-only"):
+        refused = run_cli("share", "off", "--api-port", port, "--config-dir", str(tmp_path))
+    assert refused.returncode == 2
+    assert f"cannot save the change to {tmp_path / 'settings.toml'}" in refused.stderr
+    assert "share = true" in (tmp_path / "settings.toml").read_text()

@@ -2,7 +2,7 @@
 
 from .api.endpoints import AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
 from .audit import audit_entry, audit_row, read_audit
-from .errors import ApiError, BackendUnavailable, ConfigError, InferhubError
+from .errors import ApiError, BackendUnavailable, ConfigError, InferhubError, SettingsNotSaved
 from .events import (
     BackendChanged,
     Event,
@@ -10,13 +10,14 @@ from .events import (
     PeerJoined,
     PeerLeft,
     RequestDone,
-    SwitchesChanged,
+    SettingsChanged,
 )
 from .names import short_name
 from .node import Node, serve
 from .settings import (
     DEFAULT_API_PORT,
     DEFAULT_SHARE_PORT,
+    LIVE_SETTINGS,
     SWITCHES,
     USER_FIELDS,
     Settings,
@@ -25,14 +26,15 @@ from .settings import (
     parse_host,
     parse_peer,
     read_settings_file,
-    update_settings_file,
 )
+from .store import SettingsStore
 from .trust import PoolKey, join_code, new_secret, pool_key, read_join_code
 
 __all__ = [
     "AUDIT_PATH",
     "DEFAULT_API_PORT",
     "DEFAULT_SHARE_PORT",
+    "LIVE_SETTINGS",
     "PEERS_PATH",
     "POOL_PATH",
     "ROUTE_PATH",
@@ -53,7 +55,9 @@ __all__ = [
     "PoolKey",
     "RequestDone",
     "Settings",
-    "SwitchesChanged",
+    "SettingsChanged",
+    "SettingsNotSaved",
+    "SettingsStore",
     "audit_entry",
     "audit_row",
     "default_config_dir",
@@ -68,5 +72,4 @@ __all__ = [
     "read_settings_file",
     "serve",
     "short_name",
-    "update_settings_file",
 ]

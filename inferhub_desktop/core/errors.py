@@ -9,6 +9,10 @@ class ConfigError(InferhubError):
     """Settings from the file, the environment or the command line are invalid."""
 
 
+class SettingsNotSaved(InferhubError):
+    """The settings file could not be written (a read-only folder, a full disk); nothing was changed."""
+
+
 class BackendUnavailable(InferhubError):
     """The model server a request was sent to could not be reached."""
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+
+from .settings import Settings
 
 _log = logging.getLogger(__name__)
 
@@ -29,10 +31,13 @@ class PeerLeft:
 
 
 @dataclasses.dataclass(frozen=True)
-class SwitchesChanged:
-    """The owner turned sharing, local-only or pool pulls on or off; `switches` holds all three."""
+class SettingsChanged:
+    """The owner changed settings (a switch, the pool, peers, the settings dialog); `settings` are those
+    now in effect, `before` those they replaced, and `changed` names the fields that differ."""
 
-    switches: Mapping[str, bool]
+    settings: Settings
+    before: Settings
+    changed: frozenset[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +77,7 @@ class RequestDone:
         return self.error is None and not self.cancelled
 
 
-Event = PeerJoined | PeerLeft | SwitchesChanged | BackendChanged | RequestDone
+Event = PeerJoined | PeerLeft | SettingsChanged | BackendChanged | RequestDone
 Listener = Callable[[Event], None]
 
 

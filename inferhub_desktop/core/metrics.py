@@ -125,7 +125,7 @@ class _NodeState(Collector):
             "inferhub_backend_slots", "Peers' requests this machine runs at once", node.settings.max_remote
         )
         yield _gauge(
-            "inferhub_sharing", "1 while this machine shares its GPU with the pool", int(node.sharing)
+            "inferhub_sharing", "1 while this machine shares its GPU with the pool", int(node.settings.share)
         )
         state = node.backend_state
         up = GaugeMetricFamily(

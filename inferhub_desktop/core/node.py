@@ -11,7 +11,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
@@ -32,18 +32,19 @@ from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
 from .backends.ollama import OllamaBackend
 from .errors import ApiError
-from .events import BackendChanged, Events, PeerJoined, PeerLeft, RequestDone, SwitchesChanged
+from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, RequestDone, SettingsChanged
 from .metrics import CONTENT_TYPE, NodeMetrics
 from .names import model_key, short_name
 from .peers import Peer, PeerAnnouncement, url_host
 from .pool import Pool
 from .router import RouteDecision, choose_route
 from .routing import Routing, route_request
-from .settings import SWITCHES, Settings, backend_kind, parse_peer, update_settings_file
+from .settings import SWITCHES, Settings, backend_kind
 from .speeds import SpeedBook
+from .store import SettingsStore
 from .telemetry import Telemetry, TelemetrySampler
 from .tls import node_certificate, server_context
-from .trust import pool_key
+from .trust import PoolKey, pool_key
 
 _log = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ _NOT_BROKEN_STATUSES = frozenset({404, 503})
 class Node:
     """One InferHub node; use as `async with Node(settings) as node:`."""
 
-    def __init__(self, settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
-        self.settings = settings
+    def __init__(self, store: SettingsStore, environ: Mapping[str, str] = os.environ) -> None:
+        # The user's settings: read from here whenever they are needed, changed only through it.
+        self.store = store
+        settings = store.settings
         # What happened, for whoever watches the node (the desktop app).
         self.events = Events()
         self._origins = OriginPolicy(environ)
@@ -88,13 +91,11 @@ class Node:
         self._runners: list[web.AppRunner] = []
         self._pool: Pool | None = None
         self.admission = Admission(slots=settings.max_remote, max_remote=settings.max_remote)
-        self.sharing = settings.share
-        self.local_only = settings.local_only
-        self.pool_pull = settings.pool_pull
         # The share API's certificate's fingerprint, with --tls; peers pin it.
         self.tls_fingerprint = ""
-        # The private pool's keys, or None in the LAN's open pool.
-        self.pool_key = pool_key(settings.pool_code)
+        # The keys of the pool the settings name, made once per join code: they remember the nonces seen.
+        self._pool_key = pool_key(settings.pool_code)
+        self._unsubscribe: Callable[[], None] | None = None
         self.share_port = settings.share_port
         self.speeds = SpeedBook()
         # The most model bytes the backend has held at once, from its probes: its room for models.
@@ -115,6 +116,18 @@ class Node:
         self.audit_log = AuditLog(settings.config_dir)
         kind, url = backend_kind(settings.backend)
         self.backend_state = BackendState(kind=kind, url=url or kind, reachable=False, error="not asked yet")
+
+    @property
+    def settings(self) -> Settings:
+        return self.store.settings
+
+    @property
+    def pool_key(self) -> PoolKey | None:
+        """The keys of the private pool the settings name, or None in the LAN's open pool."""
+        code = self.settings.pool_code
+        if (self._pool_key.code if self._pool_key else "") != code:
+            self._pool_key = pool_key(code)
+        return self._pool_key
 
     @property
     def api_url(self) -> str:
@@ -173,8 +186,8 @@ class Node:
         share = ShareApi(
             self._forwarder(self._plan_here, "share"),
             self.settings.name,
-            sharing=lambda: self.sharing,
-            pool_pull=lambda: self.pool_pull,
+            sharing=lambda: self.settings.share,
+            pool_pull=lambda: self.settings.pool_pull,
             key=lambda: self.pool_key,
         )
         # The share API listens on the chosen LAN interfaces, else on all of them.
@@ -200,6 +213,7 @@ class Node:
             left=self._peer_left,
         )
         await self._pool.start()
+        self._unsubscribe = self.store.events.subscribe(self._settings_changed)
         self._tasks.append(asyncio.create_task(self._probe_backend(), name="probe-backend"))
         self._tasks.append(asyncio.create_task(self._sample_telemetry(), name="sample-telemetry"))
         _log.info(
@@ -209,7 +223,7 @@ class Node:
             self.backend.kind,
             self.backend.url,
             self.share_port,
-            "sharing" if self.sharing else "not sharing",
+            "sharing" if self.settings.share else "not sharing",
         )
 
     def _share_tls(self) -> ssl.SSLContext | None:
@@ -260,6 +274,9 @@ class Node:
 
     async def close(self) -> None:
         """Leave the pool, stop accepting, let in-flight requests finish for a grace period, then close."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -278,19 +295,11 @@ class Node:
         self._peer_backends.clear()
 
     def switch(self, changes: Mapping[str, bool] | None = None) -> dict[str, bool]:
-        """Change some of the switches (share, local_only, pool_pull), remembered in the settings file;
-        return them all."""
-        changed = {k: v for k, v in (changes or {}).items() if getattr(self, _SWITCH_ATTRS[k]) != v}
-        for key, value in changed.items():
-            setattr(self, _SWITCH_ATTRS[key], value)
-            _log.info("%s: %s", key.replace("_", " "), "on" if value else "off")
-        switches = {key: getattr(self, _SWITCH_ATTRS[key]) for key in SWITCHES}
-        if changed:
-            update_settings_file(self.settings.config_dir, **changed)
-            if self._pool is not None:
-                self._pool.readvertise()
-            self.events.emit(SwitchesChanged(switches))
-        return switches
+        """Change some of the switches (share, local_only, pool_pull) through the settings store; return
+        them all. Raise SettingsNotSaved, changing nothing, if the change cannot be saved."""
+        if changes:
+            self.store.change(**changes)
+        return {key: getattr(self.settings, key) for key in SWITCHES}
 
     def peers(self) -> list[dict[str, Any]]:
         """Return the live peers as JSON values, each with how this node's breaker sees it."""
@@ -304,31 +313,30 @@ class Node:
         return {"pool": key.pool_id if key else None, "code": key.code if key else None}
 
     def set_pool(self, code: str | None) -> dict[str, Any]:
-        """Join the private pool of a join code, or with None go back to the LAN's open pool; remembered.
-
-        Peers are forgotten until they prove, by signing, that they are in the same pool.
-        """
-        key = pool_key(code)
-        self.pool_key = key
-        self.settings = dataclasses.replace(self.settings, pool_code=key.code if key else "")
-        update_settings_file(self.settings.config_dir, pool_code=self.settings.pool_code)
-        _log.info("pool: %s", f"private pool {key.pool_id}" if key else "the LAN's open pool")
-        if self._pool is not None:
-            self._pool.rekey()
+        """Join the private pool of a join code, or with None go back to the LAN's open pool, through the
+        settings store; peers are forgotten until they prove, by signing, that they are in the same pool."""
+        self.store.change(pool_code=code or "")
         return self.pool_info()
+
+    def _settings_changed(self, event: Event) -> None:
+        """Apply what the owner changed that a running node takes at once: switches, the pool, peers."""
+        if not isinstance(event, SettingsChanged) or self._pool is None:
+            return
+        settings, changed = event.settings, event.changed
+        for switch in changed & set(SWITCHES):
+            _log.info("%s: %s", switch.replace("_", " "), "on" if getattr(settings, switch) else "off")
+        if "pool_code" in changed:
+            key = self.pool_key
+            _log.info("pool: %s", f"private pool {key.pool_id}" if key else "the LAN's open pool")
+            self._pool.rekey()
+        if "peers" in changed:
+            self._pool.set_static_peers(settings.peers)
+        if changed & {*SWITCHES, "pool_code"}:
+            self._pool.readvertise()
 
     def audit(self, limit: int = MAX_ENTRIES) -> list[dict[str, Any]]:
         """Return the last `limit` requests peers had this machine serve, newest last, as JSON values."""
         return self.audit_log.entries(limit)
-
-    def set_peers(self, peers: Sequence[str]) -> None:
-        """Reach these HOST:PORT peers by address from now on, instead of the ones set before; remembered."""
-        for peer in peers:
-            parse_peer(peer)  # raises ConfigError saying what is wrong with it
-        self.settings = dataclasses.replace(self.settings, peers=tuple(peers))
-        update_settings_file(self.settings.config_dir, peers=list(peers))
-        if self._pool is not None:
-            self._pool.set_static_peers(peers)
 
     def models_hash(self) -> str:
         """Return a short hash of the installed and loaded models, so peers see when they change."""
@@ -349,7 +357,7 @@ class Node:
             name=self.settings.name,
             address="",
             port=self.share_port,
-            share=self.sharing,
+            share=self.settings.share,
             gpu=telemetry.summary() if telemetry else "",
             vram_free_mib=free,
             vram_total_mib=telemetry.vram_total_mib if telemetry else 0,
@@ -367,9 +375,9 @@ class Node:
             "name": self.settings.name,
             "version": __version__,
             "api_url": self.api_url,
-            "share": self.sharing,
-            "local_only": self.local_only,
-            "pool_pull": self.pool_pull,
+            "share": self.settings.share,
+            "local_only": self.settings.local_only,
+            "pool_pull": self.settings.pool_pull,
             # The private pool's public id (never its secret), or None in the LAN's open pool.
             "pool": self.pool_key.pool_id if self.pool_key else None,
             # The share API's certificate, which peers pin; a private pool's members sign it with the status.
@@ -394,7 +402,7 @@ class Node:
 
     def explain_route(self, model: str) -> dict[str, Any]:
         """Say where a generation with `model` would go now, and why, as JSON values."""
-        request = route_request("/api/generate", model, None, None, local_only=self.local_only)
+        request = route_request("/api/generate", model, None, None, local_only=self.settings.local_only)
         return self.routing.decide(request, time.monotonic()).to_json()
 
     def _plan(self, query: Query) -> Plan:
@@ -410,13 +418,15 @@ class Node:
         if endpoint.pattern == "/v1/models/:model":
             model = unquote(query.path.rsplit("/", 1)[-1])
         now = time.monotonic()
-        request = route_request(endpoint.pattern, model, query.fields, pin, local_only=self.local_only)
+        request = route_request(
+            endpoint.pattern, model, query.fields, pin, local_only=self.settings.local_only
+        )
         snapshot = self.routing.snapshot(now)
         if request.model and request.pin is None and _is_unload(endpoint.pattern, query.fields):
             holders = [
                 n.node_id
                 for n in snapshot.nodes
-                if request.model in n.loaded and (n.local or (n.share and not self.local_only))
+                if request.model in n.loaded and (n.local or (n.share and not self.settings.local_only))
             ]
             if holders:
                 return Plan([self._target(node_id, request.model) for node_id in holders], broadcast=True)
@@ -447,7 +457,7 @@ class Node:
     def _listing_sources(self) -> list[Target]:
         """Return this node, then the peers whose models this node may use, for pool-wide listings."""
         sources = [self._local_target(None, remote=False)]
-        if not self.local_only and self._pool is not None:
+        if not self.settings.local_only and self._pool is not None:
             sources += [
                 self._target(peer.node_id, None)
                 for peer in self._pool.peers
@@ -611,9 +621,6 @@ class Node:
             await asyncio.sleep(_TELEMETRY_INTERVAL_S)
 
 
-_SWITCH_ATTRS = {"share": "sharing", "local_only": "local_only", "pool_pull": "pool_pull"}
-
-
 def _is_unload(pattern: str, fields: Mapping[str, Any] | None) -> bool:
     """Tell a request to unload a model (keep_alive 0 and nothing to answer) from one to run it."""
     if pattern not in ("/api/generate", "/api/chat") or not fields:
@@ -621,8 +628,8 @@ def _is_unload(pattern: str, fields: Mapping[str, Any] | None) -> bool:
     return unloads_now(fields.get("keep_alive")) and not fields.get("prompt") and not fields.get("messages")
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
+async def serve(store: SettingsStore, stop: asyncio.Event) -> None:
     """Run a node until `stop` is set."""
-    async with Node(settings):
+    async with Node(store):
         await stop.wait()
     _log.info("node stopped")

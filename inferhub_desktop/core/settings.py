@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
+import tempfile
 import tomllib
 import uuid
 from collections.abc import Mapping
@@ -16,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import platformdirs
 import tomli_w
 
-from .errors import ConfigError
+from .errors import ConfigError, SettingsNotSaved
 from .trust import join_code, read_join_code
 
 _log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ USER_FIELDS: dict[str, type] = {
 }
 # The settings a running node changes when told to, and remembers in its settings file.
 SWITCHES = ("share", "local_only", "pool_pull")
+# The settings a running node takes at once; a change to any other restarts it.
+LIVE_SETTINGS = frozenset({*SWITCHES, "peers", "pool_code"})
 
 
 def default_config_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -155,18 +159,24 @@ def read_settings_file(config_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc}; fix or delete the file") from exc
 
 
-def update_settings_file(config_dir: Path, **values: Any) -> None:
-    """Set these keys in the settings file, keeping the others; written atomically."""
-    table = read_settings_file(config_dir)
-    table.update(values)
+def write_settings_file(config_dir: Path, table: Mapping[str, Any]) -> None:
+    """Replace the settings file with `table`, atomically: a reader sees the old file or the new one,
+    and a write that fails (a read-only or full disk) leaves the old one as it was; raise OSError then."""
     config_dir.mkdir(parents=True, exist_ok=True)
     path = config_dir / SETTINGS_FILE
-    tmp = path.with_suffix(".tmp")
-    # The file may hold a pool's join code: only its owner reads it.
-    tmp.touch(mode=0o600)
-    tmp.chmod(0o600)
-    tmp.write_text(tomli_w.dumps(table), encoding="utf-8")
-    tmp.replace(path)
+    # The file may hold a pool's join code: only its owner reads it, from the first byte written.
+    fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".tmp", dir=config_dir)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(tomli_w.dumps(dict(table)).encode())
+            file.flush()
+            # Renamed only once on disk: a power cut leaves the old file or the new one, never an empty one.
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def load_settings(
@@ -183,8 +193,22 @@ def load_settings(
     node_id = table.get("node_id")
     if not isinstance(node_id, str) or not _is_uuid(node_id):
         node_id = str(uuid.uuid4())
-        update_settings_file(config_dir, node_id=node_id)
+        try:
+            write_settings_file(config_dir, {**table, "node_id": node_id})
+        except OSError as exc:
+            raise not_saved(config_dir, exc, "this machine's identity") from exc
+    return build_settings(config_dir, node_id, table, overrides or {}, environ)
 
+
+def build_settings(
+    config_dir: Path,
+    node_id: str,
+    table: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> Settings:
+    """Build Settings from a settings file's table and `overrides` (flags); raise ConfigError saying what
+    is wrong with them."""
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key == "node_id":
@@ -192,10 +216,10 @@ def load_settings(
         if key not in USER_FIELDS:
             _log.warning("ignoring unknown setting %r in %s", key, config_dir / SETTINGS_FILE)
             continue
-        values[key] = _check_type(key, value, f"in {config_dir / SETTINGS_FILE}")
-    for key, value in (overrides or {}).items():
+        values[key] = check_type(key, value, f" in {config_dir / SETTINGS_FILE}")
+    for key, value in overrides.items():
         if value is not None:
-            values[key] = _check_type(key, value, "on the command line")
+            values[key] = check_type(key, value, " on the command line")
 
     if values.get("pool_code"):
         # Kept as the code is written out, however it was typed.
@@ -225,7 +249,17 @@ def load_settings(
     return settings
 
 
-def _check_type(key: str, value: Any, where: str) -> Any:
+def not_saved(config_dir: Path, exc: OSError, what: str = "the change") -> SettingsNotSaved:
+    """Word a settings file that could not be written: where, why, and what to do."""
+    return SettingsNotSaved(
+        f"cannot save {what} to {config_dir / SETTINGS_FILE}: {exc.strerror or exc}; nothing was changed. "
+        "Make that folder writable (or free space on its disk) and try again"
+    )
+
+
+def check_type(key: str, value: Any, where: str = "") -> Any:
+    """Return a setting's value as Settings holds it (lists as tuples); raise ConfigError if it is not of
+    the setting's type. `where` says where it came from (" in FILE", " on the command line")."""
     expected = USER_FIELDS[key]
     if isinstance(value, tuple):
         value = list(value)
@@ -235,7 +269,7 @@ def _check_type(key: str, value: Any, where: str) -> Any:
         wrong = not all(isinstance(item, str) for item in value)
     if wrong:
         kind = "list of strings" if expected is list else expected.__name__
-        raise ConfigError(f"setting {key!r} {where} must be a {kind}, not {value!r}")
+        raise ConfigError(f"setting {key!r}{where} must be a {kind}, not {value!r}")
     return tuple(value) if expected is list else value
 
 

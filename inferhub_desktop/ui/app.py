@@ -4,7 +4,6 @@ and the settings dialog around it."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import getpass
 import hashlib
 import logging
@@ -13,19 +12,18 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import qasync
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
-from ..core import Node, Settings
+from ..core import LIVE_SETTINGS, Event, Node, Settings, SettingsChanged, SettingsStore
 from .autostart import Autostart
 from .bridge import Bridge
 from .dashboard import Dashboard
 from .icons import app_icon
-from .settings_dialog import LIVE, SettingsDialog
+from .settings_dialog import SettingsDialog
 from .tray import Tray
 
 _log = logging.getLogger(__name__)
@@ -92,11 +90,11 @@ class SingleInstance(QObject):
 class Desktop(QObject):
     """The app's parts and the node they watch; `run()` serves until Quit."""
 
-    def __init__(self, settings: Settings, *, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, store: SettingsStore, *, environ: Mapping[str, str] = os.environ) -> None:
         super().__init__()
         # A tray app lives on with every window closed; it stops when quit() is called.
         QApplication.setQuitOnLastWindowClosed(False)
-        self.settings = settings
+        self.store = store
         self._environ = environ
         self.node: Node | None = None
         self.bridge = Bridge(self)
@@ -116,12 +114,14 @@ class Desktop(QObject):
         )
         self.dashboard.closed.connect(self.quit)
         self.settings_dialog: SettingsDialog | None = None
-        self._applying: asyncio.Future[None] | None = None
+        # The restart that applies changed settings, while one runs.
+        self.restarting: asyncio.Future[None] | None = None
+        self._unsubscribe = store.events.subscribe(self._settings_changed)
 
     async def run(self) -> None:
         """Start the node, show the tray (or the dashboard), and serve until quit() is called."""
         started = time.monotonic()
-        self.node = Node(self.settings, self._environ)
+        self.node = Node(self.store, self._environ)
         await self.node.start()
         self.bridge.attach(self.node)
         if self.has_tray:
@@ -133,6 +133,9 @@ class Desktop(QObject):
         try:
             await self._stop.wait()
         finally:
+            self._unsubscribe()
+            if self.restarting is not None:
+                await self.restarting
             self.tray.hide()
             self.dashboard.hide()
             self.bridge.detach()
@@ -152,44 +155,48 @@ class Desktop(QObject):
         if self.settings_dialog is not None:
             self.settings_dialog.raise_()
             return
-        dialog = SettingsDialog(self.settings, environ=self._environ)
+        dialog = SettingsDialog(self.store)
         self.settings_dialog = dialog
-        dialog.finished.connect(lambda result: self._settings_closed(dialog, result))
+        dialog.finished.connect(self._settings_closed)
         dialog.open()
 
-    def _settings_closed(self, dialog: SettingsDialog, result: int) -> None:
+    def _settings_closed(self) -> None:
         self.settings_dialog = None
-        changes = dialog.changes() if result == SettingsDialog.DialogCode.Accepted else {}
-        if changes:
-            self._applying = asyncio.ensure_future(self.apply(changes))
 
-    async def apply(self, changes: Mapping[str, Any]) -> None:
-        """Apply saved settings: peers at once, the rest by restarting the node in place."""
-        assert self.node is not None
-        if "peers" in changes:
-            self.node.set_peers(changes["peers"])
-        if not set(changes) - LIVE:
+    def _settings_changed(self, event: Event) -> None:
+        """Restart the node in place for saved settings a running node cannot take at once; the node
+        takes the others (switches, the pool, peers) itself."""
+        if not isinstance(event, SettingsChanged) or not event.changed - LIVE_SETTINGS:
             return
-        # The changes were checked by the dialog; flags the app was started with stay as they were.
-        old, new = self.settings, dataclasses.replace(self.settings, **changes)
+        if self.node is None or not self.node.running:
+            return  # not started yet, or stopping: a start reads the store's settings anyway
+        previous = self.restarting
+        self.restarting = asyncio.ensure_future(self._restart(event, previous))
+
+    async def _restart(self, event: SettingsChanged, previous: asyncio.Future[None] | None) -> None:
+        """Start the node anew from the store's settings; if it cannot listen with them, put the changed
+        settings back as they were (in the file too) and say why."""
+        if previous is not None:
+            await previous  # one restart at a time, in the order the changes came
+        assert self.node is not None
         self.bridge.detach()
         await self.node.close()
+        self.node = Node(self.store, self._environ)
         try:
-            self.node = Node(new, self._environ)
             await self.node.start()
-            self.settings = new
         except OSError as exc:
             QMessageBox.warning(
                 self.dashboard,
                 "InferHub",
-                f"The new settings could not be applied: {exc}. Kept the old ones.",
+                f"The new settings could not be applied: {exc.strerror or exc}. Kept the old ones.",
             )
-            self.node = Node(old, self._environ)
+            self.store.change(**{key: getattr(event.before, key) for key in event.changed - LIVE_SETTINGS})
+            self.node = Node(self.store, self._environ)
             await self.node.start()
         self.bridge.attach(self.node)
 
 
-def run_app(settings: Settings) -> int:
+def run_app(store: SettingsStore) -> int:
     """Run the desktop app until Quit; return the process exit status; raise OSError if the node cannot
     listen."""
     if reason := display_missing():
@@ -202,13 +209,13 @@ def run_app(settings: Settings) -> int:
     app.setDesktopFileName("inferhub")
     app.setApplicationDisplayName("InferHub")
     app.setWindowIcon(app_icon())
-    instance = SingleInstance(settings)
+    instance = SingleInstance(store.settings)
     if not instance.claim():
         print("InferHub is already running; its dashboard is shown", file=sys.stderr)
         return 0
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
-    desktop = Desktop(settings)
+    desktop = Desktop(store)
     instance.show_requested.connect(desktop.show_dashboard)
     # A logout or `kill` stops the app as Quit does. Python runs the handler between Qt events; the
     # bridge's timer makes sure there is one within a second.

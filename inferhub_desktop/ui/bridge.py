@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -13,11 +13,12 @@ from ..core import (
     BackendChanged,
     Event,
     Events,
+    InferhubError,
     PeerJoined,
     PeerLeft,
     RequestDone,
-    Settings,
-    SwitchesChanged,
+    SettingsChanged,
+    SettingsStore,
 )
 from .model import PoolView, Problem, pool_view
 
@@ -34,7 +35,8 @@ AUDIT_SHOWN = 200
 class Core(Protocol):
     """What the app needs of a node; `Node` is one."""
 
-    settings: Settings
+    # The settings it runs with, and through which the app changes them.
+    store: SettingsStore
     events: Events
 
     @property
@@ -43,10 +45,6 @@ class Core(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def peers(self) -> list[dict[str, Any]]: ...
-
-    def switch(self, changes: Mapping[str, bool] | None = None) -> dict[str, bool]: ...
-
-    def set_peers(self, peers: Sequence[str]) -> None: ...
 
     def audit(self, limit: int) -> list[dict[str, Any]]: ...
 
@@ -58,7 +56,9 @@ class Bridge(QObject):
     sampled = Signal(float, float, object)  # at (monotonic s), pool tokens/s, this GPU's % or None
     peer_joined = Signal(str)  # name
     peer_left = Signal(str, str)  # name, why
-    switches_changed = Signal(object)  # {switch: bool}
+    settings_changed = Signal(object)  # SettingsChanged
+    # A change the owner asked for was refused (it could not be saved): a title and what to do.
+    refused = Signal(str, str)
     backend_changed = Signal(bool, str)  # reachable, error
     request_done = Signal(object)  # RequestDone
     audit_changed = Signal(object)  # [audit entry], newest last
@@ -67,7 +67,7 @@ class Bridge(QObject):
         super().__init__(parent)
         self._clock = clock
         self._core: Core | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self.view: PoolView | None = None
         # What is wrong with the pool, worked out once per refresh for the tray and the dashboard.
         self.problems: list[Problem] = []
@@ -92,7 +92,10 @@ class Bridge(QObject):
         """Watch `core` from now on (a node restarted with new settings replaces the old one)."""
         self.detach()
         self._core = core
-        self._unsubscribe = core.events.subscribe(self._on_event)
+        self._unsubscribe = [
+            core.events.subscribe(self._on_event),
+            core.store.events.subscribe(self._on_event),
+        ]
         self._counts.clear()
         self._audit_stale = True
         self._timer.start()
@@ -100,9 +103,10 @@ class Bridge(QObject):
 
     def detach(self) -> None:
         self._timer.stop()
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        self._core = self._unsubscribe = None
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        self._core = None
 
     def refresh(self) -> None:
         """Read the node's state now and tell the views."""
@@ -122,14 +126,22 @@ class Bridge(QObject):
             self.audit_changed.emit(self.audit)
 
     def set_switch(self, key: str, on: bool) -> None:
-        self.core.switch({key: on})
+        """Turn a switch on or off through the store; one that cannot be saved stays as it was, and
+        `refused` says why."""
+        try:
+            self.core.store.change(**{key: on})
+        except InferhubError as exc:
+            self.refused.emit("InferHub could not change that", str(exc))
+            # The menu and the dashboard show the switch where it still is.
+            self.refresh()
 
     def add_peer(self, address: str) -> None:
-        """Reach a peer by HOST[:PORT] from now on; raise ConfigError if the address is not one."""
+        """Reach a peer by HOST[:PORT] from now on; raise InferhubError (ConfigError for an address that
+        is not one) if it cannot be added."""
         address = address.strip()
-        peers = list(self.core.settings.peers)
+        peers = list(self.core.store.settings.peers)
         if address not in peers:
-            self.core.set_peers([*peers, address])
+            self.core.store.change(peers=[*peers, address])
         self.refresh()
 
     def _throughput(self, view: PoolView, now: float) -> float:
@@ -151,8 +163,8 @@ class Bridge(QObject):
                 self.peer_joined.emit(name)
             case PeerLeft(name=name, reason=reason):
                 self.peer_left.emit(name, reason)
-            case SwitchesChanged(switches=switches):
-                self.switches_changed.emit(dict(switches))
+            case SettingsChanged():
+                self.settings_changed.emit(event)
             case BackendChanged(reachable=reachable, error=error):
                 self.backend_changed.emit(reachable, error or "")
             case RequestDone():

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import ConfigError, RequestDone, audit_row, short_name
+from ..core import InferhubError, RequestDone, audit_row, short_name
 from .bridge import Bridge
 from .chart import LineChart
 from .model import NodeView, PoolView, Problem, short_models
@@ -242,7 +242,7 @@ class Dashboard(QMainWindow):
             return
         try:
             self._bridge.add_peer(address)
-        except ConfigError as exc:
+        except InferhubError as exc:
             self.add_peer_error.setText(str(exc))
             return
         self.add_peer_error.setText("")

@@ -9,7 +9,6 @@ import argparse
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,12 @@ from PySide6.QtGui import QColor, QFont, QLinearGradient, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication
 
 from ..core import (
+    SWITCHES,
     ConfigError,
     Events,
     RequestDone,
-    Settings,
-    SwitchesChanged,
+    SettingsStore,
     audit_entry,
-    load_settings,
-    parse_peer,
 )
 from .autostart import Autostart
 from .bridge import Bridge
@@ -168,11 +165,10 @@ class DemoCore:
     """A pool of four workstations that behaves as a node does towards the app, without a network."""
 
     def __init__(self, config_dir: Path) -> None:
-        self.settings: Settings = load_settings(config_dir, {"name": "atlas"}, environ={})
+        self.store = SettingsStore(config_dir, {"name": "atlas", "share": True}, environ={})
         self.events = Events()
         self._ids = [str(uuid.uuid5(uuid.NAMESPACE_DNS, n[0])) for n in _NODES]
         self._tokens = [0] * len(_NODES)
-        self._switches = {"share": True, "local_only": False, "pool_pull": False}
         # What peers had this machine serve before, newest last, as a node's audit log holds it.
         now = time.time()
         self._audit = [
@@ -195,7 +191,11 @@ class DemoCore:
             self._tokens[n] += round(node[6] * node[5][0] * seconds)
 
     def status(self) -> dict[str, Any]:
-        return {**_status(0, self._ids[0], self.settings.share_port, self._tokens[0]), **self._switches}
+        settings = self.store.settings
+        return {
+            **_status(0, self._ids[0], settings.share_port, self._tokens[0]),
+            **{key: getattr(settings, key) for key in SWITCHES},
+        }
 
     def peers(self) -> list[dict[str, Any]]:
         return [
@@ -210,11 +210,6 @@ class DemoCore:
             }
             for n in range(1, len(_NODES))
         ]
-
-    def switch(self, changes: Mapping[str, bool] | None = None) -> dict[str, bool]:
-        self._switches.update(changes or {})
-        self.events.emit(SwitchesChanged(dict(self._switches)))
-        return dict(self._switches)
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
         return self._audit[-limit:]
@@ -238,11 +233,6 @@ class DemoCore:
             tokens_per_s=tokens / seconds if tokens else None,
             error=error,
         )
-
-    def set_peers(self, peers: Sequence[str]) -> None:
-        for peer in peers:
-            parse_peer(peer)
-        self.settings = load_settings(self.settings.config_dir, {"peers": list(peers)}, environ={})
 
     def replay_requests(self) -> None:
         """Tell of a few recent requests, as a node does when they end."""

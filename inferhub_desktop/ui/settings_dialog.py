@@ -1,11 +1,9 @@
-"""The settings dialog: the same settings as the command line's flags, checked as they are typed, saved to
-the same TOML file."""
+"""The settings dialog: the same settings as the command line's flags, checked as they are typed, saved
+through the settings store to the same TOML file."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
-from collections.abc import Mapping
 from typing import Any
 
 from PySide6.QtWidgets import (
@@ -23,7 +21,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import ConfigError, Settings, join_code, load_settings, new_secret, update_settings_file
+from ..core import (
+    LIVE_SETTINGS,
+    ConfigError,
+    InferhubError,
+    Settings,
+    SettingsStore,
+    join_code,
+    new_secret,
+)
 
 # What the dialog edits; the switches live in the menu.
 EDITED = (
@@ -37,21 +43,19 @@ EDITED = (
     "pool_code",
     "tls",
 )
-# Settings a running node takes without restarting; the others restart it in place.
-LIVE = frozenset({"peers"})
 
 
 class SettingsDialog(QDialog):
-    """Edit this node's settings; `changes()` holds what differs from `settings` once accepted."""
+    """Edit this node's settings; Save changes, through the store, only the fields the form changed."""
 
-    def __init__(
-        self, settings: Settings, *, environ: Mapping[str, str] = os.environ, parent: QWidget | None = None
-    ) -> None:
+    def __init__(self, store: SettingsStore, *, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("InferHub Settings")
         self.setMinimumWidth(520)
-        self._settings = settings
-        self._environ = environ
+        self._store = store
+        # What the form started from: a field left as it was is not saved, so a switch or a peer changed
+        # elsewhere while the dialog is open stays as it was changed there.
+        self._settings = settings = store.settings
         self.name = QLineEdit(settings.name)
         self.backend = QLineEdit(settings.backend)
         self.backend.setPlaceholderText("auto, an Ollama URL, or openai:http://HOST:PORT")
@@ -153,7 +157,7 @@ class SettingsDialog(QDialog):
             for address in values["interfaces"]:
                 _ipv4(address)
             # A max_remote of 0 takes the backend's slots, in the file as on the command line.
-            checked = load_settings(self._settings.config_dir, values, environ=self._environ)
+            checked = self._store.check(**values)
         except ConfigError as exc:
             self._checked = None
             self.error.setText(str(exc))
@@ -162,7 +166,7 @@ class SettingsDialog(QDialog):
             self.error.setText("")
         save = self.buttons.button(QDialogButtonBox.StandardButton.Save)
         save.setEnabled(self._checked is not None)
-        restart = set(self.changes()) - LIVE
+        restart = set(self.changes()) - LIVE_SETTINGS
         self.note.setText(
             "Saving restarts the node in place: requests under way are given a few seconds to finish."
             if restart
@@ -177,11 +181,12 @@ class SettingsDialog(QDialog):
         if "max_remote" in changes:
             # The file keeps 0, "the backend's slots", so a later change of OLLAMA_NUM_PARALLEL counts.
             changes["max_remote"] = self.max_remote.value()
-        if changes:
-            update_settings_file(
-                self._settings.config_dir,
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},
-            )
+        try:
+            self._store.change(**changes)
+        except InferhubError as exc:
+            # Nothing was saved: the form stays open with what the user typed, and says why.
+            self.error.setText(str(exc))
+            return
         self.accept()
 
 

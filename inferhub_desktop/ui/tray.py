@@ -9,6 +9,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from ..core import SettingsChanged
 from .autostart import Autostart, AutostartError
 from .bridge import Bridge
 from .icons import TrayState, panel_is_dark, tray_icon
@@ -17,6 +18,12 @@ from .model import PoolView, Problem, short_models, vram_bar
 # Tray messages are at most this frequent; what happens in between is told together.
 NOTIFY_GAP_S = 15.0
 _MENU_MODELS = 20
+# What a tray message says when a switch is turned on, and off.
+_SWITCH_NEWS = {
+    "share": ("This GPU is shared with the pool", "This GPU is not shared"),
+    "local_only": ("Your requests use only this machine", "Your requests use the whole pool"),
+    "pool_pull": ("The pool may pull models onto this machine", "The pool may not pull models here"),
+}
 
 
 def tray_state(view: PoolView | None, problems: list[Problem]) -> TrayState:
@@ -123,7 +130,8 @@ class Tray(QObject):
         bridge.view_changed.connect(self.update)
         bridge.peer_joined.connect(lambda name: self.notifier.tell(f"{name} joined the pool"))
         bridge.peer_left.connect(lambda name, why: self.notifier.tell(f"{name} left the pool"))
-        bridge.switches_changed.connect(self._switches_told)
+        bridge.settings_changed.connect(self._settings_told)
+        bridge.refused.connect(self._show_message)
         self.update(bridge.view)
         self._show_start_at_login()
 
@@ -164,10 +172,11 @@ class Tray(QObject):
         action.toggled.connect(lambda on: self._bridge.set_switch(key, on))
         return action
 
-    def _switches_told(self, switches: dict[str, bool]) -> None:
-        self.notifier.tell(
-            "This GPU is shared with the pool" if switches["share"] else "This GPU is not shared"
-        )
+    def _settings_told(self, event: SettingsChanged) -> None:
+        """Say each switch that changed, in its own words; other settings say nothing here."""
+        for key, (on, off) in _SWITCH_NEWS.items():
+            if key in event.changed:
+                self.notifier.tell(on if getattr(event.settings, key) else off)
 
     def _set_start_at_login(self, on: bool) -> None:
         try:

@@ -1,5 +1,5 @@
-"""A node tells its listeners what happened: peers coming and going, switches, its backend, and how each
-inference request ended."""
+"""A node tells its listeners what happened: peers coming and going, its backend, and how each inference
+request ended; its settings store tells of every change to the settings."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from inferhub_desktop.core import (
     PeerJoined,
     PeerLeft,
     RequestDone,
-    SwitchesChanged,
+    SettingsChanged,
     read_settings_file,
 )
 from inferhub_desktop.core.api.endpoints import STATUS_PATH
@@ -34,11 +34,11 @@ def test_a_failing_listener_does_not_stop_the_others(caplog: pytest.LogCaptureFi
 
     events.subscribe(broken)
     unsubscribe = events.subscribe(heard.append)
-    events.emit(SwitchesChanged({"share": True}))
+    events.emit(PeerJoined("id-1", "beta", "10.0.0.2"))
     unsubscribe()
-    events.emit(SwitchesChanged({"share": False}))
-    assert heard == [SwitchesChanged({"share": True})]
-    assert "an event listener failed on SwitchesChanged" in caplog.text
+    events.emit(PeerLeft("id-1", "beta", "gone"))
+    assert heard == [PeerJoined("id-1", "beta", "10.0.0.2")]
+    assert "an event listener failed on PeerJoined" in caplog.text
 
 
 async def test_requests_are_reported_with_their_node_tokens_and_outcome(tmp_path: Path) -> None:
@@ -93,14 +93,16 @@ async def test_switches_and_the_backend_going_down_are_told(
         node = Node(node_settings(tmp_path, fake.url), environ={})
         heard: list[Event] = []
         node.events.subscribe(heard.append)
+        node.store.events.subscribe(heard.append)
         async with node:
             await eventually(lambda: node.backend_state.reachable)
             node.switch({"share": True, "local_only": False})
             node.switch({"share": True})  # no change, nothing told
             await fake.close()
             await eventually(lambda: any(isinstance(e, BackendChanged) and not e.reachable for e in heard))
-    assert [e for e in heard if isinstance(e, SwitchesChanged)] == [
-        SwitchesChanged({"share": True, "local_only": False, "pool_pull": False})
+    told = [e for e in heard if isinstance(e, SettingsChanged)]
+    assert [(e.changed, e.settings.share, e.before.share) for e in told] == [
+        (frozenset({"share"}), True, False)
     ]
     down = [e for e in heard if isinstance(e, BackendChanged)][-1]
     assert down.url == fake.url
@@ -128,12 +130,12 @@ async def test_a_peer_added_by_address_joins_and_leaves_when_dropped(tmp_path: P
             alpha.events.subscribe(heard.append)
             async with alpha:
                 with pytest.raises(ConfigError, match="not HOST:PORT"):
-                    alpha.set_peers(["beta.local:1/x"])
-                alpha.set_peers([address])
+                    alpha.store.change(peers=["beta.local:1/x"])
+                alpha.store.change(peers=[address])
                 await eventually(lambda: any(isinstance(e, PeerJoined) for e in heard))
                 assert read_settings_file(alpha.settings.config_dir)["peers"] == [address]
                 assert [(p["name"], p["breaker"]) for p in alpha.peers()] == [("beta", "closed")]
-                alpha.set_peers([])
+                alpha.store.change(peers=[])
                 await eventually(lambda: any(isinstance(e, PeerLeft) for e in heard))
                 assert alpha.peers() == []
     finally:

@@ -277,7 +277,7 @@ async def test_an_internal_fault_is_a_500_without_a_traceback(
     def broken_planner(query: Query) -> Plan:
         raise RuntimeError("secret detail")
 
-    settings = node_settings(tmp_path, fake.url)
+    settings = node_settings(tmp_path, fake.url).settings
     api = LocalApi(
         Forwarder(
             settings,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from inferhub_desktop.core import ConfigError, default_config_dir, load_settings, update_settings_file
+from inferhub_desktop.core import ConfigError, default_config_dir, load_settings
 from inferhub_desktop.core.settings import SETTINGS_FILE, backend_kind, parse_backend, parse_host, parse_peer
+from tests.support import write_settings
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ def test_defaults_and_a_persistent_node_id(tmp_path: Path) -> None:
 def test_flags_override_the_file_which_overrides_ollama_host(tmp_path: Path) -> None:
     env = {"OLLAMA_HOST": "gpu-box:11434"}
     assert load_settings(tmp_path, environ=env).backend == "http://gpu-box:11434"
-    update_settings_file(tmp_path, backend="http://file-box:11434", name="from-file")
+    write_settings(tmp_path, backend="http://file-box:11434", name="from-file")
     from_file = load_settings(tmp_path, environ=env)
     assert (from_file.backend, from_file.name) == ("http://file-box:11434", "from-file")
     flagged = load_settings(tmp_path, {"backend": "flag-box", "name": None}, environ=env)
@@ -123,10 +124,10 @@ def test_a_broken_file_is_reported_with_its_path(tmp_path: Path) -> None:
 def test_wrong_types_in_the_file_are_refused_and_unknown_keys_ignored(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    update_settings_file(tmp_path, colour="blue")
+    write_settings(tmp_path, colour="blue")
     load_settings(tmp_path, environ={})
     assert "ignoring unknown setting 'colour'" in caplog.text
-    update_settings_file(tmp_path, api_port="high")
+    write_settings(tmp_path, api_port="high")
     with pytest.raises(ConfigError, match="'api_port' in"):
         load_settings(tmp_path, environ={})
 
@@ -137,7 +138,7 @@ def test_config_dir_comes_from_the_environment(tmp_path: Path) -> None:
 
 
 def test_pool_settings_from_file_and_flags(tmp_path: Path) -> None:
-    update_settings_file(tmp_path, share=True, peers=["10.0.0.7:11436", "gpu-box"], interfaces=["10.0.0.2"])
+    write_settings(tmp_path, share=True, peers=["10.0.0.7:11436", "gpu-box"], interfaces=["10.0.0.2"])
     settings = load_settings(tmp_path, {"max_remote": 3}, environ={})
     assert (settings.share, settings.share_port, settings.max_remote) == (True, 11436, 3)
     assert settings.peers == ("10.0.0.7:11436", "gpu-box")

@@ -139,7 +139,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         FakeOllama(models, loaded=["llama3:latest"], tokens_per_second=200.0) as fake,
         contextlib.AsyncExitStack() as stack,
     ):
-        settings = node_settings(tmp_path, fake.url)
+        settings = node_settings(tmp_path, fake.url).settings
         backend = OllamaBackend(fake.url, connect_timeout_s=5.0)
         stack.callback(backend.close)
         yield Rig(fake, settings, backend, stack)

@@ -32,9 +32,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from inferhub_desktop.core import Node, update_settings_file
+from inferhub_desktop.core import Node
 from tests.fakes.ollama import FakeModel, FakeOllama
-from tests.support import LoopThread, node_settings
+from tests.support import LoopThread, node_settings, write_settings
 
 # A complete request is answered within this, or the node has hung.
 _ANSWER_S = 10.0
@@ -758,9 +758,9 @@ def running(tmp_path: Path, caplog: pytest.LogCaptureFixture, **overrides: Any) 
         fake = FakeOllama(models, tokens_per_second=100_000.0)
         fake_loop.run(fake.start())
         try:
-            update_settings_file(tmp_path, node_id=NODE_ID)
+            write_settings(tmp_path, node_id=NODE_ID)
             settings = node_settings(tmp_path, fake.url, share=True, **overrides)
-            assert settings.interfaces == ("127.0.0.1",)
+            assert settings.settings.interfaces == ("127.0.0.1",)
             node = Node(settings, environ={})
             node_loop.run(node.start())
             try:
@@ -921,6 +921,7 @@ SEEDS = {
     ],
     "malformed": [
         Request(b"CONNECT 127.0.0.1:11435 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", "seed", malformed=True),
+        Request(b"GET / HTTP/2.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n", "seed", malformed=True),
     ],
 }
 # A node that no longer answers well is started again, this many times at most, so later requests still

@@ -10,14 +10,14 @@ from typing import Any
 import aiohttp
 import pytest
 import qasync
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QDialogButtonBox
 from pytestqt.qtbot import QtBot
 
-from inferhub_desktop.core import Node, RequestDone, read_settings_file
+from inferhub_desktop.core import Node, RequestDone, SettingsStore, read_settings_file
 from inferhub_desktop.ui.app import NO_TRAY, Desktop, SingleInstance, display_missing
 from inferhub_desktop.ui.bridge import Bridge
 from tests.fakes.ollama import FakeOllama
-from tests.support import eventually, node_settings
+from tests.support import eventually, node_settings, unwritable
 
 
 @pytest.fixture
@@ -43,9 +43,9 @@ def test_no_display_is_said_before_qt_would_abort() -> None:
 
 
 def test_a_second_instance_asks_the_first_to_show_itself(qtbot: QtBot, tmp_path: Path) -> None:
-    settings = node_settings(tmp_path, "http://127.0.0.1:9")
+    settings = node_settings(tmp_path, "http://127.0.0.1:9").settings
     first, second = SingleInstance(settings), SingleInstance(settings)
-    other_dir = SingleInstance(node_settings(tmp_path / "other", "http://127.0.0.1:9"))
+    other_dir = SingleInstance(node_settings(tmp_path / "other", "http://127.0.0.1:9").settings)
     assert first.claim()
     with qtbot.waitSignal(first.show_requested, timeout=5000):
         assert not second.claim()
@@ -63,7 +63,9 @@ def test_the_bridge_turns_a_real_nodes_events_into_signals(run: Any, qtbot: QtBo
         async with FakeOllama(["llama3:latest"], tokens_per_second=400) as fake:
             node = Node(node_settings(tmp_path, fake.url, name="alpha"), environ={})
             bridge = Bridge()
-            bridge.switches_changed.connect(lambda s: heard.append(("switches", s)))
+            bridge.settings_changed.connect(
+                lambda e: heard.append(("settings", (e.changed, e.settings.share)))
+            )
             bridge.request_done.connect(lambda r: heard.append(("request", r)))
             bridge.backend_changed.connect(lambda up, error: heard.append(("backend", up)))
             async with node:
@@ -83,7 +85,7 @@ def test_the_bridge_turns_a_real_nodes_events_into_signals(run: Any, qtbot: QtBo
 
     run(scenario())
     assert ("backend", True) in heard
-    assert ("switches", {"share": True, "local_only": False, "pool_pull": False}) in heard
+    assert ("settings", (frozenset({"share"}), True)) in heard
     done = next(r for kind, r in heard if kind == "request")
     assert isinstance(done, RequestDone)
     assert (done.model, done.node, done.tokens) == ("llama3", "alpha", 4)
@@ -115,17 +117,20 @@ def test_saved_settings_apply_peers_live_and_the_rest_by_restarting_the_node(
 ) -> None:
     async def scenario() -> None:
         async with FakeOllama() as fake:
-            desktop = Desktop(node_settings(tmp_path, fake.url, name="alpha"), environ={})
+            store = node_settings(tmp_path, fake.url, name="alpha")
+            desktop = Desktop(store, environ={})
             running = asyncio.ensure_future(desktop.run())
             await eventually(lambda: desktop.bridge.view is not None)
             node = desktop.node
-            await desktop.apply({"peers": ("10.0.0.5:11436",)})
-            assert desktop.node is node  # peers are taken live
+            store.change(peers=["10.0.0.5:11436"])
+            assert desktop.restarting is None  # peers are taken live
+            assert desktop.node is node
             assert node is not None
             assert node.settings.peers == ("10.0.0.5:11436",)
-            await desktop.apply({"name": "beta"})
+            store.change(name="beta")
+            assert desktop.restarting is not None
+            await desktop.restarting
             assert desktop.node is not node
-            assert desktop.settings.name == "beta"
             await eventually(
                 lambda: desktop.bridge.view is not None and desktop.bridge.view.me.name == "beta"
             )
@@ -134,3 +139,76 @@ def test_saved_settings_apply_peers_live_and_the_rest_by_restarting_the_node(
 
     run(scenario())
     assert read_settings_file(tmp_path)["peers"] == ["10.0.0.5:11436"]
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_a_switch_turned_in_the_tray_stays_through_a_settings_save_that_restarts_the_node(
+    run: Any, qtbot: QtBot, tmp_path: Path, share: bool
+) -> None:
+    async def scenario() -> None:
+        async with FakeOllama() as fake:
+            # Started with the switch one way; the owner turns it the other way from the tray.
+            desktop = Desktop(node_settings(tmp_path, fake.url, name="alpha", share=not share), environ={})
+            running = asyncio.ensure_future(desktop.run())
+            await eventually(lambda: desktop.bridge.view is not None)
+            desktop.tray.share_action.trigger()
+            assert desktop.tray.share_action.isChecked() is share
+
+            desktop.open_settings()
+            dialog = desktop.settings_dialog
+            assert dialog is not None
+            dialog.name.setText("beta")
+            dialog.buttons.button(QDialogButtonBox.StandardButton.Save).click()
+            assert desktop.restarting is not None
+            await desktop.restarting
+            await eventually(
+                lambda: desktop.bridge.view is not None and desktop.bridge.view.me.name == "beta"
+            )
+
+            assert desktop.node is not None
+            assert desktop.node.settings.share is share
+            assert desktop.node.status()["share"] is share
+            assert desktop.tray.share_action.isChecked() is share
+            desktop.quit()
+            await running
+
+    run(scenario())
+    assert read_settings_file(tmp_path)["share"] is share
+    assert SettingsStore(tmp_path, environ={}).settings.share is share
+
+
+def test_settings_that_cannot_be_saved_keep_the_dialog_open_and_change_nothing(
+    run: Any, qtbot: QtBot, tmp_path: Path
+) -> None:
+    config_dir = tmp_path / "config"
+
+    async def scenario() -> None:
+        async with FakeOllama() as fake:
+            desktop = Desktop(node_settings(config_dir, fake.url, name="alpha"), environ={})
+            running = asyncio.ensure_future(desktop.run())
+            await eventually(lambda: desktop.bridge.view is not None)
+            node = desktop.node
+            messages: list[str] = []
+            desktop.bridge.refused.connect(lambda title, text: messages.append(text))
+            with unwritable(config_dir, "full"):
+                desktop.open_settings()
+                dialog = desktop.settings_dialog
+                assert dialog is not None
+                dialog.name.setText("beta")
+                dialog.buttons.button(QDialogButtonBox.StandardButton.Save).click()
+                assert "No space left on device" in dialog.error.text()
+                assert dialog.isVisible()
+                assert dialog.name.text() == "beta"  # what the owner typed is still there
+
+                desktop.tray.share_action.trigger()
+                assert not desktop.tray.share_action.isChecked()
+                assert "nothing was changed" in messages[0]
+            assert desktop.restarting is None
+            assert desktop.node is node
+            assert (desktop.store.settings.name, desktop.store.settings.share) == ("alpha", False)
+            dialog.reject()
+            desktop.quit()
+            await running
+
+    run(scenario())
+    assert "name" not in read_settings_file(config_dir)

@@ -256,7 +256,7 @@ def test_adding_a_bad_peer_address_says_why(dashboard: Dashboard, core: DemoCore
 
     assert dashboard.add_peer_error.text() == str(expected.value)
     assert dashboard.peer_address.text() == address
-    assert core.settings.peers == ()
+    assert core.store.settings.peers == ()
 
 
 def test_adding_a_peer_by_address_tells_the_node(dashboard: Dashboard, core: DemoCore) -> None:
@@ -267,14 +267,14 @@ def test_adding_a_peer_by_address_tells_the_node(dashboard: Dashboard, core: Dem
     dashboard.peer_address.setText("  10.0.0.5:11436 ")
     dashboard.add_peer_button.click()
 
-    assert core.settings.peers == ("10.0.0.5:11436",)
+    assert core.store.settings.peers == ("10.0.0.5:11436",)
     assert dashboard.peer_address.text() == ""
     assert dashboard.add_peer_error.text() == ""
 
     dashboard.peer_address.setText("10.0.0.5:11436")
     dashboard.add_peer_button.click()
 
-    assert core.settings.peers == ("10.0.0.5:11436",)
+    assert core.store.settings.peers == ("10.0.0.5:11436",)
 
 
 def test_the_charts_take_a_sample_each_refresh(

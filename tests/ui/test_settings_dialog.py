@@ -10,22 +10,21 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QPushButton
 from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.core import (
-    Settings,
+    SettingsStore,
     join_code,
     load_settings,
     new_secret,
     read_join_code,
     read_settings_file,
-    update_settings_file,
 )
 from inferhub_desktop.ui.settings_dialog import SettingsDialog
-from tests.support import node_settings
+from tests.support import node_settings, write_settings
 
 RESTART_NOTE = "Saving restarts the node in place"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path) -> SettingsStore:
     # Ports other than node_settings' 0 (any free port), which the dialog's spin boxes cannot show.
     return node_settings(
         tmp_path,
@@ -37,14 +36,14 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-def open_dialog(qtbot: QtBot, settings: Settings) -> SettingsDialog:
-    dialog = SettingsDialog(settings, environ={})
+def open_dialog(qtbot: QtBot, settings: SettingsStore) -> SettingsDialog:
+    dialog = SettingsDialog(settings)
     qtbot.addWidget(dialog)
     return dialog
 
 
 @pytest.fixture
-def dialog(qtbot: QtBot, settings: Settings) -> SettingsDialog:
+def dialog(qtbot: QtBot, settings: SettingsStore) -> SettingsDialog:
     return open_dialog(qtbot, settings)
 
 
@@ -254,9 +253,9 @@ def test_an_invalid_form_is_not_saved_even_if_asked(dialog: SettingsDialog, tmp_
 
 def test_zero_peers_requests_at_once_takes_the_backends_slots(qtbot: QtBot, tmp_path: Path) -> None:
     # 0 means "as many as the backend runs at once": the file keeps 0, so OLLAMA_NUM_PARALLEL decides.
-    update_settings_file(tmp_path, max_remote=4)
+    write_settings(tmp_path, max_remote=4)
     settings = node_settings(tmp_path, "http://127.0.0.1:11434", api_port=12000, share_port=12001)
-    assert settings.max_remote == 4
+    assert settings.settings.max_remote == 4
     dialog = open_dialog(qtbot, settings)
 
     dialog.max_remote.setValue(0)
@@ -274,7 +273,8 @@ def test_a_new_private_pool_gets_a_code_that_is_saved_as_written(
     code = dialog.pool_code.text()
     assert read_join_code(code)
     assert dialog.error.text() == ""
-    assert RESTART_NOTE in dialog.note.text()
+    # A running node joins the pool without a restart.
+    assert dialog.note.text() == ""
     # Typed back in lower case with spaces, it is the same pool.
     dialog.pool_code.setText(code.lower().replace("-", " "))
     assert dialog.changes() == {"pool_code": code}

@@ -115,7 +115,7 @@ def test_a_checkbox_follows_the_node_not_the_click(
     tray: Tray, core: DemoCore, bridge: Bridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A node that keeps its switches as they are: the click alone must not decide the checkbox.
-    monkeypatch.setattr(core, "switch", lambda changes=None: core.status())
+    monkeypatch.setattr(core.store, "change", lambda **values: core.store.settings)
     tray.share_action.trigger()
     assert core.status()["share"] is True
     assert not tray.share_action.isChecked()
@@ -126,7 +126,7 @@ def test_a_checkbox_follows_the_node_not_the_click(
 
 
 def test_a_switch_turned_elsewhere_shows_in_the_menu(tray: Tray, core: DemoCore) -> None:
-    core.switch({"local_only": True, "share": False})
+    core.store.change(local_only=True, share=False)
 
     assert tray.local_action.isChecked()
     assert not tray.share_action.isChecked()

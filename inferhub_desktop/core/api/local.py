@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ..audit import MAX_ENTRIES
-from ..errors import ApiError, ConfigError
+from ..errors import ApiError, ConfigError, SettingsNotSaved
 from ..settings import SWITCHES
 from .endpoints import (
     AUDIT_PATH,
@@ -93,6 +93,15 @@ class LocalApi:
 
     async def _control(self, request: web.Request) -> web.StreamResponse:
         """Answer the tray, the dashboard and the CLI: status, peers, routes and switches."""
+        try:
+            return await self._answer_control(request)
+        except ConfigError as exc:
+            raise ApiError(400, str(exc)) from None
+        except SettingsNotSaved as exc:
+            # Nothing changed: the answer says so, and why.
+            raise ApiError(500, str(exc)) from None
+
+    async def _answer_control(self, request: web.Request) -> web.StreamResponse:
         reading = request.method in ("GET", "HEAD")
         if request.path == STATUS_PATH:
             return self._forwarder.status_reply(request)
@@ -124,10 +133,7 @@ class LocalApi:
                 raise ApiError(
                     400, 'send {"code": "JOIN-CODE"} to join a private pool, {"code": null} to leave it'
                 )
-            try:
-                return _json(self._pool[1](code or None))
-            except ConfigError as exc:
-                raise ApiError(400, str(exc)) from None
+            return _json(self._pool[1](code or None))
         if request.path in (AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, SWITCHES_PATH):
             return text_response(405, "405 method not allowed")
         return text_response(404, "404 page not found")

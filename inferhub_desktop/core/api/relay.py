@@ -20,7 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import quote
 
-from aiohttp import StreamReader, web
+from aiohttp import HttpVersion11, StreamReader, web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -301,6 +301,24 @@ def route(request: web.BaseRequest) -> Endpoint | web.Response:
     return found.endpoint
 
 
+@web.middleware
+async def _http1_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer a request line of HTTP/2 or later with 505, in HTTP/1.1, as Go's server (Ollama's) does."""
+    version = request.version
+    if version.major < 2:
+        return await handler(request)
+    # aiohttp writes its status line in the request's version, which no client of this port could read;
+    # the version is a cached property of the request (tests/fuzz/test_apis.py sends such requests).
+    request._cache["version"] = HttpVersion11
+    response = error_response(
+        505,
+        f"unsupported protocol version HTTP/{version.major}.{version.minor}: this port speaks HTTP/1.1",
+        openai=request.path.startswith("/v1/"),
+    )
+    response.force_close()
+    return response
+
+
 class Forwarder:
     """The part of answering a request that both APIs share, from the error shapes to the relay."""
 
@@ -329,7 +347,7 @@ class Forwarder:
 
     def app(self, handler: Handler) -> web.Application:
         """Build an application that sends every path to `handler`, its failures in Ollama's shapes."""
-        app = web.Application(handler_args={"max_field_size": 65536}, middlewares=[self._errors])
+        app = web.Application(handler_args={"max_field_size": 65536}, middlewares=[_http1_only, self._errors])
         app.router.add_route("*", "/{path:.*}", handler)
         app.on_response_prepare.append(self._on_prepare)
         return app
