@@ -25,9 +25,9 @@ from typing import Any
 from multidict import CIMultiDict
 
 from inferhub_desktop.core import Node
-from inferhub_desktop.core.api.endpoints import match
 from inferhub_desktop.core.api.relay import Query
 from inferhub_desktop.core.peers import PeerAnnouncement
+from inferhub_desktop.core.wire.endpoints import match
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from inferhub_desktop.core import RequestDone
-from inferhub_desktop.core.api.relay import VIA_HEADER
 from inferhub_desktop.core.audit import AuditLog
+from inferhub_desktop.core.wire.headers import VIA_HEADER
 from tests.support import start_fake_ollama_process, start_node_process, stop_process
 from tests.test_cli import run_cli
 

@@ -1,8 +1,6 @@
 """InferHub's core: asyncio only, never Qt. The UI and the CLI use what this module exports."""
 
-from .api.endpoints import AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
 from .audit import audit_entry, audit_row, read_audit
-from .errors import ApiError, BackendUnavailable, ConfigError, InferhubError, SettingsNotSaved
 from .events import (
     BackendChanged,
     Event,
@@ -29,6 +27,8 @@ from .settings import (
 )
 from .store import SettingsStore
 from .trust import PoolKey, join_code, new_secret, pool_key, read_join_code
+from .wire.endpoints import AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
+from .wire.errors import ApiError, BackendUnavailable, ConfigError, InferhubError, SettingsNotSaved
 
 __all__ = [
     "AUDIT_PATH",

@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .api.responses import valid_utf8
 from .events import RequestDone
 from .names import short_name
+from .wire.responses import valid_utf8
 
 _log = logging.getLogger(__name__)
 

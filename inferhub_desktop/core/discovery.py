@@ -13,7 +13,8 @@ import psutil
 from zeroconf import BadTypeInNameException, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from .peers import SERVICE_TYPE, MalformedRecord, PeerAnnouncement, decode_txt, encode_txt
+from .peers import SERVICE_TYPE, PeerAnnouncement, decode_txt, encode_txt
+from .wire.errors import MalformedRecord
 
 _log = logging.getLogger(__name__)
 

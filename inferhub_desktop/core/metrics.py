@@ -3,19 +3,18 @@ state (streams, slots, peers, breakers, backend, GPUs), read when scraped."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .api.responses import valid_utf8
+from .backends.base import BackendState
 from .breaker import BreakerState
-from .events import Event, RequestDone
-
-if TYPE_CHECKING:
-    from .node import Node
+from .events import Event, Events, RequestDone
+from .telemetry import Telemetry
+from .wire.responses import valid_utf8
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # A client may name any model; past this many distinct names, further ones are counted as "other", so a
@@ -31,7 +30,7 @@ _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.
 class NodeMetrics:
     """A node's metrics in a registry of their own, so several nodes in one process keep theirs apart."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, events: Events, gauges: Callable[[], Gauges]) -> None:
         self.registry = CollectorRegistry()
         labels = ("api", "endpoint", "model", "node")
         self._requests = Counter(
@@ -68,8 +67,8 @@ class NodeMetrics:
             registry=self.registry,
         )
         self._models: set[str] = set()
-        self.registry.register(_NodeState(node))
-        self.unsubscribe: Callable[[], None] = node.events.subscribe(self._heard)
+        self.registry.register(_NodeState(gauges))
+        self.unsubscribe: Callable[[], None] = events.subscribe(self._heard)
 
     def render(self) -> bytes:
         """Return the metrics in Prometheus' text format."""
@@ -97,49 +96,66 @@ class NodeMetrics:
         return _OTHER
 
 
+@dataclasses.dataclass(frozen=True)
+class PeerGauge:
+    """A peer as a scrape shows it."""
+
+    name: str
+    node_id: str
+    sharing: bool
+    breaker: BreakerState
+
+
+@dataclasses.dataclass(frozen=True)
+class Gauges:
+    """The node's state at the moment of a scrape."""
+
+    streams: Mapping[str, int]  # streamed answers being relayed, by API
+    backend_active: int
+    peers_queued: int
+    slots: int
+    sharing: bool
+    backend: BackendState
+    peers: Sequence[PeerGauge]
+    telemetry: Telemetry | None
+
+
 class _NodeState(Collector):
     """The node's state, read when scraped, so gauges are never stale."""
 
-    def __init__(self, node: Node) -> None:
-        self._node = node
+    def __init__(self, gauges: Callable[[], Gauges]) -> None:
+        self._gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
-        node = self._node
+        gauges = self._gauges()
         streams = GaugeMetricFamily(
             "inferhub_active_streams", "Streamed answers being relayed now, by API", labels=("api",)
         )
-        for api, count in node.active_streams().items():
+        for api, count in gauges.streams.items():
             streams.add_metric((api,), count)
         yield streams
         yield _gauge(
             "inferhub_backend_requests_active",
             "Requests this machine's backend is running",
-            node.admission.active,
+            gauges.backend_active,
         )
         yield _gauge(
-            "inferhub_peer_requests_queued",
-            "Peers' requests waiting for a slot here",
-            node.admission.waiting_remote,
+            "inferhub_peer_requests_queued", "Peers' requests waiting for a slot here", gauges.peers_queued
         )
+        yield _gauge("inferhub_backend_slots", "Peers' requests this machine runs at once", gauges.slots)
         yield _gauge(
-            "inferhub_backend_slots", "Peers' requests this machine runs at once", node.settings.max_remote
+            "inferhub_sharing", "1 while this machine shares its GPU with the pool", int(gauges.sharing)
         )
-        yield _gauge(
-            "inferhub_sharing", "1 while this machine shares its GPU with the pool", int(node.settings.share)
-        )
-        state = node.backend_state
+        state = gauges.backend
         up = GaugeMetricFamily(
             "inferhub_backend_up", "1 while this machine's model server answers", labels=("kind", "url")
         )
         up.add_metric((state.kind, state.url), int(state.reachable))
         yield up
-        yield from self._peers()
-        yield from self._gpus()
+        yield from self._peers(gauges.peers)
+        yield from self._gpus(gauges.telemetry)
 
-    def _peers(self) -> Iterator[Metric]:
-        node = self._node
-        # While the node stops, a scrape may still come: then it has no peers.
-        peers = list(node.pool.peers) if node.running else []
+    def _peers(self, peers: Sequence[PeerGauge]) -> Iterator[Metric]:
         yield _gauge("inferhub_peers_up", "Peers this node sees on the LAN", len(peers))
         sharing = GaugeMetricFamily(
             "inferhub_peer_sharing", "1 for each peer that shares its GPU", labels=("peer", "peer_id")
@@ -151,16 +167,14 @@ class _NodeState(Collector):
             labels=("peer", "peer_id", "state"),
         )
         for peer in peers:
-            ids = (valid_utf8(peer.announcement.name), peer.node_id)
-            sharing.add_metric(ids, int(peer.announcement.share))
-            current = node.routing.breakers.state(peer.node_id)
+            ids = (valid_utf8(peer.name), peer.node_id)
+            sharing.add_metric(ids, int(peer.sharing))
             for state in BreakerState:
-                breaker.add_metric((*ids, state.value), int(state is current))
+                breaker.add_metric((*ids, state.value), int(state is peer.breaker))
         yield sharing
         yield breaker
 
-    def _gpus(self) -> Iterator[Metric]:
-        telemetry = self._node.telemetry
+    def _gpus(self, telemetry: Telemetry | None) -> Iterator[Metric]:
         if telemetry is None:
             return
         labels = ("gpu", "name", "uuid")

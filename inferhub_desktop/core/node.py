@@ -21,19 +21,16 @@ from aiohttp import web
 
 from .. import __version__
 from .api.admission import Admission
-from .api.endpoints import Endpoint, Kind
 from .api.guard import OriginPolicy
 from .api.local import LocalApi
-from .api.payload import unloads_now
-from .api.relay import NODE_HEADER, Admit, Forwarder, Outcome, Plan, Query, Target
+from .api.relay import Admit, Forwarder, Outcome, Plan, Query, Target
 from .api.share import PULL_PATH, ShareApi
 from .audit import MAX_ENTRIES, AuditLog
 from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
 from .backends.ollama import OllamaBackend
-from .errors import ApiError
 from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, RequestDone, SettingsChanged
-from .metrics import CONTENT_TYPE, NodeMetrics
+from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
 from .names import model_key, short_name
 from .peers import Peer, PeerAnnouncement, url_host
 from .pool import Pool
@@ -45,6 +42,10 @@ from .store import SettingsStore
 from .telemetry import Telemetry, TelemetrySampler
 from .tls import node_certificate, server_context
 from .trust import PoolKey, pool_key
+from .wire.endpoints import Endpoint, Kind
+from .wire.errors import ApiError
+from .wire.headers import NODE_HEADER
+from .wire.payload import unloads_now
 
 _log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class Node:
         self.telemetry: Telemetry | None = None
         self.api_port = settings.api_port
         self._forwarders: dict[str, Forwarder] = {}
-        self.metrics = NodeMetrics(self)
+        self.metrics = NodeMetrics(self.events, self._gauges)
         self.audit_log = AuditLog(settings.config_dir)
         kind, url = backend_kind(settings.backend)
         self.backend_state = BackendState(kind=kind, url=url or kind, reachable=False, error="not asked yet")
@@ -152,9 +153,28 @@ class Node:
     def running(self) -> bool:
         return self._pool is not None
 
-    def active_streams(self) -> dict[str, int]:
-        """Return the streamed answers being relayed now, by API (local, share)."""
-        return {api: forwarder.streams for api, forwarder in self._forwarders.items()}
+    def _gauges(self) -> Gauges:
+        """Return what a scrape of the metrics reads: the node's state now."""
+        # While the node stops, a scrape may still come: then it has no peers.
+        peers = self._pool.peers if self._pool else []
+        return Gauges(
+            streams={api: forwarder.streams for api, forwarder in self._forwarders.items()},
+            backend_active=self.admission.active,
+            peers_queued=self.admission.waiting_remote,
+            slots=self.settings.max_remote,
+            sharing=self.settings.share,
+            backend=self.backend_state,
+            peers=[
+                PeerGauge(
+                    peer.announcement.name,
+                    peer.node_id,
+                    peer.announcement.share,
+                    self.routing.breakers.state(peer.node_id),
+                )
+                for peer in peers
+            ],
+            telemetry=self.telemetry,
+        )
 
     @property
     def pool(self) -> Pool:

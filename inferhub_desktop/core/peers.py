@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .errors import InferhubError
+from .wire.errors import MalformedRecord
 
 PROTOCOL_VERSION = 1
 SERVICE_TYPE = "_inferhub._tcp.local."
@@ -24,10 +24,6 @@ _MAX_VRAM_MIB = 64 * 1024 * 1024
 _MAX_SLOTS = 4096
 # Each round trip measured counts this much in a peer's smoothed one, as TCP smooths its RTT.
 _RTT_SMOOTHING = 0.125
-
-
-class MalformedRecord(InferhubError):
-    """Another node's DNS-SD record is incomplete, oversized or inconsistent."""
 
 
 @dataclasses.dataclass(frozen=True)

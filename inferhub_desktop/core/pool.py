@@ -12,12 +12,14 @@ from typing import Any
 
 import aiohttp
 
-from .api.endpoints import STATUS_PATH
 from .discovery import Discovery
-from .peers import MalformedRecord, Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
+from .peers import Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
 from .settings import Settings, parse_peer
 from .tls import shown_fingerprint
-from .trust import AUTH_HEADER, PoolKey, Unauthorized, nonce_of
+from .trust import PoolKey, nonce_of
+from .wire.endpoints import STATUS_PATH
+from .wire.errors import MalformedRecord, Unauthorized
+from .wire.headers import AUTH_HEADER
 
 _log = logging.getLogger(__name__)
 

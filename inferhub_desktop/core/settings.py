@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import platformdirs
 import tomli_w
 
-from .errors import ConfigError, SettingsNotSaved
 from .trust import join_code, read_join_code
+from .wire.errors import ConfigError, SettingsNotSaved
 
 _log = logging.getLogger(__name__)
 

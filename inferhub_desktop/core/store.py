@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
 from .events import Events, SettingsChanged
 from .settings import (
     SETTINGS_FILE,
@@ -28,6 +27,7 @@ from .settings import (
     write_settings_file,
 )
 from .trust import join_code, read_join_code
+from .wire.errors import ConfigError
 
 
 class SettingsStore:

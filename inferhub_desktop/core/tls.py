@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .errors import ConfigError
+from .wire.errors import ConfigError
 
 _DIRECTORY = "tls"
 _VALID = datetime.timedelta(days=3650)

@@ -19,11 +19,9 @@ import secrets
 import time
 from collections import OrderedDict
 
-from .errors import ConfigError
+from .wire.errors import ConfigError, Unauthorized
 
 SECRET_BYTES = 10
-# Request and status signatures travel in this header.
-AUTH_HEADER = "X-InferHub-Auth"
 # How far a request's time may be from this node's clock: LAN machines keep time by NTP.
 WINDOW_S = 60.0
 # Nonces are remembered for twice the window, so a request is never accepted twice; past this many,
@@ -35,10 +33,6 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CHECK_SYMBOLS = _ALPHABET + "*~$=U"
 _LOOK_ALIKES = str.maketrans({"O": "0", "I": "1", "L": "1"})
 _SYMBOLS = SECRET_BYTES * 8 // 5
-
-
-class Unauthorized(Exception):
-    """A signature is missing, wrong, stale or replayed; the reason is for this node's log only."""
 
 
 def new_secret() -> bytes:

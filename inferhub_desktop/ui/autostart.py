@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Literal, Protocol
 from xml.parsers.expat import ExpatError
 
+from ..core import InferhubError
+
 _log = logging.getLogger(__name__)
 
 _DESKTOP_FILE = "inferhub.desktop"
@@ -29,7 +31,7 @@ _EXEC_ESCAPED = frozenset('"`$\\')
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"})
 
 
-class AutostartError(Exception):
+class AutostartError(InferhubError):
     """Start at login could not be turned on or off; the message says why."""
 
 

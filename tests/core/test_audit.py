@@ -16,8 +16,8 @@ import pytest
 
 from inferhub_desktop.core import AUDIT_PATH, Node, RequestDone, audit_row, read_audit
 from inferhub_desktop.core import audit as audit_module
-from inferhub_desktop.core.api.relay import VIA_HEADER
 from inferhub_desktop.core.audit import AUDIT_FILE, MAX_ENTRIES, ROTATED_FILE, AuditLog
+from inferhub_desktop.core.wire.headers import VIA_HEADER
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
 

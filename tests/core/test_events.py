@@ -21,7 +21,7 @@ from inferhub_desktop.core import (
     SettingsChanged,
     read_settings_file,
 )
-from inferhub_desktop.core.api.endpoints import STATUS_PATH
+from inferhub_desktop.core.wire.endpoints import STATUS_PATH
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inferhub_desktop.core import ApiError
-from inferhub_desktop.core.api.payload import parse_body, string_field
+from inferhub_desktop.core.wire.payload import parse_body, string_field
 
 GEN = "api.GenerateRequest"
 

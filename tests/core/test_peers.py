@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from inferhub_desktop.core.peers import MalformedRecord, PeerAnnouncement, PeerTable, decode_txt, encode_txt
+from inferhub_desktop.core.peers import PeerAnnouncement, PeerTable, decode_txt, encode_txt
+from inferhub_desktop.core.wire.errors import MalformedRecord
 
 NODE_ID = str(uuid.uuid4())
 ANN = PeerAnnouncement(

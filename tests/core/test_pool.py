@@ -12,8 +12,9 @@ import pytest
 
 from inferhub_desktop.core import PEERS_PATH, SWITCHES_PATH, Node, read_settings_file
 from inferhub_desktop.core.discovery import Discovery
-from inferhub_desktop.core.peers import MalformedRecord, PeerAnnouncement
+from inferhub_desktop.core.peers import PeerAnnouncement
 from inferhub_desktop.core.pool import announcement_from_status
+from inferhub_desktop.core.wire.errors import MalformedRecord
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
 

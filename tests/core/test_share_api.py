@@ -18,13 +18,13 @@ from aiohttp import web
 from inferhub_desktop.core import Settings
 from inferhub_desktop.core.api import share as share_module
 from inferhub_desktop.core.api.admission import Admission
-from inferhub_desktop.core.api.endpoints import STATUS_PATH, Endpoint, Kind
 from inferhub_desktop.core.api.guard import OriginPolicy
 from inferhub_desktop.core.api.local import LocalApi
 from inferhub_desktop.core.api.relay import Forwarder, Plan, Query, Target
 from inferhub_desktop.core.api.share import ShareApi, is_lan_address
 from inferhub_desktop.core.backends.base import Backend
 from inferhub_desktop.core.backends.ollama import OllamaBackend
+from inferhub_desktop.core.wire.endpoints import STATUS_PATH, Endpoint, Kind
 from tests.fakes.ollama import FakeModel, FakeOllama
 from tests.support import eventually, node_settings
 

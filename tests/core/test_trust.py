@@ -12,9 +12,11 @@ import pytest
 
 from inferhub_desktop.core import ConfigError, Node, PoolKey, join_code, new_secret, read_join_code
 from inferhub_desktop.core import node as node_module
-from inferhub_desktop.core.api.endpoints import STATUS_PATH
 from inferhub_desktop.core.settings import read_settings_file
-from inferhub_desktop.core.trust import _ALPHABET, AUTH_HEADER, WINDOW_S, Unauthorized
+from inferhub_desktop.core.trust import _ALPHABET, WINDOW_S
+from inferhub_desktop.core.wire.endpoints import STATUS_PATH
+from inferhub_desktop.core.wire.errors import Unauthorized
+from inferhub_desktop.core.wire.headers import AUTH_HEADER
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
 

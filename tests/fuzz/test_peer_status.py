@@ -22,9 +22,10 @@ from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from inferhub_desktop.core.peers import MalformedRecord, PeerAnnouncement
+from inferhub_desktop.core.peers import PeerAnnouncement
 from inferhub_desktop.core.pool import announcement_from_status
 from inferhub_desktop.core.routing import view_from_status
+from inferhub_desktop.core.wire.errors import MalformedRecord
 from tests.fuzz.test_apis import Answer, Malformed, Rig, exchange, running, where
 from tests.fuzz.test_records import fuzz
 

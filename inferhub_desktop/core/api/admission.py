@@ -7,7 +7,7 @@ import collections
 import contextlib
 from collections.abc import AsyncIterator
 
-from ..errors import ApiError
+from ..wire.errors import ApiError
 
 # A peer's request waits this long for a slot before it is refused; generations can take minutes,
 # and a refused peer fails over to another node, so the wait is generous.

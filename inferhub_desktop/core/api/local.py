@@ -9,9 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from ..audit import MAX_ENTRIES
-from ..errors import ApiError, ConfigError, SettingsNotSaved
 from ..settings import SWITCHES
-from .endpoints import (
+from ..wire.endpoints import (
     AUDIT_PATH,
     CONTROL_PREFIX,
     METRICS_PATH,
@@ -21,11 +20,12 @@ from .endpoints import (
     STATUS_PATH,
     SWITCHES_PATH,
 )
+from ..wire.errors import ApiError, ConfigError, SettingsNotSaved
+from ..wire.payload import parse_body
+from ..wire.responses import go_json, text_response
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
-from .payload import parse_body
 from .pooled import POOLED_PATHS, pooled_listing
 from .relay import Forwarder, Target, route
-from .responses import go_json, text_response
 
 _CORS_KEY = web.RequestKey("cors_headers", dict)
 

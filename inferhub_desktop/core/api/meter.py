@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from ..speeds import Observation
-from .endpoints import Endpoint, Kind
-from .payload import count
+from ..wire.endpoints import Endpoint, Kind
+from ..wire.payload import count
 
 _NS = 1e-9
 # Whole replies larger than this (long embedding lists) are timed, not parsed.

@@ -15,11 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import BackendUnavailable
 from ..names import model_key
-from .endpoints import Endpoint
+from ..wire.endpoints import Endpoint
+from ..wire.errors import BackendUnavailable
+from ..wire.responses import go_json
 from .relay import Target, fetch, upstream_headers
-from .responses import go_json
 
 _log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,22 +24,19 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..backends.base import Backend, Body, UpstreamResponse
-from ..errors import ApiError, BackendUnavailable
 from ..events import RequestDone
 from ..settings import SETTINGS_FILE, Settings
 from ..speeds import Observation
-from ..trust import AUTH_HEADER
-from .endpoints import Endpoint, Kind, match
+from ..wire.endpoints import Endpoint, Kind, match
+from ..wire.errors import ApiError, BackendUnavailable
+from ..wire.framing import FrameSplitter, framing_of
+from ..wire.headers import AUTH_HEADER, NODE_HEADER, VIA_HEADER
+from ..wire.payload import parse_body, string_field
+from ..wire.responses import error_response, go_json, text_response
 from .meter import ReplyMeter
-from .payload import parse_body, string_field
-from .responses import error_payload, error_response, go_json, text_response
 
 _log = logging.getLogger(__name__)
 
-# In responses, the node that answered; in requests to the local API, the node they must go to.
-NODE_HEADER = "X-InferHub-Node"
-# Node ids a request has passed through; a node that sees its own id is its own backend.
-VIA_HEADER = "X-InferHub-Via"
 # A request is tried on at most this many nodes, and on a further one only this soon after it came:
 # a client that has waited longer has most likely given up.
 MAX_ATTEMPTS = 3
@@ -154,45 +150,6 @@ _NOT_SENT_UP = _HOP_BY_HOP | {
 }
 # aiohttp writes its own framing and Date; CORS headers are the node's, not the backend's.
 _NOT_SENT_DOWN = _HOP_BY_HOP | {"content-length", "date", "server", "vary"}
-
-
-class Framing(enum.Enum):
-    """How a streamed body is cut into frames that must reach the client whole."""
-
-    NDJSON = b"\n"
-    SSE = b"\n\n"
-
-    def error_frame(self, message: str) -> bytes:
-        """Encode an error the client's parser reads as the stream's last frame."""
-        if self is Framing.NDJSON:
-            return go_json({"error": message}) + b"\n"
-        return b"data: " + go_json(error_payload(500, message, openai=True)) + b"\n\n"
-
-
-def framing_of(content_type: str) -> Framing | None:
-    """Tell from a Content-Type whether the body is a stream, and of which kind."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    return {"application/x-ndjson": Framing.NDJSON, "text/event-stream": Framing.SSE}.get(media)
-
-
-class FrameSplitter:
-    """Hold back a trailing partial frame so a broken stream never leaves half a line behind."""
-
-    def __init__(self, framing: Framing) -> None:
-        # SSE events may also end in CRLF CRLF.
-        self._delimiters = (b"\n",) if framing is Framing.NDJSON else (b"\n\n", b"\r\n\r\n")
-        self.pending = b""
-
-    def feed(self, data: bytes) -> bytes:
-        """Add received bytes; return the complete frames among them, in order."""
-        buffer = self.pending + data
-        end = 0
-        for delimiter in self._delimiters:
-            at = buffer.rfind(delimiter)
-            if at != -1:
-                end = max(end, at + len(delimiter))
-        self.pending = buffer[end:]
-        return buffer[:end]
 
 
 def upstream_headers(request: web.BaseRequest, *, keep_length: bool) -> CIMultiDict[str]:

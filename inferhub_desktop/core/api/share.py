@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from ..errors import ApiError
-from ..trust import AUTH_HEADER, PoolKey, Unauthorized
-from .endpoints import METRICS_PATH, STATUS_PATH, Kind
+from ..trust import PoolKey
+from ..wire.endpoints import METRICS_PATH, STATUS_PATH, Kind
+from ..wire.errors import ApiError, Unauthorized
+from ..wire.headers import AUTH_HEADER
 from .relay import BODY_KEY, SIGNER_KEY, Forwarder, route
 
 _log = logging.getLogger(__name__)

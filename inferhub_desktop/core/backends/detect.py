@@ -7,8 +7,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 
-from ..errors import BackendUnavailable
 from ..settings import AUTO_BACKEND, backend_kind
+from ..wire.errors import BackendUnavailable
 from .base import Backend, BackendState, Body, UpstreamResponse
 from .ollama import OllamaBackend
 from .openai import OpenAIBackend

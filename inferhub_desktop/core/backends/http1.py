@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 from aiohttp import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ..errors import BackendUnavailable
 from ..tls import peer_fingerprint, pinning_context
-from ..trust import AUTH_HEADER
+from ..wire.errors import BackendUnavailable, InferhubError
+from ..wire.headers import AUTH_HEADER
 
 # Header blocks and chunk-size lines longer than this are not HTTP a backend would send.
 _LINE_LIMIT = 1 << 20
@@ -33,7 +33,7 @@ _KEEPALIVE_INTERVAL_S = 1
 _KEEPALIVE_PROBES = 3
 
 
-class HttpError(Exception):
+class HttpError(InferhubError):
     """The backend's connection failed, or what it sent is not HTTP/1.1."""
 
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import BackendUnavailable
+from ..wire.errors import BackendUnavailable
 from .base import BackendState, InstalledModel, LoadedModel
 from .http1 import HttpBackend
 

@@ -32,12 +32,12 @@ from typing import Any
 from aiohttp import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ..api.endpoints import Kind, match
-from ..api.payload import count, unloads_now
-from ..api.relay import FrameSplitter, Framing
-from ..api.responses import error_payload, go_json
-from ..errors import BackendUnavailable
 from ..names import model_key, short_name
+from ..wire.endpoints import Kind, match
+from ..wire.errors import BackendUnavailable
+from ..wire.framing import FrameSplitter, Framing
+from ..wire.payload import count, unloads_now
+from ..wire.responses import error_payload, go_json
 from .base import BackendState, Body, InstalledModel, LoadedModel, UpstreamResponse
 from .http1 import HttpBackend
 

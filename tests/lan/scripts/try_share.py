@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 
 from inferhub_desktop.core import PoolKey, read_join_code
-from inferhub_desktop.core.trust import AUTH_HEADER
+from inferhub_desktop.core.wire.headers import AUTH_HEADER
 
 GENERATE = ("POST", "/api/generate", b'{"model":"llama3","prompt":"hi","stream":false}')
 CALLS = {

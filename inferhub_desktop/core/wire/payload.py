@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from ..errors import ApiError
+from .errors import ApiError
 
 # Python's JSON error messages and the context words Go's encoding/json uses for the same fault.
 _SYNTAX_CONTEXT = {

@@ -24,3 +24,12 @@ class ApiError(InferhubError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class MalformedRecord(InferhubError):
+    """What another node sent about itself (its DNS-SD record, its status) is incomplete, oversized or
+    inconsistent."""
+
+
+class Unauthorized(InferhubError):
+    """A signature is missing, wrong, stale or replayed; the reason is for this node's log only."""

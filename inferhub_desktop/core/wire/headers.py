@@ -1,0 +1,8 @@
+"""The headers InferHub adds to Ollama's HTTP."""
+
+# In responses, the node that answered; in requests to the local API, the node they must go to.
+NODE_HEADER = "X-InferHub-Node"
+# Node ids a request has passed through; a node that sees its own id is its own backend.
+VIA_HEADER = "X-InferHub-Via"
+# A private pool's signature on a share-API request, and on its status answer (see trust.py).
+AUTH_HEADER = "X-InferHub-Auth"
