@@ -24,7 +24,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from inferhub_desktop.core import Node
+from inferhub_desktop.core import Node, NodeStatus
 from inferhub_desktop.core.api.relay import Query
 from inferhub_desktop.core.peers import PeerAnnouncement
 from inferhub_desktop.core.wire.endpoints import match
@@ -127,10 +127,11 @@ def add_peers(node: Node, peers: int, models: int, processes: int) -> int:
     for index in range(peers):
         wire = json.dumps(peer_status(index, models, processes)).encode()
         size = len(wire)
-        status = json.loads(wire)
+        # Parsed once, as the pool parses a status when it arrives.
+        status = NodeStatus.from_bytes(wire)
         announcement = PeerAnnouncement(
-            node_id=status["id"],
-            name=status["name"],
+            node_id=status.node_id,
+            name=status.name,
             address="127.0.0.2",
             port=11436 + index,
             share=True,

@@ -11,7 +11,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,12 @@ from .core import (
     SWITCHES_PATH,
     USER_FIELDS,
     ConfigError,
+    MalformedRecord,
+    NodeStatus,
+    PeerState,
     SettingsNotSaved,
     SettingsStore,
+    Telemetry,
     audit_row,
     default_config_dir,
     join_code,
@@ -260,13 +264,20 @@ def _client(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps(answer, indent=2))
-    else:
-        formats: dict[str, Callable[[Any], str]] = {
-            "status": format_status,
-            "peers": format_peers,
-            "route": format_route,
-        }
-        print(formats[args.command](answer))
+        return 0
+    try:
+        if args.command == "status":
+            print(format_status(NodeStatus.from_json(answer)))
+        elif args.command == "peers":
+            print(format_peers([PeerState.from_json(peer) for peer in answer]))
+        else:
+            print(format_route(answer))
+    except (MalformedRecord, TypeError) as exc:
+        print(
+            f"inferhub: the node on 127.0.0.1:{port} answered what this version cannot read: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -431,7 +442,7 @@ def format_route(decision: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_peers(peers: list[dict[str, Any]]) -> str:
+def format_peers(peers: list[PeerState]) -> str:
     """Render the peer list for people: one block per peer."""
     if not peers:
         return (
@@ -440,70 +451,71 @@ def format_peers(peers: list[dict[str, Any]]) -> str:
         )
     blocks = []
     for peer in peers:
-        status = peer["status"]
-        sharing = "sharing" if peer["share"] else "not sharing"
-        head = f"{peer['name']}  {peer['address']}:{peer['port']}  {sharing}"
-        load = status["load"]
+        sharing = "sharing" if peer.share else "not sharing"
+        head = f"{peer.name}  {peer.address}:{peer.port}  {sharing}"
+        load = peer.status.load
         blocks.append(
             "\n".join(
-                [head, f"load     {load['active']}/{load['slots']} running"]
-                + [line for line in format_status(status).splitlines()[1:] if not line.startswith("backend")]
+                [head, f"load     {load.active}/{load.slots} running"]
+                + [
+                    line
+                    for line in format_status(peer.status).splitlines()[1:]
+                    if not line.startswith("backend")
+                ]
             )
         )
     return "\n\n".join(blocks)
 
 
-def format_status(status: dict[str, Any]) -> str:
+def format_status(status: NodeStatus) -> str:
     """Render a node's status for people."""
-    backend = status["backend"]
-    lines = [f"{status['name']}  InferHub {status['version']}  {status['api_url']}  (id {status['id'][:8]})"]
-    if backend["reachable"]:
-        lines.append(f"backend  {backend['kind']} {backend['version']} at {backend['url']}: up")
+    backend = status.backend
+    lines = [f"{status.name}  InferHub {status.version}  {status.api_url}  (id {status.node_id[:8]})"]
+    if backend.reachable:
+        lines.append(f"backend  {backend.kind} {backend.version} at {backend.url}: up")
     else:
-        lines.append(f"backend  {backend['kind']} at {backend['url']}: DOWN, {backend['error']}")
-    if telemetry := status.get("telemetry"):
-        lines += _format_telemetry(telemetry)
-    loaded = {m["name"]: m for m in backend["loaded"]}
+        lines.append(f"backend  {backend.kind} at {backend.url}: DOWN, {backend.error}")
+    if status.telemetry:
+        lines += _format_telemetry(status.telemetry)
+    loaded = {m.name: m for m in backend.loaded}
     rows = []
-    for model in sorted(backend["installed"], key=lambda m: m["name"]):
+    for model in sorted(backend.installed, key=lambda m: m.name):
         where = ""
-        if running := loaded.get(model["name"]):
-            where = f"loaded, {_gib(running['size_vram'])} in VRAM"
-        rows.append(
-            (model["name"], model["parameter_size"], model["quantization_level"], _gib(model["size"]), where)
-        )
+        if running := loaded.get(model.name):
+            where = f"loaded, {_gib(running.size_vram)} in VRAM"
+        rows.append((model.name, model.parameter_size, model.quantization_level, _gib(model.size), where))
     widths = [max((len(r[i]) for r in rows), default=0) for i in range(5)]
     for n, row in enumerate(rows):
         cells = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         lines.append(f"{'models' if n == 0 else '':<9}{cells}".rstrip())
-    if not rows and backend["reachable"]:
+    if not rows and backend.reachable:
         lines.append("models   none installed: `ollama pull llama3.2` fetches one")
     return "\n".join(lines)
 
 
-def _format_telemetry(telemetry: dict[str, Any]) -> list[str]:
+def _format_telemetry(telemetry: Telemetry) -> list[str]:
     lines = []
-    for n, gpu in enumerate(telemetry["gpus"]):
+    for n, gpu in enumerate(telemetry.gpus):
         extras = "".join(
             text
             for value, text in [
-                (gpu["utilization_pct"], f", {gpu['utilization_pct']}% busy"),
-                (gpu["temperature_c"], f", {gpu['temperature_c']}°C"),
+                (gpu.utilization_pct, f", {gpu.utilization_pct}% busy"),
+                (gpu.temperature_c, f", {gpu.temperature_c}°C"),
             ]
             if value is not None
         )
-        memory = f"{gpu['used_mib']} of {gpu['total_mib']} MiB used"
-        lines.append(f"{'gpus' if n == 0 else '':<9}{gpu['index']}: {gpu['name']}, {memory}{extras}")
-    system = telemetry["system"]
-    if not telemetry["gpus"]:
+        memory = f"{gpu.used_mib} of {gpu.total_mib} MiB used"
+        lines.append(f"{'gpus' if n == 0 else '':<9}{gpu.index}: {gpu.name}, {memory}{extras}")
+    system = telemetry.system
+    if not telemetry.gpus:
         lines.append(
-            "gpus     none: models run from system memory" if system["unified_memory"] else "gpus     unknown"
+            "gpus     none: models run from system memory" if system.unified_memory else "gpus     unknown"
         )
-    if telemetry["nvml_error"]:
-        lines.append(f"         NVML: {telemetry['nvml_error']}")
+    if telemetry.nvml_error:
+        lines.append(f"         NVML: {telemetry.nvml_error}")
     lines.append(
-        f"system   CPU {system['cpu_pct']:.0f}% of {system['cpu_count']} cores, "
-        f"RAM {system['ram_free_mib'] / 1024:.1f} of {system['ram_total_mib'] / 1024:.1f} GiB free"
+        f"system   CPU {system.cpu_pct:.0f}% of {system.cpu_count} cores, "
+        f"RAM {system.ram_free_mib / 1024:.1f} of {system.ram_total_mib / 1024:.1f} GiB free"
     )
     return lines
 

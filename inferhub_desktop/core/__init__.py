@@ -12,6 +12,7 @@ from .events import (
 )
 from .names import short_name
 from .node import Node, serve
+from .peers import PeerState
 from .settings import (
     DEFAULT_API_PORT,
     DEFAULT_SHARE_PORT,
@@ -25,10 +26,19 @@ from .settings import (
     parse_peer,
     read_settings_file,
 )
+from .status import NodeStatus
 from .store import SettingsStore
+from .telemetry import Telemetry
 from .trust import PoolKey, join_code, new_secret, pool_key, read_join_code
 from .wire.endpoints import AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
-from .wire.errors import ApiError, BackendUnavailable, ConfigError, InferhubError, SettingsNotSaved
+from .wire.errors import (
+    ApiError,
+    BackendUnavailable,
+    ConfigError,
+    InferhubError,
+    MalformedRecord,
+    SettingsNotSaved,
+)
 
 __all__ = [
     "AUDIT_PATH",
@@ -49,15 +59,19 @@ __all__ = [
     "Event",
     "Events",
     "InferhubError",
+    "MalformedRecord",
     "Node",
+    "NodeStatus",
     "PeerJoined",
     "PeerLeft",
+    "PeerState",
     "PoolKey",
     "RequestDone",
     "Settings",
     "SettingsChanged",
     "SettingsNotSaved",
     "SettingsStore",
+    "Telemetry",
     "audit_entry",
     "audit_row",
     "default_config_dir",

@@ -32,12 +32,13 @@ from .backends.ollama import OllamaBackend
 from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, RequestDone, SettingsChanged
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
 from .names import model_key, short_name
-from .peers import Peer, PeerAnnouncement, url_host
+from .peers import Peer, PeerAnnouncement, PeerState, url_host
 from .pool import Pool
-from .router import RouteDecision, choose_route
-from .routing import Routing, route_request
+from .router import RouteDecision, RouterNode, choose_route
+from .routing import Routing, route_request, router_node
 from .settings import SWITCHES, Settings, backend_kind
 from .speeds import SpeedBook
+from .status import Load, NodeStatus
 from .store import SettingsStore
 from .telemetry import Telemetry, TelemetrySampler
 from .tls import node_certificate, server_context
@@ -74,6 +75,8 @@ _TELEMETRY_INTERVAL_S = 2.0
 _CHANGING_KINDS = frozenset({Kind.INFERENCE, Kind.MANAGE, Kind.BLOB, Kind.PASSTHROUGH})
 # Reads that name a model and go to a node that has it; other reads are this machine's.
 _ROUTED_READS = frozenset({"/api/show", "/v1/models/:model"})
+# This node's view for the router is made again at least this often, for its learnt speeds to fade.
+_OWN_VIEW_TTL_S = 1.0
 # Failures that say a node is broken; 404 (a stale model list) and 503 (busy, not sharing) do not.
 _NOT_BROKEN_STATUSES = frozenset({404, 503})
 
@@ -104,7 +107,9 @@ class Node:
         # Tokens this machine's backend has generated through the node since it started; peers sum
         # each other's to chart the pool's throughput.
         self.tokens_generated = 0
-        self.routing = Routing(self.status, lambda: self._pool.peers if self._pool else [])
+        self.routing = Routing(self._router_node, lambda: self._pool.peers if self._pool else [])
+        # This node's own view for the router: when it was made, from what, and the view.
+        self._own_view: tuple[float, tuple[object, ...], RouterNode] | None = None
         self._peer_backends: dict[str, OllamaBackend] = {}
         self._backend: Backend | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -321,11 +326,11 @@ class Node:
             self.store.change(**changes)
         return {key: getattr(self.settings, key) for key in SWITCHES}
 
-    def peers(self) -> list[dict[str, Any]]:
-        """Return the live peers as JSON values, each with how this node's breaker sees it."""
+    def peers(self) -> list[PeerState]:
+        """Return the live peers, each with how this node's breaker sees it."""
         # While the node stops, the local API may still answer: then it has no peers.
         peers = self._pool.peers if self._pool else []
-        return [{**peer.to_json(), "breaker": self.routing.breakers.describe(peer.node_id)} for peer in peers]
+        return [peer.state(self.routing.breakers.describe(peer.node_id)) for peer in peers]
 
     def pool_info(self) -> dict[str, Any]:
         """Return the private pool this node is in (its id and join code), or nulls for the open pool."""
@@ -388,35 +393,57 @@ class Node:
             tls=self.tls_fingerprint,
         )
 
-    def status(self) -> dict[str, Any]:
-        """Return the node's state as JSON values: identity, API, backend, GPUs and system."""
-        return {
-            "id": self.settings.node_id,
-            "name": self.settings.name,
-            "version": __version__,
-            "api_url": self.api_url,
-            "share": self.settings.share,
-            "local_only": self.settings.local_only,
-            "pool_pull": self.settings.pool_pull,
-            # The private pool's public id (never its secret), or None in the LAN's open pool.
-            "pool": self.pool_key.pool_id if self.pool_key else None,
-            # The share API's certificate, which peers pin; a private pool's members sign it with the status.
-            "tls": self.tls_fingerprint or None,
-            "share_port": self.share_port,
-            "load": {
-                "active": self.admission.active,
-                "remote": self.admission.active_remote,
-                "waiting": self.admission.waiting_remote,
-                "slots": self.settings.max_remote,
-                "queue_full": self.admission.queue_full,
-            },
-            "models_hash": self.models_hash(),
-            "backend": self.backend_state.to_json(),
-            "telemetry": self.telemetry.to_json() if self.telemetry else None,
-            "speeds": self.speeds.to_json(time.monotonic()),
-            "peak_loaded_bytes": self.peak_loaded_bytes,
-            "tokens_generated": self.tokens_generated,
-        }
+    def status(self, now: float | None = None) -> NodeStatus:
+        """Return the node's state: identity, switches, load, backend, GPUs and system, learnt speeds."""
+        key = self.pool_key
+        return NodeStatus(
+            node_id=self.settings.node_id,
+            name=self.settings.name,
+            version=__version__,
+            api_url=self.api_url,
+            share=self.settings.share,
+            local_only=self.settings.local_only,
+            pool_pull=self.settings.pool_pull,
+            pool=key.pool_id if key else None,
+            # Peers pin it; a private pool's members sign it with the status.
+            tls=self.tls_fingerprint or None,
+            share_port=self.share_port,
+            load=Load(
+                active=self.admission.active,
+                remote=self.admission.active_remote,
+                waiting=self.admission.waiting_remote,
+                slots=self.settings.max_remote,
+                queue_full=self.admission.queue_full,
+            ),
+            models_hash=self.models_hash(),
+            backend=self.backend_state,
+            telemetry=self.telemetry,
+            speeds=self.speeds.snapshot(time.monotonic() if now is None else now),
+            peak_loaded_bytes=self.peak_loaded_bytes,
+            tokens_generated=self.tokens_generated,
+        )
+
+    def _router_node(self) -> RouterNode:
+        """Return this node as the router sees it, from its live state. What its models, machine and speeds
+        say is made again only when they change (or a second has passed, for speeds to fade); its load
+        and switches are read each time."""
+        now = time.monotonic()
+        basis = (self.backend_state, self.telemetry, self.speeds.learnt)
+        cached = self._own_view
+        if (
+            cached is None
+            or now - cached[0] > _OWN_VIEW_TTL_S
+            or any(a is not b for a, b in zip(cached[1], basis, strict=True))
+        ):
+            cached = self._own_view = (now, basis, router_node(self.status(now), local=True))
+        return dataclasses.replace(
+            cached[2],
+            share=self.settings.share,
+            active=self.admission.active,
+            waiting=self.admission.waiting_remote,
+            slots=self.settings.max_remote,
+            queue_full=self.admission.queue_full,
+        )
 
     # -- routing -----------------------------------------------------------------------------------
 

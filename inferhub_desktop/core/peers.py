@@ -7,7 +7,9 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from .status import NodeStatus
 from .wire.errors import MalformedRecord
+from .wire.records import Fields
 
 PROTOCOL_VERSION = 1
 SERVICE_TYPE = "_inferhub._tcp.local."
@@ -160,7 +162,7 @@ class Peer:
     how long its answers take (a smoothed round trip)."""
 
     announcement: PeerAnnouncement
-    status: Mapping[str, Any]
+    status: NodeStatus
     last_seen: float
     rtt_s: float = 0.0
 
@@ -168,16 +170,49 @@ class Peer:
     def node_id(self) -> str:
         return self.announcement.node_id
 
+    def state(self, breaker: str) -> PeerState:
+        """Return the peer as the node reports it, with how its circuit breaker holds it."""
+        a = self.announcement
+        return PeerState(a.node_id, a.name, a.address, a.port, a.share, self.status, breaker)
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerState:
+    """A peer as a node reports it to its owner (the local API, the desktop app, `inferhub peers`):
+    where it is, what it last said of itself, and how this node's circuit breaker holds it."""
+
+    node_id: str
+    name: str
+    address: str
+    port: int
+    share: bool
+    status: NodeStatus
+    breaker: str  # "closed", or why it is open
+
     def to_json(self) -> dict[str, Any]:
-        """Return the peer as plain JSON values, for the local API."""
         return {
             "id": self.node_id,
-            "name": self.announcement.name,
-            "address": self.announcement.address,
-            "port": self.announcement.port,
-            "share": self.announcement.share,
-            "status": dict(self.status),
+            "name": self.name,
+            "address": self.address,
+            "port": self.port,
+            "share": self.share,
+            "status": self.status.to_json(),
+            "breaker": self.breaker,
         }
+
+    @classmethod
+    def from_json(cls, value: Any) -> PeerState:
+        """Read a peer as the local API lists it; raise MalformedRecord saying what is wrong."""
+        fields = Fields(value, "peer")
+        return cls(
+            node_id=fields.text("id", 36),
+            name=fields.text("name", _MAX_NAME_CHARS),
+            address=fields.text("address", 64),
+            port=fields.integer("port", 0, 65535),
+            share=fields.flag("share"),
+            status=NodeStatus.from_json(fields.raw("status")),
+            breaker=fields.text("breaker", 256, default="closed"),
+        )
 
 
 class PeerTable:
@@ -198,7 +233,7 @@ class PeerTable:
         return self._peers.get(node_id)
 
     def seen(
-        self, announcement: PeerAnnouncement, status: Mapping[str, Any], now: float, rtt_s: float = 0.0
+        self, announcement: PeerAnnouncement, status: NodeStatus, now: float, rtt_s: float = 0.0
     ) -> bool:
         """Record that a peer answered with this status after `rtt_s`; return whether it is new."""
         if announcement.node_id == self._own_id:

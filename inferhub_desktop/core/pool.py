@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import aiohttp
 
 from .discovery import Discovery
 from .peers import Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
 from .settings import Settings, parse_peer
+from .status import MAX_STATUS_BYTES, NodeStatus
 from .tls import shown_fingerprint
 from .trust import PoolKey, nonce_of
 from .wire.endpoints import STATUS_PATH
@@ -34,34 +33,23 @@ _TXT_MIN_INTERVAL_S = 1.0
 _ADVERTISE_CHECK_S = 1.0
 
 
-def announcement_from_status(status: Mapping[str, Any], address: str, port: int) -> PeerAnnouncement:
-    """Read what a peer says about itself in its status; raise MalformedRecord if it does not add up."""
-    try:
-        telemetry = status.get("telemetry") or {}
-        load = status["load"]
-        announcement = PeerAnnouncement(
-            node_id=str(status["id"]),
-            name=str(status["name"]),
-            address=address,
-            port=port,
-            share=bool(status["share"]),
-            gpu=str(telemetry.get("summary", "")),
-            vram_free_mib=int(telemetry.get("vram_free_mib", 0)),
-            vram_total_mib=int(telemetry.get("vram_total_mib", 0)),
-            active=int(load["active"]),
-            slots=int(load["slots"]),
-            models_hash=str(status["models_hash"]),
-            tls=str(status.get("tls") or ""),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-        raise MalformedRecord(f"status is missing or mistypes {exc}") from exc
-    if (
-        not announcement.name
-        or announcement.slots < 1
-        or announcement.vram_free_mib > announcement.vram_total_mib
-    ):
-        raise MalformedRecord("status has an empty name, no slots or more free VRAM than total")
-    return announcement
+def announcement_from_status(status: NodeStatus, address: str, port: int) -> PeerAnnouncement:
+    """Return what a peer says about itself in its status, as its DNS-SD record would, at an address."""
+    telemetry = status.telemetry
+    return PeerAnnouncement(
+        node_id=status.node_id,
+        name=status.name,
+        address=address,
+        port=port,
+        share=status.share,
+        gpu=telemetry.summary() if telemetry else "",
+        vram_free_mib=telemetry.vram_free_mib if telemetry else 0,
+        vram_total_mib=telemetry.vram_total_mib if telemetry else 0,
+        active=status.load.active,
+        slots=status.load.slots,
+        models_hash=status.models_hash,
+        tls=status.tls or "",
+    )
 
 
 class Pool:
@@ -211,7 +199,7 @@ class Pool:
             if key:
                 # A node that cannot sign its status is not a member, whatever its record claims.
                 key.check_status(reply_headers.get(AUTH_HEADER), nonce_of(headers[AUTH_HEADER]), body)
-            status = json.loads(body)
+            status = NodeStatus.from_bytes(body)
             announcement = announcement_from_status(status, host, port)
             if announcement.tls != shown:
                 raise MalformedRecord("its status names another TLS certificate than the one it showed")
@@ -248,7 +236,16 @@ class Pool:
         ):
             if reply.status != 200:
                 raise ValueError(f"status answered HTTP {reply.status}")
-            body = await reply.read()
+            # A status past the limit is refused before it is read whole: a peer cannot fill memory.
+            if (reply.content_length or 0) > MAX_STATUS_BYTES:
+                raise MalformedRecord(f"status of {reply.content_length} bytes is over {MAX_STATUS_BYTES}")
+            chunks, size = [], 0
+            async for chunk in reply.content.iter_any():
+                size += len(chunk)
+                if size > MAX_STATUS_BYTES:
+                    raise MalformedRecord(f"status is over {MAX_STATUS_BYTES} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
         return body, reply.headers, pin or ""
 
     async def _advertise(self) -> None:

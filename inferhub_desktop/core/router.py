@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .names import short_name
+from .speeds import Figure, ModelFigures
 
 # A reply's length in tokens when neither the request nor past replies say.
 DEFAULT_TOKENS = 256
@@ -41,26 +42,7 @@ _MIB = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
-class Figure:
-    """A learnt mean and the weight of the samples behind it."""
-
-    mean: float
-    weight: float
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFigures:
-    """What a node has shown for one model; None where it has shown nothing."""
-
-    tokens_per_s: Figure | None = None
-    tokens: Figure | None = None
-    prompt_s: Figure | None = None
-    load_s: Figure | None = None
-    run_s: Figure | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class NodeView:
+class RouterNode:
     """One node as the router sees it; this machine's node has `local` set."""
 
     node_id: str
@@ -83,6 +65,33 @@ class NodeView:
     # The most model bytes the node has been seen holding at once: its room for models where VRAM is
     # not measured (Apple silicon, CPU, no NVML); 0 when unknown.
     peak_loaded: int = 0
+    # Its bandwidth and load rate, worked out once from `figures` where the node's view is made (see
+    # rates()); None to work them out at each decision.
+    rates: Rates | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """What a node's learnt figures say of its hardware, whatever the model."""
+
+    bandwidth: Figure | None  # bytes of weights read per second (tokens/s times the model's size)
+    load_rate: Figure | None  # seconds to load a GiB of weights
+
+
+def rates(figures: Mapping[str, ModelFigures], installed: Mapping[str, int]) -> Rates:
+    """Work out a node's bandwidth and load rate from the figures it has learnt for its models."""
+    return Rates(
+        bandwidth=_weighted(
+            (f.tokens_per_s, installed[name])
+            for name, f in figures.items()
+            if f.tokens_per_s and f.tokens_per_s.mean > 0 and installed.get(name)
+        ),
+        load_rate=_weighted(
+            (f.load_s, _GIB / installed[name])
+            for name, f in figures.items()
+            if f.load_s and installed.get(name)
+        ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +111,7 @@ class RouteRequest:
 class Snapshot:
     """The pool at one moment: every node, this one included, and where conversations are."""
 
-    nodes: Sequence[NodeView]
+    nodes: Sequence[RouterNode]
     conversations: Mapping[str, tuple[str, float]] = dataclasses.field(default_factory=dict)
 
 
@@ -125,7 +134,7 @@ class Estimate:
 class Ranked:
     """A node that can serve the request, its estimate, and what the estimate rests on."""
 
-    node: NodeView
+    node: RouterNode
     estimate: Estimate
     basis: str
 
@@ -134,7 +143,7 @@ class Ranked:
 class LeftOut:
     """A node that cannot serve the request, and why."""
 
-    node: NodeView
+    node: RouterNode
     reason: str
     has_model: bool
 
@@ -183,7 +192,7 @@ def choose_route(request: RouteRequest, snapshot: Snapshot, now: float) -> Route
         return RouteDecision(None, here, (), "this machine: the request names no model")
 
     model = request.model
-    candidates: list[NodeView] = []
+    candidates: list[RouterNode] = []
     left_out: list[LeftOut] = []
     for node in nodes:
         reason = _unfit(request, node)
@@ -204,7 +213,7 @@ def choose_route(request: RouteRequest, snapshot: Snapshot, now: float) -> Route
     return RouteDecision(model, tuple(ranked), tuple(left_out), choice)
 
 
-def _pinned(request: RouteRequest, nodes: list[NodeView]) -> RouteDecision:
+def _pinned(request: RouteRequest, nodes: list[RouterNode]) -> RouteDecision:
     """Send a pinned request to its node as it stands: the node's own answer says what is wrong.
 
     A name two nodes share pins the first (this machine, else the first by name); an id pins one.
@@ -229,7 +238,7 @@ def _pinned(request: RouteRequest, nodes: list[NodeView]) -> RouteDecision:
     return RouteDecision(request.model, ranked, left_out, f"{chosen.name}: pinned by the request")
 
 
-def _unfit(request: RouteRequest, node: NodeView) -> str | None:
+def _unfit(request: RouteRequest, node: RouterNode) -> str | None:
     """Say why a node cannot take the request, or None when it can."""
     if request.local_only and not node.local:
         return "this machine is set to use only itself"
@@ -246,7 +255,7 @@ def _unfit(request: RouteRequest, node: NodeView) -> str | None:
     return None
 
 
-def _rank(request: RouteRequest, node: NodeView, pool: list[NodeView]) -> Ranked:
+def _rank(request: RouteRequest, node: RouterNode, pool: list[RouterNode]) -> Ranked:
     """Estimate when `node` would finish the request, and say what the estimate rests on."""
     model = request.model or ""
     if request.read:
@@ -326,7 +335,7 @@ def _break_ties(
     return ranked, f"{ranked[0].node.name}: the soonest to finish"
 
 
-def _speed_prior(node: NodeView, model: str, pool: list[NodeView]) -> float:
+def _speed_prior(node: RouterNode, model: str, pool: list[RouterNode]) -> float:
     """Guess a node's tokens/s for a model it has not run lately.
 
     Generating a token reads every weight once, so tokens/s times the model's size is about the same
@@ -341,16 +350,12 @@ def _speed_prior(node: NodeView, model: str, pool: list[NodeView]) -> float:
     return bandwidth / size
 
 
-def _bandwidth(node: NodeView) -> Figure | None:
+def _bandwidth(node: RouterNode) -> Figure | None:
     """Return the bytes of weights the node reads per second, from the speeds it has shown."""
-    return _weighted(
-        (figures.tokens_per_s, node.installed[name])
-        for name, figures in node.figures.items()
-        if figures.tokens_per_s and figures.tokens_per_s.mean > 0 and node.installed.get(name)
-    )
+    return (node.rates or rates(node.figures, node.installed)).bandwidth
 
 
-def _load_estimate(node: NodeView, model: str, pool: list[NodeView]) -> float:
+def _load_estimate(node: RouterNode, model: str, pool: list[RouterNode]) -> float:
     """Estimate how long the node takes to load the model: what it showed for it, blended with a prior."""
     figures = node.figures.get(model, ModelFigures())
     rate = _own_or_median(node, pool, _load_rate)
@@ -359,17 +364,13 @@ def _load_estimate(node: NodeView, model: str, pool: list[NodeView]) -> float:
     return _blend(figures.load_s, prior)
 
 
-def _load_rate(node: NodeView) -> Figure | None:
+def _load_rate(node: RouterNode) -> Figure | None:
     """Return the seconds per GiB the node took to load the models it has loaded (reading the weights)."""
-    return _weighted(
-        (figures.load_s, _GIB / node.installed[name])
-        for name, figures in node.figures.items()
-        if figures.load_s and node.installed.get(name)
-    )
+    return (node.rates or rates(node.figures, node.installed)).load_rate
 
 
 def _own_or_median(
-    node: NodeView, pool: list[NodeView], figure_of: Callable[[NodeView], Figure | None]
+    node: RouterNode, pool: list[RouterNode], figure_of: Callable[[RouterNode], Figure | None]
 ) -> float | None:
     """Return a node's own figure blended towards the pool's median one, else the median, else None."""
     figures = {n.node_id: f for n in pool if (f := figure_of(n)) is not None}
@@ -389,7 +390,7 @@ def _weighted(figures: Iterable[tuple[Figure, float]]) -> Figure | None:
     return Figure(sum(f.mean * scale * f.weight for f, scale in pairs) / weight, weight)
 
 
-def _room(node: NodeView) -> int | None:
+def _room(node: RouterNode) -> int | None:
     """Return the bytes free for another model: measured VRAM, else the node's peak less what it holds."""
     if node.vram_total_mib:
         return node.vram_free_mib * _MIB
@@ -398,7 +399,7 @@ def _room(node: NodeView) -> int | None:
     return None
 
 
-def _loaded_elsewhere(request: RouteRequest, model: str, node: NodeView, pool: list[NodeView]) -> bool:
+def _loaded_elsewhere(request: RouteRequest, model: str, node: RouterNode, pool: list[RouterNode]) -> bool:
     """Tell whether another node that could take this request has the model loaded."""
     return any(
         model in other.loaded and _unfit(dataclasses.replace(request, model=model), other) is None
@@ -407,7 +408,7 @@ def _loaded_elsewhere(request: RouteRequest, model: str, node: NodeView, pool: l
     )
 
 
-def _expected_tokens(request: RouteRequest, model: str, pool: list[NodeView]) -> int:
+def _expected_tokens(request: RouteRequest, model: str, pool: list[RouterNode]) -> int:
     """Guess the reply's length: the request's limit where it sets one, else the pool's mean for the model."""
     if request.tokens is not None and request.tokens > 0:
         return request.tokens
@@ -418,7 +419,7 @@ def _expected_tokens(request: RouteRequest, model: str, pool: list[NodeView]) ->
     return max(1, round(sum(f.mean * f.weight for f in means) / weight))
 
 
-def _service_s(node: NodeView, run_s: float) -> float:
+def _service_s(node: RouterNode, run_s: float) -> float:
     """How long a request ahead in a node's queue holds it: the node's mean, loads included, else this one."""
     return _blend(node.busy_s, run_s)
 

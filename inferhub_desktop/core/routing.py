@@ -4,6 +4,7 @@ in place, the circuit breakers, and the requests this node has in flight at each
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import math
@@ -13,7 +14,8 @@ from typing import Any
 from .breaker import CircuitBreakers
 from .names import model_key
 from .peers import Peer
-from .router import Figure, ModelFigures, NodeView, RouteDecision, RouteRequest, Snapshot, choose_route
+from .router import RouteDecision, RouteRequest, RouterNode, Snapshot, choose_route, rates
+from .status import NodeStatus
 
 # A conversation stays with its node this long after its last turn: Ollama's default keep-alive.
 CONVERSATION_TTL_S = 300.0
@@ -91,140 +93,114 @@ def _token_limit(fields: Mapping[str, Any] | None) -> int | None:
     return None
 
 
-def view_from_status(
-    status: Mapping[str, Any],
-    *,
-    local: bool,
-    rtt_s: float,
-    breaker: str | None,
-    sent: int,
-    coming: Collection[str] = (),
-) -> NodeView:
-    """Read a node's status as the router sees it; raise ValueError if it does not add up.
-
-    `sent` counts requests this node sent there since that status was taken, which it cannot show yet;
-    `coming` names the models of requests running there, which are loaded by now or soon.
-    """
-    try:
-        load = status["load"]
-        backend = status["backend"]
-        telemetry = status.get("telemetry") or {}
-        speeds = status.get("speeds") or {}
-        installed = {
-            model_key(str(m["name"])): int(m.get("size") or 0) for m in backend.get("installed") or ()
-        }
-        loaded = {
-            model_key(str(m["name"])): int(m.get("size_vram") or 0) for m in backend.get("loaded") or ()
-        }
-        vram_free_mib = int(telemetry.get("vram_free_mib") or 0)
-        vram_total_mib = int(telemetry.get("vram_total_mib") or 0)
-        peak_loaded = int(status.get("peak_loaded_bytes") or 0)
-        # The room for models: what is loaded plus measured free VRAM, else the most the node has held.
-        capacity = sum(loaded.values()) + vram_free_mib * _MIB if vram_total_mib else peak_loaded
-        _expect_loads(loaded, installed, coming, capacity)
-        return NodeView(
-            node_id=str(status["id"]),
-            name=str(status["name"]),
-            local=local,
-            share=bool(status["share"]),
-            backend_error=None if backend.get("reachable") else str(backend.get("error") or "unreachable"),
-            breaker=breaker,
-            installed=installed,
-            loaded=loaded,
-            vram_free_mib=vram_free_mib,
-            vram_total_mib=vram_total_mib,
-            active=int(load["active"]) + sent,
-            waiting=int(load.get("waiting") or 0),
-            slots=max(1, int(load["slots"])),
-            queue_full=bool(load.get("queue_full")),
-            rtt_s=rtt_s,
-            figures={str(k): _model_figures(v) for k, v in (speeds.get("models") or {}).items()},
-            busy_s=_figure(speeds.get("busy_s")),
-            peak_loaded=peak_loaded,
-        )
-    except (KeyError, TypeError, AttributeError, OverflowError) as exc:
-        raise ValueError(f"status is missing or mistypes {exc}") from exc
+def router_node(status: NodeStatus, *, local: bool) -> RouterNode:
+    """Read what the router needs of a node's status: done once per status, not per decision."""
+    backend = status.backend
+    installed = {model_key(m.name): m.size for m in backend.installed}
+    loaded = {model_key(m.name): m.size_vram for m in backend.loaded}
+    telemetry = status.telemetry
+    figures = status.speeds.models
+    return RouterNode(
+        node_id=status.node_id,
+        name=status.name,
+        local=local,
+        share=status.share,
+        backend_error=None if backend.reachable else (backend.error or "unreachable"),
+        breaker=None,
+        installed=installed,
+        loaded=loaded,
+        vram_free_mib=telemetry.vram_free_mib if telemetry else 0,
+        vram_total_mib=telemetry.vram_total_mib if telemetry else 0,
+        active=status.load.active,
+        waiting=status.load.waiting,
+        slots=status.load.slots,
+        queue_full=status.load.queue_full,
+        rtt_s=0.0,
+        figures=figures,
+        busy_s=status.speeds.busy_s,
+        peak_loaded=status.peak_loaded_bytes,
+        rates=rates(figures, installed),
+    )
 
 
-def _expect_loads(
-    loaded: dict[str, int], installed: Mapping[str, int], coming: Collection[str], capacity: int
-) -> None:
+def now_at(
+    node: RouterNode, *, rtt_s: float, breaker: str | None, sent: int, coming: Collection[str]
+) -> RouterNode:
+    """Bring a node's view up to now: its round trip and breaker, the requests this node sent there since
+    its status was taken (which the status cannot show yet), and the models of those running there."""
+    if not (rtt_s or breaker or sent or coming):
+        return node
+    return dataclasses.replace(
+        node,
+        rtt_s=rtt_s,
+        breaker=breaker,
+        active=node.active + sent,
+        loaded=_expect_loads(node, coming) if coming else node.loaded,
+    )
+
+
+def _expect_loads(node: RouterNode, coming: Collection[str]) -> dict[str, int]:
     """Foresee what a node holds once the requests running there have their models, which a status taken
     before them cannot show: their models, less the idle ones pushed out to fit (when the room is known).
     Where their models cannot all fit, the node swaps them in turn: those not loaded yet count as not
     loaded, so more requests for them are weighed with a load."""
-    reported = set(loaded)
+    loaded = dict(node.loaded)
+    # The room for models: what is loaded plus measured free VRAM, else the most the node has held.
+    capacity = sum(loaded.values()) + node.vram_free_mib * _MIB if node.vram_total_mib else node.peak_loaded
     for model in coming:
-        loaded.setdefault(model, installed.get(model, 0))
+        loaded.setdefault(model, node.installed.get(model, 0))
     if not capacity:
-        return
+        return loaded
     idle = sorted(m for m in loaded if m not in coming)
-    swapped = sorted(m for m in coming if m not in reported)
+    swapped = sorted(m for m in coming if m not in node.loaded)
     for model in idle + swapped:
         if sum(loaded.values()) <= capacity:
             break
         del loaded[model]
-
-
-def _model_figures(value: Mapping[str, Any]) -> ModelFigures:
-    return ModelFigures(
-        tokens_per_s=_figure(value.get("tokens_per_s")),
-        tokens=_figure(value.get("tokens")),
-        prompt_s=_figure(value.get("prompt_s")),
-        load_s=_figure(value.get("load_s")),
-        run_s=_figure(value.get("run_s")),
-    )
-
-
-def _figure(value: Any) -> Figure | None:
-    if value is None:
-        return None
-    mean, weight = (float(x) for x in value)
-    if not (math.isfinite(mean) and math.isfinite(weight)) or mean < 0 or weight <= 0:
-        raise ValueError(f"learnt figure {value!r} is not a mean and a positive weight")
-    return Figure(mean, weight)
+    return loaded
 
 
 class Routing:
-    """Decide where the local API's requests go, from this node's status and its peers'."""
+    """Decide where the local API's requests go, from this node's live state and its peers' statuses."""
 
-    def __init__(
-        self,
-        own_status: Callable[[], Mapping[str, Any]],
-        peers: Callable[[], Sequence[Peer]],
-    ) -> None:
-        self._own_status = own_status
+    def __init__(self, own: Callable[[], RouterNode], peers: Callable[[], Sequence[Peer]]) -> None:
+        # This node as the router sees it, made from its live state.
+        self._own = own
         self._peers = peers
         self.breakers = CircuitBreakers()
         self.conversations = Conversations()
         # Start times and models of the requests this node has in flight at each node, itself included.
         self._sent: dict[str, list[tuple[float, str | None]]] = {}
+        # Each peer's view, made once from the status it came with.
+        self._views: dict[str, tuple[NodeStatus, RouterNode]] = {}
 
     def snapshot(self, now: float) -> Snapshot:
-        """Return the pool as the router sees it now; peers whose status makes no sense are left out."""
-        own = self._own_status()
-        own_id = str(own["id"])
+        """Return the pool as the router sees it now."""
+        own = self._own()
         # This node counts its own requests exactly.
         nodes = [
-            view_from_status(
-                own, local=True, rtt_s=0.0, breaker=self._breaker(own_id), sent=0, coming=self._coming(own_id)
+            now_at(
+                own, rtt_s=0.0, breaker=self._breaker(own.node_id), sent=0, coming=self._coming(own.node_id)
             )
         ]
+        views: dict[str, tuple[NodeStatus, RouterNode]] = {}
         for peer in self._peers():
+            cached = self._views.get(peer.node_id)
+            if cached is None or cached[0] is not peer.status:
+                cached = (peer.status, router_node(peer.status, local=False))
+            views[peer.node_id] = cached
             sent = sum(1 for started, _ in self._sent.get(peer.node_id, ()) if started > peer.last_seen)
-            try:
-                nodes.append(
-                    view_from_status(
-                        peer.status,
-                        local=False,
-                        rtt_s=peer.rtt_s,
-                        breaker=self._breaker(peer.node_id),
-                        sent=sent,
-                        coming=self._coming(peer.node_id),
-                    )
+            nodes.append(
+                now_at(
+                    cached[1],
+                    rtt_s=peer.rtt_s,
+                    breaker=self._breaker(peer.node_id),
+                    sent=sent,
+                    coming=self._coming(peer.node_id),
                 )
-            except ValueError:
-                continue  # the pool validated it when it came; a status this broken is not routed to
+            )
+        # Peers gone since are forgotten with their statuses.
+        self._views = views
         return Snapshot(tuple(nodes), self.conversations.live(now))
 
     def decide(self, request: RouteRequest, now: float) -> RouteDecision:

@@ -8,7 +8,11 @@ put, but its weight falls, so the router leans back towards its prior for figure
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
+
+from .wire.errors import MalformedRecord
+from .wire.records import Fields
 
 HALF_LIFE_S = 600.0
 # How long a request holds the backend follows its load (queues, models swapped in and out) within
@@ -18,6 +22,86 @@ BUSY_HALF_LIFE_S = 30.0
 COLD_LOAD_MIN_S = 0.25
 # Below this weight a mean is forgotten and no longer published.
 _MIN_WEIGHT = 0.01
+# Models a status may carry figures for, and the longest model key, as peers read them.
+_MAX_MODELS = 4096
+_MAX_MODEL_CHARS = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A learnt mean and the weight of the samples behind it."""
+
+    mean: float
+    weight: float
+
+    def to_json(self) -> list[float]:
+        return [self.mean, self.weight]
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> Figure:
+        """Read [mean, weight]: a mean of at least 0 and a positive weight; raise MalformedRecord."""
+        if not (isinstance(value, list) and len(value) == 2):
+            raise MalformedRecord(f"{where} is not a [mean, weight] pair")
+        pair = Fields({"mean": value[0], "weight": value[1]}, where)
+        figure = cls(pair.number("mean"), pair.number("weight"))
+        if figure.weight <= 0:
+            raise MalformedRecord(f"{where} has no weight")
+        return figure
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFigures:
+    """What a node has shown for one model; None where it has shown nothing."""
+
+    tokens_per_s: Figure | None = None
+    tokens: Figure | None = None
+    prompt_s: Figure | None = None
+    load_s: Figure | None = None
+    run_s: Figure | None = None
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {
+            field.name: figure.to_json()
+            for field in dataclasses.fields(self)
+            if (figure := getattr(self, field.name)) is not None
+        }
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> ModelFigures:
+        fields = Fields(value, where)
+        return cls(
+            **{
+                field.name: Figure.from_json(raw, f"{where}.{field.name}")
+                for field in dataclasses.fields(cls)
+                if (raw := fields.raw(field.name)) is not None
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Speeds:
+    """What a node has learnt of its backend's speed, as its status publishes it."""
+
+    models: Mapping[str, ModelFigures] = dataclasses.field(default_factory=dict)
+    # How long any request holds the backend, loads included.
+    busy_s: Figure | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "models": {model: figures.to_json() for model, figures in self.models.items()},
+            "busy_s": self.busy_s.to_json() if self.busy_s else None,
+        }
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> Speeds:
+        busy = fields.raw("busy_s")
+        return cls(
+            models={
+                model: ModelFigures.from_json(value, f"{fields.where}.models[{model!r}]")
+                for model, value in fields.keyed("models", _MAX_MODELS, _MAX_MODEL_CHARS)
+            },
+            busy_s=Figure.from_json(busy, f"{fields.where}.busy_s") if busy is not None else None,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +159,12 @@ class SpeedBook:
         self._models: dict[str, _ModelStats] = {}
         # How long any request holds the backend, its model load included: what one ahead in a queue costs.
         self._busy_s = _DecayedMean(half_life_s=BUSY_HALF_LIFE_S)
+        # Counts the requests learnt from, so a reader can tell the figures have changed.
+        self.learnt = 0
 
     def observe(self, model: str, seen: Observation, now: float) -> None:
         """Learn from one finished request for `model` (a model key)."""
+        self.learnt += 1
         stats = self._models.setdefault(model, _ModelStats())
         load_s = seen.load_s or 0.0
         if seen.eval_count is not None and seen.eval_s and seen.eval_count > 1:
@@ -96,15 +183,23 @@ class SpeedBook:
             busy_s = seen.eval_s + seen.prompt_s + (load_s if load_s >= COLD_LOAD_MIN_S else 0.0)
         self._busy_s.add(busy_s, now)
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        """Return the learnt figures as JSON values, for this node's status: each as [mean, weight]."""
-        models: dict[str, dict[str, list[float]]] = {}
+    def snapshot(self, now: float) -> Speeds:
+        """Return the learnt figures as they stand at `now`; those faded away are left out."""
+        models = {}
         for model, stats in self._models.items():
-            figures = {}
-            for field in dataclasses.fields(stats):
-                if (read := getattr(stats, field.name).read(now)) is not None:
-                    figures[field.name] = [round(read[0], 4), round(read[1], 3)]
-            if figures:
+            figures = ModelFigures(
+                **{
+                    field.name: _published(read)
+                    for field in dataclasses.fields(stats)
+                    if (read := getattr(stats, field.name).read(now)) is not None
+                }
+            )
+            if figures != ModelFigures():
                 models[model] = figures
         busy = self._busy_s.read(now)
-        return {"models": models, "busy_s": [round(busy[0], 4), round(busy[1], 3)] if busy else None}
+        return Speeds(models, _published(busy) if busy else None)
+
+
+def _published(read: tuple[float, float]) -> Figure:
+    """Round a figure as a status publishes it: no more digits than a decision could tell apart."""
+    return Figure(round(read[0], 4), round(read[1], 3))

@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 
 import psutil
 
+from .wire.errors import MalformedRecord
+from .wire.records import Fields
+
 _log = logging.getLogger(__name__)
 
 # NVML answers in milliseconds; a driver stuck on a lost GPU can block a call for minutes.
@@ -27,6 +30,10 @@ _MIB = 1024 * 1024
 # NVML_VALUE_NOT_AVAILABLE as an unsigned long long: per-process memory NVML could not measure (WDDM).
 _NOT_AVAILABLE_ULL = 2**64 - 1
 _NAME_PREFIXES = ("NVIDIA ", "GeForce ")
+# Bounds on what a peer's status may say of its machine.
+_MAX_GPUS = 64
+_MAX_PROCESSES = 1024
+_MAX_MIB = 1 << 36
 
 T = TypeVar("T")
 
@@ -38,6 +45,14 @@ class GpuProcess:
     pid: int
     name: str
     used_mib: int | None
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> GpuProcess:
+        return cls(
+            pid=fields.integer("pid", 0, 1 << 32),
+            name=fields.text("name", 256, default=""),
+            used_mib=fields.optional_integer("used_mib", 0, _MAX_MIB),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +69,23 @@ class GpuReading:
     temperature_c: int | None
     processes: tuple[GpuProcess, ...]
 
+    @classmethod
+    def from_json(cls, fields: Fields) -> GpuReading:
+        reading = cls(
+            index=fields.integer("index", 0, _MAX_GPUS * 16),
+            uuid=fields.text("uuid", 128, default=""),
+            name=fields.text("name", 128),
+            total_mib=fields.integer("total_mib", 0, _MAX_MIB),
+            used_mib=fields.integer("used_mib", 0, _MAX_MIB),
+            free_mib=fields.integer("free_mib", 0, _MAX_MIB),
+            utilization_pct=fields.optional_integer("utilization_pct", 0, 100),
+            temperature_c=fields.optional_integer("temperature_c", -100, 300),
+            processes=tuple(GpuProcess.from_json(p) for p in fields.records("processes", _MAX_PROCESSES)),
+        )
+        if max(reading.used_mib, reading.free_mib) > reading.total_mib:
+            raise MalformedRecord(f"{fields.where} has more free or used memory than total")
+        return reading
+
 
 @dataclasses.dataclass(frozen=True)
 class SystemReading:
@@ -65,6 +97,20 @@ class SystemReading:
     ram_used_mib: int
     ram_free_mib: int
     unified_memory: bool
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> SystemReading:
+        reading = cls(
+            cpu_pct=fields.number("cpu_pct", 0.0, 100.0),
+            cpu_count=fields.integer("cpu_count", 1, 1 << 20),
+            ram_total_mib=fields.integer("ram_total_mib", 0, _MAX_MIB),
+            ram_used_mib=fields.integer("ram_used_mib", 0, _MAX_MIB),
+            ram_free_mib=fields.integer("ram_free_mib", 0, _MAX_MIB),
+            unified_memory=fields.flag("unified_memory"),
+        )
+        if max(reading.ram_used_mib, reading.ram_free_mib) > reading.ram_total_mib:
+            raise MalformedRecord(f"{fields.where} has more free or used memory than total")
+        return reading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +158,16 @@ class Telemetry:
             "nvml_error": self.nvml_error,
             "taken_at": self.taken_at,
         }
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> Telemetry:
+        """Read a peer's reading; the summary and VRAM totals it sends are worked out again from its GPUs."""
+        return cls(
+            gpus=tuple(GpuReading.from_json(g) for g in fields.records("gpus", _MAX_GPUS)),
+            system=SystemReading.from_json(fields.record("system")),
+            nvml_error=fields.optional_text("nvml_error", 1024),
+            taken_at=fields.number("taken_at", -float(1 << 53), float(1 << 53), default=0.0),
+        )
 
 
 def _short_name(name: str) -> str:

@@ -14,8 +14,10 @@ from ..core import (
     Event,
     Events,
     InferhubError,
+    NodeStatus,
     PeerJoined,
     PeerLeft,
+    PeerState,
     RequestDone,
     SettingsChanged,
     SettingsStore,
@@ -42,9 +44,9 @@ class Core(Protocol):
     @property
     def api_url(self) -> str: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> NodeStatus: ...
 
-    def peers(self) -> list[dict[str, Any]]: ...
+    def peers(self) -> list[PeerState]: ...
 
     def audit(self, limit: int) -> list[dict[str, Any]]: ...
 

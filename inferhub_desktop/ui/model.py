@@ -1,13 +1,12 @@
-"""What the desktop app shows, read from the node's status and its peers' (JSON values): pure, no Qt."""
+"""What the desktop app shows, read from the node's status and its peers': pure, no Qt."""
 
 from __future__ import annotations
 
 import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from ..core import DEFAULT_SHARE_PORT, SWITCHES, short_name
+from ..core import DEFAULT_SHARE_PORT, SWITCHES, NodeStatus, PeerState, short_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,61 +164,49 @@ def firewall_hint(platform: str, share_port: int) -> str:
     )
 
 
-def node_view(
-    status: Mapping[str, Any], *, local: bool, address: str = "", breaker: str = "closed"
-) -> NodeView:
+def node_view(status: NodeStatus, *, local: bool, address: str = "", breaker: str = "closed") -> NodeView:
     """Read a node's status (its own, or a peer's as last polled)."""
-    backend = status.get("backend") or {}
-    telemetry = status.get("telemetry") or {}
-    gpus = telemetry.get("gpus") or []
-    utilization = [g["utilization_pct"] for g in gpus if g.get("utilization_pct") is not None]
-    total = int(telemetry.get("vram_total_mib") or 0)
-    speeds = [
-        figures["tokens_per_s"][0]
-        for figures in ((status.get("speeds") or {}).get("models") or {}).values()
-        if "tokens_per_s" in figures
-    ]
-    load = status.get("load") or {}
+    telemetry = status.telemetry
+    gpus = telemetry.gpus if telemetry else ()
+    utilization = [g.utilization_pct for g in gpus if g.utilization_pct is not None]
+    total = telemetry.vram_total_mib if telemetry else 0
+    speeds = [f.tokens_per_s.mean for f in status.speeds.models.values() if f.tokens_per_s]
+    backend = status.backend
     return NodeView(
-        node_id=str(status.get("id", "")),
-        name=str(status.get("name", "")),
+        node_id=status.node_id,
+        name=status.name,
         address=address,
         local=local,
-        sharing=bool(status.get("share")),
-        gpu=str(telemetry.get("summary") or "unknown GPU"),
+        sharing=status.share,
+        gpu=telemetry.summary() if telemetry else "unknown GPU",
         gpu_count=len(gpus),
-        vram_used_mib=max(0, total - int(telemetry.get("vram_free_mib") or 0)),
+        vram_used_mib=max(0, total - (telemetry.vram_free_mib if telemetry else 0)),
         vram_total_mib=total,
         utilization_pct=round(sum(utilization) / len(utilization)) if utilization else None,
-        loaded=tuple(m["name"] for m in backend.get("loaded") or ()),
-        installed=tuple(sorted(m["name"] for m in backend.get("installed") or ())),
-        active=int(load.get("active", 0)),
-        slots=int(load.get("slots", 1)),
+        loaded=tuple(m.name for m in backend.loaded),
+        installed=tuple(sorted(m.name for m in backend.installed)),
+        active=status.load.active,
+        slots=status.load.slots,
         tokens_per_s=sum(speeds) / len(speeds) if speeds else None,
-        backend_up=bool(backend.get("reachable")),
-        backend_error=backend.get("error"),
-        tokens_generated=int(status.get("tokens_generated", 0)),
+        backend_up=backend.reachable,
+        backend_error=backend.error,
+        tokens_generated=status.tokens_generated,
         breaker=breaker,
     )
 
 
-def pool_view(status: Mapping[str, Any], peers: Sequence[Mapping[str, Any]]) -> PoolView:
-    """Read this node's status and its peers' list (as the local API serves them) into a PoolView."""
+def pool_view(status: NodeStatus, peers: Sequence[PeerState]) -> PoolView:
+    """Read this node's status and its peers into a PoolView."""
     return PoolView(
         me=node_view(status, local=True, address="this machine"),
         peers=tuple(
-            node_view(
-                p["status"],
-                local=False,
-                address=f"{p['address']}:{p['port']}",
-                breaker=p.get("breaker", "closed"),
-            )
+            node_view(p.status, local=False, address=f"{p.address}:{p.port}", breaker=p.breaker)
             for p in peers
         ),
-        switches={key: bool(status.get(key)) for key in SWITCHES},
-        api_url=str(status.get("api_url", "")),
-        serving=int((status.get("load") or {}).get("remote", 0)),
-        share_port=int(status.get("share_port", DEFAULT_SHARE_PORT)),
+        switches={key: getattr(status, key) for key in SWITCHES},
+        api_url=status.api_url,
+        serving=status.load.remote,
+        share_port=status.share_port,
     )
 
 

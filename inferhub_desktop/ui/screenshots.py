@@ -20,6 +20,8 @@ from ..core import (
     SWITCHES,
     ConfigError,
     Events,
+    NodeStatus,
+    PeerState,
     RequestDone,
     SettingsStore,
     audit_entry,
@@ -190,24 +192,27 @@ class DemoCore:
         for n, node in enumerate(_NODES):
             self._tokens[n] += round(node[6] * node[5][0] * seconds)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> NodeStatus:
         settings = self.store.settings
-        return {
-            **_status(0, self._ids[0], settings.share_port, self._tokens[0]),
-            **{key: getattr(settings, key) for key in SWITCHES},
-        }
-
-    def peers(self) -> list[dict[str, Any]]:
-        return [
+        # Read as a node reads a peer's, so the demonstration's figures are as bounded as a real status.
+        return NodeStatus.from_json(
             {
-                "id": self._ids[n],
-                "name": _NODES[n][0],
-                "address": f"192.168.1.{20 + n}",
-                "port": 11436,
-                "share": _NODES[n][7],
-                "status": _status(n, self._ids[n], 11436, self._tokens[n]),
-                "breaker": "closed",
+                **_status(0, self._ids[0], settings.share_port, self._tokens[0]),
+                **{key: getattr(settings, key) for key in SWITCHES},
             }
+        )
+
+    def peers(self) -> list[PeerState]:
+        return [
+            PeerState(
+                node_id=self._ids[n],
+                name=_NODES[n][0],
+                address=f"192.168.1.{20 + n}",
+                port=11436,
+                share=_NODES[n][7],
+                status=NodeStatus.from_json(_status(n, self._ids[n], 11436, self._tokens[n])),
+                breaker="closed",
+            )
             for n in range(1, len(_NODES))
         ]
 

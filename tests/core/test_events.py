@@ -61,7 +61,7 @@ async def test_requests_are_reported_with_their_node_tokens_and_outcome(tmp_path
             async with http.get(node.api_url + "/api/tags") as reply:
                 assert reply.status == 200
             await eventually(lambda: len([e for e in heard if isinstance(e, RequestDone)]) == 3)
-            assert node.status()["tokens_generated"] == 5
+            assert node.status().tokens_generated == 5
 
     done = [e for e in heard if isinstance(e, RequestDone)]
     ok, bad_json, unknown = done
@@ -114,7 +114,7 @@ async def test_a_peer_added_by_address_joins_and_leaves_when_dropped(tmp_path: P
     beta = Node(node_settings(tmp_path / "b", "http://127.0.0.1:9", name="beta"), environ={})
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(beta.status())
+        return web.json_response(beta.status().to_json())
 
     app = web.Application()
     app.router.add_get(STATUS_PATH, status)
@@ -134,7 +134,7 @@ async def test_a_peer_added_by_address_joins_and_leaves_when_dropped(tmp_path: P
                 alpha.store.change(peers=[address])
                 await eventually(lambda: any(isinstance(e, PeerJoined) for e in heard))
                 assert read_settings_file(alpha.settings.config_dir)["peers"] == [address]
-                assert [(p["name"], p["breaker"]) for p in alpha.peers()] == [("beta", "closed")]
+                assert [(p.name, p.breaker) for p in alpha.peers()] == [("beta", "closed")]
                 alpha.store.change(peers=[])
                 await eventually(lambda: any(isinstance(e, PeerLeft) for e in heard))
                 assert alpha.peers() == []

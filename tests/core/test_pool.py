@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from inferhub_desktop.core import PEERS_PATH, SWITCHES_PATH, Node, read_settings_file
+from inferhub_desktop.core import PEERS_PATH, SWITCHES_PATH, Node, NodeStatus, read_settings_file
 from inferhub_desktop.core.discovery import Discovery
 from inferhub_desktop.core.peers import PeerAnnouncement
 from inferhub_desktop.core.pool import announcement_from_status
@@ -38,7 +38,7 @@ def names(node: Node) -> set[str]:
 async def test_nodes_find_each_other_with_their_models(pair: tuple[Node, Node, FakeOllama]) -> None:
     a, b, _ = pair
     await eventually(lambda: "beta" in names(a) and "alpha" in names(b))
-    await eventually(lambda: bool(a.pool.table.get(b.settings.node_id).status["backend"]["installed"]))  # type: ignore[union-attr]
+    await eventually(lambda: bool(a.pool.table.get(b.settings.node_id).status.backend.installed))  # type: ignore[union-attr]
     async with aiohttp.ClientSession() as http, http.get(a.api_url + PEERS_PATH) as reply:
         peers = {p["name"]: p for p in await reply.json()}
     beta = peers["beta"]
@@ -91,32 +91,64 @@ async def test_models_changing_on_a_peer_show_up(pair: tuple[Node, Node, FakeOll
 
     def installed() -> set[str]:
         peer = a.pool.table.get(b.settings.node_id)
-        return {m["name"] for m in peer.status["backend"]["installed"]} if peer else set()
+        return {m.name for m in peer.status.backend.installed} if peer else set()
 
     await eventually(lambda: "terse:latest" in installed())
     assert "terse:latest" in fake_b.models
 
 
+GPU = {
+    "index": 0,
+    "uuid": "GPU-0",
+    "name": "NVIDIA GeForce RTX 4090",
+    "total_mib": 24564,
+    "used_mib": 4000,
+    "free_mib": 20564,
+    "utilization_pct": 10,
+    "temperature_c": 50,
+    "processes": [],
+}
+SYSTEM = {
+    "cpu_pct": 1.0,
+    "cpu_count": 8,
+    "ram_total_mib": 32768,
+    "ram_used_mib": 8192,
+    "ram_free_mib": 24576,
+    "unified_memory": False,
+}
+
+
+def test_a_status_reads_into_what_the_peer_announces(tmp_path: Path) -> None:
+    status = Node(node_settings(tmp_path, "http://127.0.0.1:9", name="desk", share=True), environ={}).status()
+    wire = {**status.to_json(), "telemetry": {"gpus": [GPU], "system": SYSTEM, "nvml_error": None}}
+    announcement = announcement_from_status(NodeStatus.from_json(wire), "192.0.2.7", 11436)
+    assert (announcement.node_id, announcement.name, announcement.share) == (status.node_id, "desk", True)
+    assert (announcement.address, announcement.port, announcement.gpu) == ("192.0.2.7", 11436, "RTX 4090")
+    assert (announcement.vram_free_mib, announcement.vram_total_mib) == (20564, 24564)
+
+
 @pytest.mark.parametrize(
-    "status",
+    ("change", "why"),
     [
-        {},
-        {"id": "x", "name": "", "share": True, "load": {"active": 0, "slots": 1}, "models_hash": "ab"},
-        {"id": "x", "name": "n", "share": True, "load": {"active": 0, "slots": 0}, "models_hash": "ab"},
-        {"id": "x", "name": "n", "share": True, "load": "busy", "models_hash": "ab"},
-        {
-            "id": "x",
-            "name": "n",
-            "share": True,
-            "load": {"active": 0, "slots": 1},
-            "models_hash": "ab",
-            "telemetry": {"vram_free_mib": 10, "vram_total_mib": 5},
-        },
+        ({"name": ""}, "status.name"),
+        ({"load": {"active": 0, "slots": 0}}, "status.load.slots is 0"),
+        ({"load": "busy"}, "status.load is a string"),
+        (
+            {"telemetry": {"gpus": [{**GPU, "free_mib": 30000}], "system": SYSTEM}},
+            "more free or used memory than total",
+        ),
+        (
+            {"telemetry": {"gpus": [], "system": {**SYSTEM, "ram_free_mib": 40000}}},
+            "more free or used memory than total",
+        ),
     ],
 )
-def test_a_status_that_does_not_add_up_is_refused(status: dict[str, object]) -> None:
-    with pytest.raises(MalformedRecord):
-        announcement_from_status(status, "127.0.0.1", 11436)
+def test_a_status_that_does_not_add_up_is_refused(
+    tmp_path: Path, change: dict[str, object], why: str
+) -> None:
+    status = Node(node_settings(tmp_path, "http://127.0.0.1:9"), environ={}).status().to_json()
+    with pytest.raises(MalformedRecord, match=why):
+        NodeStatus.from_json({**status, **change})
 
 
 async def test_a_share_toggle_is_published_on_mdns(pair: tuple[Node, Node, FakeOllama]) -> None:

@@ -23,9 +23,9 @@ from inferhub_desktop.core.router import (
     Estimate,
     Figure,
     ModelFigures,
-    NodeView,
     RouteDecision,
     RouteRequest,
+    RouterNode,
     Snapshot,
     choose_route,
 )
@@ -41,9 +41,9 @@ NOW = 1000.0
 SURE = 1e9
 
 
-def node(name: str, **overrides: Any) -> NodeView:
+def node(name: str, **overrides: Any) -> RouterNode:
     """A sharing peer, idle, with MODEL installed and loaded and room to spare; override what matters."""
-    base = NodeView(
+    base = RouterNode(
         node_id=f"id-{name}",
         name=name,
         local=False,
@@ -68,7 +68,7 @@ def speed(tokens_per_s: float, weight: float = SURE, **more: Figure) -> dict[str
     return {MODEL: ModelFigures(tokens_per_s=Figure(tokens_per_s, weight), **more)}
 
 
-def decide(*nodes: NodeView, now: float = NOW, conversations: Any = None, **request: Any) -> RouteDecision:
+def decide(*nodes: RouterNode, now: float = NOW, conversations: Any = None, **request: Any) -> RouteDecision:
     request.setdefault("model", MODEL)
     return choose_route(RouteRequest(**request), Snapshot(nodes, conversations or {}), now)
 
@@ -243,7 +243,7 @@ def test_a_little_learnt_busy_time_is_blended_with_this_requests_run_time() -> N
     assert got.queue_s == pytest.approx(blended(busy, got.run_s))
 
 
-def full(name: str, held: dict[str, int], **overrides: Any) -> NodeView:
+def full(name: str, held: dict[str, int], **overrides: Any) -> RouterNode:
     """A node with MODEL and `held` installed, only `held` loaded, and no VRAM free unless overridden."""
     return node(name, **{"installed": {MODEL: SIZE, **held}, "loaded": held, "vram_free_mib": 0, **overrides})
 
@@ -393,7 +393,7 @@ def test_with_no_speed_known_anywhere_the_default_speed_is_assumed() -> None:
     assert estimate(decision, "n").run_s == pytest.approx(100 / DEFAULT_TOKENS_PER_S)
 
 
-def sized(name: str, size: int, tokens_per_s: float) -> NodeView:
+def sized(name: str, size: int, tokens_per_s: float) -> RouterNode:
     """A node whose copy of MODEL is `size` bytes, on which it has surely shown `tokens_per_s`."""
     return node(name, installed={MODEL: size}, loaded={MODEL: size}, figures=speed(tokens_per_s))
 
@@ -443,14 +443,14 @@ def test_one_slow_sample_pulls_an_untried_node_below_the_fastest() -> None:
     assert estimate(decision, "new").run_s > estimate(decision, "fast").run_s
 
 
-def weighted_bandwidth(n: NodeView) -> Figure:
+def weighted_bandwidth(n: RouterNode) -> Figure:
     """The node's bytes read per second: tokens/s times size, over its models, as much as each weighs."""
     shown = [(f.tokens_per_s, n.installed[m]) for m, f in n.figures.items() if f.tokens_per_s]
     weight = sum(f.weight for f, _ in shown)
     return Figure(sum(f.mean * size * f.weight for f, size in shown) / weight, weight)
 
 
-def with_other_model_shown(learnt: Figure, other_tokens_per_s: float, other_size: int) -> NodeView:
+def with_other_model_shown(learnt: Figure, other_tokens_per_s: float, other_size: int) -> RouterNode:
     """A node that has learnt `learnt` for MODEL and surely shown a speed on OTHER."""
     return node(
         "n",
@@ -495,7 +495,7 @@ def test_a_learnt_prompt_time_adds_to_the_run_time() -> None:
 # -- the reply's expected length ---------------------------------------------------------------
 
 
-def tokens_figures(*figures: Figure) -> list[NodeView]:
+def tokens_figures(*figures: Figure) -> list[RouterNode]:
     """Nodes that have learnt reply lengths but no speed, so run time is tokens at the default speed."""
     return [node(f"t{i}", figures={MODEL: ModelFigures(tokens=f)}) for i, f in enumerate(figures)]
 
@@ -589,7 +589,7 @@ KINDS = pytest.mark.parametrize(
 )
 
 
-def local_behind_by(fraction_of_margin: float, kind: dict[str, bool]) -> tuple[NodeView, NodeView]:
+def local_behind_by(fraction_of_margin: float, kind: dict[str, bool]) -> tuple[RouterNode, RouterNode]:
     """A peer and this machine, later by `fraction_of_margin` of the near-tie margin."""
     peer = node("peer")
     best = estimate(decide(peer, **kind), "peer").total_s
@@ -613,7 +613,7 @@ def test_this_machine_does_not_win_beyond_the_tie_margin(kind: dict[str, bool]) 
 
 def conversation_setup(
     fraction_of_margin: float, kind: dict[str, bool] | None = None
-) -> tuple[NodeView, NodeView]:
+) -> tuple[RouterNode, RouterNode]:
     """The best peer, and a peer holding the conversation behind it by that much of the margin."""
     best = node("best")
     total = estimate(decide(best, **(kind or {})), "best").total_s

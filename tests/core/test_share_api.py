@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from inferhub_desktop.core import Settings
+from inferhub_desktop.core import Node, NodeStatus, Settings
 from inferhub_desktop.core.api import share as share_module
 from inferhub_desktop.core.api.admission import Admission
 from inferhub_desktop.core.api.guard import OriginPolicy
@@ -70,11 +70,13 @@ class Rig:
     settings: Settings
     backend: Backend
     stack: contextlib.AsyncExitStack
+    # What a node of these settings says of itself, as it was made.
+    made: NodeStatus
     sharing: bool = True
     relayed: list[str] = dataclasses.field(default_factory=list)
 
-    def status(self) -> dict[str, Any]:
-        return {"id": self.settings.node_id, "name": self.settings.name, "share": self.sharing}
+    def status(self) -> NodeStatus:
+        return dataclasses.replace(self.made, share=self.sharing)
 
     def _relayed(self, endpoint: Endpoint) -> None:
         self.relayed.append(endpoint.pattern)
@@ -139,10 +141,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         FakeOllama(models, loaded=["llama3:latest"], tokens_per_second=200.0) as fake,
         contextlib.AsyncExitStack() as stack,
     ):
-        settings = node_settings(tmp_path, fake.url).settings
+        store = node_settings(tmp_path, fake.url)
         backend = OllamaBackend(fake.url, connect_timeout_s=5.0)
         stack.callback(backend.close)
-        yield Rig(fake, settings, backend, stack)
+        yield Rig(fake, store.settings, backend, stack, Node(store, environ={}).status())
 
 
 @pytest.fixture
@@ -174,7 +176,8 @@ async def test_status_is_served_whether_or_not_sharing(
         async with http.get(share + STATUS_PATH) as reply:
             assert reply.status == 200
             assert reply.headers["X-InferHub-Node"] == "test-node"
-            assert await reply.json() == {"id": rig.settings.node_id, "name": "test-node", "share": sharing}
+            status = NodeStatus.from_json(await reply.json())
+            assert (status.node_id, status.name, status.share) == (rig.settings.node_id, "test-node", sharing)
         async with http.head(share + STATUS_PATH) as reply:
             assert reply.status == 200
     async with http.post(share + STATUS_PATH) as reply:

@@ -22,12 +22,12 @@ T0 = 5000.0
 
 
 def figures(book: SpeedBook, now: float = T0, model: str = MODEL) -> dict[str, list[float]]:
-    result: dict[str, list[float]] = book.to_json(now)["models"][model]
+    result: dict[str, list[float]] = book.snapshot(now).to_json()["models"][model]
     return result
 
 
 def test_an_empty_book_publishes_nothing() -> None:
-    assert SpeedBook().to_json(T0) == {"models": {}, "busy_s": None}
+    assert SpeedBook().snapshot(T0).to_json() == {"models": {}, "busy_s": None}
 
 
 def test_tokens_per_second_comes_from_eval_count_over_eval_time() -> None:
@@ -103,18 +103,18 @@ def test_the_busy_time_of_any_request_spans_every_model() -> None:
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=3.0), T0)
     book.observe(OTHER, Observation(total_s=1.0), T0)
-    assert book.to_json(T0)["busy_s"] == [pytest.approx(2.0), pytest.approx(2.0)]
+    assert book.snapshot(T0).to_json()["busy_s"] == [pytest.approx(2.0), pytest.approx(2.0)]
 
 
 def test_the_busy_time_leaves_out_waiting_for_a_slot() -> None:
     # 5 s in all, of which 1 s prompt, 2 s generating and a 0.5 s cold load: it queued for 1.5 s.
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=5.0, eval_count=40, eval_s=2.0, prompt_s=1.0, load_s=0.5), T0)
-    assert book.to_json(T0)["busy_s"][0] == pytest.approx(3.5)
+    assert book.snapshot(T0).to_json()["busy_s"][0] == pytest.approx(3.5)
     # A short load_duration is the scheduler's, not a load: it does not count.
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=5.0, eval_count=40, eval_s=2.0, prompt_s=1.0, load_s=0.1), T0)
-    assert book.to_json(T0)["busy_s"][0] == pytest.approx(3.0)
+    assert book.snapshot(T0).to_json()["busy_s"][0] == pytest.approx(3.0)
 
 
 def test_the_busy_time_includes_loads_that_the_run_time_leaves_out() -> None:
@@ -122,7 +122,7 @@ def test_the_busy_time_includes_loads_that_the_run_time_leaves_out() -> None:
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=cold + 1.0, load_s=cold), T0)
     book.observe(OTHER, Observation(total_s=warm + 3.0, load_s=warm), T0)
-    data = book.to_json(T0)
+    data = book.snapshot(T0).to_json()
     assert data["busy_s"] == [pytest.approx((cold + 1.0 + warm + 3.0) / 2, abs=1e-4), pytest.approx(2.0)]
     assert data["models"][MODEL]["run_s"][0] == pytest.approx(1.0, abs=1e-4)
     assert data["models"][OTHER]["run_s"][0] == pytest.approx(3.0, abs=1e-4)
@@ -131,7 +131,7 @@ def test_the_busy_time_includes_loads_that_the_run_time_leaves_out() -> None:
 def test_a_samples_weight_halves_every_half_life_while_the_mean_stays() -> None:
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=2.0, eval_count=100, eval_s=1.0), T0)
-    data = book.to_json(T0 + HALF_LIFE_S)
+    data = book.snapshot(T0 + HALF_LIFE_S).to_json()
     mean, weight = data["models"][MODEL]["tokens_per_s"]
     assert mean == pytest.approx(100)
     assert weight == pytest.approx(0.5, abs=1e-3)
@@ -146,7 +146,10 @@ def test_how_long_requests_hold_the_backend_fades_within_seconds() -> None:
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=2.0, eval_count=100, eval_s=1.0), T0)
     assert BUSY_HALF_LIFE_S < HALF_LIFE_S
-    assert book.to_json(T0 + BUSY_HALF_LIFE_S)["busy_s"] == [pytest.approx(2.0), pytest.approx(0.5, abs=1e-3)]
+    assert book.snapshot(T0 + BUSY_HALF_LIFE_S).to_json()["busy_s"] == [
+        pytest.approx(2.0),
+        pytest.approx(0.5, abs=1e-3),
+    ]
     assert figures(book, T0 + BUSY_HALF_LIFE_S)["tokens_per_s"][1] > 0.9
 
 
@@ -164,15 +167,15 @@ def test_reading_does_not_change_what_is_learnt() -> None:
     for b in (book, twin):
         b.observe(MODEL, Observation(total_s=2.0, eval_count=100, eval_s=1.0), T0)
     for step in range(1, 5):
-        book.to_json(T0 + step * HALF_LIFE_S / 4)
-    assert book.to_json(T0 + HALF_LIFE_S) == twin.to_json(T0 + HALF_LIFE_S)
+        book.snapshot(T0 + step * HALF_LIFE_S / 4).to_json()
+    assert book.snapshot(T0 + HALF_LIFE_S).to_json() == twin.snapshot(T0 + HALF_LIFE_S).to_json()
 
 
 def test_a_figure_nobody_renews_fades_out_of_the_book() -> None:
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=2.0, eval_count=100, eval_s=1.0), T0)
-    assert MODEL in book.to_json(T0 + HALF_LIFE_S)["models"]
-    assert book.to_json(T0 + 20 * HALF_LIFE_S) == {"models": {}, "busy_s": None}
+    assert MODEL in book.snapshot(T0 + HALF_LIFE_S).to_json()["models"]
+    assert book.snapshot(T0 + 20 * HALF_LIFE_S).to_json() == {"models": {}, "busy_s": None}
 
 
 def test_a_renewed_figure_stays_while_a_stale_one_fades() -> None:
@@ -191,7 +194,7 @@ def test_to_json_is_plain_json_of_means_and_weights() -> None:
         T0,
     )
     book.observe(OTHER, Observation(total_s=0.05), T0)
-    data = book.to_json(T0 + 1.0)
+    data = book.snapshot(T0 + 1.0).to_json()
     assert json.loads(json.dumps(data)) == data
     assert set(data) == {"models", "busy_s"}
     assert set(data["models"]) == {MODEL, OTHER}
@@ -211,6 +214,6 @@ def test_to_json_is_plain_json_of_means_and_weights() -> None:
 def test_a_read_at_an_earlier_time_does_not_decay_twice() -> None:
     book = SpeedBook()
     book.observe(MODEL, Observation(total_s=2.0, eval_count=100, eval_s=1.0), T0)
-    book.to_json(T0 + 2 * HALF_LIFE_S)
-    book.to_json(T0 + HALF_LIFE_S)
+    book.snapshot(T0 + 2 * HALF_LIFE_S).to_json()
+    book.snapshot(T0 + HALF_LIFE_S).to_json()
     assert figures(book, T0 + 2 * HALF_LIFE_S)["tokens_per_s"][1] == pytest.approx(0.25, abs=1e-3)

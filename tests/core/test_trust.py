@@ -174,8 +174,8 @@ async def test_members_see_each_other_and_nobody_else(tmp_path: Path, http: aioh
             for path, method in ((STATUS_PATH, "GET"), ("/api/tags", "GET"), ("/api/generate", "POST")):
                 async with http.request(method, share + path, json=body) as reply:
                     assert (reply.status, await reply.json()) == (401, {"error": "unauthorized"})
-            assert b.status()["pool"] == PoolKey(read_join_code(code)).pool_id
-            assert c.status()["pool"] is None
+            assert b.status().pool == PoolKey(read_join_code(code)).pool_id
+            assert c.status().pool is None
 
 
 async def test_a_captured_request_replayed_is_refused(tmp_path: Path, http: aiohttp.ClientSession) -> None:

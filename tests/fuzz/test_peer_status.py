@@ -1,10 +1,10 @@
 """Random peer statuses: fed to the readers a node takes them through, and served to a running node by a
 peer it polls.
 
-A node reads each peer's status (`GET /_inferhub/v1/status`) every second: `announcement_from_status`
-decides whether it is a peer, and `view_from_status` how the router sees it. Whatever a peer answers, the
-first must return a valid announcement or raise MalformedRecord, the second a view or ValueError; and a
-node polling such a peer must go on polling, routing and answering its local API.
+A node reads each peer's status (`GET /_inferhub/v1/status`) every second: `NodeStatus.from_bytes` parses
+it once, `announcement_from_status` says what the peer announces and `router_node` how the router sees it.
+Whatever a peer answers, parsing must give a status whose announcement and view are sound, or raise
+MalformedRecord; and a node polling such a peer must go on polling, routing and answering its local API.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from inferhub_desktop.core.peers import PeerAnnouncement
 from inferhub_desktop.core.pool import announcement_from_status
-from inferhub_desktop.core.routing import view_from_status
+from inferhub_desktop.core.routing import router_node
+from inferhub_desktop.core.status import NodeStatus
 from inferhub_desktop.core.wire.errors import MalformedRecord
 from tests.fuzz.test_apis import Answer, Malformed, Rig, exchange, running, where
 from tests.fuzz.test_records import fuzz
@@ -91,15 +92,7 @@ def valid_statuses(draw: st.DrawFn) -> dict[str, Any]:
             ),
             "error": None,
         },
-        "telemetry": draw(
-            st.one_of(
-                st.none(),
-                st.builds(
-                    lambda free: {"summary": "RTX 4090", "vram_total_mib": total, "vram_free_mib": free},
-                    st.integers(0, total),
-                ),
-            )
-        ),
+        "telemetry": draw(st.one_of(st.none(), st.builds(telemetry, st.just(total), st.integers(0, total)))),
         "speeds": {
             "models": draw(
                 st.sampled_from([{}, {"registry.ollama.ai/library/llama3:latest": {"tokens_per_s": [50, 1]}}])
@@ -111,11 +104,43 @@ def valid_statuses(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
+def telemetry(total: int, free: int) -> dict[str, Any]:
+    """A reading of one GPU with `total` MiB, `free` of them free."""
+    gpu = {
+        "index": 0,
+        "uuid": "GPU-0",
+        "name": "NVIDIA GeForce RTX 4090",
+        "total_mib": total,
+        "used_mib": total - free,
+        "free_mib": free,
+        "utilization_pct": 10,
+        "temperature_c": 50,
+        "processes": [{"pid": 1234, "name": "ollama", "used_mib": 100}],
+    }
+    system = {
+        "cpu_pct": 5.0,
+        "cpu_count": 8,
+        "ram_total_mib": 32768,
+        "ram_used_mib": 8192,
+        "ram_free_mib": 24576,
+        "unified_memory": False,
+    }
+    return {"gpus": [gpu], "system": system, "nvml_error": None, "taken_at": 0.0}
+
+
 # Where a value may be replaced in a status, as paths of keys (an int indexes a list).
 PLACES: list[tuple[str | int, ...]] = [
-    *[(key,) for key in ("id", "name", "share", "load", "models_hash", "backend", "telemetry", "speeds")],
+    *[
+        (key,)
+        for key in ("id", "name", "share", "load", "models_hash", "backend", "telemetry", "speeds", "v")
+    ],
     *[("load", key) for key in ("active", "slots", "waiting", "queue_full")],
-    *[("telemetry", key) for key in ("summary", "vram_free_mib", "vram_total_mib")],
+    *[("telemetry", key) for key in ("gpus", "system", "nvml_error")],
+    *[
+        ("telemetry", "gpus", 0, key)
+        for key in ("name", "total_mib", "free_mib", "utilization_pct", "processes")
+    ],
+    *[("telemetry", "system", key) for key in ("cpu_pct", "ram_total_mib", "unified_memory")],
     *[("backend", key) for key in ("installed", "loaded", "reachable", "error")],
     *[("backend", "installed", 0, key) for key in ("name", "size")],
     ("speeds", "models"),
@@ -160,7 +185,8 @@ def statuses(draw: st.DrawFn) -> Any:
 
 NUMERIC_PLACES = [
     *[("load", key) for key in ("active", "slots", "waiting")],
-    *[("telemetry", key) for key in ("vram_free_mib", "vram_total_mib")],
+    *[("telemetry", "gpus", 0, key) for key in ("free_mib", "total_mib", "used_mib", "temperature_c")],
+    ("telemetry", "system", "cpu_pct"),
     ("backend", "installed", 0, "size"),
     ("peak_loaded_bytes",),
 ]
@@ -171,7 +197,7 @@ def numeric_statuses(draw: st.DrawFn) -> Any:
     """A valid status with one of its numbers replaced by another number: huge, negative, not finite."""
     status = draw(valid_statuses())
     if status["telemetry"] is None:
-        status["telemetry"] = {"summary": "", "vram_total_mib": 0, "vram_free_mib": 0}
+        status["telemetry"] = telemetry(0, 0)
     return replace(status, draw(st.sampled_from(NUMERIC_PLACES)), draw(NUMBERS))
 
 
@@ -193,10 +219,12 @@ def check_announcement(announcement: PeerAnnouncement) -> None:
 def test_random_statuses_are_peers_or_malformed() -> None:
     def check(status: Any) -> None:
         try:
-            announcement = announcement_from_status(status, "192.168.1.20", 11436)
+            parsed = NodeStatus.from_json(status)
         except MalformedRecord:
             return
-        check_announcement(announcement)
+        check_announcement(announcement_from_status(parsed, "192.168.1.20", 11436))
+        # What a node parsed, it can send on as it came.
+        assert NodeStatus.from_json(json.loads(json.dumps(parsed.to_json()))) == parsed
 
     cases = st.tuples(st.one_of(statuses(), numeric_statuses()))
     fuzz("statuses read as announcements", cases, check, PARSER_EXAMPLES)
@@ -205,8 +233,8 @@ def test_random_statuses_are_peers_or_malformed() -> None:
 def test_random_statuses_are_routable_views_or_refused() -> None:
     def check(status: Any) -> None:
         try:
-            view = view_from_status(status, local=False, rtt_s=0.001, breaker=None, sent=0)
-        except ValueError:
+            view = router_node(NodeStatus.from_json(status), local=False)
+        except MalformedRecord:
             return
         assert view.slots >= 1
         assert all(type(size) is int for size in (*view.installed.values(), *view.loaded.values()))
@@ -245,7 +273,13 @@ def seed_status(**changes: Any) -> bytes:
         "share": True,
         "load": {"active": 0, "slots": 1, "waiting": 0},
         "models_hash": "ab",
-        "backend": {"reachable": True, "installed": [{"name": "llama3:latest", "size": 1000}], "loaded": []},
+        "backend": {
+            "kind": "ollama",
+            "url": "http://127.0.0.1:11434",
+            "reachable": True,
+            "installed": [{"name": "llama3:latest", "size": 1000}],
+            "loaded": [],
+        },
         "telemetry": None,
         "speeds": {"models": {}, "busy_s": None},
     }

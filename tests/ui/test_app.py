@@ -167,7 +167,7 @@ def test_a_switch_turned_in_the_tray_stays_through_a_settings_save_that_restarts
 
             assert desktop.node is not None
             assert desktop.node.settings.share is share
-            assert desktop.node.status()["share"] is share
+            assert desktop.node.status().share is share
             assert desktop.tray.share_action.isChecked() is share
             desktop.quit()
             await running

@@ -125,8 +125,7 @@ def test_vram_cells_carry_the_share_in_use_for_the_bar(dashboard: Dashboard, bri
 def test_a_node_without_a_vram_reading_has_no_bar(
     dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    status = core.status()
-    status["telemetry"] = None
+    status = dataclasses.replace(core.status(), telemetry=None)
     monkeypatch.setattr(core, "status", lambda: status)
 
     bridge.refresh()
@@ -209,14 +208,14 @@ def test_the_share_button_turns_sharing(dashboard: Dashboard, core: DemoCore) ->
 
     dashboard.share_button.click()
 
-    assert core.status()["share"] is False
+    assert core.status().share is False
     assert not dashboard.share_button.isChecked()
     assert dashboard.share_button.text() == "Share this GPU"
     assert dashboard.subtitle.text().startswith("Not sharing")
 
     dashboard.share_button.click()
 
-    assert core.status()["share"] is True
+    assert core.status().share is True
     assert dashboard.share_button.isChecked()
 
 
@@ -228,7 +227,8 @@ def test_the_health_panel_shows_a_problem(
     dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     status = core.status()
-    status["backend"] = {**status["backend"], "reachable": False, "error": "connection refused"}
+    down = dataclasses.replace(status.backend, reachable=False, error="connection refused")
+    status = dataclasses.replace(status, backend=down)
     monkeypatch.setattr(core, "status", lambda: status)
 
     bridge.refresh()
@@ -369,7 +369,7 @@ def test_used_by_peers_lists_the_audit_log_newest_first(dashboard: Dashboard, co
     assert failed.toolTip() == "model runner has unexpectedly stopped"
     assert failed.foreground().color() == QColor("#dc2626")
     assert table.item(0, AUDIT_COLUMNS.index("Outcome")).text() == "ok"
-    assert table.item(0, AUDIT_COLUMNS.index("Peer")).toolTip() == f"node id {core.peers()[1]['id']}"
+    assert table.item(0, AUDIT_COLUMNS.index("Peer")).toolTip() == f"node id {core.peers()[1].node_id}"
 
 
 def test_the_audit_is_read_again_only_after_a_peers_request(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from inferhub_desktop.core import Node
+from inferhub_desktop.core import Node, NodeStatus
 from inferhub_desktop.ui.model import (
     NO_PEERS_AFTER_S,
     PoolView,
@@ -36,11 +35,10 @@ def view_of(core: DemoCore) -> PoolView:
     return pool_view(core.status(), core.peers())
 
 
-def backend_down(status: dict[str, Any], error: str) -> dict[str, Any]:
+def backend_down(status: NodeStatus, error: str) -> NodeStatus:
     """Return a copy of the status whose backend does not answer."""
-    down = copy.deepcopy(status)
-    down["backend"].update(reachable=False, error=error, installed=[], loaded=[])
-    return down
+    down = replace(status.backend, reachable=False, error=error, installed=(), loaded=())
+    return replace(status, backend=down)
 
 
 def test_the_pool_holds_this_machine_first_then_its_peers(core: DemoCore) -> None:
@@ -102,7 +100,7 @@ def test_the_models_are_this_machines_and_the_sharing_peers(core: DemoCore) -> N
 
 def test_a_peer_that_starts_sharing_adds_its_models(core: DemoCore) -> None:
     peers = core.peers()
-    peers[2]["status"]["share"] = True
+    peers[2] = replace(peers[2], status=replace(peers[2].status, share=True))
 
     view = pool_view(core.status(), peers)
 
@@ -118,7 +116,7 @@ def test_the_summary_speaks_of_one_in_the_singular(core: DemoCore) -> None:
     # Alone, atlas has one GPU and three models.
     assert pool_view(core.status(), []).summary() == "0 peers · 1 GPU · 3 models"
     status = core.status()
-    status["backend"]["installed"] = status["backend"]["installed"][:1]
+    status = replace(status, backend=replace(status.backend, installed=status.backend.installed[:1]))
     assert pool_view(status, core.peers()[:1]).summary() == "1 peer · 3 GPUs · 3 models"
 
 
@@ -140,7 +138,7 @@ def test_a_healthy_pool_has_no_problems(core: DemoCore) -> None:
 def test_no_backend_is_the_first_and_a_severe_problem(core: DemoCore) -> None:
     status = backend_down(core.status(), "connection refused at http://127.0.0.1:11434")
     peers = core.peers()
-    peers[0]["breaker"] = "open after 3 failure(s): timed out"
+    peers[0] = replace(peers[0], breaker="open after 3 failure(s): timed out")
 
     problems = pool_view(status, peers).problems(alone_for_s=0.0, platform="linux")
 
@@ -155,7 +153,7 @@ def test_no_backend_is_the_first_and_a_severe_problem(core: DemoCore) -> None:
 
 def test_a_sharing_peer_with_an_open_breaker_is_a_problem(core: DemoCore) -> None:
     peers = core.peers()
-    peers[0]["breaker"] = "open after 1 failure(s): x"
+    peers[0] = replace(peers[0], breaker="open after 1 failure(s): x")
 
     view = pool_view(core.status(), peers)
     problems = view.problems(alone_for_s=0.0, platform="linux")
@@ -169,7 +167,7 @@ def test_a_sharing_peer_with_an_open_breaker_is_a_problem(core: DemoCore) -> Non
 
 def test_a_sharing_peer_whose_backend_is_down_is_a_problem(core: DemoCore) -> None:
     peers = core.peers()
-    peers[1]["status"] = backend_down(peers[1]["status"], "Ollama stopped")
+    peers[1] = replace(peers[1], status=backend_down(peers[1].status, "Ollama stopped"))
 
     problems = pool_view(core.status(), peers).problems(alone_for_s=0.0, platform="linux")
 
@@ -179,14 +177,13 @@ def test_a_sharing_peer_whose_backend_is_down_is_a_problem(core: DemoCore) -> No
 
 def test_a_peer_that_does_not_share_is_no_problem(core: DemoCore) -> None:
     peers = core.peers()
-    peers[2]["breaker"] = "open after 1 failure(s): x"
+    peers[2] = replace(peers[2], breaker="open after 1 failure(s): x")
 
     assert pool_view(core.status(), peers).problems(alone_for_s=0.0, platform="linux") == []
 
 
 def test_alone_for_long_suggests_the_firewall(core: DemoCore) -> None:
-    status = core.status()
-    status["share_port"] = 12345
+    status = replace(core.status(), share_port=12345)
     view = pool_view(status, [])
 
     assert view.problems(alone_for_s=NO_PEERS_AFTER_S - 0.1, platform="linux") == []
@@ -226,8 +223,7 @@ def test_vram_bar_draws_the_share_in_use() -> None:
 
 
 def test_a_node_without_telemetry_has_an_unknown_gpu(core: DemoCore) -> None:
-    status = core.status()
-    status["telemetry"] = None
+    status = replace(core.status(), telemetry=None)
 
     node = node_view(status, local=True)
 
@@ -254,12 +250,11 @@ def test_an_unstarted_node_reads_as_one_without_gpu_or_backend(tmp_path: Path) -
 
 
 def test_the_demo_status_has_the_shape_of_a_real_nodes(tmp_path: Path, core: DemoCore) -> None:
-    real = Node(node_settings(tmp_path / "node", "http://127.0.0.1:9"), environ={}).status()
-    demo = core.status()
-
-    assert set(demo) == set(real)
-    assert set(demo["load"]) == set(real["load"])
-    assert set(demo["backend"]) == set(real["backend"])
-    assert set(demo["speeds"]) == set(real["speeds"])
-    for peer in core.peers():
-        assert set(peer["status"]) == set(real)
+    real = Node(node_settings(tmp_path / "node", "http://127.0.0.1:9"), environ={}).status().to_json()
+    # The demonstration's statuses are parsed as a peer's are; their JSON is shaped as a real node's.
+    for status in (core.status(), *(peer.status for peer in core.peers())):
+        demo = status.to_json()
+        assert set(demo) == set(real)
+        assert set(demo["load"]) == set(real["load"])
+        assert set(demo["backend"]) == set(real["backend"])
+        assert set(demo["speeds"]) == set(real["speeds"])

@@ -91,17 +91,17 @@ def test_a_switch_in_the_menu_turns_the_nodes_switch(
     tray: Tray, core: DemoCore, action_name: str, key: str
 ) -> None:
     action: QAction = getattr(tray, action_name)
-    before = core.status()[key]
+    before = getattr(core.status(), key)
     assert action.isChecked() == before
 
     action.trigger()
 
-    assert core.status()[key] is (not before)
+    assert getattr(core.status(), key) is (not before)
     assert action.isChecked() is (not before)
 
     action.trigger()
 
-    assert core.status()[key] is before
+    assert getattr(core.status(), key) is before
     assert action.isChecked() is before
 
 
@@ -117,7 +117,7 @@ def test_a_checkbox_follows_the_node_not_the_click(
     # A node that keeps its switches as they are: the click alone must not decide the checkbox.
     monkeypatch.setattr(core.store, "change", lambda **values: core.store.settings)
     tray.share_action.trigger()
-    assert core.status()["share"] is True
+    assert core.status().share is True
     assert not tray.share_action.isChecked()
 
     bridge.refresh()
@@ -287,7 +287,8 @@ def test_the_tooltip_says_the_state_and_the_pool(
     assert tray.icon.toolTip() == "InferHub: serving a peer · 3 peers · 5 GPUs · 7 models"
     assert tooltip(None, TrayState.NO_BACKEND) == "InferHub: starting"
     status = core.status()
-    status["backend"] = {**status["backend"], "reachable": False, "error": "refused", "installed": []}
+    down = dataclasses.replace(status.backend, reachable=False, error="refused", installed=())
+    status = dataclasses.replace(status, backend=down)
     monkeypatch.setattr(core, "status", lambda: status)
 
     bridge.refresh()

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ..audit import MAX_ENTRIES
+from ..peers import PeerState
 from ..settings import SWITCHES
 from ..wire.endpoints import (
     AUDIT_PATH,
@@ -29,8 +30,8 @@ from .relay import Forwarder, Target, route
 
 _CORS_KEY = web.RequestKey("cors_headers", dict)
 
-# The peer list, as JSON values.
-PeersSource = Callable[[], list[dict[str, Any]]]
+# The live peers.
+PeersSource = Callable[[], list[PeerState]]
 # The nodes that answer pool-wide listings: this one first, then the peers it may use.
 ListingSources = Callable[[], Sequence[Target]]
 # Where a request for a model would go now, and why, as JSON values.
@@ -106,7 +107,7 @@ class LocalApi:
         if request.path == STATUS_PATH:
             return self._forwarder.status_reply(request)
         if request.path == PEERS_PATH and reading:
-            return _json(self._peers())
+            return _json([peer.to_json() for peer in self._peers()])
         if request.path == ROUTE_PATH and reading:
             model = request.query.get("model", "").strip()
             if not model:

@@ -27,6 +27,7 @@ from ..backends.base import Backend, Body, UpstreamResponse
 from ..events import RequestDone
 from ..settings import SETTINGS_FILE, Settings
 from ..speeds import Observation
+from ..status import NodeStatus
 from ..wire.endpoints import Endpoint, Kind, match
 from ..wire.errors import ApiError, BackendUnavailable
 from ..wire.framing import FrameSplitter, framing_of
@@ -47,8 +48,8 @@ _FAIL_OVER_STATUSES = frozenset({404, 502, 503})
 
 # Told of each request relayed, so the node can look again at what may have changed.
 RelayedHook = Callable[[Endpoint], None]
-# The node's full state as JSON values.
-StatusSource = Callable[[], dict[str, Any]]
+# The node's full state.
+StatusSource = Callable[[], NodeStatus]
 # Holds a request to `endpoint` while it is sent to the backend and its answer relayed; this is
 # where an API counts requests against the backend's slots, or waits for one.
 Admit = Callable[[Endpoint], AbstractAsyncContextManager[None]]
@@ -339,7 +340,7 @@ class Forwarder:
         """Answer a request for the node's status: its state as JSON to GET and HEAD."""
         if request.method not in ("GET", "HEAD"):
             return text_response(405, "405 method not allowed")
-        return web.Response(body=go_json(self._status()), content_type="application/json")
+        return web.Response(body=go_json(self._status().to_json()), content_type="application/json")
 
     def metrics_reply(self, request: web.BaseRequest) -> web.Response:
         """Answer a Prometheus scrape: the node's metrics to GET and HEAD."""

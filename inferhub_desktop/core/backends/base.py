@@ -10,8 +10,14 @@ from typing import Any, Protocol
 from aiohttp import StreamReader
 from multidict import CIMultiDictProxy
 
+from ..wire.records import Fields
+
 # A request body: read in full, streamed from the client, or absent.
 Body = bytes | StreamReader | None
+# Bounds on what a peer's status may say of its backend.
+_MAX_INSTALLED = 4096
+_MAX_LOADED = 1024
+_MAX_NAME_CHARS = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +31,17 @@ class InstalledModel:
     parameter_size: str = ""
     quantization_level: str = ""
 
+    @classmethod
+    def from_json(cls, fields: Fields) -> InstalledModel:
+        return cls(
+            name=fields.text("name", _MAX_NAME_CHARS),
+            size=fields.integer("size", default=0),
+            digest=fields.text("digest", 128, default=""),
+            family=fields.text("family", 64, default=""),
+            parameter_size=fields.text("parameter_size", 32, default=""),
+            quantization_level=fields.text("quantization_level", 32, default=""),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
@@ -35,6 +52,16 @@ class LoadedModel:
     size_vram: int
     expires_at: str
     context_length: int | None = None
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> LoadedModel:
+        return cls(
+            name=fields.text("name", _MAX_NAME_CHARS),
+            size=fields.integer("size", default=0),
+            size_vram=fields.integer("size_vram", default=0),
+            expires_at=fields.text("expires_at", 64, default=""),
+            context_length=fields.optional_integer("context_length", 0, 1 << 40),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +78,23 @@ class BackendState:
 
     def to_json(self) -> dict[str, Any]:
         """Return the state as plain JSON values, for the status API."""
-        return dataclasses.asdict(self)
+        return {
+            **dataclasses.asdict(self),
+            "installed": [dataclasses.asdict(m) for m in self.installed],
+            "loaded": [dataclasses.asdict(m) for m in self.loaded],
+        }
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> BackendState:
+        return cls(
+            kind=fields.text("kind", 16),
+            url=fields.text("url", 512),
+            reachable=fields.flag("reachable"),
+            version=fields.optional_text("version", 64),
+            installed=tuple(InstalledModel.from_json(m) for m in fields.records("installed", _MAX_INSTALLED)),
+            loaded=tuple(LoadedModel.from_json(m) for m in fields.records("loaded", _MAX_LOADED)),
+            error=fields.optional_text("error", 4096),
+        )
 
 
 class UpstreamResponse(Protocol):

@@ -1,0 +1,147 @@
+"""What a node says about itself: its identity, switches, load, backend and models, machine and learnt
+speeds, as one typed value. A peer's status is parsed once, when it arrives, with every size and count
+bounded; the router, the pool, the metrics, the desktop app and the command line read its attributes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import uuid
+from typing import Any
+
+from .backends.base import BackendState
+from .speeds import Speeds
+from .telemetry import Telemetry
+from .wire.errors import MalformedRecord
+from .wire.records import Fields
+
+# The version of this record; a node drops a status of another version, as it drops such a TXT record.
+STATUS_VERSION = 1
+# The most bytes a status may take on the wire: a node with a thousand models sends about 300 KiB.
+MAX_STATUS_BYTES = 1 << 20
+_MAX_NAME_CHARS = 63
+_MAX_SLOTS = 4096
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """How busy a node's backend is with the pool's requests."""
+
+    active: int  # requests running on the backend, the owner's included
+    remote: int  # peers' requests among them
+    waiting: int  # peers' requests waiting for a slot
+    slots: int  # peers' requests it runs at once
+    queue_full: bool  # a further peer's request is refused as busy
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> Load:
+        return cls(
+            active=fields.integer("active", 0, 1 << 20),
+            remote=fields.integer("remote", 0, 1 << 20, default=0),
+            waiting=fields.integer("waiting", 0, 1 << 20, default=0),
+            slots=fields.integer("slots", 1, _MAX_SLOTS),
+            queue_full=fields.flag("queue_full", default=False),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeStatus:
+    """One node's state, as it answers `GET /_inferhub/v1/status`."""
+
+    node_id: str
+    name: str
+    version: str  # InferHub's
+    api_url: str
+    share: bool
+    local_only: bool
+    pool_pull: bool
+    pool: str | None  # the private pool's public id (never its secret); None in the LAN's open pool
+    tls: str | None  # the share API's certificate's fingerprint, which peers pin
+    share_port: int
+    load: Load
+    models_hash: str
+    backend: BackendState
+    telemetry: Telemetry | None
+    speeds: Speeds
+    # The most model bytes the backend has held at once: its room for models where VRAM is not measured.
+    peak_loaded_bytes: int
+    # Tokens this machine's backend generated through the node since it started.
+    tokens_generated: int
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the status as JSON values."""
+        return {
+            "v": STATUS_VERSION,
+            "id": self.node_id,
+            "name": self.name,
+            "version": self.version,
+            "api_url": self.api_url,
+            "share": self.share,
+            "local_only": self.local_only,
+            "pool_pull": self.pool_pull,
+            "pool": self.pool,
+            "tls": self.tls,
+            "share_port": self.share_port,
+            "load": dataclasses.asdict(self.load),
+            "models_hash": self.models_hash,
+            "backend": self.backend.to_json(),
+            "telemetry": self.telemetry.to_json() if self.telemetry else None,
+            "speeds": self.speeds.to_json(),
+            "peak_loaded_bytes": self.peak_loaded_bytes,
+            "tokens_generated": self.tokens_generated,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> NodeStatus:
+        """Read a status; raise MalformedRecord saying what is wrong with it."""
+        fields = Fields(value, "status")
+        version = fields.integer("v", 1, 1 << 20, default=STATUS_VERSION)
+        if version != STATUS_VERSION:
+            raise MalformedRecord(f"status version {version} is not {STATUS_VERSION}")
+        node_id = fields.text("id", 36)
+        try:
+            uuid.UUID(node_id)
+        except ValueError:
+            raise MalformedRecord(f"status.id {node_id!r} is not a UUID") from None
+        name = fields.text("name", _MAX_NAME_CHARS)
+        if not name.strip() or not name.isprintable():
+            raise MalformedRecord(f"status.name {name!r} is empty or not printable")
+        telemetry = fields.optional_record("telemetry")
+        return cls(
+            node_id=node_id,
+            name=name,
+            version=fields.text("version", 64, default=""),
+            api_url=fields.text("api_url", 256, default=""),
+            share=fields.flag("share"),
+            local_only=fields.flag("local_only", default=False),
+            pool_pull=fields.flag("pool_pull", default=False),
+            pool=fields.optional_text("pool", 32),
+            tls=_hex(fields.optional_text("tls", 64), "status.tls"),
+            share_port=fields.integer("share_port", 0, 65535, default=0),
+            load=Load.from_json(fields.record("load")),
+            models_hash=_hex(fields.text("models_hash", 16), "status.models_hash") or "",
+            backend=BackendState.from_json(fields.record("backend")),
+            telemetry=Telemetry.from_json(telemetry) if telemetry else None,
+            speeds=Speeds.from_json(fields.optional_record("speeds") or Fields({}, "status.speeds")),
+            peak_loaded_bytes=fields.integer("peak_loaded_bytes", default=0),
+            tokens_generated=fields.integer("tokens_generated", default=0),
+        )
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> NodeStatus:
+        """Read a status as it came over HTTP; raise MalformedRecord for one too large or not JSON."""
+        if len(body) > MAX_STATUS_BYTES:
+            raise MalformedRecord(f"status of {len(body)} bytes is over {MAX_STATUS_BYTES}")
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise MalformedRecord(f"status is not JSON: {exc}") from None
+        return cls.from_json(value)
+
+
+def _hex(value: str | None, where: str) -> str | None:
+    if value is not None and not _HEX.fullmatch(value):
+        raise MalformedRecord(f"{where} {value[:16]!r} is not lowercase hex")
+    return value
