@@ -153,12 +153,12 @@ def decision_s(node: Node, rounds: int) -> float:
     assert endpoint is not None
     fields = {"model": "model1", "messages": [{"role": "user", "content": "hi"}], "stream": False}
     query = Query(endpoint, "model1", fields, CIMultiDict(), "/api/chat")
-    plan = node._plan  # the decision the local API asks the node for
-    assert len(plan(query).targets) > 1
+    plan = node.dispatcher.plan  # the decision the local API asks for
+    assert len(plan(query, "local").targets) > 1
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        plan(query)
+        plan(query, "local")
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

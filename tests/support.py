@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import re
@@ -14,15 +15,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import pytest
 import tomli_w
 
-from inferhub_desktop.core import SettingsStore, read_settings_file
+from inferhub_desktop.core import PeerState, RequestDone, SettingsStore, read_settings_file
+from inferhub_desktop.core.api.relay import Plan, Query, Target
 from inferhub_desktop.core.settings import SETTINGS_FILE
+from inferhub_desktop.core.wire.endpoints import Endpoint
 
 T = TypeVar("T")
 
@@ -39,6 +42,49 @@ def node_settings(config_dir: Path, backend: str, **overrides: Any) -> SettingsS
         **overrides,
     }
     return SettingsStore(config_dir, values, environ={})
+
+
+@dataclasses.dataclass
+class OneWay:
+    """A dispatcher that plans every request with `plan`, as the node's would for an API of one backend;
+    it notes the endpoints relayed and nothing else."""
+
+    plan_with: Callable[[Query], Plan]
+    relayed_endpoints: list[str] = dataclasses.field(default_factory=list)
+
+    def plan(self, query: Query, api: str) -> Plan:
+        return self.plan_with(query)
+
+    def relayed(self, endpoint: Endpoint) -> None:
+        self.relayed_endpoints.append(endpoint.pattern)
+
+    def done(self, done: RequestDone) -> None:
+        pass
+
+
+class Alone:
+    """A node with no peers, switches or pool to speak of, for a local API tested on its own."""
+
+    def peers(self) -> list[PeerState]:
+        return []
+
+    def switch(self, changes: Mapping[str, bool] | None = None) -> dict[str, bool]:
+        return {}
+
+    def pool_info(self) -> dict[str, Any]:
+        return {}
+
+    def set_pool(self, code: str | None) -> dict[str, Any]:
+        return {}
+
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        return []
+
+    def listing_sources(self) -> list[Target]:
+        return []
+
+    def explain(self, model: str) -> dict[str, Any]:
+        return {}
 
 
 def write_settings(config_dir: Path, **values: Any) -> None:

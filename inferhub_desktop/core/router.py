@@ -11,11 +11,14 @@ node that already holds the conversation, else to this machine.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .names import short_name
+from .names import model_key, short_name
 from .speeds import Figure, ModelFigures
 
 # A reply's length in tokens when neither the request nor past replies say.
@@ -39,6 +42,11 @@ CONVERSATION_FRACTION = 0.25
 
 _GIB = 1 << 30
 _MIB = 1 << 20
+# Endpoints that only embed, and reads that name a model; the rest generate.
+_EMBEDDINGS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+_READS = frozenset({"/api/show", "/v1/models/:model"})
+# Where each API puts a reply's token limit.
+_TOKEN_LIMITS = (("options", "num_predict"), (None, "max_tokens"), (None, "max_completion_tokens"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +186,50 @@ class RouteDecision:
                 for x in self.left_out
             ],
         }
+
+
+def conversation_key(model: str, fields: Mapping[str, Any] | None) -> str | None:
+    """Name a chat by its model and its messages up to the first user turn, which every later turn repeats."""
+    messages = fields.get("messages") if fields else None
+    if not isinstance(messages, list):
+        return None
+    opening = next(
+        (
+            messages[: i + 1]
+            for i, m in enumerate(messages)
+            if isinstance(m, dict) and m.get("role") == "user"
+        ),
+        None,
+    )
+    if opening is None:
+        return None
+    text = json.dumps([model, opening], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def route_request(
+    pattern: str, model: str | None, fields: Mapping[str, Any] | None, pin: str | None, *, local_only: bool
+) -> RouteRequest:
+    """Describe a request to the router: its model key, what it costs, its token limit and pin."""
+    key = model_key(model) if model else None
+    return RouteRequest(
+        model=key,
+        generates=pattern not in _EMBEDDINGS and pattern not in _READS,
+        read=pattern in _READS,
+        tokens=_token_limit(fields),
+        pin=(pin or "").strip() or None,
+        local_only=local_only,
+        conversation=conversation_key(key, fields) if key else None,
+    )
+
+
+def _token_limit(fields: Mapping[str, Any] | None) -> int | None:
+    for holder, name in _TOKEN_LIMITS:
+        source = fields.get(holder) if holder and fields else fields
+        value = source.get(name) if isinstance(source, Mapping) else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
+            return int(value)
+    return None
 
 
 def choose_route(request: RouteRequest, snapshot: Snapshot, now: float) -> RouteDecision:

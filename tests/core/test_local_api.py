@@ -18,7 +18,7 @@ from inferhub_desktop.core.api.guard import OriginPolicy
 from inferhub_desktop.core.api.local import LocalApi
 from inferhub_desktop.core.api.relay import Forwarder, Plan, Query
 from tests.fakes.ollama import FakeOllama
-from tests.support import eventually, node_settings
+from tests.support import Alone, OneWay, eventually, node_settings
 
 
 @pytest.fixture
@@ -278,23 +278,14 @@ async def test_an_internal_fault_is_a_500_without_a_traceback(
         raise RuntimeError("secret detail")
 
     settings = node_settings(tmp_path, fake.url).settings
-    api = LocalApi(
-        Forwarder(
-            settings,
-            broken_planner,
-            status=dict,
-            metrics=lambda: (b"", "text/plain"),
-            relayed=lambda _: None,
-            api="local",
-            done=lambda _: None,
-        ),
-        OriginPolicy({}),
-        listing_sources=list,
-        peers=list,
-        explain_route=lambda model: {},
-        switches=lambda changes: {},
-        pool=(dict, lambda code: {}),
+    forwarder = Forwarder(
+        settings,
+        OneWay(broken_planner),
+        "local",
+        status=Node(node_settings(tmp_path, fake.url)).status,
+        metrics=lambda: (b"", "text/plain"),
     )
+    api = LocalApi(forwarder, OriginPolicy({}), Alone(), Alone())
     runner = web.AppRunner(api.app())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

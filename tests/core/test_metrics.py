@@ -77,7 +77,7 @@ async def test_requests_are_counted_by_model_node_endpoint_and_outcome(
         status, lines = await generate(http, desk.api_url, "llama3")
         assert (status, len(lines)) == (200, 7)
         assert (await generate(http, desk.api_url, "nope"))[0] == 404
-        await eventually(lambda: desk.tokens_generated == 12)
+        await eventually(lambda: desk.dispatcher.tokens_generated == 12)
         samples = await scrape(http, desk.api_url)
 
     where = {"api": "local", "endpoint": "/api/generate", "node": "desk"}

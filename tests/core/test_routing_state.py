@@ -1,5 +1,5 @@
-"""The state around routing: conversation keys and their table, requests as the router sees them,
-node statuses parsed and read into router views."""
+"""The state around routing: conversation keys and their table, requests as the router sees them, node
+statuses parsed and read into router views, and the dispatcher's snapshot of the requests in flight."""
 
 from __future__ import annotations
 
@@ -7,27 +7,24 @@ import json
 import re
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from inferhub_desktop.core import routing as routing_module
-from inferhub_desktop.core.backends.base import BackendState, InstalledModel, LoadedModel
+from inferhub_desktop.core import dispatch as dispatch_module
+from inferhub_desktop.core.audit import AuditLog
+from inferhub_desktop.core.backends.base import Backend, BackendState, InstalledModel, LoadedModel
+from inferhub_desktop.core.dispatch import CONVERSATION_TTL_S, Conversations, Dispatcher
+from inferhub_desktop.core.events import Events
 from inferhub_desktop.core.names import model_key
-from inferhub_desktop.core.peers import Peer, PeerAnnouncement
-from inferhub_desktop.core.router import RouterNode, rates
-from inferhub_desktop.core.routing import (
-    CONVERSATION_TTL_S,
-    Conversations,
-    Routing,
-    conversation_key,
-    now_at,
-    route_request,
-    router_node,
-)
+from inferhub_desktop.core.peers import PeerAnnouncement, PeerTable
+from inferhub_desktop.core.router import RouterNode, conversation_key, rates, route_request
+from inferhub_desktop.core.settings import Settings
 from inferhub_desktop.core.speeds import Figure, ModelFigures, Observation, SpeedBook
 from inferhub_desktop.core.status import MAX_STATUS_BYTES, NodeStatus
 from inferhub_desktop.core.telemetry import GpuReading, SystemReading, Telemetry
+from inferhub_desktop.core.views import now_at, router_node
 from inferhub_desktop.core.wire.errors import MalformedRecord
 
 MODEL = model_key("llama3")
@@ -513,55 +510,71 @@ def test_a_status_past_its_size_limit_is_refused_unread() -> None:
         NodeStatus.from_bytes(b"[" * 100_000)
 
 
-# -- the requests in flight, as routing's snapshot shows them ----------------------------------
+# -- the requests in flight, as the dispatcher's snapshot shows them -------------------------------
 
 
-def routing() -> Routing:
-    """Routing over this node's status alone, the node itself having sent nothing yet."""
-    return Routing(lambda: router_node(NodeStatus.from_json(status()), local=True), list)
+def dispatcher(table: PeerTable | None = None) -> Dispatcher:
+    """A dispatcher for this node (NODE_1) alone, or with a table of peers, having sent nothing yet."""
+    own = router_node(NodeStatus.from_json(status()), local=True)
+    settings = Settings(config_dir=Path("unused"), node_id=NODE_1, name="desk-7")
+
+    def no_backend() -> Backend:
+        raise AssertionError("a snapshot asks no backend")
+
+    return Dispatcher(
+        lambda: settings,
+        no_backend,
+        lambda: own,
+        lambda: table,
+        lambda: None,
+        events=Events(),
+        audit=AuditLog(Path("unused")),
+        backend_changed=lambda: None,
+    )
 
 
-def own(state: Routing) -> Any:
+def own(state: Dispatcher) -> Any:
     (node,) = state.snapshot(NOW).nodes
     return node
 
 
 def test_a_request_sent_for_a_model_shows_it_loaded_until_it_is_done() -> None:
-    state = routing()
+    state = dispatcher()
     assert EMBED not in own(state).loaded
-    state.sent(NODE_1, NOW, EMBED)
+    state.in_flight.sent(NODE_1, NOW, EMBED)
     assert own(state).loaded == {MODEL: 5 * GIB + 7, EMBED: 300 * MIB}
-    state.done(NODE_1, NOW, EMBED)
+    state.in_flight.done(NODE_1, NOW, EMBED)
     assert own(state).loaded == {MODEL: 5 * GIB + 7}
 
 
 def test_a_model_stays_coming_while_any_request_for_it_is_in_flight() -> None:
-    state = routing()
-    state.sent(NODE_1, NOW, EMBED)
-    state.sent(NODE_1, NOW + 1, EMBED)
-    state.done(NODE_1, NOW, EMBED)
+    state = dispatcher()
+    state.in_flight.sent(NODE_1, NOW, EMBED)
+    state.in_flight.sent(NODE_1, NOW + 1, EMBED)
+    state.in_flight.done(NODE_1, NOW, EMBED)
     assert EMBED in own(state).loaded
-    state.done(NODE_1, NOW + 1, EMBED)
+    state.in_flight.done(NODE_1, NOW + 1, EMBED)
     assert EMBED not in own(state).loaded
 
 
 def test_done_ends_only_the_request_with_that_start_and_model() -> None:
-    state = routing()
-    state.sent(NODE_1, NOW, EMBED)
-    state.done(NODE_1, NOW, MODEL)
-    state.done(NODE_1, NOW + 1, EMBED)
-    state.done(NODE_2, NOW, EMBED)
+    state = dispatcher()
+    state.in_flight.sent(NODE_1, NOW, EMBED)
+    state.in_flight.done(NODE_1, NOW, MODEL)
+    state.in_flight.done(NODE_1, NOW + 1, EMBED)
+    state.in_flight.done(NODE_2, NOW, EMBED)
     assert EMBED in own(state).loaded
 
 
 def test_a_request_without_a_model_or_at_another_node_adds_nothing_here() -> None:
-    state = routing()
-    state.sent(NODE_1, NOW, None)
-    state.sent(NODE_2, NOW, EMBED)
+    state = dispatcher()
+    state.in_flight.sent(NODE_1, NOW, None)
+    state.in_flight.sent(NODE_2, NOW, EMBED)
     assert own(state).loaded == {MODEL: 5 * GIB + 7}
 
 
-def peer(seen: float, **overrides: Any) -> Peer:
+def peers_with(seen: float, **overrides: Any) -> PeerTable:
+    """A table of one peer, NODE_2, last seen at `seen` with a status of these changes."""
     announcement = PeerAnnouncement(
         node_id=NODE_2,
         name="desk-8",
@@ -575,18 +588,23 @@ def peer(seen: float, **overrides: Any) -> Peer:
         slots=3,
         models_hash="0a1b2c3d4e5f",
     )
-    return Peer(announcement, NodeStatus.from_json(status(id=NODE_2, name="desk-8", **overrides)), seen, 0.01)
+    table = PeerTable(NODE_1, ttl_s=2.5)
+    table.seen(announcement, NodeStatus.from_json(status(id=NODE_2, name="desk-8", **overrides)), seen, 0.01)
+    return table
 
 
 def test_a_request_sent_to_a_peer_shows_its_model_coming_there() -> None:
     seen = NOW - 10
-    there_peer = peer(seen)
-    state = Routing(lambda: router_node(NodeStatus.from_json(status()), local=True), lambda: [there_peer])
-    state.sent(NODE_2, seen + 1, EMBED)
+    table = peers_with(seen)
+    state = dispatcher(table)
+    state.in_flight.sent(NODE_2, seen + 1, EMBED)
     here, there = state.snapshot(NOW).nodes
     assert EMBED not in here.loaded
     assert there.loaded == {MODEL: 5 * GIB + 7, EMBED: 300 * MIB}
-    assert there.active == there_peer.status.load.active + 1
+    peer = table.get(NODE_2)
+    assert peer is not None
+    assert there.active == peer.status.load.active + 1
+    assert there.rtt_s == 0.01
 
 
 def test_a_peers_view_is_made_once_per_status_it_sends(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -596,20 +614,21 @@ def test_a_peers_view_is_made_once_per_status_it_sends(monkeypatch: pytest.Monke
         made.append(status.name)
         return router_node(status, local=local)
 
-    monkeypatch.setattr(routing_module, "router_node", counted)
-    own_view = router_node(NodeStatus.from_json(status()), local=True)
-    current = [peer(NOW)]
-    state = Routing(lambda: own_view, lambda: current)
+    monkeypatch.setattr(dispatch_module, "router_node", counted)
+    table = peers_with(NOW)
+    state = dispatcher(table)
     for _ in range(3):
         assert state.snapshot(NOW).nodes[1].share
     assert made == ["desk-8"]
-    current = [peer(NOW + 1, share=False)]
+    changed = peers_with(NOW + 1, share=False).get(NODE_2)
+    assert changed is not None
+    table.seen(changed.announcement, changed.status, NOW + 1)
     assert not state.snapshot(NOW + 1).nodes[1].share
     assert made == ["desk-8", "desk-8"]
 
 
 def test_this_nodes_own_requests_are_not_counted_twice_as_active() -> None:
     # Its status counts them already.
-    state = routing()
-    state.sent(NODE_1, NOW + 1, EMBED)
+    state = dispatcher()
+    state.in_flight.sent(NODE_1, NOW + 1, EMBED)
     assert own(state).active == NodeStatus.from_json(status()).load.active

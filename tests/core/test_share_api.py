@@ -26,7 +26,7 @@ from inferhub_desktop.core.backends.base import Backend
 from inferhub_desktop.core.backends.ollama import OllamaBackend
 from inferhub_desktop.core.wire.endpoints import STATUS_PATH, Endpoint, Kind
 from tests.fakes.ollama import FakeModel, FakeOllama
-from tests.support import eventually, node_settings
+from tests.support import Alone, OneWay, eventually, node_settings
 
 NOT_SHARING = "test-node is not sharing its GPU right now; its owner can turn sharing on"
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -78,9 +78,6 @@ class Rig:
     def status(self) -> NodeStatus:
         return dataclasses.replace(self.made, share=self.sharing)
 
-    def _relayed(self, endpoint: Endpoint) -> None:
-        self.relayed.append(endpoint.pattern)
-
     def _forwarder(
         self, admission: Admission, *, remote: bool, backend: Callable[[], Backend] | None = None
     ) -> Forwarder:
@@ -95,14 +92,9 @@ class Rig:
             chosen = backend() if backend else self.backend
             return Plan([Target(self.settings.name, chosen, admit, lambda outcome: None)])
 
+        dispatch = OneWay(plan, self.relayed)
         return Forwarder(
-            self.settings,
-            plan,
-            status=self.status,
-            metrics=lambda: (b"", "text/plain"),
-            relayed=self._relayed,
-            api="share",
-            done=lambda _: None,
+            self.settings, dispatch, "share", status=self.status, metrics=lambda: (b"", "text/plain")
         )
 
     async def share(
@@ -114,15 +106,7 @@ class Rig:
         return await self._serve(api.app())
 
     async def local(self, admission: Admission) -> str:
-        api = LocalApi(
-            self._forwarder(admission, remote=False),
-            OriginPolicy({}),
-            listing_sources=list,
-            peers=list,
-            explain_route=lambda model: {},
-            switches=lambda changes: {},
-            pool=(dict, lambda code: {}),
-        )
+        api = LocalApi(self._forwarder(admission, remote=False), OriginPolicy({}), Alone(), Alone())
         return await self._serve(api.app())
 
     async def _serve(self, app: web.Application) -> str:

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from inferhub_desktop.core.peers import PeerAnnouncement
 from inferhub_desktop.core.pool import announcement_from_status
-from inferhub_desktop.core.routing import router_node
 from inferhub_desktop.core.status import NodeStatus
+from inferhub_desktop.core.views import router_node
 from inferhub_desktop.core.wire.errors import MalformedRecord
 from tests.fuzz.test_apis import Answer, Malformed, Rig, exchange, running, where
 from tests.fuzz.test_records import fuzz

@@ -3,8 +3,8 @@ control paths for the tray, the dashboard and the CLI."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -30,18 +30,41 @@ from .relay import Forwarder, Target, route
 
 _CORS_KEY = web.RequestKey("cors_headers", dict)
 
-# The live peers.
-PeersSource = Callable[[], list[PeerState]]
-# The nodes that answer pool-wide listings: this one first, then the peers it may use.
-ListingSources = Callable[[], Sequence[Target]]
-# Where a request for a model would go now, and why, as JSON values.
-RouteExplainer = Callable[[str], dict[str, Any]]
-# Read the switches (with None), or change some of them; both return them all.
-Switches = Callable[[dict[str, bool] | None], dict[str, bool]]
-# The last N requests peers had this machine serve, newest last, as JSON values.
-AuditSource = Callable[[int], list[dict[str, Any]]]
-# The private pool: read it, or join one by its code (None leaves it); both return it.
-PoolControl = tuple[Callable[[], dict[str, Any]], Callable[[str | None], dict[str, Any]]]
+
+class Control(Protocol):
+    """What the control paths read of the node and change in it."""
+
+    def peers(self) -> list[PeerState]:
+        """Return the live peers."""
+        ...
+
+    def switch(self, changes: Mapping[str, bool] | None = None) -> dict[str, bool]:
+        """Change some switches (none: read them); return them all."""
+        ...
+
+    def pool_info(self) -> dict[str, Any]:
+        """Return the private pool this node is in (its id and join code), or nulls."""
+        ...
+
+    def set_pool(self, code: str | None) -> dict[str, Any]:
+        """Join the private pool of a join code (None leaves it); return it."""
+        ...
+
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        """Return the last `limit` requests peers had this machine serve, newest last, as JSON values."""
+        ...
+
+
+class Routes(Protocol):
+    """What the pool-wide answers read of the dispatcher."""
+
+    def listing_sources(self) -> Sequence[Target]:
+        """Return the nodes that answer pool-wide listings: this one first, then the peers it may use."""
+        ...
+
+    def explain(self, model: str) -> dict[str, Any]:
+        """Say where a request for a model would go now, and why, as JSON values."""
+        ...
 
 
 class LocalApi:
@@ -51,22 +74,13 @@ class LocalApi:
         self,
         forwarder: Forwarder,
         origins: OriginPolicy,
-        *,
-        listing_sources: ListingSources,
-        peers: PeersSource,
-        explain_route: RouteExplainer,
-        switches: Switches,
-        pool: PoolControl,
-        audit: AuditSource = lambda limit: [],
+        control: Control,
+        routes: Routes,
     ) -> None:
         self._forwarder = forwarder
         self._origins = origins
-        self._listing_sources = listing_sources
-        self._peers = peers
-        self._explain_route = explain_route
-        self._switches = switches
-        self._pool = pool
-        self._audit = audit
+        self._controls = control
+        self._routes = routes
 
     def app(self) -> web.Application:
         """Build the application; the node runs it with an AppRunner."""
@@ -89,7 +103,7 @@ class LocalApi:
         if isinstance(routed, web.Response):
             return routed
         if request.method == "GET" and routed.pattern in POOLED_PATHS:
-            return await pooled_listing(request, routed, self._listing_sources())
+            return await pooled_listing(request, routed, self._routes.listing_sources())
         return await self._forwarder.forward(request, routed)
 
     async def _control(self, request: web.Request) -> web.StreamResponse:
@@ -107,26 +121,26 @@ class LocalApi:
         if request.path == STATUS_PATH:
             return self._forwarder.status_reply(request)
         if request.path == PEERS_PATH and reading:
-            return _json([peer.to_json() for peer in self._peers()])
+            return _json([peer.to_json() for peer in self._controls.peers()])
         if request.path == ROUTE_PATH and reading:
             model = request.query.get("model", "").strip()
             if not model:
                 raise ApiError(400, "name a model: ?model=NAME")
-            return _json(self._explain_route(model))
+            return _json(self._routes.explain(model))
         if request.path == SWITCHES_PATH and reading:
-            return _json(self._switches(None))
+            return _json(self._controls.switch())
         if request.path == SWITCHES_PATH and request.method == "POST":
             fields = parse_body(await request.read(), "inferhub.Switches", openai=False)
             if not fields or any(k not in SWITCHES or not isinstance(v, bool) for k, v in fields.items()):
                 raise ApiError(400, "send an object of true/false values for any of: " + ", ".join(SWITCHES))
-            return _json(self._switches(fields))
+            return _json(self._controls.switch(fields))
         if request.path == AUDIT_PATH and reading:
             limit = request.query.get("limit", "100")
             if not (limit.isascii() and limit.isdigit()):
                 raise ApiError(400, f"?limit= takes a number of entries (at most {MAX_ENTRIES} are sent)")
-            return _json(self._audit(min(int(limit), MAX_ENTRIES)))
+            return _json(self._controls.audit(min(int(limit), MAX_ENTRIES)))
         if request.path == POOL_PATH and reading:
-            return _json(self._pool[0]())
+            return _json(self._controls.pool_info())
         if request.path == POOL_PATH and request.method == "POST":
             fields = parse_body(await request.read(), "inferhub.Pool", openai=False)
             code = fields.get("code")
@@ -134,7 +148,7 @@ class LocalApi:
                 raise ApiError(
                     400, 'send {"code": "JOIN-CODE"} to join a private pool, {"code": null} to leave it'
                 )
-            return _json(self._pool[1](code or None))
+            return _json(self._controls.set_pool(code or None))
         if request.path in (AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, SWITCHES_PATH):
             return text_response(405, "405 method not allowed")
         return text_response(404, "404 page not found")

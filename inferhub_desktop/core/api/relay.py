@@ -1,10 +1,10 @@
 """The request path the local and share APIs have in common, and the relaying of a backend's answer.
 
 Both APIs word their failures as Ollama does, name the node in every response, stop request loops and
-cap bodies. A planner names the nodes a request may go to, best first; the request is sent to the first,
-and to the next when one fails before its answer began (within a few attempts and a deadline), and the
-answer is relayed with headers filtered and stream frames forwarded as they arrive. Each API decides on
-its own which requests it takes.
+cap bodies. The dispatcher names the nodes a request may go to, best first; the request is sent to the
+first, and to the next when one fails before its answer began (within a few attempts and a deadline),
+and the answer is relayed with headers filtered and stream frames forwarded as they arrive. Each API
+decides on its own which requests it takes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from aiohttp import HttpVersion11, StreamReader, web
@@ -46,8 +46,6 @@ FAILOVER_WINDOW_S = 120.0
 # the pool thought it had.
 _FAIL_OVER_STATUSES = frozenset({404, 502, 503})
 
-# Told of each request relayed, so the node can look again at what may have changed.
-RelayedHook = Callable[[Endpoint], None]
 # The node's full state.
 StatusSource = Callable[[], NodeStatus]
 # Holds a request to `endpoint` while it is sent to the backend and its answer relayed; this is
@@ -100,7 +98,20 @@ class Plan:
     unavailable: str = "no node of the pool can serve this request"
 
 
-Planner = Callable[[Query], Plan]
+class Dispatch(Protocol):
+    """What the APIs hand the requests they relay to (core/dispatch.py's Dispatcher)."""
+
+    def plan(self, query: Query, api: str) -> Plan:
+        """Name the nodes a request to `api` ("local" or "share") may go to, best first."""
+        ...
+
+    def relayed(self, endpoint: Endpoint) -> None:
+        """Hear that a request to `endpoint` was relayed."""
+        ...
+
+    def done(self, done: RequestDone) -> None:
+        """Hear how an inference request ended."""
+        ...
 
 
 @dataclasses.dataclass
@@ -283,22 +294,18 @@ class Forwarder:
     def __init__(
         self,
         settings: Settings,
-        planner: Planner,
+        dispatch: Dispatch,
+        api: str,
         *,
         status: StatusSource,
         metrics: Callable[[], tuple[bytes, str]],
-        relayed: RelayedHook,
-        api: str,
-        done: Callable[[RequestDone], None],
     ) -> None:
         self._settings = settings
-        self._planner = planner
+        self._dispatch = dispatch
+        # Which API this is: "local" or "share".
+        self._api = api
         self._status = status
         self._metrics = metrics
-        self._relayed = relayed
-        # Which API this is ("local" or "share"), and who hears how each inference request ended.
-        self._api = api
-        self._done = done
         self._node_header = quote(settings.name, safe=" !#$&'()*+,/:;=?@[]~")
         # Streamed replies being relayed now.
         self.streams = 0
@@ -350,7 +357,7 @@ class Forwarder:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def forward(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-        """Send the request where the planner says and relay the answer; tell `done` how an inference
+        """Send the request where the dispatcher says and relay the answer; tell it how an inference
         request ended."""
         via = [v.strip() for v in request.headers.get(VIA_HEADER, "").split(",") if v.strip()]
         if endpoint.kind is not Kind.INFERENCE:
@@ -370,7 +377,7 @@ class Forwarder:
             raise
         finally:
             if trail.attempts or error is not None or status:
-                self._done(self._request_done(endpoint, trail, status, error))
+                self._dispatch.done(self._request_done(endpoint, trail, status, error))
 
     def _request_done(self, endpoint: Endpoint, trail: _Trail, status: int, error: str | None) -> RequestDone:
         outcome = trail.outcome
@@ -411,7 +418,7 @@ class Forwarder:
             model = string_field(fields, "model", endpoint.request_type)
         trail.model = model
         # The body is read and checked first: a request that would fail anyway is not sent anywhere.
-        plan = self._planner(Query(endpoint, model, fields, request.headers, request.path))
+        plan = self._dispatch.plan(Query(endpoint, model, fields, request.headers, request.path), self._api)
         if not plan.targets:
             raise ApiError(503, plan.unavailable)
 
@@ -422,7 +429,7 @@ class Forwarder:
             response = await self._broadcast(request, endpoint, plan.targets, headers, body)
         else:
             response = await self._attempt(request, endpoint, plan.targets, headers, body, trail)
-        self._relayed(endpoint)
+        self._dispatch.relayed(endpoint)
         return response
 
     async def _attempt(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ..trust import PoolKey
-from ..wire.endpoints import METRICS_PATH, STATUS_PATH, Kind
+from ..wire.endpoints import METRICS_PATH, PULL_PATH, STATUS_PATH, Kind
 from ..wire.errors import ApiError, Unauthorized
 from ..wire.headers import AUTH_HEADER
 from .relay import BODY_KEY, SIGNER_KEY, Forwarder, route
@@ -40,7 +40,6 @@ _LAN_NETWORKS = tuple(
 # What peers may ask for; model management, blobs and unknown paths stay with the owner, but for pulls
 # where the owner allows them.
 _OPEN_TO_PEERS = frozenset({Kind.INFERENCE, Kind.READ})
-PULL_PATH = "/api/pull"
 # A body that takes longer than this to arrive is a slow client holding a connection open.
 _BODY_TIMEOUT_S = 30.0
 # Requests one source address may make: a sustained rate, and a burst above it. A peer polls the status

@@ -19,6 +19,8 @@ AUDIT_PATH = CONTROL_PREFIX + "audit"
 POOL_PATH = CONTROL_PREFIX + "pool"
 # Prometheus scrapes, on both APIs; Ollama has no such path.
 METRICS_PATH = "/metrics"
+# The one management call peers may make, where the owner allows it, and a pinned request may route.
+PULL_PATH = "/api/pull"
 
 
 class Kind(enum.Enum):

@@ -1,0 +1,391 @@
+"""Dispatch: where each request goes and how it gets there.
+
+The local and share APIs hand every request they relay to the dispatcher. It plans it (the router's
+ranking of this node and its peers, kept current with what only this node knows: the requests it has
+in flight at each node, the conversations it keeps in place, its circuit breakers), admits it to this
+machine's backend (the owner's requests first), sends it over the link kept to each peer (signed in a
+private pool), and learns from how each attempt went (breakers, this backend's speeds, the audit log).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+from urllib.parse import unquote
+
+from .api.admission import Admission
+from .api.relay import Admit, Outcome, Plan, Query, Target
+from .audit import AuditLog
+from .backends.base import Backend
+from .backends.ollama import OllamaBackend
+from .breaker import CircuitBreakers
+from .events import Events, RequestDone
+from .names import model_key, short_name
+from .peers import Peer, PeerTable, url_host
+from .router import RouteDecision, RouteRequest, RouterNode, Snapshot, choose_route, route_request
+from .settings import Settings
+from .speeds import SpeedBook
+from .status import NodeStatus
+from .trust import PoolKey
+from .views import now_at, router_node
+from .wire.endpoints import PULL_PATH, Endpoint, Kind
+from .wire.errors import ApiError
+from .wire.headers import NODE_HEADER
+from .wire.payload import unloads_now
+
+_log = logging.getLogger(__name__)
+
+# A conversation stays with its node this long after its last turn: Ollama's default keep-alive.
+CONVERSATION_TTL_S = 300.0
+_MAX_CONVERSATIONS = 4096
+# A peer on the LAN that does not accept a connection this soon is passed over for the next node.
+_PEER_CONNECT_TIMEOUT_S = 2.0
+# Reads that name a model and go to a node that has it; other reads are this machine's.
+_ROUTED_READS = frozenset({"/api/show", "/v1/models/:model"})
+# Requests after which installed or loaded models may differ.
+_CHANGING_KINDS = frozenset({Kind.INFERENCE, Kind.MANAGE, Kind.BLOB, Kind.PASSTHROUGH})
+# Failures that say a node is broken; 404 (a stale model list) and 503 (busy, not sharing) do not.
+_NOT_BROKEN_STATUSES = frozenset({404, 503})
+
+
+class Conversations:
+    """Which node each ongoing conversation runs on, for a while after its last turn; bounded."""
+
+    def __init__(self, ttl_s: float = CONVERSATION_TTL_S, capacity: int = _MAX_CONVERSATIONS) -> None:
+        self._ttl_s = ttl_s
+        self._capacity = capacity
+        self._entries: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
+
+    def remember(self, key: str, node_id: str, now: float) -> None:
+        self._entries[key] = (node_id, now + self._ttl_s)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def live(self, now: float) -> dict[str, tuple[str, float]]:
+        """Return the conversations not yet expired, dropping the others."""
+        for key in [k for k, (_, until) in self._entries.items() if until <= now]:
+            del self._entries[key]
+        return dict(self._entries)
+
+
+class InFlight:
+    """The requests this node has in flight at each node, with their models, until each ends: routing sees
+    them, and their models as loaded, before the node's status can."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, list[tuple[float, str | None]]] = {}
+
+    def sent(self, node_id: str, started: float, model: str | None) -> None:
+        """Note a request for `model` (a key, or None) sent to a node, until `done` says it ended."""
+        self._sent.setdefault(node_id, []).append((started, model))
+
+    def done(self, node_id: str, started: float, model: str | None) -> None:
+        if (sent := self._sent.get(node_id)) and (started, model) in sent:
+            sent.remove((started, model))
+            if not sent:
+                del self._sent[node_id]
+
+    def since(self, node_id: str, moment: float) -> int:
+        """Count the requests at a node sent after `moment` (when its status was taken)."""
+        return sum(1 for started, _ in self._sent.get(node_id, ()) if started > moment)
+
+    def models(self, node_id: str) -> set[str]:
+        """Return the models of the requests at a node."""
+        return {model for _, model in self._sent.get(node_id, ()) if model}
+
+
+class Dispatcher:
+    """Plan and send the requests of one node's local and share APIs."""
+
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        backend: Callable[[], Backend],
+        own: Callable[[], RouterNode],
+        peers: Callable[[], PeerTable | None],
+        pool_key: Callable[[], PoolKey | None],
+        *,
+        events: Events,
+        audit: AuditLog,
+        backend_changed: Callable[[], None],
+    ) -> None:
+        """`own` is this node as the router sees it, from its live state; `peers` the table of live peers
+        (None while the node is not in the pool); `backend_changed` is told when this machine's backend
+        may have other models now, or has failed."""
+        self._settings = settings
+        self._backend = backend
+        self._own = own
+        self._peers = peers
+        self._pool_key = pool_key
+        self._events = events
+        self._audit = audit
+        self._backend_changed = backend_changed
+        slots = settings().max_remote
+        self.admission = Admission(slots=slots, max_remote=slots)
+        # What this machine's backend has shown of its speed, and the tokens it generated through the node
+        # since it started (peers sum each other's to chart the pool's throughput).
+        self.speeds = SpeedBook()
+        self.tokens_generated = 0
+        self.breakers = CircuitBreakers()
+        self.conversations = Conversations()
+        self.in_flight = InFlight()
+        # Each peer's view, made once from the status it came with.
+        self._views: dict[str, tuple[NodeStatus, RouterNode]] = {}
+        # The connections kept to each peer's share API.
+        self._links: dict[str, OllamaBackend] = {}
+
+    # -- what the APIs ask ---------------------------------------------------------------------------
+
+    def plan(self, query: Query, api: str) -> Plan:
+        """Choose the nodes for a request, best first: across the pool for the local API; this machine's
+        backend for the share API, which never routes further."""
+        if api == "share":
+            return Plan([self._local_target(query.model, remote=True)])
+        endpoint = query.endpoint
+        pin = query.headers.get(NODE_HEADER)
+        routed = endpoint.kind is Kind.INFERENCE or endpoint.pattern in _ROUTED_READS
+        table = self._peers()
+        # Alone there is nothing to choose from, and a request is answered without a decision's cost.
+        if (not routed or not table) and not (pin and (routed or endpoint.pattern == PULL_PATH)):
+            return Plan([self._local_target(query.model, remote=False)])
+        model = query.model
+        if endpoint.pattern == "/v1/models/:model":
+            model = unquote(query.path.rsplit("/", 1)[-1])
+        now = time.monotonic()
+        local_only = self._settings().local_only
+        request = route_request(endpoint.pattern, model, query.fields, pin, local_only=local_only)
+        snapshot = self.snapshot(now)
+        if request.model and request.pin is None and _is_unload(endpoint.pattern, query.fields):
+            holders = [
+                n.node_id
+                for n in snapshot.nodes
+                if request.model in n.loaded and (n.local or (n.share and not local_only))
+            ]
+            if holders:
+                return Plan([self._target(node_id, request.model) for node_id in holders], broadcast=True)
+        decision = choose_route(request, snapshot, now)
+        _log.debug("route for %s: %s", request.model, decision.choice)
+        if not decision.ranked:
+            return self._no_route(query, decision, pin)
+        if request.conversation:
+            self.conversations.remember(request.conversation, decision.ranked[0].node.node_id, now)
+        return Plan([self._target(r.node.node_id, model) for r in decision.ranked])
+
+    def relayed(self, endpoint: Endpoint) -> None:
+        """Hear that a request was relayed: one that may change the backend's models has it probed."""
+        if endpoint.kind in _CHANGING_KINDS:
+            self._backend_changed()
+
+    def done(self, done: RequestDone) -> None:
+        """Pass on how a request ended, with the peer it came from by name; log a peer's in the audit log."""
+        table = self._peers()
+        peer = table.get(done.client) if table is not None and done.client else None
+        if done.api == "share":
+            self._audit.record(done, peer.announcement.name if peer else None)
+        self._events.emit(dataclasses.replace(done, client=peer.announcement.name) if peer else done)
+
+    def listing_sources(self) -> list[Target]:
+        """Return this node, then the peers whose models this node may use, for pool-wide listings."""
+        sources = [self._local_target(None, remote=False)]
+        table = self._peers()
+        if not self._settings().local_only and table is not None:
+            sources += [
+                self._target(peer.node_id, None)
+                for peer in table
+                if peer.announcement.share and self.breakers.allows(peer.node_id)
+            ]
+        return sources
+
+    def explain(self, model: str) -> dict[str, Any]:
+        """Say where a generation with `model` would go now, and why, as JSON values."""
+        request = route_request("/api/generate", model, None, None, local_only=self._settings().local_only)
+        return self.decide(request, time.monotonic()).to_json()
+
+    # -- the pool as the router sees it ---------------------------------------------------------------
+
+    def snapshot(self, now: float) -> Snapshot:
+        """Return the pool as the router sees it now."""
+        own = self._own()
+        # This node counts its own requests exactly: its live state has them.
+        nodes = [
+            now_at(
+                own,
+                rtt_s=0.0,
+                breaker=self._breaker(own.node_id),
+                sent=0,
+                coming=self.in_flight.models(own.node_id),
+            )
+        ]
+        views: dict[str, tuple[NodeStatus, RouterNode]] = {}
+        for peer in self._peers() or ():
+            cached = self._views.get(peer.node_id)
+            if cached is None or cached[0] is not peer.status:
+                cached = (peer.status, router_node(peer.status, local=False))
+            views[peer.node_id] = cached
+            nodes.append(
+                now_at(
+                    cached[1],
+                    rtt_s=peer.rtt_s,
+                    breaker=self._breaker(peer.node_id),
+                    sent=self.in_flight.since(peer.node_id, peer.last_seen),
+                    coming=self.in_flight.models(peer.node_id),
+                )
+            )
+        # Peers gone since are forgotten with their statuses.
+        self._views = views
+        return Snapshot(tuple(nodes), self.conversations.live(now))
+
+    def decide(self, request: RouteRequest, now: float) -> RouteDecision:
+        return choose_route(request, self.snapshot(now), now)
+
+    def breaker(self, node_id: str) -> str:
+        """Say how this node's circuit breaker holds a node: "closed", or why it is open."""
+        return self.breakers.describe(node_id)
+
+    # -- what the pool tells ---------------------------------------------------------------------------
+
+    def answered(self, node_id: str) -> None:
+        """A node answered a probe (a peer its status poll, this machine's backend its probe)."""
+        self.breakers.probed(node_id, time.monotonic())
+
+    def left(self, peer: Peer, reason: str) -> None:
+        """Cut the requests still at a peer that left: they end with an error instead of hanging."""
+        self.breakers.forget(peer.node_id)
+        if link := self._links.pop(peer.node_id, None):
+            link.abort(reason)
+
+    def close(self) -> None:
+        """Release the connections kept to peers."""
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+
+    # -- targets ---------------------------------------------------------------------------------------
+
+    def _no_route(self, query: Query, decision: RouteDecision, pin: str | None) -> Plan:
+        """Explain why no node can take the request; a model nobody has is this machine's to refuse."""
+        if pin is not None:
+            names = ", ".join(repr(x.node.name) for x in decision.left_out)
+            raise ApiError(404, f"no node of the pool is named {pin!r} (it has {names})")
+        holders = [f"{x.node.name}: {x.reason}" for x in decision.left_out if x.has_model]
+        if holders:
+            model = short_name(decision.model or "")
+            return Plan([], unavailable=f"no node can serve {model} now ({'; '.join(holders)})")
+        # Nobody has the model: this machine's backend refuses it in Ollama's own words.
+        return Plan([self._local_target(query.model, remote=False)])
+
+    def _target(self, node_id: str, model: str | None) -> Target:
+        """Return the target for a node of the snapshot: this machine's backend, or a peer's share API."""
+        table = self._peers()
+        peer = table.get(node_id) if table is not None else None
+        if peer is None:
+            return self._local_target(model, remote=False)
+        return Target(
+            name=peer.announcement.name,
+            backend=self._link(peer),
+            admit=self._admitter(node_id, model, slot=None),
+            report=self._reporter(node_id, model, learn=False),
+        )
+
+    def _local_target(self, model: str | None, *, remote: bool) -> Target:
+        """Return the target for this machine's backend; a peer's inference waits for its turn."""
+        settings = self._settings()
+        return Target(
+            name=settings.name,
+            backend=self._backend(),
+            admit=self._admitter(
+                settings.node_id, model, slot=self.admission.remote if remote else self.admission.local
+            ),
+            report=self._reporter(settings.node_id, model, learn=True),
+        )
+
+    def _admitter(
+        self, node_id: str, model: str | None, *, slot: Callable[[], AbstractAsyncContextManager[None]] | None
+    ) -> Admit:
+        """Return how a request enters a node: inference takes a `slot` of this machine's backend, if given,
+        and counts at the node until it ends; reads and the rest just go."""
+
+        @contextlib.asynccontextmanager
+        async def admit(endpoint: Endpoint) -> AsyncIterator[None]:
+            if endpoint.kind is not Kind.INFERENCE:
+                yield
+                return
+            async with slot() if slot else contextlib.nullcontext(), self._sent_to(node_id, model):
+                yield
+
+        return admit
+
+    @contextlib.asynccontextmanager
+    async def _sent_to(self, node_id: str, model: str | None) -> AsyncIterator[None]:
+        """Count a request at a node until it ends, so routing sees it, and its model, before the node's
+        status does."""
+        started, key = time.monotonic(), model_key(model) if model else None
+        self.in_flight.sent(node_id, started, key)
+        self.breakers.sent(node_id)
+        try:
+            yield
+        finally:
+            self.in_flight.done(node_id, started, key)
+
+    def _reporter(self, node_id: str, model: str | None, *, learn: bool) -> Callable[[Outcome], None]:
+        """Return what hears how an attempt at a node went: its breaker, and what its backend showed."""
+        key = model_key(model) if model else None
+
+        def report(outcome: Outcome) -> None:
+            now = time.monotonic()
+            if outcome.cancelled:
+                return
+            if outcome.failure is None:
+                self.breakers.succeeded(node_id)
+                if learn and outcome.seen is not None and outcome.status == 200:
+                    self.tokens_generated += outcome.seen.eval_count or 0
+                    if key:
+                        self.speeds.observe(key, outcome.seen, now)
+            elif outcome.status not in _NOT_BROKEN_STATUSES:
+                self.breakers.failed(node_id, outcome.failure, now)
+                if learn:
+                    self._backend_changed()
+
+        return report
+
+    def _link(self, peer: Peer) -> OllamaBackend:
+        """Return the connections kept to a peer's share API, made anew if it moved."""
+        pin = peer.announcement.tls or None
+        scheme = "https" if pin else "http"
+        url = f"{scheme}://{url_host(peer.announcement.address)}:{peer.announcement.port}"
+        link = self._links.get(peer.node_id)
+        if link is None or (link.url, link.pin) != (url, pin):
+            if link is not None:
+                link.close()
+            link = OllamaBackend(
+                url,
+                connect_timeout_s=_PEER_CONNECT_TIMEOUT_S,
+                name=f"peer {peer.announcement.name!r}",
+                hint="",
+                sign=self._sign,
+                pin=pin,
+            )
+            self._links[peer.node_id] = link
+        return link
+
+    def _sign(self, method: str, target: str, body: bytes) -> str | None:
+        """Sign a request to a peer, in a private pool."""
+        key = self._pool_key()
+        return key.sign_request(self._settings().node_id, method, target, body) if key else None
+
+    def _breaker(self, node_id: str) -> str | None:
+        return None if self.breakers.allows(node_id) else self.breakers.describe(node_id)
+
+
+def _is_unload(pattern: str, fields: Mapping[str, Any] | None) -> bool:
+    """Tell a request to unload a model (keep_alive 0 and nothing to answer) from one to run it."""
+    if pattern not in ("/api/generate", "/api/chat") or not fields:
+        return False
+    return unloads_now(fields.get("keep_alive")) and not fields.get("prompt") and not fields.get("messages")
