@@ -143,7 +143,7 @@ def add_peers(node: Node, peers: int, models: int, processes: int) -> int:
             models_hash="0123456789ab",
         )
         # Far in the future, so the pool's own expiry leaves them alone while they are timed.
-        node.pool.table.seen(announcement, status, now + 3600.0)
+        node.membership.table.seen(announcement, status, now + 3600.0)
     return size
 
 

@@ -123,7 +123,7 @@ async def pool(work: Path) -> Any:
             nodes.append(await stack.enter_async_context(Node(settings, environ={})))
         entry = nodes[0]
         deadline = time.monotonic() + 30
-        while sum(1 for p in entry.pool.peers if p.status.backend.installed) < len(POOL) - 1:
+        while sum(1 for p in entry.membership.peers if p.status.backend.installed) < len(POOL) - 1:
             if time.monotonic() > deadline:
                 raise RuntimeError("the entry node did not learn of every peer within 30 s")
             await asyncio.sleep(0.05)

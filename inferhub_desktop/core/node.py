@@ -28,9 +28,9 @@ from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
 from .dispatch import Dispatcher
 from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, SettingsChanged
+from .membership import Membership
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
 from .peers import Peer, PeerAnnouncement, PeerState
-from .pool import Pool
 from .router import RouterNode
 from .settings import SWITCHES, Settings, backend_kind
 from .status import Load, NodeStatus
@@ -77,7 +77,7 @@ class Node:
         self._origins = OriginPolicy(environ)
         self._environ = environ
         self._runners: list[web.AppRunner] = []
-        self._pool: Pool | None = None
+        self._membership: Membership | None = None
         # The share API's certificate's fingerprint, with --tls; peers pin it.
         self.tls_fingerprint = ""
         # The keys of the pool the settings name, made once per join code: they remember the nonces seen.
@@ -101,7 +101,7 @@ class Node:
             lambda: self.settings,
             lambda: self.backend,
             self._router_node,
-            lambda: self._pool.table if self._pool else None,
+            lambda: self._membership.table if self._membership else None,
             lambda: self.pool_key,
             events=self.events,
             audit=self.audit_log,
@@ -133,14 +133,14 @@ class Node:
         return self._backend
 
     @property
-    def pool(self) -> Pool:
-        if self._pool is None:
+    def membership(self) -> Membership:
+        if self._membership is None:
             raise RuntimeError("the node is not started")
-        return self._pool
+        return self._membership
 
     @property
     def running(self) -> bool:
-        return self._pool is not None
+        return self._membership is not None
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -186,7 +186,7 @@ class Node:
         except OSError:
             await self.close()
             raise
-        self._pool = Pool(
+        self._membership = Membership(
             self.settings,
             self.announcement,
             key=lambda: self.pool_key,
@@ -194,7 +194,7 @@ class Node:
             answered=self.dispatcher.answered,
             left=self._peer_left,
         )
-        await self._pool.start()
+        await self._membership.start()
         self._unsubscribe = self.store.events.subscribe(self._settings_changed)
         self._tasks.append(asyncio.create_task(self._probe_backend(), name="probe-backend"))
         self._tasks.append(asyncio.create_task(self._sample_telemetry(), name="sample-telemetry"))
@@ -257,9 +257,9 @@ class Node:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        if self._membership is not None:
+            await self._membership.close()
+            self._membership = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -284,7 +284,7 @@ class Node:
     def peers(self) -> list[PeerState]:
         """Return the live peers, each with how this node's breaker sees it."""
         # While the node stops, the local API may still answer: then it has no peers.
-        peers = self._pool.peers if self._pool else []
+        peers = self._membership.peers if self._membership else []
         return [peer.state(self.dispatcher.breaker(peer.node_id)) for peer in peers]
 
     def pool_info(self) -> dict[str, Any]:
@@ -300,7 +300,7 @@ class Node:
 
     def _settings_changed(self, event: Event) -> None:
         """Apply what the owner changed that a running node takes at once: switches, the pool, peers."""
-        if not isinstance(event, SettingsChanged) or self._pool is None:
+        if not isinstance(event, SettingsChanged) or self._membership is None:
             return
         settings, changed = event.settings, event.changed
         for switch in changed & set(SWITCHES):
@@ -308,11 +308,11 @@ class Node:
         if "pool_code" in changed:
             key = self.pool_key
             _log.info("pool: %s", f"private pool {key.pool_id}" if key else "the LAN's open pool")
-            self._pool.rekey()
+            self._membership.rekey()
         if "peers" in changed:
-            self._pool.set_static_peers(settings.peers)
+            self._membership.set_static_peers(settings.peers)
         if changed & {*SWITCHES, "pool_code"}:
-            self._pool.readvertise()
+            self._membership.readvertise()
 
     def explain_route(self, model: str) -> dict[str, Any]:
         """Say where a generation with `model` would go now, and why, as JSON values."""
@@ -414,7 +414,7 @@ class Node:
     def _gauges(self) -> Gauges:
         """Return what a scrape of the metrics reads: the node's state now."""
         # While the node stops, a scrape may still come: then it has no peers.
-        peers = self._pool.peers if self._pool else []
+        peers = self._membership.peers if self._membership else []
         load = self._load()
         return Gauges(
             streams={api: forwarder.streams for api, forwarder in self._forwarders.items()},

@@ -109,8 +109,8 @@ async def test_a_peer_of_the_pool_is_logged_by_name_and_id(
         Node(node_settings(tmp_path / "desk", mine.url, name="desk"), environ={}) as desk,
         Node(node_settings(tmp_path / "peer", theirs.url, name="peer", share=True), environ={}) as peer,
     ):
-        await eventually(lambda: any(p.status.backend.installed for p in desk.pool.peers))
-        await eventually(lambda: peer.pool.table.get(desk.settings.node_id) is not None)
+        await eventually(lambda: any(p.status.backend.installed for p in desk.membership.peers))
+        await eventually(lambda: peer.membership.table.get(desk.settings.node_id) is not None)
         status, answer = await ask(http, desk.api_url, via=None)
         assert status == 200
         served = peer.audit(10)

@@ -168,7 +168,7 @@ async def test_failovers_peers_and_breakers_across_two_nodes(
         Node(node_settings(tmp_path / "desk", mine.url, name="desk"), environ={}) as desk,
         Node(node_settings(tmp_path / "peer", theirs.url, name="peer", share=True), environ={}) as peer,
     ):
-        await eventually(lambda: any(p.status.backend.installed for p in desk.pool.peers))
+        await eventually(lambda: any(p.status.backend.installed for p in desk.membership.peers))
         theirs.fail_next(503, "server busy, please try again.  maximum pending requests exceeded")
         status, _ = await generate(http, desk.api_url, "llama3", stream=False)
         assert status == 200

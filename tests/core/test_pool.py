@@ -12,8 +12,8 @@ import pytest
 
 from inferhub_desktop.core import PEERS_PATH, SWITCHES_PATH, Node, NodeStatus, read_settings_file
 from inferhub_desktop.core.discovery import Discovery
+from inferhub_desktop.core.membership import announcement_from_status
 from inferhub_desktop.core.peers import PeerAnnouncement
-from inferhub_desktop.core.pool import announcement_from_status
 from inferhub_desktop.core.wire.errors import MalformedRecord
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
@@ -32,13 +32,13 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node, FakeOllama]]:
 
 
 def names(node: Node) -> set[str]:
-    return {peer.announcement.name for peer in node.pool.peers}
+    return {peer.announcement.name for peer in node.membership.peers}
 
 
 async def test_nodes_find_each_other_with_their_models(pair: tuple[Node, Node, FakeOllama]) -> None:
     a, b, _ = pair
     await eventually(lambda: "beta" in names(a) and "alpha" in names(b))
-    await eventually(lambda: bool(a.pool.table.get(b.settings.node_id).status.backend.installed))  # type: ignore[union-attr]
+    await eventually(lambda: bool(a.membership.table.get(b.settings.node_id).status.backend.installed))  # type: ignore[union-attr]
     async with aiohttp.ClientSession() as http, http.get(a.api_url + PEERS_PATH) as reply:
         peers = {p["name"]: p for p in await reply.json()}
     beta = peers["beta"]
@@ -61,7 +61,7 @@ async def test_a_share_toggle_reaches_the_peer_and_is_remembered(pair: tuple[Nod
                 assert "share, local_only, pool_pull" in (await reply.json())["error"]
         async with http.put(b.api_url + SWITCHES_PATH) as reply:
             assert reply.status == 405
-    await eventually(lambda: a.pool.table.get(b.settings.node_id).announcement.share is False)  # type: ignore[union-attr]
+    await eventually(lambda: a.membership.table.get(b.settings.node_id).announcement.share is False)  # type: ignore[union-attr]
     assert read_settings_file(b.settings.config_dir)["share"] is False
     # The share API refuses inference while not sharing, but still answers status.
     async with aiohttp.ClientSession() as http:
@@ -90,7 +90,7 @@ async def test_models_changing_on_a_peer_show_up(pair: tuple[Node, Node, FakeOll
             assert reply.status == 200
 
     def installed() -> set[str]:
-        peer = a.pool.table.get(b.settings.node_id)
+        peer = a.membership.table.get(b.settings.node_id)
         return {m.name for m in peer.status.backend.installed} if peer else set()
 
     await eventually(lambda: "terse:latest" in installed())

@@ -57,7 +57,7 @@ async def pool(tmp_path: Path) -> AsyncIterator[Pool]:
 
 
 def _knows_models(node: Node, peers: int) -> bool:
-    known = [p for p in node.pool.peers if p.status.backend.installed]
+    known = [p for p in node.membership.peers if p.status.backend.installed]
     return len(known) == peers and bool(node.backend_state.installed)
 
 

@@ -48,8 +48,8 @@ async def test_peers_reach_a_tls_share_api_by_its_pinned_certificate(
         Node(node_settings(tmp_path / "b", mine.url, name="desk", pool_code=code), environ={}) as desk,
     ):
         assert box.status().tls == node_certificate(tmp_path / "a", "gpu-box")[2]
-        await eventually(lambda: [p.announcement.name for p in desk.pool.peers] == ["gpu-box"])
-        [peer] = desk.pool.peers
+        await eventually(lambda: [p.announcement.name for p in desk.membership.peers] == ["gpu-box"])
+        [peer] = desk.membership.peers
         assert peer.announcement.tls == box.tls_fingerprint
 
         body = {"model": "llama3", "prompt": "hi", "stream": False}

@@ -142,7 +142,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def _names(node: Node) -> set[str]:
-    return {peer.announcement.name for peer in node.pool.peers}
+    return {peer.announcement.name for peer in node.membership.peers}
 
 
 async def test_members_see_each_other_and_nobody_else(tmp_path: Path, http: aiohttp.ClientSession) -> None:

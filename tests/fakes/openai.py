@@ -35,17 +35,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import hashlib
 import itertools
 import json
-import math
 import random
 import re
 import secrets
 import string
-import struct
 import sys
 import time
 import uuid
@@ -57,8 +54,18 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from tests.fakes import serve_until_stopped
+from tests.fakes.base import (
+    FakeServer,
+    Fault,
+    Json,
+    Pacer,
+    StreamWriter,
+    base64_floats,
+    dumps,
+    embedding,
+    paths_of,
+)
 
-Json = dict[str, Any]
 Flavour = Literal["llama.cpp", "vllm", "lmstudio"]
 FLAVOURS: tuple[Flavour, ...] = get_args(Flavour)
 Kind = Literal["chat", "embedding"]
@@ -132,34 +139,6 @@ class FakeModel:
 
 
 @dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the fake received it; `json` is the parsed body, or None when it is not JSON."""
-
-    method: str
-    path: str
-    query_string: str
-    headers: dict[str, str]
-    body: bytes
-    json: Any
-
-
-@dataclass
-class _Fault:
-    """An injected fault and how many more requests it applies to."""
-
-    remaining: int
-    paths: frozenset[str]
-    status: int = 500
-    message: str = ""
-    tokens: int = 0  # for stream faults: how many tokens go out first
-    drop: bool = False
-
-    def matches(self, request: web.Request) -> bool:
-        """Tell whether the fault applies to this request's path."""
-        return request.path in self.paths
-
-
-@dataclass(frozen=True)
 class _Piece:
     """One generated token as it goes out: text, reasoning, or part of a tool call."""
 
@@ -225,69 +204,43 @@ class _Limits:
     natural: bool
 
 
-class _Pacer:
-    """Release events on a fixed schedule: event i (from 1) at start + i / rate."""
-
-    def __init__(self, rate: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._interval = 1.0 / rate if rate > 0 else 0.0
-        self._start = self._loop.time()
-        self._ticks = 0
-
-    async def wait(self) -> None:
-        """Sleep until the next event is due."""
-        self._ticks += 1
-        await asyncio.sleep(max(0.0, self._start + self._ticks * self._interval - self._loop.time()))
-
-
-class _StreamWriter:
+class _StreamWriter(StreamWriter):
     """Write one SSE reply, each event as its own chunk, firing an injected fault before a token."""
 
     def __init__(
-        self, request: web.Request, dialect: _Dialect, fault: _Fault | None, streams: dict[int, web.Request]
+        self, request: web.Request, dialect: _Dialect, fault: Fault | None, streams: dict[int, web.Request]
     ) -> None:
-        self.response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: dialect.sse_type, **dialect.headers})
-        self._request = request
+        super().__init__(request, {hdrs.CONTENT_TYPE: dialect.sse_type, **dialect.headers}, fault)
         self._dialect = dialect
-        self._fault = fault
         self._streams = streams
-        self._tokens = 0
 
     async def send(self, frames: _Frames) -> bool:
         """Send the frames; return False once a fault ended the reply."""
-        if frames.token and self._fault is not None and self._tokens == self._fault.tokens:
-            await self._fire(self._fault)
+        if frames.token and (fault := self.due) is not None:
+            await self._fire(fault)
             return False
         for event in frames.events:
-            await self._write(event)
-        self._tokens += frames.token
+            await self.write(event)
+        self.sent += frames.token
         return True
 
-    async def _write(self, data: bytes) -> None:
-        if not self.response.prepared:
-            await self.response.prepare(self._request)
-            self._streams[id(self._request)] = self._request
-        await self.response.write(data)
+    async def write(self, data: bytes) -> None:
+        # A stream under way is cut when the server goes away.
+        self._streams[id(self.request)] = self.request
+        await super().write(data)
 
-    async def _fire(self, fault: _Fault) -> None:
+    async def _fire(self, fault: Fault) -> None:
         if fault.drop:
-            if self._request.transport is not None:
-                self._request.transport.abort()
+            self.drop()
             return
         if not self.response.prepared and self._dialect.first_error_as_status:
             # llama.cpp answers an error that comes before the first chunk as a plain status
             # (server-context.cpp handle_completions_impl: "the first error must be treated as
             # non-stream response").
             raise _ApiError(500, fault.message)
-        await self._write(self._dialect.stream_error(fault.message))
+        await self.write(self._dialect.stream_error(fault.message))
         if self._dialect.done_after_error:
-            await self._write(DONE)
-
-    async def finish(self) -> None:
-        """End the reply (headers first, if nothing went out yet)."""
-        if not self.response.prepared:
-            await self.response.prepare(self._request)
-        await self.response.write_eof()
+            await self.write(DONE)
 
 
 # -- the flavours -------------------------------------------------------------------------------------
@@ -321,7 +274,7 @@ class _Dialect:
         """Answer one JSON value."""
         return web.Response(
             status=status,
-            body=_dumps(obj).encode(),
+            body=dumps(obj).encode(),
             headers={hdrs.CONTENT_TYPE: self.json_type, **self.headers},
         )
 
@@ -766,7 +719,7 @@ class _LlamaCpp(_Dialect):
         # server-common.cpp format_embeddings_response_oaicompat: `model` echoes the request.
         data = []
         for index, vector in enumerate(vectors):
-            item: Json = {"embedding": _base64_floats(vector) if as_base64 else vector, "index": index}
+            item: Json = {"embedding": base64_floats(vector) if as_base64 else vector, "index": index}
             item["object"] = "embedding"
             if as_base64:
                 item["encoding_format"] = "base64"
@@ -1154,7 +1107,7 @@ class _Vllm(_Dialect):
             {
                 "index": index,
                 "object": "embedding",
-                "embedding": _base64_floats(vector) if as_base64 else vector,
+                "embedding": base64_floats(vector) if as_base64 else vector,
             }
             for index, vector in enumerate(vectors)
         ]
@@ -1325,7 +1278,7 @@ class _LmStudio(_Dialect):
         data = [
             {
                 "object": "embedding",
-                "embedding": _base64_floats(vector) if as_base64 else vector,
+                "embedding": base64_floats(vector) if as_base64 else vector,
                 "index": index,
             }
             for index, vector in enumerate(vectors)
@@ -1340,7 +1293,7 @@ _DIALECTS: dict[Flavour, type[_Dialect]] = {"llama.cpp": _LlamaCpp, "vllm": _Vll
 # -- the server ---------------------------------------------------------------------------------------
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeServer):
     """An aiohttp server that speaks one OpenAI-compatible server's dialect, with timing and fault knobs."""
 
     def __init__(
@@ -1379,64 +1332,36 @@ class FakeOpenAI:
         self.slots = slots  # requests run at once (llama-server's --parallel, 4 by default); None: any
         self.reply_tokens = reply_tokens  # the length of a reply that runs to its natural end
         self.api_key = api_key  # the servers' --api-key: every request must bear it
-        self.host = host
-        self.port = port
-        self.url = ""
-        self.requests: list[RecordedRequest] = []
-        self.active = 0  # requests being handled, waiting ones included
+        super().__init__(host, port)
         self.waiting = 0  # requests waiting for the model load or a free slot
-        self.cancelled = 0  # requests whose client went away before the reply ended
         self._dialect = _DIALECTS[flavour](self.models, embeddings)
-        self._failures: list[_Fault] = []
-        self._stream_faults: list[_Fault] = []
         self._streams: dict[int, web.Request] = {}  # streams in progress, by id(request)
         self._slots: asyncio.Semaphore | None = None
         self._loading: asyncio.Task[None] | None = None
         self._loaded = False
         self._ready_at = 0.0
-        self._runner: web.AppRunner | None = None
-        self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self, host: str | None = None, port: int | None = None) -> None:
-        """Bind and serve; `port` and `url` are valid afterwards."""
+        """Bind and serve (on another host or port than the fake was made with, if given)."""
         self.host = host or self.host
         self.port = self.port if port is None else port
-        self._closing = False
         self._loaded = self.load_delay_s <= 0
         self._slots = asyncio.Semaphore(self.slots) if self.slots else None
         self._ready_at = asyncio.get_running_loop().time() + self.startup_s
-        app = web.Application(client_max_size=1 << 30, middlewares=[self._middleware])
-        app.add_routes(self._dialect.routes(self))
-        # handler_cancellation makes a disconnecting client cancel its handler, freeing its slot.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, self.host, self.port).start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-        url_host = f"[{self.host}]" if ":" in self.host else self.host
-        self.url = f"http://{url_host}:{self.port}"
+        await super().start()
 
-    async def close(self) -> None:
-        """Go away: cut every stream in progress, stop listening; safe to call twice."""
-        if self._runner is None:
-            return
-        runner, self._runner = self._runner, None
-        self._closing = True
+    def build(self, app: web.Application) -> None:
+        app.add_routes(self._dialect.routes(self))
+
+    def closed(self) -> None:
+        """Go away: cut every stream in progress."""
         if self._loading is not None:
             self._loading.cancel()
         for request in list(self._streams.values()):
             if request.transport is not None:
                 request.transport.abort()
-        await runner.cleanup()
-
-    async def __aenter__(self) -> FakeOpenAI:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- knobs -------------------------------------------------------------------------------------
 
@@ -1449,14 +1374,14 @@ class FakeOpenAI:
         paths: Iterable[str] | None = None,
     ) -> None:
         """Answer the next `count` inference/listing requests (or those on `paths`) with this error."""
-        self._failures.append(_Fault(count, frozenset(paths or _FAULTABLE), status=status, message=message))
+        self.failures.add(Fault(count, paths_of(paths, _FAULTABLE), status=status, message=message))
 
     def break_after(self, tokens: int, count: int = 1, *, paths: Iterable[str] | None = None) -> None:
         """Abort the TCP connection of the next `count` replies after `tokens` streamed tokens.
 
         A non-streamed reply is cut before it is sent, as if the server died while generating.
         """
-        self._stream_faults.append(_Fault(count, frozenset(paths or _GENERATING), tokens=tokens, drop=True))
+        self.stream_faults.add(Fault(count, paths_of(paths, _GENERATING), after=tokens, drop=True))
 
     def error_after(
         self,
@@ -1470,44 +1395,15 @@ class FakeOpenAI:
 
         A non-streamed reply answers the error as a 500 instead.
         """
-        self._stream_faults.append(
-            _Fault(count, frozenset(paths or _GENERATING), message=message, tokens=tokens)
-        )
+        self.stream_faults.add(Fault(count, paths_of(paths, _GENERATING), message=message, after=tokens))
 
     # -- plumbing ----------------------------------------------------------------------------------
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Record the request, gate it, apply faults, and word errors in the flavour's shape."""
-        self.active += 1
-        try:
-            await self._record(request)
-            return await self._dispatch(request, handler)
-        except asyncio.CancelledError:
-            if not self._closing:
-                self.cancelled += 1
-            raise
-        except ConnectionResetError:
-            if not self._closing:
-                self.cancelled += 1
-            return web.Response()  # the client is gone: nothing of this will be sent
-        finally:
-            self._streams.pop(id(request), None)
-            self.active -= 1
+    def ended(self, request: web.Request) -> None:
+        self._streams.pop(id(request), None)
 
-    async def _record(self, request: web.Request) -> None:
-        body = await request.read()
-        try:
-            parsed = json.loads(body) if body else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            parsed = None
-        self.requests.append(
-            RecordedRequest(
-                request.method, request.path, request.query_string, dict(request.headers), body, parsed
-            )
-        )
-
-    async def _dispatch(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def dispatch(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer 503 while llama.cpp loads, check the API key, apply faults, word errors as the flavour."""
         dialect = self._dialect
         if isinstance(dialect, _LlamaCpp) and asyncio.get_running_loop().time() < self._ready_at:
             return dialect.loading()
@@ -1515,7 +1411,7 @@ class FakeOpenAI:
             if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 # llama-server's words (server.cpp's API key middleware), shaped as the flavour shapes errors.
                 raise _ApiError(401, "Invalid API Key")
-            if (fault := _take(self._failures, request)) is not None:
+            if (fault := self.failures.take(request)) is not None:
                 raise _ApiError(fault.status, fault.message)
             return await handler(request)
         except _ApiError as error:
@@ -1564,7 +1460,7 @@ class FakeOpenAI:
         if self.prompt_tokens_per_second > 0:
             await asyncio.sleep(job.prompt_tokens / self.prompt_tokens_per_second)
         job.clock.prompt_done = job.clock.last_token = loop.time()
-        pacer = _Pacer(self.tokens_per_second)
+        pacer = Pacer(self.tokens_per_second)
         for piece in job.pieces:
             await pacer.wait()
             job.clock.last_token = loop.time()
@@ -1580,7 +1476,7 @@ class FakeOpenAI:
         """Load, take a slot, then stream the job or answer it whole."""
         await self._load()
         async with self._slot():
-            fault = _take(self._stream_faults, request)
+            fault = self.stream_faults.take(request)
             if job.stream:
                 return await self._stream(request, stream(job, self._paced(job)), fault)
             async for _ in self._paced(job):
@@ -1594,7 +1490,7 @@ class FakeOpenAI:
             return self._dialect.json(body(job))
 
     async def _stream(
-        self, request: web.Request, frames: AsyncGenerator[_Frames, None], fault: _Fault | None
+        self, request: web.Request, frames: AsyncGenerator[_Frames, None], fault: Fault | None
     ) -> web.StreamResponse:
         writer = _StreamWriter(request, self._dialect, fault, self._streams)
         async with contextlib.aclosing(frames):
@@ -1672,7 +1568,7 @@ class FakeOpenAI:
         async with self._slot():
             if self.prompt_tokens_per_second > 0:
                 await asyncio.sleep(tokens / self.prompt_tokens_per_second)
-            vectors = [_embedding(text, model.dimensions, dimensions) for text in texts]
+            vectors = [embedding(text, model.dimensions, dimensions) for text in texts]
             return dialect.json(dialect.embeddings_body(job, body.get("model"), vectors, as_base64))
 
     # -- planning ----------------------------------------------------------------------------------
@@ -1736,14 +1632,9 @@ class FakeOpenAI:
 # -- helpers --------------------------------------------------------------------------------------------
 
 
-def _dumps(obj: Any) -> str:
-    """Encode JSON compactly, as all three servers do."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
-
 def _sse(obj: Any) -> bytes:
     """Frame one SSE data event."""
-    return f"data: {_dumps(obj)}\n\n".encode()
+    return f"data: {dumps(obj)}\n\n".encode()
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> Json:
@@ -1772,16 +1663,6 @@ def _timings(job: _Job) -> Json:
         "predicted_per_token_ms": predicted_ms / predicted_n,
         "predicted_per_second": 1e3 / predicted_ms * job.tokens,
     }
-
-
-def _take(faults: list[_Fault], request: web.Request) -> _Fault | None:
-    """Consume one use of the first fault that applies to the request."""
-    fault = next((fault for fault in faults if fault.matches(request)), None)
-    if fault is not None:
-        fault.remaining -= 1
-        if fault.remaining <= 0:
-            faults.remove(fault)
-    return fault
 
 
 def _is_int(value: Any) -> bool:
@@ -1922,21 +1803,6 @@ def _cut_at_stop(pieces: list[str], stops: list[str]) -> tuple[list[str], str | 
 def _joined(pieces: Iterable[_Piece], channel: str) -> str:
     """Join the text of one channel's pieces."""
     return "".join(piece.text for piece in pieces if piece.channel == channel)
-
-
-def _embedding(text: str, dim: int, dimensions: int) -> list[float]:
-    """Return a deterministic unit vector for the text, truncated to `dimensions` when smaller."""
-    raw = hashlib.shake_256(text.encode()).digest(2 * dim)
-    vector = [int.from_bytes(raw[i : i + 2], "little") / 32767.5 - 1.0 for i in range(0, 2 * dim, 2)]
-    if 0 < dimensions < dim:
-        vector = vector[:dimensions]
-    norm = max(math.sqrt(sum(value * value for value in vector)), 1e-12)
-    return [round(value / norm, 7) for value in vector]
-
-
-def _base64_floats(vector: Sequence[float]) -> str:
-    """Encode floats as little-endian float32, base64, like encoding_format=base64."""
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _llama_cpp_model_info(model: FakeModel, now: int) -> Json:

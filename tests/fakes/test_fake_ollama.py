@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fakes.ollama import FakeModel, FakeOllama, _fake, _parse_args
+from tests.fakes.ollama import FakeModel, FakeOllama
+from tests.fakes.ollama.__main__ import _fake, _parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = {"model": "llama3", "prompt": "why is the sky blue"}

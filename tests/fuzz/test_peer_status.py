@@ -22,8 +22,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from inferhub_desktop.core.membership import announcement_from_status
 from inferhub_desktop.core.peers import PeerAnnouncement
-from inferhub_desktop.core.pool import announcement_from_status
 from inferhub_desktop.core.status import NodeStatus
 from inferhub_desktop.core.views import router_node
 from inferhub_desktop.core.wire.errors import MalformedRecord
@@ -373,7 +373,7 @@ async def _poll_task_alive() -> bool:
 
 
 async def _poll_now(rig: Rig, endpoint: list[str]) -> None:
-    rig.node.pool.set_static_peers(endpoint)
+    rig.node.membership.set_static_peers(endpoint)
 
 
 def poll_once(rig: Rig, peer: FakePeer, body: bytes) -> str | None:

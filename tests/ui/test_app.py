@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 import qasync
-from PySide6.QtWidgets import QApplication, QDialogButtonBox
+from PySide6.QtWidgets import QApplication, QDialogButtonBox, QMessageBox
 from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.core import Node, RequestDone, SettingsStore, read_settings_file
@@ -107,7 +108,7 @@ def test_without_a_tray_the_dashboard_is_the_window_and_closing_it_quits(
             await running
             assert desktop.node is not None
             with pytest.raises(RuntimeError, match="not started"):
-                desktop.node.pool  # noqa: B018 - the node has left the pool
+                desktop.node.membership  # noqa: B018 - the node has left the pool
 
     run(scenario())
 
@@ -212,3 +213,72 @@ def test_settings_that_cannot_be_saved_keep_the_dialog_open_and_change_nothing(
 
     run(scenario())
     assert "name" not in read_settings_file(config_dir)
+
+
+def test_a_settings_save_that_needs_no_restart_applies_live_and_keeps_the_switches(
+    run: Any, qtbot: QtBot, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with FakeOllama() as fake:
+            desktop = Desktop(node_settings(tmp_path, fake.url, name="alpha"), environ={})
+            running = asyncio.ensure_future(desktop.run())
+            await eventually(lambda: desktop.bridge.view is not None)
+            node = desktop.node
+            assert node is not None
+            desktop.tray.local_action.trigger()
+            desktop.open_settings()
+            dialog = desktop.settings_dialog
+            assert dialog is not None
+            dialog.peers.setPlainText("10.0.0.5:11436")
+            assert dialog.note.text() == ""  # no restart is announced
+            dialog.buttons.button(QDialogButtonBox.StandardButton.Save).click()
+
+            assert desktop.restarting is None
+            assert desktop.node is node
+            assert node.settings.peers == ("10.0.0.5:11436",)
+            assert node.settings.local_only is True
+            assert desktop.tray.local_action.isChecked()
+            desktop.quit()
+            await running
+
+    run(scenario())
+    table = read_settings_file(tmp_path)
+    assert (table["peers"], table["local_only"]) == (["10.0.0.5:11436"], True)
+
+
+def test_settings_the_node_cannot_listen_with_are_put_back_and_said(
+    run: Any, qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warned: list[str] = []
+    monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text: warned.append(text))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy_port = taken.getsockname()[1]
+
+    async def scenario() -> None:
+        async with FakeOllama() as fake:
+            store = node_settings(tmp_path, fake.url, name="alpha")
+            desktop = Desktop(store, environ={})
+            running = asyncio.ensure_future(desktop.run())
+            await eventually(lambda: desktop.bridge.view is not None)
+            assert desktop.node is not None
+            port = desktop.node.api_port
+            store.change(api_port=busy_port)
+            assert desktop.restarting is not None
+            await desktop.restarting
+            assert desktop.node.running
+            assert desktop.node.api_port != busy_port
+            assert store.settings.api_port == 0  # as the run's flag had it, any free port
+            assert port != busy_port
+            desktop.quit()
+            await running
+
+    try:
+        run(scenario())
+    finally:
+        taken.close()
+    assert len(warned) == 1
+    assert "could not be applied" in warned[0]
+    assert "Kept the old ones" in warned[0]
+    assert read_settings_file(tmp_path)["api_port"] == 0

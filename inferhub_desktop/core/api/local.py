@@ -26,7 +26,7 @@ from ..wire.payload import parse_body
 from ..wire.responses import go_json, text_response
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
 from .pooled import POOLED_PATHS, pooled_listing
-from .relay import Forwarder, Target, route
+from .relay import Forwarder, Target, endpoint_of
 
 _CORS_KEY = web.RequestKey("cors_headers", dict)
 
@@ -99,12 +99,12 @@ class LocalApi:
             return await self._control(request)
         if request.path == METRICS_PATH:
             return self._forwarder.metrics_reply(request)
-        routed = route(request)
-        if isinstance(routed, web.Response):
-            return routed
-        if request.method == "GET" and routed.pattern in POOLED_PATHS:
-            return await pooled_listing(request, routed, self._routes.listing_sources())
-        return await self._forwarder.forward(request, routed)
+        endpoint = endpoint_of(request)
+        if isinstance(endpoint, web.Response):
+            return endpoint
+        if request.method == "GET" and endpoint.pattern in POOLED_PATHS:
+            return await pooled_listing(request, endpoint, self._routes.listing_sources())
+        return await self._forwarder.forward(request, endpoint)
 
     async def _control(self, request: web.Request) -> web.StreamResponse:
         """Answer the tray, the dashboard and the CLI: status, peers, routes and switches."""

@@ -258,7 +258,7 @@ async def fetch(
         target.report(outcome)
 
 
-def route(request: web.BaseRequest) -> Endpoint | web.Response:
+def endpoint_of(request: web.BaseRequest) -> Endpoint | web.Response:
     """Find the request's endpoint, or answer unknown paths, other methods and `/` as Ollama does."""
     found = match(request.method, request.path)
     if found.endpoint is None:

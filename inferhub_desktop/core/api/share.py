@@ -16,7 +16,7 @@ from ..trust import PoolKey
 from ..wire.endpoints import METRICS_PATH, PULL_PATH, STATUS_PATH, Kind
 from ..wire.errors import ApiError, Unauthorized
 from ..wire.headers import AUTH_HEADER
-from .relay import BODY_KEY, SIGNER_KEY, Forwarder, route
+from .relay import BODY_KEY, SIGNER_KEY, Forwarder, endpoint_of
 
 _log = logging.getLogger(__name__)
 
@@ -129,14 +129,14 @@ class ShareApi:
             return reply
         if request.path == METRICS_PATH:
             return self._forwarder.metrics_reply(request)
-        routed = route(request)
-        if isinstance(routed, web.Response):
-            return routed
-        if routed.pattern == PULL_PATH and not self._pool_pull():
+        endpoint = endpoint_of(request)
+        if isinstance(endpoint, web.Response):
+            return endpoint
+        if endpoint.pattern == PULL_PATH and not self._pool_pull():
             raise ApiError(
                 403, f"{self._name} does not let the pool pull models onto it; its owner can allow that"
             )
-        if routed.kind not in _OPEN_TO_PEERS and routed.pattern != PULL_PATH:
+        if endpoint.kind not in _OPEN_TO_PEERS and endpoint.pattern != PULL_PATH:
             raise ApiError(
                 403, f"{request.path} is not open to peers: model management stays with this machine's owner"
             )
@@ -144,7 +144,7 @@ class ShareApi:
             raise ApiError(
                 503, f"{self._name} is not sharing its GPU right now; its owner can turn sharing on"
             )
-        return await self._forwarder.forward(request, routed)
+        return await self._forwarder.forward(request, endpoint)
 
     def _allowed(self, source: str) -> bool:
         """Take a token from the source's bucket; False when it has none left."""

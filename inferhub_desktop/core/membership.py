@@ -1,4 +1,4 @@
-"""This node's view of the pool: discovery, static peers, liveness polling and the peer table."""
+"""This node's membership of the pool: discovery, static peers, liveness polling and the peer table."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def announcement_from_status(status: NodeStatus, address: str, port: int) -> Pee
     )
 
 
-class Pool:
+class Membership:
     """Find peers by mDNS and by address, keep the live ones, and keep this node's record current."""
 
     def __init__(
