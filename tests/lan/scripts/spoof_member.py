@@ -30,14 +30,21 @@ async def main() -> None:
 
     async def answer(request: web.Request) -> web.Response:
         print(f"asked {request.method} {request.path}", flush=True)
+        # A status a node reads as well-formed: only its missing signature can keep the spoof out.
         status = {
             "id": node_id,
             "name": name,
             "share": True,
             "load": {"active": 0, "slots": 8},
             "models_hash": "0" * 12,
-            "telemetry": {"summary": "1x RTX 4090", "vram_free_mib": 24000, "vram_total_mib": 24564},
-            "backend": {"reachable": True, "installed": [{"name": "llama3:latest"}], "loaded": []},
+            "telemetry": None,
+            "backend": {
+                "kind": "ollama",
+                "url": "http://127.0.0.1:11434",
+                "reachable": True,
+                "installed": [{"name": "llama3:latest", "size": 4 << 30}],
+                "loaded": [],
+            },
         }
         return web.json_response(status if request.path.endswith("/status") else {"response": "spoofed"})
 
