@@ -21,9 +21,12 @@ from typing import IO, Any, TypeVar
 
 import pytest
 import tomli_w
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from inferhub_desktop.core import PeerState, RequestDone, SettingsStore, read_settings_file
 from inferhub_desktop.core.api.relay import Plan, Query, Target
+from inferhub_desktop.core.identity import KEY_FILE, load_identity
 from inferhub_desktop.core.settings import SETTINGS_FILE
 from inferhub_desktop.core.wire.endpoints import Endpoint
 
@@ -85,6 +88,19 @@ class Alone:
 
     def explain(self, model: str) -> dict[str, Any]:
         return {}
+
+
+def fixed_identity(config_dir: Path, seed: int) -> str:
+    """Give a config directory the identity of a key made from `seed`, so a test knows its node id before
+    the node starts; return that id."""
+    key = ec.derive_private_key(seed, ec.SECP256R1())
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / KEY_FILE).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return load_identity(config_dir).node_id
 
 
 def write_settings(config_dir: Path, **values: Any) -> None:

@@ -88,7 +88,8 @@ def test_serve_relays_and_stops_cleanly_on_sigterm(tmp_path: Path, fake_ollama: 
         assert proc.wait(timeout=10) == 0
         assert "node stopped" in process_output(proc)
         stop_process(proc)
-    assert (tmp_path / "settings.toml").exists()
+    # The machine's identity was made and kept for the next start.
+    assert (tmp_path / "identity.key").exists()
 
 
 def test_status_shows_the_running_node(tmp_path: Path, fake_ollama: str) -> None:

@@ -28,6 +28,7 @@ from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
 from .dispatch import Dispatcher
 from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, SettingsChanged
+from .identity import load_identity
 from .membership import Membership
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
 from .peers import Peer, PeerAnnouncement, PeerState
@@ -36,7 +37,7 @@ from .settings import SWITCHES, Settings, backend_kind
 from .status import Load, NodeStatus
 from .store import SettingsStore
 from .telemetry import Telemetry, TelemetrySampler
-from .tls import node_certificate, server_context
+from .tls import server_context
 from .trust import PoolKey, pool_key
 from .views import router_node
 
@@ -212,8 +213,9 @@ class Node:
         """Return the share API's TLS context with --tls (its certificate made on first use), else None."""
         if not self.settings.tls:
             return None
-        cert, key, self.tls_fingerprint = node_certificate(self.settings.config_dir, self.settings.name)
-        return server_context(cert, key)
+        identity = load_identity(self.settings.config_dir)
+        self.tls_fingerprint = identity.fingerprint
+        return server_context(identity)
 
     def _forwarder(self, api: str) -> Forwarder:
         self._forwarders[api] = Forwarder(

@@ -9,7 +9,6 @@ import os
 import socket
 import tempfile
 import tomllib
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import platformdirs
 import tomli_w
 
+from .identity import load_identity
 from .trust import join_code, read_join_code
 from .wire.errors import ConfigError, SettingsNotSaved
 
@@ -186,18 +186,11 @@ def load_settings(
 ) -> Settings:
     """Build Settings from defaults, the file, OLLAMA_HOST and `overrides` (flags), later ones winning.
 
-    A missing node id is created and saved, so the node keeps its identity across restarts.
+    The node id is this machine's identity's (identity.py), made on first use and kept.
     """
     config_dir = config_dir or default_config_dir(environ)
     table = read_settings_file(config_dir)
-    node_id = table.get("node_id")
-    if not isinstance(node_id, str) or not _is_uuid(node_id):
-        node_id = str(uuid.uuid4())
-        try:
-            write_settings_file(config_dir, {**table, "node_id": node_id})
-        except OSError as exc:
-            raise not_saved(config_dir, exc, "this machine's identity") from exc
-    return build_settings(config_dir, node_id, table, overrides or {}, environ)
+    return build_settings(config_dir, load_identity(config_dir).node_id, table, overrides or {}, environ)
 
 
 def build_settings(
@@ -212,7 +205,7 @@ def build_settings(
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key == "node_id":
-            continue
+            continue  # written by earlier versions: the identity's key gives it now
         if key not in USER_FIELDS:
             _log.warning("ignoring unknown setting %r in %s", key, config_dir / SETTINGS_FILE)
             continue
@@ -313,14 +306,6 @@ def _backend_slots(environ: Mapping[str, str]) -> int:
 def _is_own_api(url: str, api_port: int) -> bool:
     parts = urlsplit(url)
     return parts.port == api_port and parts.hostname in ("127.0.0.1", "localhost", "::1")
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _default_name() -> str:

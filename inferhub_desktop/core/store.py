@@ -101,8 +101,7 @@ class SettingsStore:
                 # Kept as the code is written out, however it was typed.
                 value = join_code(read_join_code(value))
             saved[key] = list(value) if isinstance(value, tuple) else value
-        # The node's identity stays, even in a file that lost it meanwhile.
-        new_table = {**table, **saved, "node_id": self._settings.node_id}
+        new_table = {**table, **saved}
         flags = {key: value for key, value in self._flags.items() if key not in values}
         settings = build_settings(self.config_dir, self._settings.node_id, new_table, flags, self._environ)
         return settings, new_table

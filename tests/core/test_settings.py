@@ -39,7 +39,6 @@ def test_defaults_and_a_persistent_node_id(tmp_path: Path) -> None:
     first = load_settings(tmp_path, environ={})
     assert (first.api_port, first.backend, first.max_body_mib) == (11435, "auto", 100)
     assert first.name
-    assert 'node_id = "' in (tmp_path / SETTINGS_FILE).read_text()
     assert load_settings(tmp_path, environ={}).node_id == first.node_id
 
 

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from inferhub_desktop.core import BackendUnavailable, Node, join_code, new_secret
 from inferhub_desktop.core.backends.ollama import OllamaBackend
-from inferhub_desktop.core.tls import fingerprint, node_certificate
+from inferhub_desktop.core.identity import load_identity
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
 
@@ -21,16 +19,6 @@ from tests.support import eventually, node_settings
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-def test_a_node_keeps_one_certificate_and_its_key_private(tmp_path: Path) -> None:
-    cert, key, first = node_certificate(tmp_path, "desk")
-    assert node_certificate(tmp_path, "desk")[2] == first
-    der = x509.load_pem_x509_certificate(cert.read_bytes()).public_bytes(serialization.Encoding.DER)
-    assert fingerprint(der) == first
-    assert len(first) == 64
-    assert key.stat().st_mode & 0o777 == 0o600
-    assert node_certificate(tmp_path / "other", "desk")[2] != first
 
 
 @pytest.mark.parametrize("private", [False, True])
@@ -47,7 +35,7 @@ async def test_peers_reach_a_tls_share_api_by_its_pinned_certificate(
         ) as box,
         Node(node_settings(tmp_path / "b", mine.url, name="desk", pool_code=code), environ={}) as desk,
     ):
-        assert box.status().tls == node_certificate(tmp_path / "a", "gpu-box")[2]
+        assert box.status().tls == load_identity(tmp_path / "a").fingerprint
         await eventually(lambda: [p.announcement.name for p in desk.membership.peers] == ["gpu-box"])
         [peer] = desk.membership.peers
         assert peer.announcement.tls == box.tls_fingerprint

@@ -29,12 +29,14 @@ from typing import Any
 
 import pytest
 from aiohttp.http_exceptions import HttpProcessingError
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from inferhub_desktop.core import Node
+from inferhub_desktop.core.identity import node_id_of
 from tests.fakes.ollama import FakeModel, FakeOllama
-from tests.support import LoopThread, node_settings, write_settings
+from tests.support import LoopThread, fixed_identity, node_settings
 
 # A complete request is answered within this, or the node has hung.
 _ANSWER_S = 10.0
@@ -45,7 +47,9 @@ TRACEBACK_MARKS = (b"Traceback (most recent call last)", b'File "')
 INTERNAL_ERROR = b"internal error in the InferHub node"
 EXAMPLES = {"random": 300, "malformed": 150}
 # The node's id, fixed so that requests can name it.
-NODE_ID = "00000000-0000-4000-8000-00000000f022"
+# The node's identity is made from this seed, so the node id is known before it starts.
+NODE_SEED = 0xF022
+NODE_ID = node_id_of(ec.derive_private_key(NODE_SEED, ec.SECP256R1()).public_key())
 _MAX_REPORTED = 12
 
 # -- what is sent --------------------------------------------------------------------------------------
@@ -758,7 +762,7 @@ def running(tmp_path: Path, caplog: pytest.LogCaptureFixture, **overrides: Any) 
         fake = FakeOllama(models, tokens_per_second=100_000.0)
         fake_loop.run(fake.start())
         try:
-            write_settings(tmp_path, node_id=NODE_ID)
+            assert fixed_identity(tmp_path, NODE_SEED) == NODE_ID
             settings = node_settings(tmp_path, fake.url, share=True, **overrides)
             assert settings.settings.interfaces == ("127.0.0.1",)
             node = Node(settings, environ={})

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from inferhub_desktop.core import PoolKey, join_code, new_secret, read_join_code
+from inferhub_desktop.core.identity import load_identity
 from tests.lan.machines import Machine, start_machines, wait_for
 from tests.lan.netns import Lan, netns_unavailable
 from tests.support import ROOT
@@ -55,7 +55,7 @@ def config_dir(machine: Machine) -> Path:
 
 
 def node_id(machine: Machine) -> str:
-    return str(tomllib.loads((config_dir(machine) / "settings.toml").read_text())["node_id"])
+    return load_identity(config_dir(machine)).node_id
 
 
 def try_share(machine: Machine, target: Machine, mode: str, *code: str) -> list[list[Any]]:
