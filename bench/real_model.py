@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from inferhub_desktop.core import CONTROL_HEADER, read_control_token
 from tests.support import SMOLLM2, start_llama_server, start_node_process, stop_process
 
 QUESTION = [{"role": "user", "content": "Tell me about the planets of the solar system."}]
@@ -113,10 +114,10 @@ async def measure(llama: str, local: str, peer: str, rounds: int, tokens: int) -
         )
 
 
-async def wait_for_route(local: str, peer_name: str) -> None:
+async def wait_for_route(local: str, token: str, peer_name: str) -> None:
     """Wait until the node sends smollm2 to the named peer."""
     deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers={CONTROL_HEADER: token}) as session:
         while time.monotonic() < deadline:
             async with session.get(f"{local}/_inferhub/v1/route", params={"model": SMOLLM2}) as reply:
                 decision = await reply.json()
@@ -127,8 +128,11 @@ async def wait_for_route(local: str, peer_name: str) -> None:
     raise RuntimeError(f"the second node did not route {SMOLLM2} to {peer_name}: {decision}")
 
 
-async def share_port(local: str) -> int:
-    async with aiohttp.ClientSession() as session, session.get(f"{local}/_inferhub/v1/status") as reply:
+async def share_port(local: str, token: str) -> int:
+    async with (
+        aiohttp.ClientSession(headers={CONTROL_HEADER: token}) as session,
+        session.get(f"{local}/_inferhub/v1/status") as reply,
+    ):
         return int((await reply.json())["share_port"])
 
 
@@ -154,7 +158,7 @@ def main() -> None:
                 "127.0.0.1",
             )
             processes.append(first)
-            port = asyncio.run(share_port(local))
+            port = asyncio.run(share_port(local, read_control_token(Path(work, "first"))))
             # The second node has no model server: it reaches the first by address, as over a VPN.
             second, peer = start_node_process(
                 Path(work, "second"),
@@ -169,7 +173,7 @@ def main() -> None:
                 f"127.0.0.1:{port}",
             )
             processes.append(second)
-            asyncio.run(wait_for_route(peer, "first"))
+            asyncio.run(wait_for_route(peer, read_control_token(Path(work, "second")), "first"))
             asyncio.run(measure(llama, local, peer, args.rounds, args.tokens))
         finally:
             for process in reversed(processes):

@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from .core import (
     AUDIT_PATH,
+    CONTROL_HEADER,
     DEFAULT_API_PORT,
     PEERS_PATH,
     POOL_PATH,
@@ -25,6 +26,7 @@ from .core import (
     STATUS_PATH,
     SWITCHES,
     SWITCHES_PATH,
+    TOKEN_FILE,
     USER_FIELDS,
     ConfigError,
     MalformedRecord,
@@ -39,6 +41,7 @@ from .core import (
     new_secret,
     pool_key,
     read_audit,
+    read_control_token,
     read_settings_file,
     serve,
 )
@@ -235,25 +238,41 @@ def _node(args: argparse.Namespace) -> tuple[Path, dict[str, Any], int]:
     return config_dir, table, args.api_port or table.get("api_port", DEFAULT_API_PORT)
 
 
+def _control(config_dir: Path, url: str, body: bytes | None = None) -> urllib.request.Request:
+    """Return a request to a control path of the node of `config_dir`, bearing its control token; raise
+    ConfigError if the token cannot be read (another user's node)."""
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    try:
+        request.add_header(CONTROL_HEADER, read_control_token(config_dir))
+    except ConfigError:
+        if (config_dir / TOKEN_FILE).exists():
+            raise
+        # No node has run here yet: the request finds none, and says so.
+    return request
+
+
 def _client(args: argparse.Namespace) -> int:
     try:
-        _, _, port = _node(args)
+        config_dir, _, port = _node(args)
     except ConfigError as exc:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
     base = f"http://127.0.0.1:{port}"
     if args.command in _SWITCH_COMMANDS:
-        return _switch(args, base, port)
+        return _switch(args, config_dir, base, port)
     try:
         path = {
             "status": STATUS_PATH,
             "peers": PEERS_PATH,
             "route": f"{ROUTE_PATH}?{urllib.parse.urlencode({'model': getattr(args, 'model', '')})}",
         }[args.command]
-        with urllib.request.urlopen(base + path, timeout=_CLIENT_TIMEOUT_S) as reply:
+        with urllib.request.urlopen(_control(config_dir, base + path), timeout=_CLIENT_TIMEOUT_S) as reply:
             answer = json.load(reply)
     except urllib.error.HTTPError as exc:
         return _refused(port, exc)
+    except ConfigError as exc:
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         print(
@@ -281,18 +300,21 @@ def _client(args: argparse.Namespace) -> int:
     return 0
 
 
-def _switch(args: argparse.Namespace, base: str, port: int) -> int:
+def _switch(args: argparse.Namespace, config_dir: Path, base: str, port: int) -> int:
     """Turn a switch on or off: in the running node, else in the settings file it starts from."""
     key, _, said = _SWITCH_COMMANDS[args.command]
     on = args.state == "on"
     body = json.dumps({key: on}).encode()
-    request = urllib.request.Request(base + SWITCHES_PATH, data=body, method="POST")
     try:
+        request = _control(config_dir, base + SWITCHES_PATH, body)
         with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S) as reply:
             print(f"{said} {'on' if json.load(reply)[key] else 'off'}")
         return 0
     except urllib.error.HTTPError as exc:
         return _refused(port, exc)
+    except ConfigError as exc:
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as exc:
         # Only with no node listening is the file the place to change: a node that is slow to answer
         # would overwrite it with its own switches.
@@ -330,10 +352,13 @@ def _audit(args: argparse.Namespace) -> int:
         return 2
     url = f"http://127.0.0.1:{port}{AUDIT_PATH}?limit={args.limit}"
     try:
-        with urllib.request.urlopen(url, timeout=_CLIENT_TIMEOUT_S) as reply:
+        with urllib.request.urlopen(_control(config_dir, url), timeout=_CLIENT_TIMEOUT_S) as reply:
             entries = json.load(reply)
     except urllib.error.HTTPError as exc:
         return _refused(port, exc)
+    except ConfigError as exc:
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 2
     except OSError:
         # No node runs: the log is where it writes it.
         try:
@@ -385,11 +410,14 @@ def _pool(args: argparse.Namespace) -> int:
     running = True
     try:
         body = json.dumps({"code": code}).encode() if args.action != "show" else None
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{POOL_PATH}", data=body)
+        request = _control(config_dir, f"http://127.0.0.1:{port}{POOL_PATH}", body)
         with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S):
             pass
     except urllib.error.HTTPError as exc:
         return _refused(port, exc)
+    except ConfigError as exc:
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         if not isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
             print(f"inferhub: the node on 127.0.0.1:{port} did not answer: {exc}", file=sys.stderr)

@@ -24,7 +24,7 @@ import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from inferhub_desktop.core import PeerState, RequestDone, SettingsStore, read_settings_file
+from inferhub_desktop.core import CONTROL_HEADER, PeerState, RequestDone, SettingsStore, read_settings_file
 from inferhub_desktop.core.api.relay import Plan, Query, Target
 from inferhub_desktop.core.identity import KEY_FILE, load_identity
 from inferhub_desktop.core.settings import SETTINGS_FILE
@@ -88,6 +88,11 @@ class Alone:
 
     def explain(self, model: str) -> dict[str, Any]:
         return {}
+
+
+def control(node: Any) -> dict[str, str]:
+    """The headers that open a running node's control paths to its owner: its control token."""
+    return {CONTROL_HEADER: node.control_token}
 
 
 def fixed_identity(config_dir: Path, seed: int) -> str:

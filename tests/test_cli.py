@@ -96,8 +96,9 @@ def test_status_shows_the_running_node(tmp_path: Path, fake_ollama: str) -> None
     proc, url = start_node_process(tmp_path, fake_ollama, "--name", "desk-7")
     port = url.rsplit(":", 1)[1]
     try:
-        text = run_cli_until("backend  ollama 0.12.10", "status", "--api-port", port)
-        as_json = json.loads(run_cli("status", "--api-port", port, "--json").stdout)
+        mine = ("--api-port", port, "--config-dir", str(tmp_path))
+        text = run_cli_until("backend  ollama 0.12.10", "status", *mine)
+        as_json = json.loads(run_cli("status", *mine, "--json").stdout)
     finally:
         assert stop_process(proc) == 0
     assert text.startswith("desk-7  InferHub")
@@ -114,9 +115,10 @@ def test_peers_and_share_on_a_loopback_pool(tmp_path: Path, fake_ollama: str) ->
     b, _ = start_node_process(tmp_path / "b", fake_ollama, "--name", "desk-b", "--share", *loopback)
     port = a_url.rsplit(":", 1)[1]
     try:
-        text = run_cli_until("desk-b", "peers", "--api-port", port)
-        listed = json.loads(run_cli("peers", "--api-port", port, "--json").stdout)
-        shared = run_cli("share", "on", "--api-port", port)
+        mine = ("--api-port", port, "--config-dir", str(tmp_path / "a"))
+        text = run_cli_until("desk-b", "peers", *mine)
+        listed = json.loads(run_cli("peers", *mine, "--json").stdout)
+        shared = run_cli("share", "on", *mine)
     finally:
         assert stop_process(a) == 0
         assert stop_process(b) == 0
@@ -137,11 +139,12 @@ def test_route_explains_the_ranking_and_switches_are_remembered(tmp_path: Path, 
     port = a_url.rsplit(":", 1)[1]
     try:
         # Both nodes relay to the same Ollama: both have llama3 and neither has it loaded.
-        text = run_cli_until("desk-b", "route", "llama3", "--api-port", port)
-        decision = json.loads(run_cli("route", "llama3", "--api-port", port, "--json").stdout)
-        local_only = run_cli("local-only", "on", "--api-port", port)
-        alone = run_cli("route", "llama3", "--api-port", port).stdout
-        nowhere = run_cli("route", "mistral", "--api-port", port).stdout
+        mine = ("--api-port", port, "--config-dir", str(tmp_path / "a"))
+        text = run_cli_until("desk-b", "route", "llama3", *mine)
+        decision = json.loads(run_cli("route", "llama3", *mine, "--json").stdout)
+        local_only = run_cli("local-only", "on", *mine)
+        alone = run_cli("route", "llama3", *mine).stdout
+        nowhere = run_cli("route", "mistral", *mine).stdout
     finally:
         assert stop_process(a) == 0
         assert stop_process(b) == 0
@@ -237,13 +240,17 @@ def test_a_switch_turned_off_holds_through_a_restart_of_the_node(tmp_path: Path,
     node, url = start_node_process(tmp_path, fake_ollama, "--share", "--share-port", "0")
     port = url.rsplit(":", 1)[1]
     try:
-        off = run_cli("share", "off", "--api-port", port)
+        off = run_cli("share", "off", "--api-port", port, "--config-dir", str(tmp_path))
     finally:
         assert stop_process(node) == 0
     assert off.stdout.strip() == "sharing off"
     node, url = start_node_process(tmp_path, fake_ollama, "--share-port", "0")
     try:
-        status = json.loads(run_cli("status", "--json", "--api-port", url.rsplit(":", 1)[1]).stdout)
+        status = json.loads(
+            run_cli(
+                "status", "--json", "--api-port", url.rsplit(":", 1)[1], "--config-dir", str(tmp_path)
+            ).stdout
+        )
     finally:
         assert stop_process(node) == 0
     assert status["share"] is False

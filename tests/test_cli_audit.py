@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from inferhub_desktop.core import RequestDone
+from inferhub_desktop.core import CONTROL_HEADER, TOKEN_FILE, RequestDone, read_control_token
 from inferhub_desktop.core.audit import AuditLog
 from inferhub_desktop.core.wire.headers import VIA_HEADER
 from tests.support import start_fake_ollama_process, start_node_process, stop_process
@@ -62,9 +63,10 @@ def test_without_a_node_the_log_is_read_from_the_config_dir(tmp_path: Path, unus
     lines = table.stdout.splitlines()
     assert lines[0].split() == HEADER
     local = datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
-    assert lines[1].startswith(local + "  cobalt  ")
-    assert lines[1].split()[3:] == ["llama3:latest", "42", "2.50", "s", "ok"]
-    assert lines[2].split()[2:8] == ["id", PEER_ID[:8], "qwen2.5:7b", "—", "2.50", "s"]
+    # The LAN's open pool does not prove who sent a request: the log says so.
+    assert lines[1].startswith(local + "  cobalt (unverified)  ")
+    assert lines[1].split()[4:] == ["llama3:latest", "42", "2.50", "s", "ok"]
+    assert lines[2].split()[2:9] == ["id", PEER_ID[:8], "(unverified)", "qwen2.5:7b", "—", "2.50", "s"]
     assert lines[2].endswith("  error: HTTP 502: connection reset")
     assert len(lines) == 3
     assert raw.returncode == 0
@@ -92,7 +94,9 @@ def test_the_running_node_answers_what_peers_used(tmp_path: Path, fake_ollama: s
     )
     port = url.rsplit(":", 1)[1]
     try:
-        with urllib.request.urlopen(url + "/_inferhub/v1/status") as reply:
+        token = read_control_token(tmp_path / "node")
+        status = urllib.request.Request(url + "/_inferhub/v1/status", headers={CONTROL_HEADER: token})
+        with urllib.request.urlopen(status) as reply:
             share_port = json.load(reply)["share_port"]
         body = json.dumps({"model": "llama3", "prompt": "hi", "stream": False}).encode()
         request = urllib.request.Request(
@@ -100,7 +104,10 @@ def test_the_running_node_answers_what_peers_used(tmp_path: Path, fake_ollama: s
         )
         with urllib.request.urlopen(request) as reply:
             assert json.load(reply)["done"] is True
-        # Another directory, with no log: what is printed can only come from the node.
+        # Another directory, with no log but the node's control token: what is printed can only come from
+        # the node.
+        (tmp_path / "elsewhere").mkdir()
+        shutil.copy(tmp_path / "node" / TOKEN_FILE, tmp_path / "elsewhere" / TOKEN_FILE)
         elsewhere = ("--api-port", port, "--config-dir", str(tmp_path / "elsewhere"))
         table = run_cli("audit", *elsewhere)
         raw = run_cli("audit", "--json", *elsewhere)
@@ -109,8 +116,10 @@ def test_the_running_node_answers_what_peers_used(tmp_path: Path, fake_ollama: s
 
     lines = table.stdout.splitlines()
     assert lines[0].split() == HEADER
-    assert lines[1].split()[2:6] == ["id", PEER_ID[:8], "llama3", "8"]
+    assert lines[1].split()[2:7] == ["id", PEER_ID[:8], "(unverified)", "llama3", "8"]
     assert lines[1].endswith(" s  ok")
     [entry] = json.loads(raw.stdout)
     assert (entry["peer_id"], entry["model"], entry["outcome"]) == (PEER_ID, "llama3", "ok")
-    assert not (tmp_path / "elsewhere").exists()
+    # Who the request said it was from is kept with where it came from, and that nothing proved it.
+    assert (entry["address"], entry["verified"]) == ("127.0.0.1", False)
+    assert not (tmp_path / "elsewhere" / "audit.jsonl").exists()

@@ -1,6 +1,7 @@
 """InferHub's core: asyncio only, never Qt. The UI and the CLI use what this module exports."""
 
 from .audit import audit_entry, audit_row, read_audit
+from .control import TOKEN_FILE, control_token, read_control_token
 from .events import (
     BackendChanged,
     Event,
@@ -39,9 +40,11 @@ from .wire.errors import (
     MalformedRecord,
     SettingsNotSaved,
 )
+from .wire.headers import CONTROL_HEADER
 
 __all__ = [
     "AUDIT_PATH",
+    "CONTROL_HEADER",
     "DEFAULT_API_PORT",
     "DEFAULT_SHARE_PORT",
     "LIVE_SETTINGS",
@@ -51,6 +54,7 @@ __all__ = [
     "STATUS_PATH",
     "SWITCHES",
     "SWITCHES_PATH",
+    "TOKEN_FILE",
     "USER_FIELDS",
     "ApiError",
     "BackendChanged",
@@ -74,6 +78,7 @@ __all__ = [
     "Telemetry",
     "audit_entry",
     "audit_row",
+    "control_token",
     "default_config_dir",
     "join_code",
     "load_settings",
@@ -82,6 +87,7 @@ __all__ = [
     "parse_peer",
     "pool_key",
     "read_audit",
+    "read_control_token",
     "read_join_code",
     "read_settings_file",
     "serve",

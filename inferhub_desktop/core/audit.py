@@ -88,6 +88,10 @@ def audit_entry(done: RequestDone, peer_name: str | None) -> dict[str, Any]:
         "at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "peer": peer_name or None,
         "peer_id": done.client or None,
+        # Where the request came from, and whether the pool proved who sent it: in the LAN's open pool the
+        # peer is only who the request said it was from.
+        "address": done.address or None,
+        "verified": done.verified,
         "endpoint": done.endpoint,
         "model": done.model,
         "tokens": done.tokens,
@@ -113,7 +117,10 @@ def audit_row(entry: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
     """Return an entry as people read it: when (local time), peer, model, tokens, duration, outcome."""
     when = datetime.datetime.fromisoformat(entry["at"]).astimezone()
     peer_id = entry.get("peer_id") or ""
-    peer = entry.get("peer") or (f"id {peer_id[:8]}" if peer_id else "unknown")
+    address = entry.get("address") or ""
+    peer = entry.get("peer") or (f"id {peer_id[:8]}" if peer_id else address or "unknown")
+    if not entry.get("verified"):
+        peer = f"{peer} (unverified)"
     model = entry.get("model")
     tokens = entry.get("tokens")
     duration = entry.get("duration_s")

@@ -54,7 +54,9 @@ class RequestDone:
     """An inference request ended, answered or not.
 
     `api` is "local" for this machine's clients and "share" for a peer's request served here; `node` is
-    the node that answered last (empty when none was tried), `client` the peer a share request came from.
+    the node that answered last (empty when none was tried), `client` the peer a share request came from,
+    `address` the address it came from, and `verified` whether the pool proved who sent it (a private
+    pool's members do; in the LAN's open pool a request only says who it is from).
     """
 
     at: float  # wall-clock seconds
@@ -71,6 +73,8 @@ class RequestDone:
     tokens_per_s: float | None
     error: str | None = None
     cancelled: bool = False
+    address: str = ""
+    verified: bool = False
 
     @property
     def ok(self) -> bool:

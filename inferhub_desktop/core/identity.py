@@ -12,8 +12,6 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
-import os
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes as PublicKey
 from cryptography.x509.oid import NameOID
 
+from .files import write_private
 from .wire.errors import ConfigError
 
 KEY_FILE = "identity.key"
@@ -74,7 +73,7 @@ def load_identity(config_dir: Path) -> Identity:
                 raise ValueError("it holds no elliptic-curve key")
         else:
             key = ec.generate_private_key(ec.SECP256R1())
-            _write(
+            write_private(
                 key_path,
                 key.private_bytes(
                     serialization.Encoding.PEM,
@@ -120,21 +119,5 @@ def _certificate(cert_path: Path, key: ec.EllipticCurvePrivateKey) -> x509.Certi
         .not_valid_after(now + _VALID)
         .sign(key, hashes.SHA256())
     )
-    _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
+    write_private(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
     return certificate
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Write a file atomically, readable by its owner only from its first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

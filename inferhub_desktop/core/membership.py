@@ -82,6 +82,8 @@ class Membership:
         # The TLS certificates nodes' records pin, and those learnt from nodes reached by address.
         self._advertised_tls: dict[tuple[str, int], str] = {}
         self._learnt_tls: dict[tuple[str, int], str] = {}
+        # Nodes a goodbye on mDNS was heard for, to be asked at once whether they have left.
+        self._goodbyes: set[tuple[str, int]] = set()
         # Why each node that answers but is not taken as a peer is ignored.
         self._ignored: dict[tuple[str, int], str] = {}
         self._discovery = Discovery(settings.node_id, settings.interfaces, self._on_seen, self._on_gone)
@@ -140,6 +142,14 @@ class Membership:
         self._poll_now.set()
 
     def _on_gone(self, endpoint: tuple[str, int]) -> None:
+        """A goodbye on mDNS is a hint, which anyone on the LAN can send: the node is asked at once, and
+        leaves only if it does not answer."""
+        self._goodbyes.add(endpoint)
+        self._poll_now.set()
+
+    def _said_goodbye(self, endpoint: tuple[str, int]) -> None:
+        """The node that said goodbye does not answer: it has left."""
+        self._goodbyes.discard(endpoint)
         if self._candidates.get(endpoint) == "mdns":
             del self._candidates[endpoint]
             self._advertised_pools.pop(endpoint, None)
@@ -205,13 +215,19 @@ class Membership:
                 raise MalformedRecord("its status names another TLS certificate than the one it showed")
         except (TimeoutError, OSError, aiohttp.ClientError, ValueError, RecursionError) as exc:
             _log.debug("peer at %s:%d did not answer: %s", host, port, exc)
+            if endpoint in self._goodbyes:
+                self._said_goodbye(endpoint)
             return
         except (MalformedRecord, Unauthorized) as exc:
             # Said once, not at every poll.
             if self._ignored.get(endpoint) != str(exc):
                 _log.info("ignoring the peer at %s:%d: %s", host, port, exc)
             self._ignored[endpoint] = str(exc)
+            if endpoint in self._goodbyes:
+                self._said_goodbye(endpoint)
             return
+        # A goodbye for a node that answers was not its own.
+        self._goodbyes.discard(endpoint)
         if shown and not pin:
             self._learnt_tls[endpoint] = shown
         self._ignored.pop(endpoint, None)

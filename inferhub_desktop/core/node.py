@@ -23,9 +23,11 @@ from .api.guard import OriginPolicy
 from .api.local import LocalApi
 from .api.relay import Forwarder
 from .api.share import ShareApi
+from .api.sites import ConnectionLimits, LimitedSite, connection_budget
 from .audit import MAX_ENTRIES, AuditLog
 from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
+from .control import control_token
 from .dispatch import Dispatcher
 from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, SettingsChanged
 from .identity import load_identity
@@ -57,6 +59,7 @@ _SHUTDOWN_GRACE_S = 5.0
 # A connection to the share API that has not brought a whole request this long after it opened (or after
 # its last answer) is closed: a slow client trickling headers holds nothing for long.
 SHARE_IDLE_TIMEOUT_S = 15.0
+_SHARE_LINGERING_S = 2.0
 # How often the backend is asked what it has; sooner after a request that may change it.
 _PROBE_INTERVAL_S = 5.0
 _PROBE_MIN_GAP_S = 0.5
@@ -79,6 +82,10 @@ class Node:
         self._environ = environ
         self._runners: list[web.AppRunner] = []
         self._membership: Membership | None = None
+        # Set once a stop is asked for: the share API then tells status polls the node is going.
+        self._stopping = False
+        # What the local API's control paths require; made when the node starts.
+        self.control_token = ""
         # The share API's certificate's fingerprint, with --tls; peers pin it.
         self.tls_fingerprint = ""
         # The keys of the pool the settings name, made once per join code: they remember the nonces seen.
@@ -165,12 +172,14 @@ class Node:
             # Kept out of the settings file and the command line, where other users could read it.
             api_key=self._environ.get(BACKEND_API_KEY_ENV) or None,
         )
-        local = LocalApi(self._forwarder("local"), self._origins, self, self.dispatcher)
+        self.control_token = control_token(self.settings.config_dir)
+        local = LocalApi(self._forwarder("local"), self._origins, self, self.dispatcher, self.control_token)
         share = ShareApi(
             self._forwarder("share"),
             self.settings.name,
             sharing=lambda: self.settings.share,
             pool_pull=lambda: self.settings.pool_pull,
+            stopping=lambda: self._stopping,
             key=lambda: self.pool_key,
         )
         # The share API listens on the chosen LAN interfaces, else on all of them.
@@ -183,6 +192,10 @@ class Node:
                 self.settings.share_port,
                 self._share_tls(),
                 idle_timeout_s=SHARE_IDLE_TIMEOUT_S,
+                limits=ConnectionLimits(connection_budget()),
+                # A request answered before its body came whole (too large, too slow) gets its answer, and a
+                # client that goes on trickling the body is let go soon after.
+                lingering_s=_SHARE_LINGERING_S,
             )
         except OSError:
             await self.close()
@@ -234,6 +247,8 @@ class Node:
         port: int,
         ssl_context: ssl.SSLContext | None = None,
         idle_timeout_s: float = 3630.0,  # aiohttp's own default
+        limits: ConnectionLimits | None = None,
+        lingering_s: float = 10.0,  # aiohttp's own default
     ) -> int:
         runner = web.AppRunner(
             app,
@@ -245,17 +260,22 @@ class Node:
             # Bodies pass as they came, as Ollama takes them: one whose Content-Encoding does not decode
             # is the backend's to refuse, and one that does reaches it still encoded, as its header says.
             auto_decompress=False,
+            lingering_time=lingering_s,
         )
         await runner.setup()
         self._runners.append(runner)
         for host in hosts:
-            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+            if limits is not None:
+                await LimitedSite(runner, host, port, limits=limits, ssl_context=ssl_context).start()
+            else:
+                await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
             # Port 0 picks a free port; further interfaces take the same one.
             port = runner.addresses[0][1]
         return port
 
     async def close(self) -> None:
         """Leave the pool, stop accepting, let in-flight requests finish for a grace period, then close."""
+        self._stopping = True
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -290,9 +310,10 @@ class Node:
         return [peer.state(self.dispatcher.breaker(peer.node_id)) for peer in peers]
 
     def pool_info(self) -> dict[str, Any]:
-        """Return the private pool this node is in (its id and join code), or nulls for the open pool."""
+        """Return the private pool this node is in (its public id), or null for the open pool; never its
+        join code, which is the owner's to read in the settings file."""
         key = self.pool_key
-        return {"pool": key.pool_id if key else None, "code": key.code if key else None}
+        return {"pool": key.pool_id if key else None}
 
     def set_pool(self, code: str | None) -> dict[str, Any]:
         """Join the private pool of a join code, or with None go back to the LAN's open pool, through the

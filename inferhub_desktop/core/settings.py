@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import socket
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import platformdirs
 import tomli_w
 
+from .files import write_private
 from .identity import load_identity
 from .trust import join_code, read_join_code
 from .wire.errors import ConfigError, SettingsNotSaved
@@ -160,23 +159,9 @@ def read_settings_file(config_dir: Path) -> dict[str, Any]:
 
 
 def write_settings_file(config_dir: Path, table: Mapping[str, Any]) -> None:
-    """Replace the settings file with `table`, atomically: a reader sees the old file or the new one,
-    and a write that fails (a read-only or full disk) leaves the old one as it was; raise OSError then."""
-    config_dir.mkdir(parents=True, exist_ok=True)
-    path = config_dir / SETTINGS_FILE
-    # The file may hold a pool's join code: only its owner reads it, from the first byte written.
-    fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".tmp", dir=config_dir)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(tomli_w.dumps(dict(table)).encode())
-            file.flush()
-            # Renamed only once on disk: a power cut leaves the old file or the new one, never an empty one.
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Replace the settings file with `table`, atomically and readable by its owner only (it may hold a
+    pool's secrets); raise OSError if it cannot be written, leaving the old file as it was."""
+    write_private(config_dir / SETTINGS_FILE, tomli_w.dumps(dict(table)).encode())
 
 
 def load_settings(

@@ -92,7 +92,8 @@ def _status(index: int, node_id: str, share_port: int, tokens: int) -> dict[str,
         "share": sharing,
         "local_only": False,
         "pool_pull": False,
-        "pool": None,
+        # The demonstration's pool is private: its members are known, and the audit log names them.
+        "pool": "5e1f0c2a9b7d3e11",
         "tls": None,
         "share_port": share_port,
         "load": {
@@ -237,6 +238,8 @@ class DemoCore:
             tokens=tokens or None,
             tokens_per_s=tokens / seconds if tokens else None,
             error=error,
+            address=f"192.168.1.{20 + [n[0] for n in _NODES].index(peer)}",
+            verified=True,
         )
 
     def replay_requests(self) -> None:

@@ -19,7 +19,7 @@ from inferhub_desktop.core import audit as audit_module
 from inferhub_desktop.core.audit import AUDIT_FILE, MAX_ENTRIES, ROTATED_FILE, AuditLog
 from inferhub_desktop.core.wire.headers import VIA_HEADER
 from tests.fakes.ollama import FakeOllama
-from tests.support import eventually, node_settings
+from tests.support import control, eventually, node_settings
 
 PEER_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
@@ -77,7 +77,7 @@ async def test_a_peers_request_is_logged_and_this_machines_own_are_not(
         async with http.get(share_url(node) + "/api/tags") as reply:
             assert reply.status == 200
         served = node.audit(10)
-        async with http.get(node.api_url + AUDIT_PATH + "?limit=10") as reply:
+        async with http.get(node.api_url + AUDIT_PATH + "?limit=10", headers=control(node)) as reply:
             assert reply.status == 200
             answered = await reply.json()
 
@@ -136,8 +136,8 @@ async def test_a_peer_that_leaves_mid_stream_is_logged_as_cancelled(
         await eventually(lambda: len(node.audit(10)) == 1)
         [entry] = node.audit(10)
 
-    assert (entry["outcome"], entry["peer_id"]) == ("cancelled", None)
-    assert audit_row(entry)[1:2] == ("unknown",)
+    assert (entry["outcome"], entry["peer_id"], entry["address"]) == ("cancelled", None, "127.0.0.1")
+    assert audit_row(entry)[1:2] == ("127.0.0.1 (unverified)",)
     assert audit_row(entry)[5] == "cancelled by the peer"
 
 
@@ -155,7 +155,7 @@ async def test_an_unwritable_log_is_warned_of_once_and_the_node_serves_on(
                 assert (await ask(http, share_url(node)))[0] == 200
         writes = [r for r in caplog.records if "cannot write the audit log" in r.getMessage()]
         assert node.audit(10) == []
-        async with http.get(node.api_url + AUDIT_PATH) as reply:
+        async with http.get(node.api_url + AUDIT_PATH, headers=control(node)) as reply:
             assert (reply.status, await reply.json()) == (200, [])
         assert len([r for r in fake.requests if r.path == "/api/generate"]) == 3
 
@@ -227,10 +227,10 @@ def test_an_entry_keeps_the_start_of_a_long_error_and_says_it_for_people() -> No
     assert entry["outcome"] == "error"
     assert entry["error"] == "x" * 300
     when, peer, model, tokens, duration, outcome = audit_row(entry)
-    assert (peer, model, tokens, duration) == ("desk", "model-1", "—", "1.00 s")
+    assert (peer, model, tokens, duration) == ("desk (unverified)", "model-1", "—", "1.00 s")
     assert outcome.startswith("error: HTTP 500: xxx")
     assert datetime.datetime.strptime(when, "%Y-%m-%d %H:%M:%S")
-    assert audit_row(audit_module.audit_entry(done(1), None))[1] == f"id {PEER_ID[:8]}"
+    assert audit_row(audit_module.audit_entry(done(1), None))[1] == f"id {PEER_ID[:8]} (unverified)"
 
 
 async def test_the_control_endpoint_checks_its_limit(tmp_path: Path, http: aiohttp.ClientSession) -> None:
@@ -242,19 +242,19 @@ async def test_the_control_endpoint_checks_its_limit(tmp_path: Path, http: aioht
         Node(node_settings(tmp_path, fake.url), environ={}) as node,
     ):
         url = node.api_url + AUDIT_PATH
-        async with http.get(url + "?limit=3") as reply:
+        async with http.get(url + "?limit=3", headers=control(node)) as reply:
             assert [e["tokens"] for e in await reply.json()] == [
                 MAX_ENTRIES + 2,
                 MAX_ENTRIES + 3,
                 MAX_ENTRIES + 4,
             ]
-        async with http.get(url + "?limit=100000") as reply:
+        async with http.get(url + "?limit=100000", headers=control(node)) as reply:
             assert len(await reply.json()) == MAX_ENTRIES
-        async with http.get(url) as reply:
+        async with http.get(url, headers=control(node)) as reply:
             assert len(await reply.json()) == 100
         for wrong in ("-1", "x", "²"):
-            async with http.get(url, params={"limit": wrong}) as reply:
+            async with http.get(url, params={"limit": wrong}, headers=control(node)) as reply:
                 assert reply.status == 400
                 assert "limit" in (await reply.json())["error"]
-        async with http.post(url) as reply:
+        async with http.post(url, headers=control(node)) as reply:
             assert reply.status == 405

@@ -285,7 +285,7 @@ async def test_an_internal_fault_is_a_500_without_a_traceback(
         status=Node(node_settings(tmp_path, fake.url)).status,
         metrics=lambda: (b"", "text/plain"),
     )
-    api = LocalApi(forwarder, OriginPolicy({}), Alone(), Alone())
+    api = LocalApi(forwarder, OriginPolicy({}), Alone(), Alone(), "token")
     runner = web.AppRunner(api.app())
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

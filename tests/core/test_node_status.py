@@ -12,7 +12,7 @@ from inferhub_desktop import __version__
 from inferhub_desktop.core import Node
 from inferhub_desktop.core.api.local import STATUS_PATH
 from tests.fakes.ollama import FakeModel, FakeOllama
-from tests.support import eventually, node_settings
+from tests.support import control, eventually, node_settings
 
 
 @pytest.fixture
@@ -25,10 +25,16 @@ async def fake() -> AsyncIterator[FakeOllama]:
 async def test_status_reports_identity_and_what_the_backend_has(fake: FakeOllama, tmp_path: Path) -> None:
     async with Node(node_settings(tmp_path, fake.url), environ={}) as node:
         await eventually(lambda: node.backend_state.reachable and node.telemetry is not None)
-        async with aiohttp.ClientSession() as http, http.get(node.api_url + STATUS_PATH) as reply:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(node.api_url + STATUS_PATH, headers=control(node)) as reply,
+        ):
             assert reply.status == 200
             status = await reply.json()
-        async with aiohttp.ClientSession() as http, http.post(node.api_url + STATUS_PATH) as reply:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(node.api_url + STATUS_PATH, headers=control(node)) as reply,
+        ):
             assert reply.status == 405
     assert (status["id"], status["name"], status["version"]) == (
         node.settings.node_id,

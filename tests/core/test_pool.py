@@ -16,7 +16,7 @@ from inferhub_desktop.core.membership import announcement_from_status
 from inferhub_desktop.core.peers import PeerAnnouncement
 from inferhub_desktop.core.wire.errors import MalformedRecord
 from tests.fakes.ollama import FakeOllama
-from tests.support import eventually, node_settings
+from tests.support import control, eventually, node_settings
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ async def test_nodes_find_each_other_with_their_models(pair: tuple[Node, Node, F
     a, b, _ = pair
     await eventually(lambda: "beta" in names(a) and "alpha" in names(b))
     await eventually(lambda: bool(a.membership.table.get(b.settings.node_id).status.backend.installed))  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as http, http.get(a.api_url + PEERS_PATH) as reply:
+    async with aiohttp.ClientSession() as http, http.get(a.api_url + PEERS_PATH, headers=control(a)) as reply:
         peers = {p["name"]: p for p in await reply.json()}
     beta = peers["beta"]
     assert (beta["address"], beta["port"], beta["share"]) == ("127.0.0.1", b.share_port, True)
@@ -53,13 +53,13 @@ async def test_a_share_toggle_reaches_the_peer_and_is_remembered(pair: tuple[Nod
     a, b, _ = pair
     await eventually(lambda: "beta" in names(a))
     async with aiohttp.ClientSession() as http:
-        async with http.post(b.api_url + SWITCHES_PATH, json={"share": False}) as reply:
+        async with http.post(b.api_url + SWITCHES_PATH, json={"share": False}, headers=control(b)) as reply:
             assert await reply.json() == {"share": False, "local_only": False, "pool_pull": False}
         for wrong in ({"share": "no"}, {"sharing": True}, {}):
-            async with http.post(b.api_url + SWITCHES_PATH, json=wrong) as reply:
+            async with http.post(b.api_url + SWITCHES_PATH, json=wrong, headers=control(b)) as reply:
                 assert reply.status == 400
                 assert "share, local_only, pool_pull" in (await reply.json())["error"]
-        async with http.put(b.api_url + SWITCHES_PATH) as reply:
+        async with http.put(b.api_url + SWITCHES_PATH, headers=control(b)) as reply:
             assert reply.status == 405
     await eventually(lambda: a.membership.table.get(b.settings.node_id).announcement.share is False)  # type: ignore[union-attr]
     assert read_settings_file(b.settings.config_dir)["share"] is False

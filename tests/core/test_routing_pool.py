@@ -16,7 +16,7 @@ import pytest
 
 from inferhub_desktop.core import ROUTE_PATH, SWITCHES_PATH, Node
 from tests.fakes.ollama import FakeOllama
-from tests.support import eventually, node_settings
+from tests.support import control, eventually, node_settings
 
 NODE = "X-InferHub-Node"
 
@@ -203,7 +203,9 @@ async def test_a_pinned_request_goes_where_it_is_pinned(pool: Pool, http: aiohtt
 
 
 async def test_local_only_keeps_requests_on_this_machine(pool: Pool, http: aiohttp.ClientSession) -> None:
-    async with http.post(pool.alpha.api_url + SWITCHES_PATH, json={"local_only": True}) as reply:
+    async with http.post(
+        pool.alpha.api_url + SWITCHES_PATH, json={"local_only": True}, headers=control(pool.alpha)
+    ) as reply:
         assert (await reply.json())["local_only"] is True
     status, node, _ = await generate(http, pool.alpha, "llama3")
     assert (status, node) == (200, "alpha")
@@ -238,7 +240,7 @@ async def test_speeds_learnt_by_a_peer_reach_the_router(pool: Pool, http: aiohtt
 
 
 async def explain(http: aiohttp.ClientSession, node: Node, model: str) -> dict[str, Any]:
-    async with http.get(node.api_url + ROUTE_PATH, params={"model": model}) as reply:
+    async with http.get(node.api_url + ROUTE_PATH, params={"model": model}, headers=control(node)) as reply:
         assert reply.status == 200
         value: dict[str, Any] = await reply.json()
         return value

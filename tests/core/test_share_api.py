@@ -106,7 +106,7 @@ class Rig:
         return await self._serve(api.app())
 
     async def local(self, admission: Admission) -> str:
-        api = LocalApi(self._forwarder(admission, remote=False), OriginPolicy({}), Alone(), Alone())
+        api = LocalApi(self._forwarder(admission, remote=False), OriginPolicy({}), Alone(), Alone(), "token")
         return await self._serve(api.app())
 
     async def _serve(self, app: web.Application) -> str:

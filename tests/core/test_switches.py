@@ -15,14 +15,16 @@ from inferhub_desktop.core import (
     STATUS_PATH,
     SWITCHES_PATH,
     Node,
+    PoolKey,
     SettingsStore,
     join_code,
     new_secret,
+    read_join_code,
     read_settings_file,
 )
 from inferhub_desktop.core.settings import SETTINGS_FILE
 from tests.fakes.ollama import FakeOllama
-from tests.support import node_settings, unwritable
+from tests.support import control, node_settings, unwritable
 
 SWITCHES_OFF = {"share": False, "local_only": False, "pool_pull": False}
 
@@ -33,10 +35,10 @@ async def fake() -> AsyncIterator[FakeOllama]:
         yield server
 
 
-async def control(node: Node, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+async def ask(node: Node, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as http,
-        http.request(method, node.api_url + path, json=body) as reply,
+        http.request(method, node.api_url + path, json=body, headers=control(node)) as reply,
     ):
         return reply.status, await reply.json()
 
@@ -46,21 +48,21 @@ async def restarted(config_dir: Path, fake: FakeOllama) -> dict[str, Any]:
     async with Node(
         SettingsStore(config_dir, {"api_port": 0, "share_port": 0, "backend": fake.url}, {})
     ) as node:
-        return (await control(node, "GET", STATUS_PATH))[1]  # type: ignore[no-any-return]
+        return (await ask(node, "GET", STATUS_PATH))[1]  # type: ignore[no-any-return]
 
 
 async def test_switches_from_the_control_api_hold_in_the_node_the_file_and_after_a_restart(
     tmp_path: Path, fake: FakeOllama
 ) -> None:
     async with Node(node_settings(tmp_path, fake.url), environ={}) as node:
-        assert await control(node, "GET", SWITCHES_PATH) == (200, SWITCHES_OFF)
+        assert await ask(node, "GET", SWITCHES_PATH) == (200, SWITCHES_OFF)
         wanted = {"share": True, "local_only": True, "pool_pull": True}
-        assert await control(node, "POST", SWITCHES_PATH, wanted) == (200, wanted)
-        assert await control(node, "POST", SWITCHES_PATH, {"local_only": False}) == (
+        assert await ask(node, "POST", SWITCHES_PATH, wanted) == (200, wanted)
+        assert await ask(node, "POST", SWITCHES_PATH, {"local_only": False}) == (
             200,
             {**wanted, "local_only": False},
         )
-        status = (await control(node, "GET", STATUS_PATH))[1]
+        status = (await ask(node, "GET", STATUS_PATH))[1]
         # Whatever reads the node's state reads the same switches.
         assert (status["share"], status["local_only"], status["pool_pull"]) == (True, False, True)
         assert node.announcement().share is True
@@ -76,8 +78,8 @@ async def test_a_flag_given_at_start_yields_to_the_users_later_switch(
 ) -> None:
     # As `inferhub serve --share` then `inferhub share off`: the last word is the user's.
     async with Node(node_settings(tmp_path, fake.url, share=True), environ={}) as node:
-        assert (await control(node, "GET", SWITCHES_PATH))[1]["share"] is True
-        await control(node, "POST", SWITCHES_PATH, {"share": False})
+        assert (await ask(node, "GET", SWITCHES_PATH))[1]["share"] is True
+        await ask(node, "POST", SWITCHES_PATH, {"share": False})
         assert node.settings.share is False
     assert (await restarted(tmp_path, fake))["share"] is False
 
@@ -85,13 +87,14 @@ async def test_a_flag_given_at_start_yields_to_the_users_later_switch(
 async def test_joining_and_leaving_a_pool_holds_after_a_restart(tmp_path: Path, fake: FakeOllama) -> None:
     code = join_code(new_secret())
     async with Node(node_settings(tmp_path, fake.url), environ={}) as node:
-        status, pool = await control(node, "POST", POOL_PATH, {"code": code})
-        assert (status, pool["code"]) == (200, code)
+        status, pool = await ask(node, "POST", POOL_PATH, {"code": code})
+        # The pool's public id, never its code, which is its secret.
+        assert (status, pool) == (200, {"pool": PoolKey(read_join_code(code)).pool_id})
         assert node.pool_key is not None
         assert node.announcement().pool == node.pool_key.pool_id
     assert (await restarted(tmp_path, fake))["pool"] == node.pool_key.pool_id
     async with Node(node_settings(tmp_path, fake.url), environ={}) as node:
-        assert await control(node, "POST", POOL_PATH, {"code": None}) == (200, {"pool": None, "code": None})
+        assert await ask(node, "POST", POOL_PATH, {"code": None}) == (200, {"pool": None})
     assert (await restarted(tmp_path, fake))["pool"] is None
 
 
@@ -109,20 +112,20 @@ async def test_a_switch_that_cannot_be_saved_is_refused_and_the_node_keeps_the_o
 ) -> None:
     config_dir = tmp_path / "config"
     async with Node(node_settings(config_dir, fake.url), environ={}) as node:
-        await control(node, "POST", SWITCHES_PATH, {"share": True})
+        await ask(node, "POST", SWITCHES_PATH, {"share": True})
         with unwritable(config_dir, how):
             saved = (config_dir / SETTINGS_FILE).read_bytes()
-            status, answer = await control(node, "POST", SWITCHES_PATH, {"share": False})
+            status, answer = await ask(node, "POST", SWITCHES_PATH, {"share": False})
             assert status == 500
             assert str(config_dir / SETTINGS_FILE) in answer["error"]
             assert "nothing was changed" in answer["error"]
             assert (config_dir / SETTINGS_FILE).read_bytes() == saved
 
-            status, answer = await control(node, "POST", POOL_PATH, {"code": join_code(new_secret())})
+            status, answer = await ask(node, "POST", POOL_PATH, {"code": join_code(new_secret())})
             assert status == 500
             assert "nothing was changed" in answer["error"]
 
-            assert (await control(node, "GET", SWITCHES_PATH))[1]["share"] is True
+            assert (await ask(node, "GET", SWITCHES_PATH))[1]["share"] is True
             assert node.announcement().share is True
             assert node.pool_key is None
     assert (await restarted(config_dir, fake))["share"] is True

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from inferhub_desktop.core import Node
+from inferhub_desktop.core import CONTROL_HEADER, TOKEN_FILE, Node
 from inferhub_desktop.core.identity import node_id_of
 from tests.fakes.ollama import FakeModel, FakeOllama
 from tests.support import LoopThread, fixed_identity, node_settings
@@ -50,6 +50,8 @@ EXAMPLES = {"random": 300, "malformed": 150}
 # The node's identity is made from this seed, so the node id is known before it starts.
 NODE_SEED = 0xF022
 NODE_ID = node_id_of(ec.derive_private_key(NODE_SEED, ec.SECP256R1()).public_key())
+# The node's control token, written before it starts, so the owner's calls can be drawn.
+CONTROL_TOKEN = "fuzz-control-token"
 _MAX_REPORTED = 12
 
 # -- what is sent --------------------------------------------------------------------------------------
@@ -417,6 +419,8 @@ def requests(draw: st.DrawFn) -> Request:
         fuzzed = [(name, draw(st.sampled_from(INTERESTING_HEADERS[name]))) for name in names]
         if "X-InferHub-Node" not in names and draw(st.integers(0, 3)) == 3:
             fuzzed.append(("X-InferHub-Node", b"test-node"))  # pinned to this node: routed all the same
+        if path.startswith("/_inferhub/") and draw(st.integers(0, 3)) != 3:
+            fuzzed.append((CONTROL_HEADER, CONTROL_TOKEN.encode()))  # the owner, mostly
     lines = [f"{method} ".encode() + target + b" HTTP/1.1"]
     if draw(st.integers(0, 9)) < 9 and not any(name.lower() == "host" for name, _ in fuzzed):
         lines.append(b"Host: 127.0.0.1")
@@ -763,6 +767,7 @@ def running(tmp_path: Path, caplog: pytest.LogCaptureFixture, **overrides: Any) 
         fake_loop.run(fake.start())
         try:
             assert fixed_identity(tmp_path, NODE_SEED) == NODE_ID
+            (tmp_path / TOKEN_FILE).write_text(CONTROL_TOKEN)
             settings = node_settings(tmp_path, fake.url, share=True, **overrides)
             assert settings.settings.interfaces == ("127.0.0.1",)
             node = Node(settings, environ={})

@@ -22,6 +22,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from inferhub_desktop.core import CONTROL_HEADER
 from inferhub_desktop.core.membership import announcement_from_status
 from inferhub_desktop.core.peers import PeerAnnouncement
 from inferhub_desktop.core.status import NodeStatus
@@ -339,9 +340,11 @@ class FakePeer:
         return web.json_response({"error": "server busy, please try again."}, status=503)
 
 
-def get(port: int, path: str, body: bytes | None = None) -> Answer:
+def get(port: int, path: str, body: bytes | None = None, token: str = "") -> Answer:
     method = "GET" if body is None else "POST"
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    if token:
+        head += f"{CONTROL_HEADER}: {token}\r\n"
     data = head.encode() + (b"Content-Length: %d\r\n\r\n%s" % (len(body), body) if body else b"\r\n")
     return exchange(port, data, method, 10.0)
 
@@ -360,7 +363,7 @@ def still_working(rig: Rig) -> str | None:
         ("/api/generate", generate),
     ]:
         try:
-            answer = get(port, path, body)
+            answer = get(port, path, body, rig.node.control_token)
         except (OSError, EOFError, TimeoutError, Malformed) as exc:
             return f"{path}: {type(exc).__name__}"
         if answer.status != 200:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ class Machine:
     node: subprocess.Popen[Any]
     watch_log: Path
     node_log: Path
+    config_dir: Path
 
     def views(self) -> list[dict[str, Any]]:
         """Return every peer list this machine's node has shown, oldest first."""
@@ -35,12 +37,14 @@ class Machine:
         return {p["name"]: p for p in views[-1]["peers"]} if views else {}
 
     def cli(self, *args: str) -> str:
+        """Run an `inferhub` command as the machine's owner, whose config directory is the node's."""
         result = self.host.run(
             [sys.executable, "-m", "inferhub_desktop", *args],
             timeout=20,
             cwd=ROOT,
             capture_output=True,
             text=True,
+            env={**os.environ, "INFERHUB_CONFIG_DIR": str(self.config_dir)},
         )
         assert result.returncode == 0, result.stderr
         return str(result.stdout)
@@ -108,10 +112,15 @@ def start_machines(
         watch_log = work / "watch.log"
         with watch_log.open("w") as out:
             host.popen(
-                [sys.executable, "tests/lan/scripts/watch_peers.py", "http://127.0.0.1:11435"],
+                [
+                    sys.executable,
+                    "tests/lan/scripts/watch_peers.py",
+                    "http://127.0.0.1:11435",
+                    str(work / "config"),
+                ],
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        machines.append(Machine(host, f"node{i}", node, watch_log, node_log))
+        machines.append(Machine(host, f"node{i}", node, watch_log, node_log, work / "config"))
     return machines

@@ -38,9 +38,9 @@ def run(host: Host, *args: str) -> str:
     return str(result.stdout)
 
 
-def sees_smollm2_at(host: Host, peer: str) -> bool:
+def sees_smollm2_at(host: Host, config_dir: Path, peer: str) -> bool:
     listed = host.run(
-        [sys.executable, "-m", "inferhub_desktop", "peers", "--json"],
+        [sys.executable, "-m", "inferhub_desktop", "peers", "--json", "--config-dir", str(config_dir)],
         timeout=20,
         cwd=ROOT,
         capture_output=True,
@@ -76,7 +76,11 @@ def test_a_peer_chats_with_the_real_model_through_the_share_api(tmp_path: Path) 
             user, node_args("node1", user, tmp_path / "c1", "http://127.0.0.1:11434"), tmp_path / "node1.log"
         )
         try:
-            wait_for(lambda: sees_smollm2_at(user, "node0"), 60, "node1 seeing node0 share smollm2")
+            wait_for(
+                lambda: sees_smollm2_at(user, tmp_path / "c1", "node0"),
+                60,
+                "node1 seeing node0 share smollm2",
+            )
 
             here = client_calls(server)
             there = client_calls(user)

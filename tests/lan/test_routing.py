@@ -99,10 +99,8 @@ def listed_by(machine: Machine) -> list[str]:
 
 def peers_requests_on(machine: Machine) -> int:
     """Return how many peers' requests the machine's node is running now."""
-    code = (
-        f"import urllib.request; print(urllib.request.urlopen('{API}/_inferhub/v1/status').read().decode())"
-    )
-    remote: int = python(machine, code)["load"]["remote"]
+    status = json.loads(machine.cli("status", "--json", "--config-dir", str(machine.config_dir)))
+    remote: int = status["load"]["remote"]
     return remote
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from inferhub_desktop.core import PoolKey, join_code, new_secret, read_join_code
+from inferhub_desktop.core.discovery import instance_name
 from inferhub_desktop.core.identity import load_identity
 from tests.lan.machines import Machine, start_machines, wait_for
 from tests.lan.netns import Lan, netns_unavailable
@@ -179,3 +180,43 @@ def test_a_tls_peer_reached_by_address_is_pinned_on_first_contact(tmp_path: Path
         finally:
             for m in machines:
                 print(f"--- {m.name} log\n{m.node_log.read_text()[-3000:]}")
+
+
+def test_a_goodbye_spoofed_on_mdns_drops_no_member_and_cuts_no_stream(machines: list[Machine]) -> None:
+    member, user, open_node, _ = machines
+    wait_for(lambda: set(user.peers()) == {"node0"}, 20, "node1 seeing node0")
+    seen_before = len(user.views())
+    # A long answer streams from node0 to node1's user while the goodbyes arrive.
+    asking = user.host.popen(
+        [
+            sys.executable,
+            "tests/lan/scripts/ask.py",
+            API + "/api/generate",
+            json.dumps({"model": "llama3", "prompt": "count", "options": {"num_predict": 3000}}),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    goodbyes = open_node.host.run(
+        [
+            sys.executable,
+            "tests/lan/scripts/mdns_goodbye.py",
+            open_node.host.ip,
+            instance_name("node0", node_id(member)),
+            "5",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "sent 5" in goodbyes.stdout, goodbyes.stderr
+    answer, _ = asking.communicate(timeout=60)
+    lines = answer.splitlines()
+    assert json.loads(lines[0]) == {"status": 200, "node": "node0"}
+    assert json.loads(lines[-1])["done"] is True  # the stream ran to its end
+    # node1 never dropped node0, and its log tells of no goodbye.
+    assert all("node0" in {p["name"] for p in view["peers"]} for view in user.views()[seen_before:])
+    assert "said goodbye" not in user.node_log.read_text()

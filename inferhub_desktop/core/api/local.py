@@ -3,6 +3,7 @@ control paths for the tray, the dashboard and the CLI."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from ..wire.endpoints import (
     SWITCHES_PATH,
 )
 from ..wire.errors import ApiError, ConfigError, SettingsNotSaved
+from ..wire.headers import CONTROL_HEADER
 from ..wire.payload import parse_body
 from ..wire.responses import go_json, text_response
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
@@ -43,7 +45,7 @@ class Control(Protocol):
         ...
 
     def pool_info(self) -> dict[str, Any]:
-        """Return the private pool this node is in (its id and join code), or nulls."""
+        """Return the private pool this node is in (its public id), or null."""
         ...
 
     def set_pool(self, code: str | None) -> dict[str, Any]:
@@ -76,9 +78,12 @@ class LocalApi:
         origins: OriginPolicy,
         control: Control,
         routes: Routes,
+        token: str,
     ) -> None:
         self._forwarder = forwarder
         self._origins = origins
+        # What the control paths require of a request: the owner's control token.
+        self._token = token
         self._controls = control
         self._routes = routes
 
@@ -93,6 +98,16 @@ class LocalApi:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """Check the request as Ollama does, then answer it: listings pool-wide, the rest where routed."""
+        if request.path.startswith(CONTROL_PREFIX):
+            # The owner's alone: never a web page's, whatever Ollama's Origin rules let through.
+            if "Origin" in request.headers:
+                raise ApiError(403, "the node's control paths do not answer web pages")
+            if not hmac.compare_digest(request.headers.get(CONTROL_HEADER, ""), self._token):
+                raise ApiError(
+                    401,
+                    "this path needs the node's control token: the owner's `inferhub` commands send it "
+                    "from the config directory's control.token",
+                )
         if refusal := self._guard(request):
             return refusal
         if request.path.startswith(CONTROL_PREFIX):

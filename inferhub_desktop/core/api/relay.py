@@ -121,6 +121,8 @@ class _Trail:
     started: float
     model: str | None = None
     client: str = ""
+    address: str = ""
+    verified: bool = False
     node: str = ""
     attempts: int = 0
     outcome: Outcome | None = None
@@ -362,7 +364,13 @@ class Forwarder:
         via = [v.strip() for v in request.headers.get(VIA_HEADER, "").split(",") if v.strip()]
         if endpoint.kind is not Kind.INFERENCE:
             return await self._forward(request, endpoint, via, _Trail(0.0))
-        trail = _Trail(time.monotonic(), client=request.get(SIGNER_KEY) or (via[-1] if via else ""))
+        signer = request.get(SIGNER_KEY)
+        trail = _Trail(
+            time.monotonic(),
+            client=signer or (via[-1] if via else ""),
+            address=request.remote or "",
+            verified=signer is not None,
+        )
         error: str | None = None
         status = 0
         try:
@@ -391,6 +399,8 @@ class Forwarder:
             model=trail.model,
             node=trail.node,
             client=trail.client,
+            address=trail.address,
+            verified=trail.verified,
             attempts=trail.attempts,
             status=status or (outcome.status if outcome else 0),
             duration_s=time.monotonic() - trail.started,

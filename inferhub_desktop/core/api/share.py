@@ -16,6 +16,7 @@ from ..trust import PoolKey
 from ..wire.endpoints import METRICS_PATH, PULL_PATH, STATUS_PATH, Kind
 from ..wire.errors import ApiError, Unauthorized
 from ..wire.headers import AUTH_HEADER
+from ..wire.responses import error_response
 from .relay import BODY_KEY, SIGNER_KEY, Forwarder, endpoint_of
 
 _log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class ShareApi:
         *,
         sharing: Callable[[], bool],
         pool_pull: Callable[[], bool],
+        stopping: Callable[[], bool] = lambda: False,
         key: Callable[[], PoolKey | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -82,6 +84,8 @@ class ShareApi:
         self._name = name
         self._sharing = sharing
         self._pool_pull = pool_pull
+        # A node that is stopping says so to status polls: peers that heard its goodbye drop it at once.
+        self._stopping = stopping
         # The private pool's keys: with them every request must be signed by a member; without them the
         # pool is the LAN's open one and only local-network sources are served.
         self._key = key
@@ -101,17 +105,22 @@ class ShareApi:
             raise ApiError(429, "too many requests from this address; slow down")
         key = self._key()
         nonce = ""
-        if key is None:
-            if not is_lan_address(source):
-                raise ApiError(403, "InferHub shares only with machines on the local network")
-        else:
-            try:
-                async with asyncio.timeout(_BODY_TIMEOUT_S):
-                    body = await self._forwarder.read_body(request)
-            except TimeoutError:
-                raise ApiError(
-                    408, f"the request's body did not arrive within {_BODY_TIMEOUT_S:g} s"
-                ) from None
+        if key is None and not is_lan_address(source):
+            raise ApiError(403, "InferHub shares only with machines on the local network")
+        # In either pool a body arrives whole within the deadline, or the connection is let go.
+        try:
+            async with asyncio.timeout(_BODY_TIMEOUT_S):
+                body = await self._forwarder.read_body(request)
+        except TimeoutError:
+            late = error_response(
+                408,
+                f"the request's body did not arrive within {_BODY_TIMEOUT_S:g} s",
+                openai=request.path.startswith("/v1/"),
+            )
+            late.force_close()  # the rest of the body is not waited for
+            return late
+        request[BODY_KEY] = body
+        if key is not None:
             try:
                 signer, nonce = key.check_request(
                     request.headers.get(AUTH_HEADER), request.method, request.raw_path, body
@@ -120,9 +129,10 @@ class ShareApi:
                 self._log_refusal(source, str(exc))
                 # Ollama's word for it, and nothing that would help a caller who is not a member.
                 raise ApiError(401, "unauthorized") from None
-            request[BODY_KEY] = body
             request[SIGNER_KEY] = signer
         if request.path == STATUS_PATH:
+            if self._stopping():
+                raise ApiError(503, f"{self._name} is stopping")
             reply = self._forwarder.status_reply(request)
             if key is not None and isinstance(reply.body, bytes):
                 reply.headers[AUTH_HEADER] = key.sign_status(nonce, reply.body)
