@@ -32,14 +32,19 @@ from .core import (
     MalformedRecord,
     NodeStatus,
     PeerState,
+    PrivatePool,
     SettingsNotSaved,
     SettingsStore,
     Telemetry,
+    Unauthorized,
     audit_row,
+    create_pool,
     default_config_dir,
-    join_code,
-    new_secret,
-    pool_key,
+    join_pool,
+    leave_pool,
+    load_identity,
+    load_settings,
+    parse_peer,
     read_audit,
     read_control_token,
     read_settings_file,
@@ -48,6 +53,8 @@ from .core import (
 
 _log = logging.getLogger("inferhub_desktop")
 _CLIENT_TIMEOUT_S = 5.0
+# Taking up a new pool restarts the share API, which lets its requests in flight finish first.
+_POOL_TIMEOUT_S = 15.0
 # The switch commands: what each turns on or off, and how it is said.
 _SWITCH_COMMANDS = {
     "share": ("share", "share this GPU with the pool, or stop", "sharing"),
@@ -170,18 +177,31 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help="print the raw entries as JSON")
     pool = commands.add_parser(
         "pool",
-        help="make, join, leave or show a private pool",
-        description="A private pool: only machines that joined it with its code see and use each other's "
-        "GPUs. Without one, the pool is every InferHub on the local network.",
+        help="make, join, leave or manage a private pool",
+        description="A private pool: machines admitted one at a time, each known by its key; they speak "
+        "mutual TLS and refuse everyone else. Without one, the pool is every InferHub on the local network, "
+        "unauthenticated.",
     )
     actions = pool.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("create", parents=[client], help="make a new private pool, join it, print its code")
-    join = actions.add_parser("join", parents=[client], help="join the private pool of a join code")
-    join.add_argument(
-        "code", metavar="CODE", help="the join code, as another member's `inferhub pool show` says"
+    actions.add_parser(
+        "create", parents=[client], help="make a private pool with this machine as its authority"
     )
+    actions.add_parser(
+        "invite", parents=[client], help="make a one-time code for one machine to join (the authority only)"
+    )
+    join = actions.add_parser("join", parents=[client], help="join a private pool with an invite's code")
+    join.add_argument("code", metavar="CODE", help="the code `inferhub pool invite` printed on the authority")
+    join.add_argument(
+        "--at",
+        metavar="HOST[:PORT]",
+        help="the pool's authority; by default every pool's machine seen on mDNS is asked",
+    )
+    actions.add_parser("members", parents=[client], help="list the pool's members, and the machines removed")
+    remove = actions.add_parser(
+        "remove", parents=[client], help="remove a machine from the pool (the authority only)"
+    )
+    remove.add_argument("node", metavar="NODE", help="the member's node id or name")
     actions.add_parser("leave", parents=[client], help="leave the private pool for the LAN's open pool")
-    actions.add_parser("show", parents=[client], help="show this machine's pool and its join code")
     return parser
 
 
@@ -202,8 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        # One flag per user setting, named alike; but the join code, which a command line would show to
-        # every user of the machine: `inferhub pool` keeps it in the settings file.
+        # One flag per user setting, named alike.
         flags = {key: getattr(args, key, None) for key in USER_FIELDS}
         store = SettingsStore(args.config_dir, flags)
         # A switch given as a flag is remembered, as the same switch in the tray is.
@@ -392,55 +411,153 @@ def _positive(text: str) -> int:
 
 
 def _pool(args: argparse.Namespace) -> int:
-    """Make, join, leave or show the private pool: in the running node, else in the settings file it
-    starts from."""
+    """Make, join, leave or manage the private pool: its files change here, in the config directory, and
+    a running node is told to take them up; removing goes through the running node, which keeps the
+    roster, when there is one."""
     try:
-        config_dir, table, port = _node(args)
-        code = {
-            "show": table.get("pool_code") or None,
-            "create": join_code(new_secret()),
-            "join": getattr(args, "code", None),
-            "leave": None,
-        }[args.action]
-        key = pool_key(code)
-    except ConfigError as exc:
-        print(f"inferhub: error: {exc}", file=sys.stderr)
-        return 2
-    code = key.code if key else None
-    running = True
-    try:
-        body = json.dumps({"code": code}).encode() if args.action != "show" else None
-        request = _control(config_dir, f"http://127.0.0.1:{port}{POOL_PATH}", body)
-        with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S):
-            pass
+        config_dir, _, port = _node(args)
+        settings = load_settings(config_dir)
+        identity = load_identity(config_dir)
+        pool = PrivatePool.load(config_dir, identity)
+        base = f"http://127.0.0.1:{port}"
+        if args.action == "members":
+            info = _ask_node(config_dir, base + POOL_PATH)
+            print(format_pool(info if info is not None else pool_files_info(pool)))
+            return 0
+        if args.action == "remove":
+            info = _ask_node(config_dir, base + POOL_PATH, {"remove": args.node})
+            if info is None:
+                if pool is None:
+                    raise ConfigError(
+                        "this machine is in the LAN's open pool, which has no members to remove"
+                    )
+                pool.remove(pool.roster.resolve(args.node))
+                info = pool_files_info(pool)
+            print(f"Removed {args.node}: every member refuses it from its next look at the roster.")
+            print(format_pool(info))
+            return 0
+        if args.action == "invite":
+            if pool is None:
+                raise ConfigError("this machine is in no private pool; `inferhub pool create` makes one")
+            code = pool.invite()
+            print(
+                f"An invite to the private pool {pool.pool_id}, for one machine, for a day:\n\n    {code}\n"
+            )
+            print(
+                f"On that machine: `inferhub pool join {code}` (with --at THIS-MACHINE:{settings.share_port} "
+                "where mDNS does not reach). Give the code to that machine's owner only."
+            )
+            return 0
+        if args.action in ("create", "join") and pool is not None:
+            raise ConfigError(
+                f"this machine is in the private pool {pool.pool_id} already; `inferhub pool leave` first"
+            )
+        if args.action == "create":
+            pool = create_pool(config_dir, identity, settings.name)
+            said = f"Made the private pool {pool.pool_id}; this machine is its authority."
+            said += "\nAdmit machines one at a time: `inferhub pool invite` makes a code for each."
+        elif args.action == "join":
+            places = [parse_peer(args.at)] if args.at else _nearby_pools(config_dir, base)
+            pool = asyncio.run(join_pool(config_dir, identity, settings.name, args.code, places))
+            said = f"Joined the private pool {pool.pool_id}."
+        else:
+            if pool is not None and pool.authority is not None:
+                print(
+                    "inferhub: this machine was the pool's authority: no machine can be admitted to the pool "
+                    "or removed from it any more",
+                    file=sys.stderr,
+                )
+            leave_pool(config_dir)
+            said = "Left the private pool: this machine is in the LAN's open pool."
+        info = _ask_node(config_dir, base + POOL_PATH, {})
     except urllib.error.HTTPError as exc:
         return _refused(port, exc)
-    except ConfigError as exc:
+    except (ConfigError, SettingsNotSaved, Unauthorized) as exc:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        if not isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
-            print(f"inferhub: the node on 127.0.0.1:{port} did not answer: {exc}", file=sys.stderr)
-            return 1
-        running = False
-    if not running and args.action != "show":
-        try:
-            SettingsStore(config_dir).change(pool_code=code or "")
-        except (ConfigError, SettingsNotSaved) as exc:
-            print(f"inferhub: error: {exc}", file=sys.stderr)
-            return 2
-    if key is None:
-        print(
-            "This machine is in the LAN's open pool: while it shares, any InferHub on the local network "
-            "may use it."
-        )
-    else:
-        verb = {"create": "Made and joined", "join": "Joined", "show": "In"}[args.action]
-        print(f"{verb} the private pool {key.pool_id}. Its join code:\n\n    {code}\n")
-        print("Other machines join with `inferhub pool join CODE`; keep the code among the pool's members.")
-    if not running and args.action != "show":
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 1
+    print(said)
+    if info is None:
         print("No node is running here; it uses this pool when it starts.")
     return 0
+
+
+def _ask_node(config_dir: Path, url: str, fields: dict[str, Any] | None = None) -> Any:
+    """GET a control path of the running node, or POST `fields` to it; return its JSON answer, or None
+    when no node runs. Raise HTTPError for a refusal, OSError when the node does not answer."""
+    body = json.dumps(fields).encode() if fields is not None else None
+    try:
+        with urllib.request.urlopen(_control(config_dir, url, body), timeout=_POOL_TIMEOUT_S) as reply:
+            return json.load(reply)
+    except urllib.error.HTTPError:
+        raise
+    except OSError as exc:
+        if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+            return None
+        raise OSError(f"the node on {url.split('/_')[0]} did not answer: {exc}") from exc
+
+
+def _nearby_pools(config_dir: Path, base: str) -> list[tuple[str, int]]:
+    """Return where the machines of private pools seen on mDNS are, as the running node knows them."""
+    info = _ask_node(config_dir, base + POOL_PATH)
+    if info is None:
+        raise ConfigError(
+            "no node runs here to look for the pool on the LAN: give the authority's address with "
+            "--at HOST[:PORT]"
+        )
+    places = [parse_peer(n["address"]) for n in info.get("nearby", [])]
+    if not places:
+        raise ConfigError(
+            "no private pool is seen on the LAN: give the authority's address with --at HOST[:PORT]"
+        )
+    return places
+
+
+def pool_files_info(pool: PrivatePool | None) -> dict[str, Any]:
+    """Return what a running node says of its pool, from the pool files, when no node runs."""
+    if pool is None:
+        return {"pool": None, "nearby": []}
+    roster = pool.roster
+    return {
+        "pool": pool.pool_id,
+        "authority": pool.authority is not None,
+        "version": roster.version,
+        "members": [
+            {"id": m.node_id, "name": m.name, "online": None, "authority": m.node_id == roster.authority}
+            for m in roster.members
+            if m.node_id not in roster.removed
+        ],
+        "removed": list(roster.removed),
+        "nearby": [],
+    }
+
+
+def format_pool(info: dict[str, Any]) -> str:
+    """Render the pool for people: its id and this machine's part in it, then its members."""
+    if info.get("pool") is None:
+        lines = [
+            "This machine is in the LAN's open pool: while it shares, any InferHub on the local network may "
+            "use it, and peers are not authenticated. `inferhub pool create` makes a private pool."
+        ]
+        lines += [f"  private pool {n['pool']} seen at {n['address']}" for n in info.get("nearby", [])]
+        return "\n".join(lines)
+    role = "its authority" if info.get("authority") else "a member"
+    lines = [f"Private pool {info['pool']} (roster version {info['version']}); this machine is {role}."]
+    rows = [("name", "node id", "online")] + [
+        (
+            m["name"] + (" (authority)" if m["authority"] else ""),
+            m["id"],
+            {True: "yes", False: "no", None: "?"}[m["online"]],
+        )
+        for m in info["members"]
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if info["removed"]:
+        lines.append("removed: " + ", ".join(info["removed"]))
+    return "\n".join(lines)
 
 
 def format_route(decision: dict[str, Any]) -> str:
@@ -478,6 +595,11 @@ def format_peers(peers: list[PeerState]) -> str:
             "blocked, add them with --peer HOST:PORT"
         )
     blocks = []
+    if any(peer.status.pool is None for peer in peers):
+        blocks.append(
+            "open pool: these peers are not authenticated, and any machine on the LAN may claim a name; "
+            "a private pool (`inferhub pool create`) proves each member by its key"
+        )
     for peer in peers:
         sharing = "sharing" if peer.share else "not sharing"
         head = f"{peer.name}  {peer.address}:{peer.port}  {sharing}"

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from inferhub_desktop.core import CONTROL_HEADER, PeerState, RequestDone, SettingsStore, read_settings_file
 from inferhub_desktop.core.api.relay import Plan, Query, Target
 from inferhub_desktop.core.identity import KEY_FILE, load_identity
+from inferhub_desktop.core.pool import PrivatePool, accept_admission, create_pool, join_request
 from inferhub_desktop.core.settings import SETTINGS_FILE
 from inferhub_desktop.core.wire.endpoints import Endpoint
 
@@ -77,7 +78,10 @@ class Alone:
     def pool_info(self) -> dict[str, Any]:
         return {}
 
-    def set_pool(self, code: str | None) -> dict[str, Any]:
+    async def reload_pool(self) -> dict[str, Any]:
+        return {}
+
+    def remove_member(self, who: str) -> dict[str, Any]:
         return {}
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
@@ -106,6 +110,26 @@ def fixed_identity(config_dir: Path, seed: int) -> str:
         )
     )
     return load_identity(config_dir).node_id
+
+
+def private_pool(*config_dirs: Path, names: tuple[str, ...] = ()) -> PrivatePool:
+    """Make a private pool of the machines of these config directories, the first its authority, as
+    `inferhub pool create`, `invite` and `join` do but for the join's HTTP hop (tests/core/test_trust.py
+    joins over the network); every member gets the final roster. Return the authority's pool."""
+    names = names or tuple(config_dir.name for config_dir in config_dirs)
+    authority = create_pool(config_dirs[0], load_identity(config_dirs[0]), names[0])
+    for config_dir, name in zip(config_dirs[1:], names[1:], strict=True):
+        identity = load_identity(config_dir)
+        code = authority.invite()
+        request = join_request(identity, name, code, authority.fingerprint)
+        admission, proof = authority.admit(request, authority.fingerprint)
+        accept_admission(config_dir, identity, code, authority.fingerprint, admission.to_json(), proof.hex())
+    for config_dir in config_dirs[1:]:
+        member = PrivatePool.load(config_dir, load_identity(config_dir))
+        assert member is not None
+        member.adopt(authority.roster)
+        member.save()
+    return authority
 
 
 def write_settings(config_dir: Path, **values: Any) -> None:

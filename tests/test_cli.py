@@ -25,6 +25,7 @@ from tests.support import (
     start_process,
     stop_process,
     unwritable,
+    write_settings,
 )
 
 
@@ -271,3 +272,49 @@ def test_a_switch_that_cannot_be_saved_says_why(tmp_path: Path, unused_tcp_port:
     assert refused.returncode == 2
     assert f"cannot save the change to {tmp_path / 'settings.toml'}" in refused.stderr
     assert "share = true" in (tmp_path / "settings.toml").read_text()
+
+
+def test_a_private_pool_is_made_joined_and_managed_from_the_command_line(
+    tmp_path: Path, fake_ollama: str, unused_tcp_port: int
+) -> None:
+    box, desk = tmp_path / "box", tmp_path / "desk"
+    idle = ("--api-port", str(unused_tcp_port))  # no node answers there
+    write_settings(box, name="box")
+    write_settings(desk, name="desk")
+
+    made = run_cli("pool", "create", *idle, "--config-dir", str(box))
+    assert made.returncode == 0, made.stderr
+    assert "this machine is its authority" in made.stdout
+    assert "No node is running here" in made.stdout
+    refused = run_cli("pool", "invite", *idle, "--config-dir", str(desk))
+    assert (refused.returncode, refused.stderr) == (
+        2,
+        "inferhub: error: this machine is in no private pool; `inferhub pool create` makes one\n",
+    )
+    node, url = start_node_process(box, fake_ollama, "--share-port", "0")
+    try:
+        api = ("--api-port", url.rsplit(":", 1)[1])
+        status = json.loads(run_cli("status", "--json", *api, "--config-dir", str(box)).stdout)
+        invite = run_cli("pool", "invite", *api, "--config-dir", str(box))
+        code = invite.stdout.split("\n\n")[1].strip()
+        at = f"127.0.0.1:{status['share_port']}"
+        joined = run_cli("pool", "join", code, "--at", at, *idle, "--config-dir", str(desk))
+        assert (joined.returncode, joined.stdout.splitlines()[0]) == (
+            0,
+            f"Joined the private pool {status['pool']}.",
+        )
+        again = run_cli("pool", "join", code, "--at", at, *idle, "--config-dir", str(tmp_path / "third"))
+        assert again.returncode == 2
+        assert "did not admit this one" in again.stderr
+        members = run_cli("pool", "members", *api, "--config-dir", str(box)).stdout
+        assert "this machine is its authority" in members
+        assert [line.split()[0] for line in members.splitlines()[2:4]] == ["box", "desk"]
+        removed = run_cli("pool", "remove", "desk", *api, "--config-dir", str(box))
+        assert removed.returncode == 0, removed.stderr
+        assert "removed: " in removed.stdout
+    finally:
+        assert stop_process(node) == 0
+    left = run_cli("pool", "leave", *idle, "--config-dir", str(desk))
+    assert left.stdout.startswith("Left the private pool")
+    shown = run_cli("pool", "members", *idle, "--config-dir", str(desk)).stdout
+    assert shown.startswith("This machine is in the LAN's open pool")

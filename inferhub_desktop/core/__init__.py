@@ -1,6 +1,7 @@
 """InferHub's core: asyncio only, never Qt. The UI and the CLI use what this module exports."""
 
 from .audit import audit_entry, audit_row, read_audit
+from .codes import join_code, new_secret, read_join_code
 from .control import TOKEN_FILE, control_token, read_control_token
 from .events import (
     BackendChanged,
@@ -11,9 +12,11 @@ from .events import (
     RequestDone,
     SettingsChanged,
 )
+from .identity import Identity, load_identity
 from .names import short_name
 from .node import Node, serve
 from .peers import PeerState
+from .pool import PrivatePool, create_pool, join_pool, leave_pool
 from .settings import (
     DEFAULT_API_PORT,
     DEFAULT_SHARE_PORT,
@@ -30,7 +33,6 @@ from .settings import (
 from .status import NodeStatus
 from .store import SettingsStore
 from .telemetry import Telemetry
-from .trust import PoolKey, join_code, new_secret, pool_key, read_join_code
 from .wire.endpoints import AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
 from .wire.errors import (
     ApiError,
@@ -39,6 +41,7 @@ from .wire.errors import (
     InferhubError,
     MalformedRecord,
     SettingsNotSaved,
+    Unauthorized,
 )
 from .wire.headers import CONTROL_HEADER
 
@@ -62,6 +65,7 @@ __all__ = [
     "ConfigError",
     "Event",
     "Events",
+    "Identity",
     "InferhubError",
     "MalformedRecord",
     "Node",
@@ -69,23 +73,27 @@ __all__ = [
     "PeerJoined",
     "PeerLeft",
     "PeerState",
-    "PoolKey",
+    "PrivatePool",
     "RequestDone",
     "Settings",
     "SettingsChanged",
     "SettingsNotSaved",
     "SettingsStore",
     "Telemetry",
+    "Unauthorized",
     "audit_entry",
     "audit_row",
     "control_token",
+    "create_pool",
     "default_config_dir",
     "join_code",
+    "join_pool",
+    "leave_pool",
+    "load_identity",
     "load_settings",
     "new_secret",
     "parse_host",
     "parse_peer",
-    "pool_key",
     "read_audit",
     "read_control_token",
     "read_join_code",

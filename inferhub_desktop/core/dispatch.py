@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -32,7 +33,6 @@ from .router import RouteDecision, RouteRequest, RouterNode, Snapshot, choose_ro
 from .settings import Settings
 from .speeds import SpeedBook
 from .status import NodeStatus
-from .trust import PoolKey
 from .views import now_at, router_node
 from .wire.endpoints import PULL_PATH, Endpoint, Kind
 from .wire.errors import ApiError
@@ -110,7 +110,7 @@ class Dispatcher:
         backend: Callable[[], Backend],
         own: Callable[[], RouterNode],
         peers: Callable[[], PeerTable | None],
-        pool_key: Callable[[], PoolKey | None],
+        pool_tls: Callable[[], ssl.SSLContext | None],
         *,
         events: Events,
         audit: AuditLog,
@@ -123,7 +123,8 @@ class Dispatcher:
         self._backend = backend
         self._own = own
         self._peers = peers
-        self._pool_key = pool_key
+        # The private pool's mutual-TLS context for calling its members; None in the open pool.
+        self._pool_tls = pool_tls
         self._events = events
         self._audit = audit
         self._backend_changed = backend_changed
@@ -358,10 +359,11 @@ class Dispatcher:
     def _link(self, peer: Peer) -> OllamaBackend:
         """Return the connections kept to a peer's share API, made anew if it moved."""
         pin = peer.announcement.tls or None
+        tls = self._pool_tls()
         scheme = "https" if pin else "http"
         url = f"{scheme}://{url_host(peer.announcement.address)}:{peer.announcement.port}"
         link = self._links.get(peer.node_id)
-        if link is None or (link.url, link.pin) != (url, pin):
+        if link is None or (link.url, link.pin, link.tls) != (url, pin, tls):
             if link is not None:
                 link.close()
             link = OllamaBackend(
@@ -369,16 +371,11 @@ class Dispatcher:
                 connect_timeout_s=_PEER_CONNECT_TIMEOUT_S,
                 name=f"peer {peer.announcement.name!r}",
                 hint="",
-                sign=self._sign,
                 pin=pin,
+                tls=tls,
             )
             self._links[peer.node_id] = link
         return link
-
-    def _sign(self, method: str, target: str, body: bytes) -> str | None:
-        """Sign a request to a peer, in a private pool."""
-        key = self._pool_key()
-        return key.sign_request(self._settings().node_id, method, target, body) if key else None
 
     def _breaker(self, node_id: str) -> str | None:
         return None if self.breakers.allows(node_id) else self.breakers.describe(node_id)

@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
-import aiohttp
-
+from .backends.http1 import Http1Client, HttpError
 from .discovery import Discovery
 from .peers import Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
+from .pool import MAX_ROSTER_BYTES, PrivatePool, Roster
 from .settings import Settings, parse_peer
 from .status import MAX_STATUS_BYTES, NodeStatus
-from .tls import shown_fingerprint
-from .trust import PoolKey, nonce_of
-from .wire.endpoints import STATUS_PATH
+from .tls import peer_fingerprint, shown_fingerprint
+from .wire.endpoints import ROSTER_PATH, STATUS_PATH
 from .wire.errors import MalformedRecord, Unauthorized
-from .wire.headers import AUTH_HEADER
 
 _log = logging.getLogger(__name__)
 
@@ -60,16 +59,19 @@ class Membership:
         settings: Settings,
         own: Callable[[], PeerAnnouncement],
         *,
-        key: Callable[[], PoolKey | None] = lambda: None,
+        pool: Callable[[], PrivatePool | None] = lambda: None,
         joined: Callable[[Peer], None] = lambda peer: None,
         answered: Callable[[str], None] = lambda node_id: None,
         left: Callable[[Peer, str], None] = lambda peer, reason: None,
     ) -> None:
         self._settings = settings
-        self._session: aiohttp.ClientSession | None = None
+        # Kept-alive connections to each node polled, and how they reach it (a pin, or the pool's TLS).
+        self._links: dict[tuple[str, int], tuple[object, Http1Client]] = {}
         self._own = own
-        # The private pool's keys, or None in the LAN's open pool; they may change while the node runs.
-        self._key = key
+        # The private pool, or None in the LAN's open pool; it may change while the node runs.
+        self._pool = pool
+        # Whether a newer roster is being fetched from a member that has it.
+        self._fetching_roster = False
         # Told when a peer first answers, when it answers a status poll, and when it leaves (and why).
         self._joined = joined
         self._answered = answered
@@ -95,6 +97,15 @@ class Membership:
     def peers(self) -> list[Peer]:
         return list(self.table)
 
+    def private_pools(self) -> list[dict[str, str]]:
+        """Return the private pools nodes on mDNS advertise, and where each such node is: a machine asks
+        them to admit it with an invite, and only the authority of the invite's pool can."""
+        return [
+            {"pool": pool, "address": f"{url_host(host)}:{port}"}
+            for (host, port), pool in self._advertised_pools.items()
+            if pool
+        ]
+
     def set_static_peers(self, peers: Sequence[str]) -> None:
         """Reach these HOST:PORT peers by address from now on, in place of the ones given before."""
         wanted = {parse_peer(peer) for peer in peers}
@@ -113,14 +124,25 @@ class Membership:
         self._poll_now.set()
         self.readvertise()
 
+    def roster_changed(self) -> None:
+        """The pool's roster changed: peers no longer on it leave at once."""
+        pool = self._pool()
+        if pool is None:
+            return
+        for peer in self.table:
+            if pool.roster.member(peer.node_id) is None:
+                self.table.remove(peer.node_id)
+                _log.info("peer %r was removed from the pool", peer.announcement.name)
+                self._left(peer, f"peer {peer.announcement.name!r} was removed from the pool")
+        self._poll_now.set()
+        self.readvertise()
+
     def readvertise(self) -> None:
         """Publish this node's record soon: something a user changed is in it."""
         self._advertise_now.set()
 
     async def start(self) -> None:
         """Join mDNS and begin polling; returns at once, discovery settles in the background."""
-        # Only peers' status is fetched with it, each request under its own short timeout.
-        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self._tasks = [
             asyncio.create_task(self._poll(), name="poll-peers"),
             asyncio.create_task(self._advertise(), name="advertise"),
@@ -132,8 +154,9 @@ class Membership:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._discovery.close()
-        if self._session is not None:
-            await self._session.close()
+        for _, link in self._links.values():
+            link.close()
+        self._links.clear()
 
     def _on_seen(self, announcement: PeerAnnouncement) -> None:
         self._candidates.setdefault(announcement.endpoint, "mdns")
@@ -150,6 +173,8 @@ class Membership:
     def _said_goodbye(self, endpoint: tuple[str, int]) -> None:
         """The node that said goodbye does not answer: it has left."""
         self._goodbyes.discard(endpoint)
+        if link := self._links.pop(endpoint, None):
+            link[1].close()
         if self._candidates.get(endpoint) == "mdns":
             del self._candidates[endpoint]
             self._advertised_pools.pop(endpoint, None)
@@ -163,12 +188,12 @@ class Membership:
     async def _poll(self) -> None:
         while True:
             self._poll_now.clear()
-            key = self._key()
-            pool_id = key.pool_id if key else ""
+            pool = self._pool()
+            pool_id = pool.pool_id if pool else ""
             # Nodes that advertise another pool are not asked; those reached by address prove theirs by
-            # signing their status.
+            # their certificates.
             checks = [
-                (endpoint, self._check(endpoint, key))
+                (endpoint, self._check(endpoint, pool))
                 for endpoint, how in list(self._candidates.items())
                 if how == "static" or self._advertised_pools.get(endpoint, "") == pool_id
             ]
@@ -186,34 +211,31 @@ class Membership:
                 async with asyncio.timeout(_PEER_POLL_S):
                     await self._poll_now.wait()
 
-    async def _check(self, endpoint: tuple[str, int], key: PoolKey | None) -> None:
+    async def _check(self, endpoint: tuple[str, int], pool: PrivatePool | None) -> None:
         host, port = endpoint
-        headers = (
-            {AUTH_HEADER: key.sign_request(self._settings.node_id, "GET", STATUS_PATH, b"")} if key else {}
-        )
-        # The certificate a node's record pins; a node reached by address has its own learnt on first
-        # contact (its status names it, and a private pool's members sign that).
-        pin = self._advertised_tls.get(endpoint) or self._learnt_tls.get(endpoint, "")
+        # In the open pool, the certificate a node's record pins; a node reached by address has its own
+        # learnt on first contact (its status names it).
+        pin = "" if pool else self._advertised_tls.get(endpoint) or self._learnt_tls.get(endpoint, "")
         sent = time.monotonic()
         try:
-            try:
-                body, reply_headers, shown = await self._fetch_status(host, port, headers, pin)
-            except aiohttp.ClientConnectionError:
-                if pin or self._candidates.get(endpoint) != "static":
-                    raise
-                # A node reached by address whose share API speaks only TLS: the certificate it shows now
-                # is pinned for the status fetch, whose answer must name it.
-                async with asyncio.timeout(_PEER_POLL_TIMEOUT_S):
-                    shown = await shown_fingerprint(host, port)
-                body, reply_headers, shown = await self._fetch_status(host, port, headers, shown)
-            if key:
-                # A node that cannot sign its status is not a member, whatever its record claims.
-                key.check_status(reply_headers.get(AUTH_HEADER), nonce_of(headers[AUTH_HEADER]), body)
-            status = NodeStatus.from_bytes(body)
+            if pool is not None:
+                status, shown = await self._member_status(host, port, pool)
+            else:
+                try:
+                    body, shown = await self._fetch(host, port, STATUS_PATH, MAX_STATUS_BYTES, pin)
+                except HttpError:
+                    if pin or self._candidates.get(endpoint) != "static":
+                        raise
+                    # A node reached by address whose share API speaks only TLS: the certificate it shows
+                    # now is pinned for the status fetch, whose answer must name it.
+                    async with asyncio.timeout(_PEER_POLL_TIMEOUT_S):
+                        shown = await shown_fingerprint(host, port)
+                    body, shown = await self._fetch(host, port, STATUS_PATH, MAX_STATUS_BYTES, shown)
+                status = NodeStatus.from_bytes(body)
             announcement = announcement_from_status(status, host, port)
             if announcement.tls != shown:
                 raise MalformedRecord("its status names another TLS certificate than the one it showed")
-        except (TimeoutError, OSError, aiohttp.ClientError, ValueError, RecursionError) as exc:
+        except (TimeoutError, OSError, HttpError, ValueError, RecursionError) as exc:
             _log.debug("peer at %s:%d did not answer: %s", host, port, exc)
             if endpoint in self._goodbyes:
                 self._said_goodbye(endpoint)
@@ -228,7 +250,7 @@ class Membership:
             return
         # A goodbye for a node that answers was not its own.
         self._goodbyes.discard(endpoint)
-        if shown and not pin:
+        if shown and not pin and pool is None:
             self._learnt_tls[endpoint] = shown
         self._ignored.pop(endpoint, None)
         now = time.monotonic()
@@ -237,32 +259,97 @@ class Membership:
             if peer := self.table.get(announcement.node_id):
                 self._joined(peer)
         self._answered(announcement.node_id)
+        if pool is not None and (status.roster or 0) > pool.roster.version and not self._fetching_roster:
+            self._fetching_roster = True
+            try:
+                await self._fetch_roster(host, port, pool)
+            finally:
+                self._fetching_roster = False
 
-    async def _fetch_status(
-        self, host: str, port: int, headers: Mapping[str, str], pin: str | None
-    ) -> tuple[bytes, Mapping[str, str], str]:
-        """GET a node's status, over TLS accepting only the pinned certificate when there is a pin; return
-        the body, the headers and the pin ("" over plain HTTP)."""
-        assert self._session is not None
-        url = f"{'https' if pin else 'http'}://{url_host(host)}:{port}{STATUS_PATH}"
-        check = aiohttp.Fingerprint(bytes.fromhex(pin)) if pin else True
-        async with (
-            asyncio.timeout(_PEER_POLL_TIMEOUT_S),
-            self._session.get(url, headers=headers, ssl=check) as reply,
-        ):
-            if reply.status != 200:
-                raise ValueError(f"status answered HTTP {reply.status}")
-            # A status past the limit is refused before it is read whole: a peer cannot fill memory.
-            if (reply.content_length or 0) > MAX_STATUS_BYTES:
-                raise MalformedRecord(f"status of {reply.content_length} bytes is over {MAX_STATUS_BYTES}")
-            chunks, size = [], 0
-            async for chunk in reply.content.iter_any():
-                size += len(chunk)
-                if size > MAX_STATUS_BYTES:
-                    raise MalformedRecord(f"status is over {MAX_STATUS_BYTES} bytes")
-                chunks.append(chunk)
-            body = b"".join(chunks)
-        return body, reply.headers, pin or ""
+    async def _member_status(self, host: str, port: int, pool: PrivatePool) -> tuple[NodeStatus, str]:
+        """Fetch the status of a private pool's member over mutual TLS; raise Unauthorized unless the
+        certificate it proved is on the roster, for the node id its status claims."""
+        body, shown = await self._fetch(host, port, STATUS_PATH, MAX_STATUS_BYTES, pool.client_context)
+        member = pool.roster.member_by_fingerprint(shown)
+        if member is None:
+            raise Unauthorized(
+                "its certificate is the pool's, but its machine is not on the roster (removed)"
+            )
+        status = NodeStatus.from_bytes(body)
+        if status.node_id != member.node_id:
+            raise Unauthorized(
+                f"it claims the node id {status.node_id}, but its certificate is {member.node_id}'s"
+            )
+        return status, shown
+
+    async def _fetch_roster(self, host: str, port: int, pool: PrivatePool) -> None:
+        """Take the newer roster a member has: removals reach every member within a poll or two."""
+        try:
+            body, shown = await self._fetch(host, port, ROSTER_PATH, MAX_ROSTER_BYTES, pool.client_context)
+            if pool.roster.member_by_fingerprint(shown) is None:
+                raise Unauthorized("it is not on the roster")
+            taken = pool.adopt(Roster.from_bytes(body))
+        except (TimeoutError, OSError, HttpError, ValueError, MalformedRecord, Unauthorized) as exc:
+            _log.warning("could not take the newer roster of the member at %s:%d: %s", host, port, exc)
+            return
+        if not taken:
+            return
+        _log.info(
+            "pool roster version %d: %d members, %d removed",
+            pool.roster.version,
+            len(pool.roster.members) - len(pool.roster.removed),
+            len(pool.roster.removed),
+        )
+        try:
+            pool.save()
+        except OSError as exc:
+            _log.warning("could not save the pool's roster: %s", exc)
+        self.roster_changed()
+
+    async def _fetch(
+        self, host: str, port: int, path: str, limit: int, tls: str | ssl.SSLContext
+    ) -> tuple[bytes, str]:
+        """GET a path of a node's share API: over TLS with the pool's context, or with a pinned
+        certificate's fingerprint, else over plain HTTP. Return the body, read up to `limit` bytes, and
+        the fingerprint of the certificate the node showed ("" over plain HTTP)."""
+        link = self._link(host, port, tls)
+        async with asyncio.timeout(_PEER_POLL_TIMEOUT_S):
+            connection, reply = await link.request("GET", path, {}, None)
+            try:
+                shown = peer_fingerprint(connection.writer.get_extra_info("ssl_object"))
+                if reply.status != 200:
+                    raise ValueError(f"{path} answered HTTP {reply.status}")
+                # A body past the limit is refused before it is read whole: a peer cannot fill memory.
+                length = reply.headers.get("Content-Length", "0")
+                if not length.isdigit() or int(length) > limit:
+                    raise MalformedRecord(f"{path} of {length} bytes is over {limit}")
+                chunks, size = [], 0
+                async for chunk in reply.iter_chunks():
+                    size += len(chunk)
+                    if size > limit:
+                        raise MalformedRecord(f"{path} is over {limit} bytes")
+                    chunks.append(chunk)
+            finally:
+                link.release(connection, reply)
+        return b"".join(chunks), shown
+
+    def _link(self, host: str, port: int, tls: str | ssl.SSLContext) -> Http1Client:
+        """Return the kept-alive connections to a node's share API, made anew when how it is reached
+        changes."""
+        kind = tls if isinstance(tls, str) else id(tls)
+        link = self._links.get((host, port))
+        if link is None or link[0] != kind:
+            if link is not None:
+                link[1].close()
+            scheme = "https" if tls else "http"
+            client = Http1Client(
+                f"{scheme}://{url_host(host)}:{port}",
+                connect_timeout_s=_PEER_POLL_TIMEOUT_S,
+                pin=tls if isinstance(tls, str) and tls else None,
+                tls=tls if isinstance(tls, ssl.SSLContext) else None,
+            )
+            link = self._links[(host, port)] = (kind, client)
+        return link[1]
 
     async def _advertise(self) -> None:
         announcement = self._own()

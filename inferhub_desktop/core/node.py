@@ -30,18 +30,19 @@ from .backends.detect import open_backend
 from .control import control_token
 from .dispatch import Dispatcher
 from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, SettingsChanged
-from .identity import load_identity
+from .identity import Identity, load_identity
 from .membership import Membership
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
 from .peers import Peer, PeerAnnouncement, PeerState
+from .pool import PrivatePool
 from .router import RouterNode
 from .settings import SWITCHES, Settings, backend_kind
 from .status import Load, NodeStatus
 from .store import SettingsStore
 from .telemetry import Telemetry, TelemetrySampler
 from .tls import server_context
-from .trust import PoolKey, pool_key
 from .views import router_node
+from .wire.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 
@@ -86,10 +87,13 @@ class Node:
         self._stopping = False
         # What the local API's control paths require; made when the node starts.
         self.control_token = ""
-        # The share API's certificate's fingerprint, with --tls; peers pin it.
+        # This machine's key pair, and the private pool it is a member of (None: the LAN's open pool);
+        # read from the config directory when the node starts.
+        self.identity: Identity | None = None
+        self.pool: PrivatePool | None = None
+        # The share API's certificate's fingerprint, in a private pool or with --tls; peers pin it.
         self.tls_fingerprint = ""
-        # The keys of the pool the settings name, made once per join code: they remember the nonces seen.
-        self._pool_key = pool_key(settings.pool_code)
+        self._share_runner: web.AppRunner | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self.api_port = settings.api_port
         self.share_port = settings.share_port
@@ -110,7 +114,7 @@ class Node:
             lambda: self.backend,
             self._router_node,
             lambda: self._membership.table if self._membership else None,
-            lambda: self.pool_key,
+            lambda: self.pool.client_context if self.pool else None,
             events=self.events,
             audit=self.audit_log,
             backend_changed=self._probe_wanted.set,
@@ -121,14 +125,6 @@ class Node:
     @property
     def settings(self) -> Settings:
         return self.store.settings
-
-    @property
-    def pool_key(self) -> PoolKey | None:
-        """The keys of the private pool the settings name, or None in the LAN's open pool."""
-        code = self.settings.pool_code
-        if (self._pool_key.code if self._pool_key else "") != code:
-            self._pool_key = pool_key(code)
-        return self._pool_key
 
     @property
     def api_url(self) -> str:
@@ -172,38 +168,22 @@ class Node:
             # Kept out of the settings file and the command line, where other users could read it.
             api_key=self._environ.get(BACKEND_API_KEY_ENV) or None,
         )
-        self.control_token = control_token(self.settings.config_dir)
+        config_dir = self.settings.config_dir
+        self.control_token = control_token(config_dir)
+        self.identity = load_identity(config_dir)
+        self.pool = PrivatePool.load(config_dir, self.identity)
         local = LocalApi(self._forwarder("local"), self._origins, self, self.dispatcher, self.control_token)
-        share = ShareApi(
-            self._forwarder("share"),
-            self.settings.name,
-            sharing=lambda: self.settings.share,
-            pool_pull=lambda: self.settings.pool_pull,
-            stopping=lambda: self._stopping,
-            key=lambda: self.pool_key,
-        )
-        # The share API listens on the chosen LAN interfaces, else on all of them.
-        share_hosts = list(self.settings.interfaces) or ["0.0.0.0"]
+        self._forwarder("share")
         try:
             self.api_port = await self._listen(local.app(), [LOCAL_API_HOST], self.settings.api_port)
-            self.share_port = await self._listen(
-                share.app(),
-                share_hosts,
-                self.settings.share_port,
-                self._share_tls(),
-                idle_timeout_s=SHARE_IDLE_TIMEOUT_S,
-                limits=ConnectionLimits(connection_budget()),
-                # A request answered before its body came whole (too large, too slow) gets its answer, and a
-                # client that goes on trickling the body is let go soon after.
-                lingering_s=_SHARE_LINGERING_S,
-            )
+            self.share_port = await self._share(self.settings.share_port)
         except OSError:
             await self.close()
             raise
         self._membership = Membership(
             self.settings,
             self.announcement,
-            key=lambda: self.pool_key,
+            pool=lambda: self.pool,
             joined=self._peer_joined,
             answered=self.dispatcher.answered,
             left=self._peer_left,
@@ -222,13 +202,42 @@ class Node:
             "sharing" if self.settings.share else "not sharing",
         )
 
+    async def _share(self, port: int) -> int:
+        """Listen with the share API, for the pool the node is in now; return its port."""
+        share = ShareApi(
+            self._forwarders["share"],
+            self.settings.name,
+            sharing=lambda: self.settings.share,
+            pool_pull=lambda: self.settings.pool_pull,
+            stopping=lambda: self._stopping,
+            pool=lambda: self.pool,
+            admitted=lambda member: self._roster_changed(),
+        )
+        # The share API listens on the chosen LAN interfaces, else on all of them.
+        hosts = list(self.settings.interfaces) or ["0.0.0.0"]
+        port = await self._listen(
+            share.app(),
+            hosts,
+            port,
+            self._share_tls(),
+            idle_timeout_s=SHARE_IDLE_TIMEOUT_S,
+            limits=ConnectionLimits(connection_budget()),
+            # A request answered before its body came whole (too large, too slow) gets its answer, and a
+            # client that goes on trickling the body is let go soon after.
+            lingering_s=_SHARE_LINGERING_S,
+        )
+        self._share_runner = self._runners[-1]
+        return port
+
     def _share_tls(self) -> ssl.SSLContext | None:
-        """Return the share API's TLS context with --tls (its certificate made on first use), else None."""
-        if not self.settings.tls:
-            return None
-        identity = load_identity(self.settings.config_dir)
-        self.tls_fingerprint = identity.fingerprint
-        return server_context(identity)
+        """Return the share API's TLS context: mutual TLS in a private pool, the identity's certificate
+        with --tls in the open pool, else None (plain HTTP)."""
+        assert self.identity is not None
+        if self.pool is not None:
+            self.tls_fingerprint = self.pool.fingerprint
+            return self.pool.server_context
+        self.tls_fingerprint = self.identity.fingerprint if self.settings.tls else ""
+        return server_context(self.identity) if self.settings.tls else None
 
     def _forwarder(self, api: str) -> Forwarder:
         self._forwarders[api] = Forwarder(
@@ -310,16 +319,76 @@ class Node:
         return [peer.state(self.dispatcher.breaker(peer.node_id)) for peer in peers]
 
     def pool_info(self) -> dict[str, Any]:
-        """Return the private pool this node is in (its public id), or null for the open pool; never its
-        join code, which is the owner's to read in the settings file."""
-        key = self.pool_key
-        return {"pool": key.pool_id if key else None}
+        """Return the private pool this node is in, as JSON values: its public id, whether this machine is
+        its authority, the roster's members (online or not) and the machines removed; for the open pool,
+        a null id. With either, the private pools seen nearby on mDNS, whose authorities a machine asks to
+        join. Never an invite code."""
+        nearby = self._membership.private_pools() if self._membership else []
+        pool = self.pool
+        if pool is None:
+            return {"pool": None, "nearby": nearby}
+        online = {peer.node_id for peer in self.peers()} | {self.settings.node_id}
+        roster = pool.roster
+        return {
+            "pool": pool.pool_id,
+            "authority": pool.authority is not None,
+            "version": roster.version,
+            "members": [
+                {
+                    "id": m.node_id,
+                    "name": m.name,
+                    "online": m.node_id in online,
+                    "authority": m.node_id == roster.authority,
+                }
+                for m in roster.members
+                if m.node_id not in roster.removed
+            ],
+            "removed": list(roster.removed),
+            "nearby": [n for n in nearby if n["pool"] != pool.pool_id],
+        }
 
-    def set_pool(self, code: str | None) -> dict[str, Any]:
-        """Join the private pool of a join code, or with None go back to the LAN's open pool, through the
-        settings store; peers are forgotten until they prove, by signing, that they are in the same pool."""
-        self.store.change(pool_code=code or "")
+    async def reload_pool(self) -> dict[str, Any]:
+        """Take up the pool files as they are now (the command line or the app changed them: a pool made,
+        joined, left, a member admitted or removed); return the pool. Raise ConfigError for files that
+        cannot be used, keeping the pool the node was in."""
+        assert self.identity is not None
+        pool = PrivatePool.load(self.settings.config_dir, self.identity)
+        before = self.pool
+        same = (before is None and pool is None) or (
+            before is not None
+            and pool is not None
+            and (before.pool_id, before.cert_der) == (pool.pool_id, pool.cert_der)
+        )
+        if same and before is not None and pool is not None:
+            # The same pool: its roster (and whether this machine is its authority) may have changed.
+            before.authority = pool.authority
+            before.adopt(pool.roster)
+            self._roster_changed()
+        elif not same:
+            _log.info("pool: %s", f"private pool {pool.pool_id}" if pool else "the LAN's open pool")
+            self.pool = pool
+            # The share API's TLS changes with the pool, which a listening socket cannot take: it listens
+            # anew on the same port, and peers are forgotten until they prove they are in the pool.
+            if self._share_runner is not None:
+                self._runners.remove(self._share_runner)
+                await self._share_runner.cleanup()
+                self.share_port = await self._share(self.share_port)
+            if self._membership is not None:
+                self._membership.rekey()
         return self.pool_info()
+
+    def remove_member(self, who: str) -> dict[str, Any]:
+        """Remove a machine (by node id or name) from the pool this machine is the authority of: every
+        member refuses it once it has the new roster. Raise ConfigError saying why it cannot be done."""
+        if self.pool is None:
+            raise ConfigError("this machine is in the LAN's open pool, which has no members to remove")
+        self.pool.remove(self.pool.roster.resolve(who))
+        self._roster_changed()
+        return self.pool_info()
+
+    def _roster_changed(self) -> None:
+        if self._membership is not None:
+            self._membership.roster_changed()
 
     def _settings_changed(self, event: Event) -> None:
         """Apply what the owner changed that a running node takes at once: switches, the pool, peers."""
@@ -328,13 +397,9 @@ class Node:
         settings, changed = event.settings, event.changed
         for switch in changed & set(SWITCHES):
             _log.info("%s: %s", switch.replace("_", " "), "on" if getattr(settings, switch) else "off")
-        if "pool_code" in changed:
-            key = self.pool_key
-            _log.info("pool: %s", f"private pool {key.pool_id}" if key else "the LAN's open pool")
-            self._membership.rekey()
         if "peers" in changed:
             self._membership.set_static_peers(settings.peers)
-        if changed & {*SWITCHES, "pool_code"}:
+        if changed & set(SWITCHES):
             self._membership.readvertise()
 
     def explain_route(self, model: str) -> dict[str, Any]:
@@ -373,13 +438,13 @@ class Node:
             active=self.dispatcher.admission.active,
             slots=self.settings.max_remote,
             models_hash=self.models_hash(),
-            pool=self.pool_key.pool_id if self.pool_key else "",
+            pool=self.pool.pool_id if self.pool else "",
             tls=self.tls_fingerprint,
         )
 
     def status(self, now: float | None = None) -> NodeStatus:
         """Return the node's state: identity, switches, load, backend, GPUs and system, learnt speeds."""
-        key = self.pool_key
+        pool = self.pool
         return NodeStatus(
             node_id=self.settings.node_id,
             name=self.settings.name,
@@ -388,8 +453,9 @@ class Node:
             share=self.settings.share,
             local_only=self.settings.local_only,
             pool_pull=self.settings.pool_pull,
-            pool=key.pool_id if key else None,
-            # Peers pin it; a private pool's members sign it with the status.
+            pool=pool.pool_id if pool else None,
+            roster=pool.roster.version if pool else None,
+            # Peers pin it; in a private pool it is the certificate the authority signed.
             tls=self.tls_fingerprint or None,
             share_port=self.share_port,
             load=self._load(),

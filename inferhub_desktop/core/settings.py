@@ -17,7 +17,6 @@ import tomli_w
 
 from .files import write_private
 from .identity import load_identity
-from .trust import join_code, read_join_code
 from .wire.errors import ConfigError, SettingsNotSaved
 
 _log = logging.getLogger(__name__)
@@ -57,8 +56,6 @@ class Settings:
     local_only: bool = False
     # Let peers pull models onto this machine (the only management call they may make).
     pool_pull: bool = False
-    # The join code of the private pool this node belongs to; empty for the LAN's open pool.
-    pool_code: str = ""
     # Serve the share API over TLS, with a self-signed certificate that peers pin.
     tls: bool = False
 
@@ -80,13 +77,12 @@ USER_FIELDS: dict[str, type] = {
     "peers": list,
     "local_only": bool,
     "pool_pull": bool,
-    "pool_code": str,
     "tls": bool,
 }
 # The settings a running node changes when told to, and remembers in its settings file.
 SWITCHES = ("share", "local_only", "pool_pull")
 # The settings a running node takes at once; a change to any other restarts it.
-LIVE_SETTINGS = frozenset({*SWITCHES, "peers", "pool_code"})
+LIVE_SETTINGS = frozenset({*SWITCHES, "peers"})
 
 
 def default_config_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -159,8 +155,8 @@ def read_settings_file(config_dir: Path) -> dict[str, Any]:
 
 
 def write_settings_file(config_dir: Path, table: Mapping[str, Any]) -> None:
-    """Replace the settings file with `table`, atomically and readable by its owner only (it may hold a
-    pool's secrets); raise OSError if it cannot be written, leaving the old file as it was."""
+    """Replace the settings file with `table`, atomically and readable by its owner only; raise OSError
+    if it cannot be written, leaving the old file as it was."""
     write_private(config_dir / SETTINGS_FILE, tomli_w.dumps(dict(table)).encode())
 
 
@@ -191,6 +187,14 @@ def build_settings(
     for key, value in table.items():
         if key == "node_id":
             continue  # written by earlier versions: the identity's key gives it now
+        if key == "pool_code":
+            # Written by earlier versions, whose pools shared one secret; it stays in the file, unused.
+            _log.warning(
+                "pool_code in %s is no longer used: this machine is in the LAN's open pool until it makes a "
+                "private pool (`inferhub pool create`) or joins one with an invite (`inferhub pool join`)",
+                config_dir / SETTINGS_FILE,
+            )
+            continue
         if key not in USER_FIELDS:
             _log.warning("ignoring unknown setting %r in %s", key, config_dir / SETTINGS_FILE)
             continue
@@ -199,9 +203,6 @@ def build_settings(
         if value is not None:
             values[key] = check_type(key, value, " on the command line")
 
-    if values.get("pool_code"):
-        # Kept as the code is written out, however it was typed.
-        values["pool_code"] = join_code(read_join_code(values["pool_code"]))
     if not values.get("max_remote"):
         values["max_remote"] = _backend_slots(environ)
     api_port = values.get("api_port", DEFAULT_API_PORT)
@@ -260,8 +261,6 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"max_remote must be at least 1, not {settings.max_remote}")
     for peer in settings.peers:
         parse_peer(peer)
-    if settings.pool_code:
-        read_join_code(settings.pool_code)
     if settings.max_body_mib < 1:
         raise ConfigError(f"max_body_mib must be at least 1, not {settings.max_body_mib}")
     if not settings.name.strip() or len(settings.name) > 63 or not settings.name.isprintable():

@@ -57,7 +57,8 @@ class NodeStatus:
     share: bool
     local_only: bool
     pool_pull: bool
-    pool: str | None  # the private pool's public id (never its secret); None in the LAN's open pool
+    pool: str | None  # the private pool's public id; None in the LAN's open pool
+    roster: int | None  # the version of the pool's roster this node has; members fetch a newer one
     tls: str | None  # the share API's certificate's fingerprint, which peers pin
     share_port: int
     load: Load
@@ -82,6 +83,7 @@ class NodeStatus:
             "local_only": self.local_only,
             "pool_pull": self.pool_pull,
             "pool": self.pool,
+            "roster": self.roster,
             "tls": self.tls,
             "share_port": self.share_port,
             "load": dataclasses.asdict(self.load),
@@ -118,6 +120,7 @@ class NodeStatus:
             local_only=fields.flag("local_only", default=False),
             pool_pull=fields.flag("pool_pull", default=False),
             pool=fields.optional_text("pool", 32),
+            roster=fields.optional_integer("roster", 1),
             tls=_hex(fields.optional_text("tls", 64), "status.tls"),
             share_port=fields.integer("share_port", 0, 65535, default=0),
             load=Load.from_json(fields.record("load")),

@@ -26,7 +26,6 @@ from .settings import (
     read_settings_file,
     write_settings_file,
 )
-from .trust import join_code, read_join_code
 from .wire.errors import ConfigError
 
 
@@ -97,9 +96,6 @@ class SettingsStore:
             if key not in USER_FIELDS:
                 raise ConfigError(f"{key!r} is not a setting; the settings are {', '.join(USER_FIELDS)}")
             value = check_type(key, value)
-            if key == "pool_code" and value:
-                # Kept as the code is written out, however it was typed.
-                value = join_code(read_join_code(value))
             saved[key] = list(value) if isinstance(value, tuple) else value
         new_table = {**table, **saved}
         flags = {key: value for key, value in self._flags.items() if key not in values}

@@ -155,10 +155,14 @@ class Desktop(QObject):
         if self.settings_dialog is not None:
             self.settings_dialog.raise_()
             return
-        dialog = SettingsDialog(self.store)
+        dialog = SettingsDialog(self.store, node=self._running_node)
         self.settings_dialog = dialog
         dialog.finished.connect(self._settings_closed)
         dialog.open()
+
+    def _running_node(self) -> Node:
+        assert self.node is not None  # the settings open from the tray, shown once the node runs
+        return self.node
 
     def _settings_closed(self) -> None:
         self.settings_dialog = None

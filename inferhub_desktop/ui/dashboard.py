@@ -175,7 +175,7 @@ class Dashboard(QMainWindow):
         self.title.setText(f"{view.me.name} · {view.summary()}")
         serving = f" · serving {view.serving} request(s) for peers" if view.serving else ""
         self.subtitle.setText(
-            f"{'Sharing this GPU' if view.switches.get('share') else 'Not sharing'}{serving}"
+            f"{'Sharing this GPU' if view.switches.get('share') else 'Not sharing'}{serving} · {view.trust()}"
         )
         self.api_label.setText(f"API  {view.api_url.replace('127.0.0.1', 'localhost')}")
         self.share_button.blockSignals(True)

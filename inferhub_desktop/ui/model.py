@@ -69,6 +69,8 @@ class PoolView:
     # Peers' requests running on this machine's backend now.
     serving: int
     share_port: int = DEFAULT_SHARE_PORT
+    # The private pool's public id; None in the LAN's open pool.
+    pool: str | None = None
 
     @property
     def nodes(self) -> tuple[NodeView, ...]:
@@ -95,6 +97,12 @@ class PoolView:
             )
             for name in names
         )
+
+    def trust(self) -> str:
+        """Say in a few words whom the peers are proven to be."""
+        if self.pool is None:
+            return "Open LAN pool: peers are not authenticated"
+        return f"Private pool {self.pool[:8]}: every peer proven by its key"
 
     def summary(self) -> str:
         """Say in one line what the pool is: peers, GPUs and models."""
@@ -207,6 +215,7 @@ def pool_view(status: NodeStatus, peers: Sequence[PeerState]) -> PoolView:
         api_url=status.api_url,
         serving=status.load.remote,
         share_port=status.share_port,
+        pool=status.pool,
     )
 
 

@@ -4,6 +4,7 @@ through the settings store to the same TOML file."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtWidgets import (
@@ -11,11 +12,10 @@ from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QFormLayout,
-    QHBoxLayout,
+    QGroupBox,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -27,9 +27,8 @@ from ..core import (
     InferhubError,
     Settings,
     SettingsStore,
-    join_code,
-    new_secret,
 )
+from .pool_panel import PoolNode, PoolPanel
 
 # What the dialog edits; the switches live in the menu.
 EDITED = (
@@ -40,7 +39,6 @@ EDITED = (
     "max_remote",
     "peers",
     "interfaces",
-    "pool_code",
     "tls",
 )
 
@@ -48,7 +46,13 @@ EDITED = (
 class SettingsDialog(QDialog):
     """Edit this node's settings; Save changes, through the store, only the fields the form changed."""
 
-    def __init__(self, store: SettingsStore, *, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        store: SettingsStore,
+        *,
+        node: Callable[[], PoolNode] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("InferHub Settings")
         self.setMinimumWidth(520)
@@ -74,15 +78,7 @@ class SettingsDialog(QDialog):
         self.peers.setFixedHeight(80)
         self.interfaces = QLineEdit(", ".join(settings.interfaces))
         self.interfaces.setPlaceholderText("every LAN interface")
-        self.pool_code = QLineEdit(settings.pool_code)
-        self.pool_code.setPlaceholderText("none: every InferHub on the LAN; or a private pool's join code")
-        self.new_pool = QPushButton("New private pool")
-        self.new_pool.setToolTip("Make a pool of your own; other machines join it with the code shown")
-        self.new_pool.clicked.connect(lambda: self.pool_code.setText(join_code(new_secret())))
-        pool_row = QHBoxLayout()
-        pool_row.addWidget(self.pool_code, 1)
-        pool_row.addWidget(self.new_pool)
-        self.tls = QCheckBox("Serve the share API over TLS (peers pin this machine's own certificate)")
+        self.tls = QCheckBox("Open pool: serve the share API over TLS (a private pool always does)")
         self.tls.setChecked(settings.tls)
         self.error = QLabel("")
         self.error.setWordWrap(True)
@@ -98,7 +94,6 @@ class SettingsDialog(QDialog):
         form.addRow("Peers' requests at once", self.max_remote)
         form.addRow("Peers by address", self.peers)
         form.addRow("LAN interfaces (IPv4)", self.interfaces)
-        form.addRow("Private pool", pool_row)
         form.addRow("", self.tls)
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
@@ -107,11 +102,18 @@ class SettingsDialog(QDialog):
         self.buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        # The pool changes at once, through its own buttons: Save and Cancel are for the fields above.
+        self.pool: PoolPanel | None = None
+        if node is not None:
+            self.pool = PoolPanel(node)
+            group = QGroupBox("Pool")
+            QVBoxLayout(group).addWidget(self.pool)
+            layout.addWidget(group)
         layout.addWidget(self.error)
         layout.addWidget(self.note)
         layout.addWidget(self.buttons)
 
-        for edit in (self.name, self.backend, self.interfaces, self.pool_code):
+        for edit in (self.name, self.backend, self.interfaces):
             edit.textChanged.connect(self.validate)
         self.tls.toggled.connect(self.validate)
         self.peers.textChanged.connect(self.validate)
@@ -130,7 +132,6 @@ class SettingsDialog(QDialog):
             "max_remote": self.max_remote.value(),
             "peers": [line.strip() for line in self.peers.toPlainText().splitlines() if line.strip()],
             "interfaces": [part.strip() for part in self.interfaces.text().split(",") if part.strip()],
-            "pool_code": self.pool_code.text().strip(),
             "tls": self.tls.isChecked(),
         }
 

@@ -22,8 +22,7 @@ from inferhub_desktop.core import (
     SWITCHES_PATH,
     TOKEN_FILE,
     Node,
-    join_code,
-    new_secret,
+    create_pool,
 )
 from tests.fakes.ollama import FakeOllama
 from tests.support import (
@@ -85,10 +84,12 @@ async def test_a_web_page_gets_no_control_path_even_with_the_token(
         assert reply.status in (200, 502)
 
 
-async def test_the_pools_code_is_never_served(node: Node, http: aiohttp.ClientSession) -> None:
-    code = join_code(new_secret())
-    async with http.post(node.api_url + POOL_PATH, json={"code": code}, headers=control(node)) as reply:
+async def test_an_invite_code_is_never_served(node: Node, http: aiohttp.ClientSession) -> None:
+    assert node.identity is not None
+    code = create_pool(node.settings.config_dir, node.identity, "box").invite()
+    async with http.post(node.api_url + POOL_PATH, json={}, headers=control(node)) as reply:
         joined = await reply.text()
+        assert reply.status == 200
     async with http.get(node.api_url + POOL_PATH, headers=control(node)) as reply:
         shown = await reply.text()
     async with http.get(node.api_url + STATUS_PATH, headers=control(node)) as reply:

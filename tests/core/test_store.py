@@ -14,8 +14,6 @@ from inferhub_desktop.core import (
     SettingsChanged,
     SettingsNotSaved,
     SettingsStore,
-    join_code,
-    new_secret,
     read_settings_file,
 )
 from inferhub_desktop.core.settings import SETTINGS_FILE
@@ -67,7 +65,6 @@ def test_a_change_keeps_the_other_keys_of_the_file(tmp_path: Path) -> None:
         ({"api_port": 70000}, "between 0 and 65535"),
         ({"share": "yes"}, "'share' must be a bool"),
         ({"peers": ["http://x/y"]}, "not HOST:PORT"),
-        ({"pool_code": "ABCD-EFGH"}, "join code"),
         ({"colour": "blue"}, "'colour' is not a setting"),
         ({"backend": "127.0.0.1:11435"}, "this node's own API"),
     ],
@@ -97,11 +94,15 @@ def test_check_says_what_a_change_would_give_and_saves_nothing(tmp_path: Path) -
     assert (tmp_path / SETTINGS_FILE).read_bytes() == saved
 
 
-def test_a_join_code_is_saved_as_written_however_it_was_typed(tmp_path: Path) -> None:
+def test_an_earlier_versions_pool_code_is_said_unused_and_kept_in_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_settings(tmp_path, pool_code="7K3M-9QXD-2HWA-PZ4T-9", name="desk")
     store, _ = store_of(tmp_path)
-    code = join_code(new_secret())
-    store.change(pool_code=code.lower().replace("-", " "))
-    assert store.settings.pool_code == read_settings_file(tmp_path)["pool_code"] == code
+    assert "pool_code" in caplog.text
+    assert "inferhub pool create" in caplog.text
+    store.change(share=True)
+    assert read_settings_file(tmp_path)["pool_code"] == "7K3M-9QXD-2HWA-PZ4T-9"
 
 
 def test_a_flag_holds_for_the_run_until_the_user_changes_that_setting(tmp_path: Path) -> None:

@@ -15,11 +15,9 @@ from inferhub_desktop.core import (
     STATUS_PATH,
     SWITCHES_PATH,
     Node,
-    PoolKey,
     SettingsStore,
-    join_code,
-    new_secret,
-    read_join_code,
+    create_pool,
+    leave_pool,
     read_settings_file,
 )
 from inferhub_desktop.core.settings import SETTINGS_FILE
@@ -84,17 +82,20 @@ async def test_a_flag_given_at_start_yields_to_the_users_later_switch(
     assert (await restarted(tmp_path, fake))["share"] is False
 
 
-async def test_joining_and_leaving_a_pool_holds_after_a_restart(tmp_path: Path, fake: FakeOllama) -> None:
-    code = join_code(new_secret())
+async def test_making_and_leaving_a_pool_holds_after_a_restart(tmp_path: Path, fake: FakeOllama) -> None:
     async with Node(node_settings(tmp_path, fake.url), environ={}) as node:
-        status, pool = await ask(node, "POST", POOL_PATH, {"code": code})
-        # The pool's public id, never its code, which is its secret.
-        assert (status, pool) == (200, {"pool": PoolKey(read_join_code(code)).pool_id})
-        assert node.pool_key is not None
-        assert node.announcement().pool == node.pool_key.pool_id
-    assert (await restarted(tmp_path, fake))["pool"] == node.pool_key.pool_id
+        assert node.identity is not None
+        made = create_pool(tmp_path, node.identity, "box")
+        status, pool = await ask(node, "POST", POOL_PATH, {})
+        assert (status, pool["pool"], pool["authority"]) == (200, made.pool_id, True)
+        assert [m["name"] for m in pool["members"]] == ["box"]
+        assert node.announcement().pool == made.pool_id
+        node_id = node.settings.node_id
+    again = await restarted(tmp_path, fake)
+    assert (again["pool"], again["id"]) == (made.pool_id, node_id)
     async with Node(node_settings(tmp_path, fake.url), environ={}) as node:
-        assert await ask(node, "POST", POOL_PATH, {"code": None}) == (200, {"pool": None})
+        leave_pool(tmp_path)
+        assert await ask(node, "POST", POOL_PATH, {}) == (200, {"pool": None, "nearby": []})
     assert (await restarted(tmp_path, fake))["pool"] is None
 
 
@@ -121,11 +122,6 @@ async def test_a_switch_that_cannot_be_saved_is_refused_and_the_node_keeps_the_o
             assert "nothing was changed" in answer["error"]
             assert (config_dir / SETTINGS_FILE).read_bytes() == saved
 
-            status, answer = await ask(node, "POST", POOL_PATH, {"code": join_code(new_secret())})
-            assert status == 500
-            assert "nothing was changed" in answer["error"]
-
             assert (await ask(node, "GET", SWITCHES_PATH))[1]["share"] is True
             assert node.announcement().share is True
-            assert node.pool_key is None
     assert (await restarted(config_dir, fake))["share"] is True

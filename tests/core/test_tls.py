@@ -8,11 +8,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from inferhub_desktop.core import BackendUnavailable, Node, join_code, new_secret
+from inferhub_desktop.core import BackendUnavailable, Node
 from inferhub_desktop.core.backends.ollama import OllamaBackend
 from inferhub_desktop.core.identity import load_identity
 from tests.fakes.ollama import FakeOllama
-from tests.support import eventually, node_settings
+from tests.support import eventually, node_settings, private_pool
 
 
 @pytest.fixture
@@ -25,17 +25,20 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def test_peers_reach_a_tls_share_api_by_its_pinned_certificate(
     tmp_path: Path, http: aiohttp.ClientSession, private: bool
 ) -> None:
-    code = join_code(new_secret()) if private else ""
+    if private:
+        # A private pool's members show the certificates the pool's authority made them, always.
+        private_pool(tmp_path / "a", tmp_path / "b")
     async with (
         FakeOllama(["llama3:latest"], loaded=["llama3:latest"]) as theirs,
         FakeOllama([]) as mine,
         Node(
-            node_settings(tmp_path / "a", theirs.url, name="gpu-box", share=True, tls=True, pool_code=code),
+            node_settings(tmp_path / "a", theirs.url, name="gpu-box", share=True, tls=not private),
             environ={},
         ) as box,
-        Node(node_settings(tmp_path / "b", mine.url, name="desk", pool_code=code), environ={}) as desk,
+        Node(node_settings(tmp_path / "b", mine.url, name="desk"), environ={}) as desk,
     ):
-        assert box.status().tls == load_identity(tmp_path / "a").fingerprint
+        shown = box.pool.fingerprint if box.pool else load_identity(tmp_path / "a").fingerprint
+        assert box.status().tls == shown
         await eventually(lambda: [p.announcement.name for p in desk.membership.peers] == ["gpu-box"])
         [peer] = desk.membership.peers
         assert peer.announcement.tls == box.tls_fingerprint

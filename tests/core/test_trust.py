@@ -1,141 +1,32 @@
-"""Private pools: join codes, derived ids, request and status signatures, and nodes keeping to their pool."""
+"""A private pool between running nodes: mutual TLS, members known by their certificates before anything
+is read, joining over the network with an invite, removal that reaches every member, and the attacks on
+it failing: outsiders, other pools, a member claiming another's id, a relay, a replay. Then the share
+API's limits in either pool: slow clients, floods, connections held, bodies that trickle."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import socket
-from collections.abc import AsyncIterator
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from inferhub_desktop.core import ConfigError, Node, PoolKey, join_code, new_secret, read_join_code
+from inferhub_desktop.core import Node, PrivatePool, Unauthorized, create_pool, join_pool, load_identity
+from inferhub_desktop.core import membership as membership_module
 from inferhub_desktop.core import node as node_module
 from inferhub_desktop.core.api import share as share_module
 from inferhub_desktop.core.api.sites import PER_ADDRESS
-from inferhub_desktop.core.settings import read_settings_file
-from inferhub_desktop.core.trust import _ALPHABET, WINDOW_S
-from inferhub_desktop.core.wire.endpoints import STATUS_PATH
-from inferhub_desktop.core.wire.errors import Unauthorized
-from inferhub_desktop.core.wire.headers import AUTH_HEADER
+from inferhub_desktop.core.wire.endpoints import POOL_PATH, ROSTER_PATH, STATUS_PATH
 from tests.fakes.ollama import FakeOllama
-from tests.support import control, eventually, node_settings
+from tests.support import control, eventually, node_settings, private_pool
 
-SECRET = bytes.fromhex("0123456789abcdef0123")
-NOW = 1_800_000_000.0
-
-
-# -- join codes ---------------------------------------------------------------------------------------
-
-
-def test_a_code_carries_its_secret_and_forgives_case_spaces_and_look_alikes() -> None:
-    code = join_code(SECRET)
-    assert len(code) == 21
-    assert code.count("-") == 4
-    assert read_join_code(code) == SECRET
-    assert read_join_code(f"  {code.lower().replace('-', ' ')} ") == SECRET
-    assert read_join_code(code.replace("0", "o").replace("1", "l")) == SECRET
-    for _ in range(50):
-        secret = new_secret()
-        assert read_join_code(join_code(secret)) == secret
-
-
-def test_every_single_typo_and_every_swap_of_neighbours_is_caught() -> None:
-    code = join_code(SECRET).replace("-", "")
-    for position in range(len(code) - 1):
-        for symbol in _ALPHABET:
-            if symbol != code[position]:
-                with pytest.raises(ConfigError, match="typo"):
-                    read_join_code(code[:position] + symbol + code[position + 1 :])
-        if code[position] != code[position + 1] and position < len(code) - 2:
-            swapped = code[:position] + code[position + 1] + code[position] + code[position + 2 :]
-            with pytest.raises(ConfigError, match="typo"):
-                read_join_code(swapped)
-
-
-@pytest.mark.parametrize(("code", "message"), [("ABCD-EFGH", "has 8"), ("UUUU-UUUU-UUUU-UUUU-0", "has no U")])
-def test_a_code_that_cannot_be_one_says_why(code: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        read_join_code(code)
-
-
-def test_the_pool_id_is_public_stable_and_reveals_nothing() -> None:
-    key = PoolKey(SECRET)
-    assert key.pool_id == PoolKey(SECRET).pool_id
-    assert key.pool_id != PoolKey(new_secret()).pool_id
-    assert len(key.pool_id) == 16
-    assert SECRET.hex()[:8] not in key.pool_id
-    assert key.code == join_code(SECRET)
-
-
-# -- signatures ---------------------------------------------------------------------------------------
-
-
-def test_a_signed_request_is_accepted_once() -> None:
-    key = PoolKey(SECRET)
-    header = key.sign_request("node-a", "POST", "/api/chat", b'{"model":"x"}', now=NOW)
-    node_id, nonce = key.check_request(header, "POST", "/api/chat", b'{"model":"x"}', now=NOW + 1)
-    assert node_id == "node-a"
-    assert len(nonce) == 24
-    with pytest.raises(Unauthorized, match="replayed"):
-        key.check_request(header, "POST", "/api/chat", b'{"model":"x"}', now=NOW + 2)
-
-
-@pytest.mark.parametrize(
-    ("method", "target", "body", "change"),
-    [
-        ("GET", "/api/chat", b'{"model":"x"}', ""),
-        ("POST", "/api/generate", b'{"model":"x"}', ""),
-        ("POST", "/api/chat", b'{"model":"y"}', ""),
-        ("POST", "/api/chat", b'{"model":"x"}', "id"),
-        ("POST", "/api/chat", b'{"model":"x"}', "t"),
-        ("POST", "/api/chat", b'{"model":"x"}', "n"),
-    ],
-)
-def test_a_request_changed_in_any_part_is_refused(method: str, target: str, body: bytes, change: str) -> None:
-    key = PoolKey(SECRET)
-    header = key.sign_request("node-a", "POST", "/api/chat", b'{"model":"x"}', now=NOW)
-    if change:
-        fields = dict(part.split("=", 1) for part in header.split(";"))
-        fields[change] = {"id": "node-b", "t": str(int(NOW) + 1), "n": "0" * 24}[change]
-        header = ";".join(f"{k}={v}" for k, v in fields.items())
-    with pytest.raises(Unauthorized, match="wrong signature"):
-        key.check_request(header, method, target, body, now=NOW)
-
-
-def test_stale_missing_and_foreign_signatures_are_refused() -> None:
-    key = PoolKey(SECRET)
-    stale = key.sign_request("node-a", "GET", STATUS_PATH, b"", now=NOW - WINDOW_S - 1)
-    with pytest.raises(Unauthorized, match="from this node's clock"):
-        key.check_request(stale, "GET", STATUS_PATH, b"", now=NOW)
-    future = key.sign_request("node-a", "GET", STATUS_PATH, b"", now=NOW + WINDOW_S + 1)
-    with pytest.raises(Unauthorized, match="from this node's clock"):
-        key.check_request(future, "GET", STATUS_PATH, b"", now=NOW)
-    for header in (None, "", "garbage", "id=a;t=x;n=1;s=2"):
-        with pytest.raises(Unauthorized, match="no signature"):
-            key.check_request(header, "GET", STATUS_PATH, b"", now=NOW)
-    other = PoolKey(new_secret()).sign_request("node-a", "GET", STATUS_PATH, b"", now=NOW)
-    with pytest.raises(Unauthorized, match="wrong signature"):
-        key.check_request(other, "GET", STATUS_PATH, b"", now=NOW)
-
-
-def test_a_status_answer_is_signed_for_the_poll_it_answers() -> None:
-    key = PoolKey(SECRET)
-    signed = key.sign_status("nonce-1", b'{"id":"a"}')
-    key.check_status(signed, "nonce-1", b'{"id":"a"}')
-    for header, nonce, body in (
-        (signed, "nonce-2", b'{"id":"a"}'),
-        (signed, "nonce-1", b'{"id":"b"}'),
-        (None, "nonce-1", b'{"id":"a"}'),
-        (PoolKey(new_secret()).sign_status("nonce-1", b'{"id":"a"}'), "nonce-1", b'{"id":"a"}'),
-    ):
-        with pytest.raises(Unauthorized):
-            key.check_status(header, nonce, body)
-
-
-# -- nodes ----------------------------------------------------------------------------------------------
+GENERATE = {"model": "llama3", "prompt": "the secret plans", "stream": False}
 
 
 @pytest.fixture
@@ -148,93 +39,305 @@ def _names(node: Node) -> set[str]:
     return {peer.announcement.name for peer in node.membership.peers}
 
 
-async def test_members_see_each_other_and_nobody_else(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    code, other_code = join_code(new_secret()), join_code(new_secret())
+def _member(config_dir: Path) -> PrivatePool:
+    pool = PrivatePool.load(config_dir, load_identity(config_dir))
+    assert pool is not None
+    return pool
+
+
+def _nodes(tmp_path: Path, backend: str, *names: str, **overrides: object) -> list[Node]:
+    return [
+        Node(node_settings(tmp_path / name, backend, name=name, share=True, **overrides), environ={})
+        for name in names
+    ]
+
+
+async def _outsider_answers(http: aiohttp.ClientSession, port: int) -> list[int]:
+    """What a machine without a member's certificate gets from a member's share API, path by path."""
+    share = f"https://127.0.0.1:{port}"
+    answers = []
+    for method, path in (
+        ("GET", STATUS_PATH),
+        ("GET", "/metrics"),
+        ("GET", ROSTER_PATH),
+        ("GET", "/api/tags"),
+        ("POST", "/api/generate"),
+    ):
+        async with http.request(method, share + path, json=GENERATE, ssl=False) as reply:
+            assert await reply.json() == {"error": "unauthorized"}
+            answers.append(reply.status)
+    return answers
+
+
+async def test_members_see_each_other_and_outsiders_get_nothing(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     async with (
         FakeOllama(["llama3:latest"], loaded=["llama3:latest"]) as theirs,
         FakeOllama([]) as mine,
     ):
-        settings = functools.partial(node_settings, backend=theirs.url, share=True)
-        nodes = [
-            Node(settings(tmp_path / "a", name="member-a", pool_code=code), environ={}),
-            Node(settings(tmp_path / "b", name="member-b", pool_code=code, backend=mine.url), environ={}),
-            Node(settings(tmp_path / "c", name="open-c"), environ={}),
-            Node(settings(tmp_path / "d", name="stranger-d", pool_code=other_code), environ={}),
-        ]
-        async with nodes[0] as a, nodes[1] as b, nodes[2] as c, nodes[3] as d:
-            await eventually(lambda: _names(b) == {"member-a"} and _names(a) == {"member-b"})
+        a, b, c, d, e = _nodes(tmp_path, theirs.url, "a", "b", "open-c", "other-d", "other-e")
+        b = Node(node_settings(tmp_path / "b", mine.url, name="b", share=True), environ={})
+        private_pool(tmp_path / "a", tmp_path / "b")
+        private_pool(tmp_path / "other-d", tmp_path / "other-e")
+        async with a, b, c, d, e:
+            await eventually(lambda: _names(b) == {"a"} and _names(a) == {"b"} and _names(d) == {"other-e"})
             # Long enough for every node to have polled every other a few times.
             await asyncio.sleep(2.5)
-            assert (_names(a), _names(b), _names(c), _names(d)) == ({"member-b"}, {"member-a"}, set(), set())
+            assert [_names(n) for n in (a, b, c, d, e)] == [{"b"}, {"a"}, set(), {"other-e"}, {"other-d"}]
 
-            # member-b has no model of its own: its request goes to member-a, signed.
-            body = {"model": "llama3", "prompt": "hi", "stream": False}
-            async with http.post(b.api_url + "/api/generate", json=body) as reply:
-                assert (reply.status, reply.headers["X-InferHub-Node"]) == (200, "member-a")
+            # b has no model of its own: its request goes to a, which knows b by its certificate.
+            async with http.post(b.api_url + "/api/generate", json=GENERATE) as reply:
+                assert (reply.status, reply.headers["X-InferHub-Node"]) == (200, "a")
+            (entry,) = a.audit(1)
+            assert (entry["peer_id"], entry["verified"]) == (b.settings.node_id, True)
 
-            # Anyone else gets Ollama's 401 from the share API, and nothing more.
-            share = f"http://127.0.0.1:{a.share_port}"
-            for path, method in ((STATUS_PATH, "GET"), ("/api/tags", "GET"), ("/api/generate", "POST")):
-                async with http.request(method, share + path, json=body) as reply:
-                    assert (reply.status, await reply.json()) == (401, {"error": "unauthorized"})
-            assert b.status().pool == PoolKey(read_join_code(code)).pool_id
+            # A machine without a member's certificate: Ollama's 401 on every path, /metrics too.
+            assert await _outsider_answers(http, a.share_port) == [401] * 5
+            # A member of another pool: its certificate is not this pool's, and the handshake fails.
+            other = _member(tmp_path / "other-d").client_context
+            with pytest.raises(aiohttp.ClientConnectorError):
+                await http.get(f"https://127.0.0.1:{a.share_port}{STATUS_PATH}", ssl=other)
+            assert [r.path for r in theirs.requests if r.path == "/api/generate"] == ["/api/generate"]
+            assert (a.status().pool, b.status().pool) == (_member(tmp_path / "a").pool_id,) * 2
             assert c.status().pool is None
 
 
-async def test_a_captured_request_replayed_is_refused(tmp_path: Path, http: aiohttp.ClientSession) -> None:
-    code = join_code(new_secret())
-    async with (
-        FakeOllama(["llama3:latest"]) as fake,
-        Node(
-            node_settings(tmp_path, fake.url, name="member", share=True, pool_code=code), environ={}
-        ) as node,
-    ):
-        body = b'{"model":"llama3","prompt":"hi","stream":false}'
-        signed = PoolKey(read_join_code(code)).sign_request("someone", "POST", "/api/generate", body)
-        url = f"http://127.0.0.1:{node.share_port}/api/generate"
-        headers = {AUTH_HEADER: signed, "Content-Type": "application/json"}
-        async with http.post(url, data=body, headers=headers) as reply:
-            assert reply.status == 200
-        async with http.post(url, data=body, headers=headers) as reply:
-            assert (reply.status, await reply.json()) == (401, {"error": "unauthorized"})
-        generated = [r for r in fake.requests if r.path == "/api/generate"]
-        assert len(generated) == 1
-
-
-async def test_joining_and_leaving_while_running_is_remembered(
+async def test_a_machine_joins_over_the_network_with_an_invite_good_once(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    code = join_code(new_secret())
-    async with (
-        FakeOllama(["llama3:latest"]) as fake,
-        Node(node_settings(tmp_path / "a", fake.url, name="a", share=True), environ={}) as a,
-        Node(node_settings(tmp_path / "b", fake.url, name="b", share=True), environ={}) as b,
-    ):
-        await eventually(lambda: _names(a) == {"b"} and _names(b) == {"a"})
-        async with http.post(
-            a.api_url + "/_inferhub/v1/pool", json={"code": code.lower()}, headers=control(a)
-        ) as reply:
-            assert (reply.status, await reply.json()) == (
-                200,
-                {"pool": PoolKey(read_join_code(code)).pool_id},
+    async with FakeOllama(["llama3:latest"]) as fake:
+        box, desk, laptop = _nodes(tmp_path, fake.url, "box", "desk", "laptop")
+        async with box, desk, laptop:
+            await eventually(lambda: _names(box) == {"desk", "laptop"})
+            pool = create_pool(tmp_path / "box", load_identity(tmp_path / "box"), "box")
+            await box.reload_pool()
+            code = pool.invite()
+            at = ("127.0.0.1", box.share_port)
+            with pytest.raises(Unauthorized, match="did not admit"):
+                await join_pool(
+                    tmp_path / "laptop",
+                    load_identity(tmp_path / "laptop"),
+                    "laptop",
+                    "7K3M-9QXD-2HWA-PZ4T-9",
+                    [at],
+                )
+            joined = await join_pool(tmp_path / "desk", load_identity(tmp_path / "desk"), "desk", code, [at])
+            assert joined.pool_id == pool.pool_id
+            # The code is spent: a second machine that learnt it gets nothing.
+            with pytest.raises(Unauthorized, match="did not admit"):
+                await join_pool(tmp_path / "laptop", load_identity(tmp_path / "laptop"), "laptop", code, [at])
+            async with http.post(desk.api_url + POOL_PATH, json={}, headers=control(desk)) as reply:
+                info = await reply.json()
+            assert {m["name"] for m in info["members"]} == {"box", "desk"}
+            await eventually(lambda: _names(box) == {"desk"} and _names(desk) == {"box"})
+            await eventually(lambda: _names(laptop) == set())
+            # The laptop saw the pool on mDNS: where to ask, not a way in.
+            assert [n["pool"] for n in laptop.pool_info()["nearby"]] == [pool.pool_id] * 2
+
+
+async def test_a_removed_member_is_refused_by_every_member_within_5_s(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    async with FakeOllama(["llama3:latest"], loaded=["llama3:latest"]) as fake:
+        a, b, c = _nodes(tmp_path, fake.url, "a", "b", "c")
+        private_pool(*(tmp_path / n for n in ("a", "b", "c")))
+        async with a, b, c:
+            await eventually(lambda: all(len(_names(n)) == 2 for n in (a, b, c)))
+            removed_at = time.monotonic()
+            async with http.post(a.api_url + POOL_PATH, json={"remove": "c"}, headers=control(a)) as reply:
+                assert reply.status == 200
+                assert "c" not in {m["name"] for m in (await reply.json())["members"]}
+            c_id = c.settings.node_id
+            async with asyncio.timeout(5):
+                await eventually(
+                    lambda: (
+                        _names(a) == {"b"}
+                        and _names(b) == {"a"}
+                        and b.pool is not None
+                        and b.pool.roster.member(c_id) is None
+                    )
+                )
+            print(f"removal reached every member in {time.monotonic() - removed_at:.2f} s")
+            # c's certificate still verifies against the pool's authority; the roster refuses it.
+            assert await _as_member(http, tmp_path / "c", b.share_port, STATUS_PATH) == 401
+            assert await _as_member(http, tmp_path / "c", a.share_port, "/api/tags") == 401
+            assert await _as_member(http, tmp_path / "a", b.share_port, "/api/tags") == 200
+            # a and b saved the roster: a restart does not bring c back.
+            assert c_id in _member(tmp_path / "b").roster.removed
+
+
+async def _as_member(http: aiohttp.ClientSession, config_dir: Path, port: int, path: str) -> int:
+    """Call a share API with the certificate of the machine of `config_dir`; return the status."""
+    context = _member(config_dir).client_context
+    async with http.get(f"https://127.0.0.1:{port}{path}", ssl=context) as reply:
+        return reply.status
+
+
+async def test_a_member_removed_while_offline_is_refused_when_it_returns_and_a_restart_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    async with FakeOllama(["llama3:latest"]) as fake:
+        a, b, c = _nodes(tmp_path, fake.url, "a", "b", "c")
+        private_pool(*(tmp_path / n for n in ("a", "b", "c")))
+        async with a, b:
+            await eventually(lambda: _names(a) == {"b"} and _names(b) == {"a"})
+            a.remove_member(c.settings.node_id)
+            assert b.pool is not None
+            await eventually(lambda: b.pool is not None and b.pool.roster.version == 4)
+        # Everyone comes back, c too, which never heard of its removal.
+        a, b, c = _nodes(tmp_path, fake.url, "a", "b", "c")
+        async with a, b, c:
+            await eventually(lambda: _names(a) == {"b"} and _names(b) == {"a"})
+            await asyncio.sleep(2.5)  # c polls and is polled for a while
+            assert (_names(a), _names(b), _names(c)) == ({"b"}, {"a"}, set())
+            assert c.pool is not None
+            assert c.pool.roster.version == 3
+            # The members kept their identities and their pool across the restart.
+            assert a.pool is not None
+            assert a.pool.authority is not None
+            assert {m["name"] for m in a.pool_info()["members"]} == {"a", "b"}
+
+
+async def test_a_member_that_claims_another_members_id_is_not_listed(tmp_path: Path) -> None:
+    async with FakeOllama(["llama3:latest"]) as fake:
+        private_pool(*(tmp_path / n for n in ("a", "liar", "victim")))
+        (a,) = _nodes(tmp_path, fake.url, "a")
+        victim_id = load_identity(tmp_path / "victim").node_id
+        liar = _member(tmp_path / "liar")
+        async with a, _serve_status(liar.server_context, victim_id) as port:
+            a.store.change(peers=[f"127.0.0.1:{port}"])
+            await eventually(
+                lambda: "claims the node id" in a.membership._ignored.get(("127.0.0.1", port), "")
             )
-        assert read_settings_file(tmp_path / "a")["pool_code"] == code
-        await eventually(lambda: _names(a) == set() and _names(b) == set())
+            assert _names(a) == set()
 
-        b.set_pool(code)
-        await eventually(lambda: _names(a) == {"b"} and _names(b) == {"a"})
 
-        async with http.post(
-            a.api_url + "/_inferhub/v1/pool", json={"code": "NOPE"}, headers=control(a)
-        ) as reply:
-            assert reply.status == 400
-            assert "join code" in (await reply.json())["error"]
-        async with http.post(
-            a.api_url + "/_inferhub/v1/pool", json={"code": None}, headers=control(a)
-        ) as reply:
-            assert (await reply.json()) == {"pool": None}
-        assert read_settings_file(tmp_path / "a")["pool_code"] == ""
-        await eventually(lambda: _names(a) == set() and _names(b) == set())
+@contextlib.asynccontextmanager
+async def _serve_status(context: ssl.SSLContext, node_id: str) -> AsyncIterator[int]:
+    """Serve a well-formed status that names `node_id`, over TLS with `context`."""
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "id": node_id,
+                "name": "victim",
+                "share": True,
+                "load": {"active": 0, "remote": 0, "waiting": 0, "slots": 1},
+                "models_hash": "00",
+                "backend": {"kind": "ollama", "url": "x", "reachable": True},
+                "speeds": {},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get(STATUS_PATH, status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+class Unheard:
+    """Discovery on a network where multicast does not pass: nothing is heard or said."""
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    async def start(self, announcement: object) -> None:
+        pass
+
+    async def update(self, announcement: object) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class Relay:
+    """A host in the middle: it relays TCP to a member and keeps every byte that passes."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.seen = bytearray()
+        self.first_client_bytes = b""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> int:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        first = True
+
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, keep: Callable[[bytes], None]
+        ) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    keep(data)
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        def from_client(data: bytes) -> None:
+            nonlocal first
+            self.seen.extend(data)
+            if first:
+                self.first_client_bytes, first = data, False
+
+        await asyncio.gather(pipe(reader, up_writer, from_client), pipe(up_reader, writer, self.seen.extend))
+
+
+async def test_a_relay_reads_no_prompt_and_cannot_replay_what_it_saw(
+    tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No mDNS here: the user knows the member only at the relay's address (tests/lan does it with mDNS).
+    monkeypatch.setattr(membership_module, "Discovery", Unheard)
+    async with (
+        FakeOllama(["llama3:latest"], loaded=["llama3:latest"]) as theirs,
+        FakeOllama([]) as mine,
+    ):
+        private_pool(*(tmp_path / n for n in ("member", "user", "other")))
+        member, other = _nodes(tmp_path, theirs.url, "member", "other")
+        user = Node(node_settings(tmp_path / "user", mine.url, name="user", share=True), environ={})
+        relay = Relay(0)
+        async with member, other:
+            relay.target_port = member.share_port
+            async with relay as relay_port:
+                # The user reaches the member only through the relay, by address (no mDNS between them).
+                user.store.change(peers=[f"127.0.0.1:{relay_port}"])
+                async with user:
+                    await eventually(lambda: "member" in _names(user))
+                    async with http.post(
+                        user.api_url + "/api/generate", json=GENERATE, headers={"X-InferHub-Node": "member"}
+                    ) as reply:
+                        assert reply.status == 200
+            # Everything passed through the relay, as TLS records (0x16: a handshake to begin with).
+            assert relay.first_client_bytes[:1] == b"\x16"
+            assert b"the secret plans" not in relay.seen
+            assert b"the secret plans" in b"".join(r.body for r in theirs.requests)
+            (entry,) = [e for e in member.audit(10) if e["endpoint"] == "/api/generate"]
+            assert (entry["peer_id"], entry["verified"]) == (user.settings.node_id, True)
+            # What the relay saw, sent to another member, is a TLS handshake that cannot complete.
+            served = len(theirs.requests)
+            reader, writer = await asyncio.open_connection("127.0.0.1", other.share_port)
+            writer.write(bytes(relay.seen))
+            await writer.drain()
+            async with asyncio.timeout(5):
+                while await reader.read(65536):
+                    pass
+            writer.close()
+            assert len(theirs.requests) == served
 
 
 async def test_a_slow_client_is_cut_off_and_a_flood_is_refused(
@@ -312,12 +415,15 @@ async def test_a_body_that_trickles_in_is_cut_at_its_deadline_in_either_pool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, private: bool
 ) -> None:
     monkeypatch.setattr(share_module, "_BODY_TIMEOUT_S", 0.5)
-    code = join_code(new_secret()) if private else ""
+    if private:
+        # The trickling client is a member: in a private pool nobody else gets as far as sending a body.
+        private_pool(tmp_path / "box", tmp_path / "member")
+    context = _member(tmp_path / "member").client_context if private else None
     async with (
         FakeOllama(["llama3:latest"]) as fake,
-        Node(node_settings(tmp_path, fake.url, name="box", share=True, pool_code=code), environ={}) as box,
+        Node(node_settings(tmp_path / "box", fake.url, name="box", share=True), environ={}) as box,
     ):
-        reader, writer = await asyncio.open_connection("127.0.0.1", box.share_port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", box.share_port, ssl=context)
         writer.write(b'POST /api/generate HTTP/1.1\r\nHost: box\r\nContent-Length: 1000\r\n\r\n{"model"')
         await writer.drain()
         async with asyncio.timeout(5):

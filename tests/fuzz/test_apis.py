@@ -201,7 +201,7 @@ REQUEST_FIELDS = st.fixed_dictionaries(
         "share": JSON_VALUES,
         "local_only": JSON_VALUES,
         "pool_pull": JSON_VALUES,
-        "code": st.one_of(st.none(), WILD_TEXT, st.just("7K3M-9QXD-2HWA-PZ4T-C")),
+        "remove": st.one_of(st.none(), WILD_TEXT, st.just("test-node")),
     },
 )
 REQUEST_OBJECTS = st.builds(
@@ -736,12 +736,11 @@ class Rig:
         return None
 
     def restore(self) -> None:
-        """Undo what a request may have changed: the switches, the private pool, the fake's models."""
+        """Undo what a request may have changed: the switches and the fake's models. (The control API
+        makes no pool: only the owner's files do.)"""
 
         async def on_node() -> None:
             self.node.switch(self.switches)
-            if self.node.pool_key is not None:
-                self.node.set_pool(None)
 
         async def on_fake() -> None:
             self.fake.models = dict(self.models)

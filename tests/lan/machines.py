@@ -61,10 +61,14 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def start_machines(
-    lan: Lan, tmp_path: Path, fakes: list[list[str]], extra: Callable[[int], list[str]]
+    lan: Lan,
+    tmp_path: Path,
+    fakes: list[list[str]],
+    extra: Callable[[int], list[str]],
+    nofile: int | None = None,
 ) -> list[Machine]:
     """Start on each host a fake Ollama (with its arguments from `fakes`), a sharing node named node0,
-    node1, ... and a watcher of its peers."""
+    node1, ... (each allowed `nofile` open files, where given) and a watcher of its peers."""
     machines = []
     for i, host in enumerate(lan.hosts):
         work = tmp_path / f"m{i}"
@@ -87,8 +91,10 @@ def start_machines(
             )
         node_log = work / "node.log"
         with node_log.open("w") as out:
+            limit = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] if nofile else []
             node = host.popen(
                 [
+                    *limit,
                     sys.executable,
                     "-m",
                     "inferhub_desktop",

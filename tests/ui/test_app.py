@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import qasync
-from PySide6.QtWidgets import QApplication, QDialogButtonBox, QMessageBox
+from PySide6.QtWidgets import QDialogButtonBox, QMessageBox
 from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.core import Node, RequestDone, SettingsStore, read_settings_file
@@ -19,20 +17,6 @@ from inferhub_desktop.ui.app import NO_TRAY, Desktop, SingleInstance, display_mi
 from inferhub_desktop.ui.bridge import Bridge
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings, unwritable
-
-
-@pytest.fixture
-def run(qapp: QApplication) -> Iterator[Any]:
-    """Run a coroutine on a qasync loop over the test's QApplication."""
-    loop = qasync.QEventLoop(qapp)
-    asyncio.set_event_loop(loop)
-
-    def run(coro: Coroutine[Any, Any, None]) -> None:
-        loop.run_until_complete(asyncio.wait_for(coro, 30))
-
-    yield run
-    loop.close()
-    asyncio.set_event_loop(None)
 
 
 def test_no_display_is_said_before_qt_would_abort() -> None:

@@ -151,7 +151,10 @@ def test_the_nodes_table_shows_gpu_use_load_and_speed(dashboard: Dashboard) -> N
 
 def test_the_header_says_who_and_what(dashboard: Dashboard) -> None:
     assert dashboard.title.text() == "atlas · 3 peers · 5 GPUs · 7 models"
-    assert dashboard.subtitle.text() == "Sharing this GPU · serving 1 request(s) for peers"
+    assert dashboard.subtitle.text() == (
+        "Sharing this GPU · serving 1 request(s) for peers · "
+        "Private pool 5e1f0c2a: every peer proven by its key"
+    )
     assert dashboard.api_label.text() == "API  http://localhost:11435"
 
 

@@ -11,10 +11,7 @@ from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.core import (
     SettingsStore,
-    join_code,
     load_settings,
-    new_secret,
-    read_join_code,
     read_settings_file,
 )
 from inferhub_desktop.ui.settings_dialog import SettingsDialog
@@ -266,32 +263,6 @@ def test_zero_peers_requests_at_once_takes_the_backends_slots(qtbot: QtBot, tmp_
 
     assert dialog.result() == QDialog.DialogCode.Accepted
     assert load_settings(tmp_path, environ={"OLLAMA_NUM_PARALLEL": "3"}).max_remote == 3
-
-
-def test_a_new_private_pool_gets_a_code_that_is_saved_as_written(
-    dialog: SettingsDialog, tmp_path: Path
-) -> None:
-    assert dialog.pool_code.text() == ""
-    dialog.new_pool.click()
-    code = dialog.pool_code.text()
-    assert read_join_code(code)
-    assert dialog.error.text() == ""
-    # A running node joins the pool without a restart.
-    assert dialog.note.text() == ""
-    # Typed back in lower case with spaces, it is the same pool.
-    dialog.pool_code.setText(code.lower().replace("-", " "))
-    assert dialog.changes() == {"pool_code": code}
-    save_button(dialog).click()
-    assert read_settings_file(tmp_path)["pool_code"] == code
-
-
-def test_a_mistyped_join_code_says_so_and_cannot_be_saved(dialog: SettingsDialog) -> None:
-    code = join_code(new_secret())
-    dialog.pool_code.setText(code[:-1] + ("1" if code[-1] != "1" else "2"))
-    assert "typo" in dialog.error.text()
-    assert not save_button(dialog).isEnabled()
-    dialog.pool_code.setText(code)
-    assert save_button(dialog).isEnabled()
 
 
 def test_tls_is_a_change_that_restarts_the_node(dialog: SettingsDialog) -> None:

@@ -45,11 +45,15 @@ class Control(Protocol):
         ...
 
     def pool_info(self) -> dict[str, Any]:
-        """Return the private pool this node is in (its public id), or null."""
+        """Return the private pool this node is in and its members (a null id: the open pool)."""
         ...
 
-    def set_pool(self, code: str | None) -> dict[str, Any]:
-        """Join the private pool of a join code (None leaves it); return it."""
+    async def reload_pool(self) -> dict[str, Any]:
+        """Take up the pool files as they are now; return the pool."""
+        ...
+
+    def remove_member(self, who: str) -> dict[str, Any]:
+        """Remove a machine from the pool this machine is the authority of; return the pool."""
         ...
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
@@ -157,13 +161,16 @@ class LocalApi:
         if request.path == POOL_PATH and reading:
             return _json(self._controls.pool_info())
         if request.path == POOL_PATH and request.method == "POST":
-            fields = parse_body(await request.read(), "inferhub.Pool", openai=False)
-            code = fields.get("code")
-            if set(fields) != {"code"} or not (code is None or isinstance(code, str)):
+            fields = parse_body(await request.read(), "inferhub.Pool", openai=False) or {}
+            if fields == {}:
+                return _json(await self._controls.reload_pool())
+            who = fields.get("remove")
+            if set(fields) != {"remove"} or not isinstance(who, str):
                 raise ApiError(
-                    400, 'send {"code": "JOIN-CODE"} to join a private pool, {"code": null} to leave it'
+                    400,
+                    'send {} to take up the pool files as they are now, {"remove": "NODE"} to remove one',
                 )
-            return _json(self._controls.set_pool(code or None))
+            return _json(self._controls.remove_member(who))
         if request.path in (AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, SWITCHES_PATH):
             return text_response(405, "405 method not allowed")
         return text_response(404, "404 page not found")

@@ -31,7 +31,7 @@ from ..status import NodeStatus
 from ..wire.endpoints import Endpoint, Kind, match
 from ..wire.errors import ApiError, BackendUnavailable
 from ..wire.framing import FrameSplitter, framing_of
-from ..wire.headers import AUTH_HEADER, NODE_HEADER, VIA_HEADER
+from ..wire.headers import NODE_HEADER, VIA_HEADER
 from ..wire.payload import parse_body, string_field
 from ..wire.responses import error_response, go_json, text_response
 from .meter import ReplyMeter
@@ -132,10 +132,11 @@ class _Trail:
 
 
 _STARTED_KEY = web.RequestKey("response_started", bool)
-# A body the share API read already, to check its signature.
+# A body the share API read already, within its deadline.
 BODY_KEY = web.RequestKey("body", bytes)
-# The peer whose signature the share API checked: who the request is from, whatever else it claims.
-SIGNER_KEY = web.RequestKey("signer", str)
+# The member of a private pool whose certificate the request's TLS connection proved: who it is from,
+# whatever else it claims.
+CALLER_KEY = web.RequestKey("caller", str)
 
 _HOP_BY_HOP = frozenset(
     {
@@ -159,8 +160,6 @@ _NOT_SENT_UP = _HOP_BY_HOP | {
     "accept-encoding",
     "expect",
     NODE_HEADER.lower(),
-    # Each hop signs its own requests.
-    AUTH_HEADER.lower(),
 }
 # aiohttp writes its own framing and Date; CORS headers are the node's, not the backend's.
 _NOT_SENT_DOWN = _HOP_BY_HOP | {"content-length", "date", "server", "vary"}
@@ -364,12 +363,12 @@ class Forwarder:
         via = [v.strip() for v in request.headers.get(VIA_HEADER, "").split(",") if v.strip()]
         if endpoint.kind is not Kind.INFERENCE:
             return await self._forward(request, endpoint, via, _Trail(0.0))
-        signer = request.get(SIGNER_KEY)
+        caller = request.get(CALLER_KEY)
         trail = _Trail(
             time.monotonic(),
-            client=signer or (via[-1] if via else ""),
+            client=caller or (via[-1] if via else ""),
             address=request.remote or "",
-            verified=signer is not None,
+            verified=caller is not None,
         )
         error: str | None = None
         status = 0

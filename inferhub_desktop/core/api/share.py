@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..trust import PoolKey
-from ..wire.endpoints import METRICS_PATH, PULL_PATH, STATUS_PATH, Kind
-from ..wire.errors import ApiError, Unauthorized
-from ..wire.headers import AUTH_HEADER
+from ..pool import Member, PrivatePool
+from ..wire.endpoints import JOIN_PATH, METRICS_PATH, PULL_PATH, ROSTER_PATH, STATUS_PATH, Kind
+from ..wire.errors import ApiError, MalformedRecord, Unauthorized
 from ..wire.responses import error_response
-from .relay import BODY_KEY, SIGNER_KEY, Forwarder, endpoint_of
+from .relay import BODY_KEY, CALLER_KEY, Forwarder, endpoint_of
 
 _log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ _LAN_NETWORKS = tuple(
 _OPEN_TO_PEERS = frozenset({Kind.INFERENCE, Kind.READ})
 # A body that takes longer than this to arrive is a slow client holding a connection open.
 _BODY_TIMEOUT_S = 30.0
+# A request to join a private pool: a name, a certificate and a proof.
+_MAX_JOIN_BYTES = 16 * 1024
 # Requests one source address may make: a sustained rate, and a burst above it. A peer polls the status
 # once a second and sends a few requests at a time; a flood past this is refused with 429.
 _RATE_PER_S = 20.0
@@ -77,7 +79,8 @@ class ShareApi:
         sharing: Callable[[], bool],
         pool_pull: Callable[[], bool],
         stopping: Callable[[], bool] = lambda: False,
-        key: Callable[[], PoolKey | None] = lambda: None,
+        pool: Callable[[], PrivatePool | None] = lambda: None,
+        admitted: Callable[[Member], None] = lambda member: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder
@@ -86,9 +89,11 @@ class ShareApi:
         self._pool_pull = pool_pull
         # A node that is stopping says so to status polls: peers that heard its goodbye drop it at once.
         self._stopping = stopping
-        # The private pool's keys: with them every request must be signed by a member; without them the
-        # pool is the LAN's open one and only local-network sources are served.
-        self._key = key
+        # The private pool: in one, the share API speaks mutual TLS and serves members only (and, on the
+        # pool's authority, machines that bring an invite); without one the pool is the LAN's open one and
+        # only local-network sources are served.
+        self._pool = pool
+        self._admitted = admitted
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._refusals_logged: dict[str, float] = {}
@@ -99,46 +104,35 @@ class ShareApi:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         """Answer peers: status always, inference and reads while sharing, nothing else; in a private pool
-        only to members."""
+        only to members, known by their certificates before anything of a request's body is read."""
         source = request.remote or ""
         if not self._allowed(source):
             raise ApiError(429, "too many requests from this address; slow down")
-        key = self._key()
-        nonce = ""
-        if key is None and not is_lan_address(source):
-            raise ApiError(403, "InferHub shares only with machines on the local network")
-        # In either pool a body arrives whole within the deadline, or the connection is let go.
-        try:
-            async with asyncio.timeout(_BODY_TIMEOUT_S):
-                body = await self._forwarder.read_body(request)
-        except TimeoutError:
-            late = error_response(
-                408,
-                f"the request's body did not arrive within {_BODY_TIMEOUT_S:g} s",
-                openai=request.path.startswith("/v1/"),
-            )
-            late.force_close()  # the rest of the body is not waited for
-            return late
-        request[BODY_KEY] = body
-        if key is not None:
-            try:
-                signer, nonce = key.check_request(
-                    request.headers.get(AUTH_HEADER), request.method, request.raw_path, body
-                )
-            except Unauthorized as exc:
-                self._log_refusal(source, str(exc))
+        pool = self._pool()
+        if pool is not None:
+            transport = request.transport
+            member = pool.member_shown(transport.get_extra_info("ssl_object") if transport else None)
+            if member is None:
+                if request.path == JOIN_PATH and pool.authority is not None:
+                    return await self._join(request, pool)
+                self._log_refusal(source, "it showed no certificate of a member")
                 # Ollama's word for it, and nothing that would help a caller who is not a member.
-                raise ApiError(401, "unauthorized") from None
-            request[SIGNER_KEY] = signer
+                raise ApiError(401, "unauthorized")
+            request[CALLER_KEY] = member.node_id
+        elif not is_lan_address(source):
+            raise ApiError(403, "InferHub shares only with machines on the local network")
+        body = await _read_within_deadline(request, self._forwarder.read_body(request))
+        if isinstance(body, web.Response):
+            return body
+        request[BODY_KEY] = body
         if request.path == STATUS_PATH:
             if self._stopping():
                 raise ApiError(503, f"{self._name} is stopping")
-            reply = self._forwarder.status_reply(request)
-            if key is not None and isinstance(reply.body, bytes):
-                reply.headers[AUTH_HEADER] = key.sign_status(nonce, reply.body)
-            return reply
+            return self._forwarder.status_reply(request)
         if request.path == METRICS_PATH:
             return self._forwarder.metrics_reply(request)
+        if request.path == ROSTER_PATH and pool is not None:
+            return web.json_response(pool.roster.to_json())
         endpoint = endpoint_of(request)
         if isinstance(endpoint, web.Response):
             return endpoint
@@ -155,6 +149,31 @@ class ShareApi:
                 503, f"{self._name} is not sharing its GPU right now; its owner can turn sharing on"
             )
         return await self._forwarder.forward(request, endpoint)
+
+    async def _join(self, request: web.Request, pool: PrivatePool) -> web.StreamResponse:
+        """Admit the machine that asks, if it proves an invite (pool.py); it has no certificate yet."""
+        source = request.remote or ""
+        if request.method != "POST":
+            raise ApiError(405, "ask to join with POST")
+        if request.content_length is None or request.content_length > _MAX_JOIN_BYTES:
+            raise ApiError(413, f"a request to join is at most {_MAX_JOIN_BYTES} bytes, with its length said")
+        try:
+            body = await _read_within_deadline(request, request.content.readexactly(request.content_length))
+        except asyncio.IncompleteReadError:
+            raise ApiError(400, "the request to join was cut off before its end") from None
+        if isinstance(body, web.Response):
+            return body
+        try:
+            admission, proof = pool.admit(json.loads(body), pool.fingerprint)
+        except (ValueError, MalformedRecord) as exc:
+            raise ApiError(400, f"not a request to join: {exc}") from None
+        except Unauthorized as exc:
+            self._log_refusal(source, str(exc))
+            raise ApiError(401, "unauthorized") from None
+        member = admission.roster.members[-1]
+        _log.info("admitted %r (%s) from %s to the pool", member.name, member.node_id, source)
+        self._admitted(member)
+        return web.json_response({"pool": admission.to_json(), "proof": proof.hex()})
 
     def _allowed(self, source: str) -> bool:
         """Take a token from the source's bucket; False when it has none left."""
@@ -174,3 +193,18 @@ class ShareApi:
             if len(self._refusals_logged) > _MAX_SOURCES:
                 self._refusals_logged.clear()
             _log.info("refused a request from %s, which is not a member of this pool: %s", source, reason)
+
+
+async def _read_within_deadline(request: web.Request, reading: Awaitable[bytes]) -> bytes | web.Response:
+    """Return a body that came whole within the deadline, or the answer for one that did not."""
+    try:
+        async with asyncio.timeout(_BODY_TIMEOUT_S):
+            return await reading
+    except TimeoutError:
+        late = error_response(
+            408,
+            f"the request's body did not arrive within {_BODY_TIMEOUT_S:g} s",
+            openai=request.path.startswith("/v1/"),
+        )
+        late.force_close()  # the rest of the body is not waited for
+        return late

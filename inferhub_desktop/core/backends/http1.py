@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -19,7 +19,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..tls import peer_fingerprint, pinning_context
 from ..wire.errors import BackendUnavailable, InferhubError
-from ..wire.headers import AUTH_HEADER
 
 # Header blocks and chunk-size lines longer than this are not HTTP a backend would send.
 _LINE_LIMIT = 1 << 20
@@ -106,14 +105,19 @@ class Response:
 class Http1Client:
     """Keep-alive connections to one backend URL, opened as needed and reused when a reply is done."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float, pin: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout_s: float, pin: str | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         parts = urlsplit(url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        # A peer's self-signed certificate is accepted by its fingerprint alone.
+        # A peer's certificate is the one its fingerprint names: self-signed in the open pool, and in a
+        # private pool signed by the pool's authority (checked by `tls`, the pool's mutual-TLS context).
         self._pin = pin
         self._ssl = (
-            (pinning_context() if pin else ssl.create_default_context()) if parts.scheme == "https" else None
+            (tls or (pinning_context() if pin else ssl.create_default_context()))
+            if parts.scheme == "https"
+            else None
         )
         self._prefix = parts.path.rstrip("/")
         netloc_host = f"[{self._host}]" if ":" in self._host else self._host
@@ -322,27 +326,20 @@ class HttpBackend:
         connect_timeout_s: float,
         name: str,
         hint: str,
-        sign: Callable[[str, str, bytes], str | None] | None = None,
         pin: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
         self.name = name
         self.pin = pin
+        self.tls = tls
         self._hint = hint
-        # Signs each request (method, target, body) for a server that checks who sends it: a peer of a
-        # private pool.
-        self._sign = sign
-        self._client = Http1Client(url, connect_timeout_s=connect_timeout_s, pin=pin)
+        self._client = Http1Client(url, connect_timeout_s=connect_timeout_s, pin=pin, tls=tls)
 
     @asynccontextmanager
     async def request(
         self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes | StreamReader | None
     ) -> AsyncIterator[_Upstream]:
-        if self._sign is not None:
-            if isinstance(body, StreamReader):
-                raise BackendUnavailable(f"a streamed body cannot be signed for {self.name}")
-            if (auth := self._sign(method, path_qs, body or b"")) is not None:
-                headers = {**headers, AUTH_HEADER: auth}
         try:
             connection, response = await self._client.request(method, path_qs, headers, body)
         except HttpError as exc:

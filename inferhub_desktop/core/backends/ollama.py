@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import ssl
 from typing import Any
 
 from ..wire.errors import BackendUnavailable
@@ -28,10 +28,10 @@ class OllamaBackend(HttpBackend):
         connect_timeout_s: float,
         name: str = "the backend",
         hint: str = "Start Ollama (`ollama serve`), or point InferHub at another server with --backend",
-        sign: Callable[[str, str, bytes], str | None] | None = None,
         pin: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(url, connect_timeout_s=connect_timeout_s, name=name, hint=hint, sign=sign, pin=pin)
+        super().__init__(url, connect_timeout_s=connect_timeout_s, name=name, hint=hint, pin=pin, tls=tls)
 
     async def probe(self) -> BackendState:
         try:

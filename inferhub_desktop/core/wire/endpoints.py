@@ -15,8 +15,12 @@ SWITCHES_PATH = CONTROL_PREFIX + "switches"
 ROUTE_PATH = CONTROL_PREFIX + "route"
 # GET ?limit=N: the last N requests peers had this machine serve, newest last (see audit.py).
 AUDIT_PATH = CONTROL_PREFIX + "audit"
-# GET the private pool this node is in; POST {"code": CODE} to join one, {"code": null} to leave it.
+# GET the private pool this node is in and its members; POST to take up the pool files as they are now
+# (the command line changes them: create, join, invite, remove, leave).
 POOL_PATH = CONTROL_PREFIX + "pool"
+# On the share API of a private pool: the authority admits machines here; members fetch the roster.
+JOIN_PATH = CONTROL_PREFIX + "join"
+ROSTER_PATH = CONTROL_PREFIX + "roster"
 # Prometheus scrapes, on both APIs; Ollama has no such path.
 METRICS_PATH = "/metrics"
 # The one management call peers may make, where the owner allows it, and a pinned request may route.

@@ -6,5 +6,3 @@ NODE_HEADER = "X-InferHub-Node"
 VIA_HEADER = "X-InferHub-Via"
 # The owner's control token, which the local API's control paths require (see control.py).
 CONTROL_HEADER = "X-InferHub-Control"
-# A private pool's signature on a share-API request, and on its status answer (see trust.py).
-AUTH_HEADER = "X-InferHub-Auth"
