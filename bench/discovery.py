@@ -110,7 +110,10 @@ def start_member(host: Host, index: int, work: Path) -> Member:
     node = start_node(host, index, work)
     with (work / "watch.log").open("w") as out:
         watcher = host.popen(
-            [sys.executable, str(WATCHER), LOCAL_API], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, str(WATCHER), LOCAL_API, str(work / "config")],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     return Member(index, host, work, node, watcher)
 
