@@ -247,6 +247,12 @@ class Membership:
             self._ignored[endpoint] = str(exc)
             if endpoint in self._goodbyes:
                 self._said_goodbye(endpoint)
+            if isinstance(exc, Unauthorized):
+                # It cannot be used now (it refuses this machine, or left the roster): it leaves at once.
+                for gone in self.table:
+                    if gone.announcement.endpoint == endpoint:
+                        self.table.remove(gone.node_id)
+                        self._left(gone, f"peer {gone.announcement.name!r} is not in this node's pool: {exc}")
             return
         # A goodbye for a node that answers was not its own.
         self._goodbyes.discard(endpoint)
@@ -317,6 +323,8 @@ class Membership:
             connection, reply = await link.request("GET", path, {}, None)
             try:
                 shown = peer_fingerprint(connection.writer.get_extra_info("ssl_object"))
+                if reply.status == 401:
+                    raise Unauthorized("it refuses this machine: it is not a member of that node's pool")
                 if reply.status != 200:
                     raise ValueError(f"{path} answered HTTP {reply.status}")
                 # A body past the limit is refused before it is read whole: a peer cannot fill memory.

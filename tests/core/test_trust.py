@@ -142,6 +142,8 @@ async def test_a_removed_member_is_refused_by_every_member_within_5_s(
     async with FakeOllama(["llama3:latest"], loaded=["llama3:latest"]) as fake:
         a, b, c = _nodes(tmp_path, fake.url, "a", "b", "c")
         private_pool(*(tmp_path / n for n in ("a", "b", "c")))
+        c_heard: list[str] = []
+        c.events.subscribe(lambda event: c_heard.append(getattr(event, "reason", "")))
         async with a, b, c:
             await eventually(lambda: all(len(_names(n)) == 2 for n in (a, b, c)))
             removed_at = time.monotonic()
@@ -159,6 +161,9 @@ async def test_a_removed_member_is_refused_by_every_member_within_5_s(
                     )
                 )
             print(f"removal reached every member in {time.monotonic() - removed_at:.2f} s")
+            # c, refused by every member, drops them at once rather than waiting them out.
+            await eventually(lambda: _names(c) == set())
+            assert {why for why in c_heard if "refuses this machine" in why} != set()
             # c's certificate still verifies against the pool's authority; the roster refuses it.
             assert await _as_member(http, tmp_path / "c", b.share_port, STATUS_PATH) == 401
             assert await _as_member(http, tmp_path / "c", a.share_port, "/api/tags") == 401
