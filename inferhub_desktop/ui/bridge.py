@@ -51,6 +51,16 @@ class Core(Protocol):
     def audit(self, limit: int) -> list[dict[str, Any]]: ...
 
 
+# Peers of a node that restarted (new settings) that come back within this long were never gone.
+RESTART_REJOIN_S = 30.0
+
+
+def plain_reason(name: str, reason: str) -> str:
+    """Say why a peer left in the words after its name: "stopped answering", "left the pool"."""
+    prefix = f"peer {name!r} "
+    return reason[len(prefix) :] if reason.startswith(prefix) else reason
+
+
 class Bridge(QObject):
     """Watch a node: its events become signals, and its state a PoolView every second."""
 
@@ -78,6 +88,14 @@ class Bridge(QObject):
         self.audit: list[dict[str, Any]] = []
         self._audit_stale = True
         self._alone_since = clock()
+        # Peers that went without a goodbye (name: what happened in plain words), until they are back.
+        self.lost: dict[str, str] = {}
+        # Switches turned through this bridge, not yet heard back from the store: they need no message.
+        self._made_here: dict[str, bool] = {}
+        # The peers of the node before it restarted, and when the new one started: they coming back
+        # soon after is the restart, not news.
+        self._known_before: set[str] = set()
+        self._attached_at = -RESTART_REJOIN_S
         # (at, {node id: tokens generated}) over the throughput window.
         self._counts: collections.deque[tuple[float, dict[str, int]]] = collections.deque()
         self._timer = QTimer(self)
@@ -100,10 +118,12 @@ class Bridge(QObject):
         ]
         self._counts.clear()
         self._audit_stale = True
+        self._attached_at = self._clock()
         self._timer.start()
         self.refresh()
 
     def detach(self) -> None:
+        self._known_before = {peer.name for peer in self.view.peers} if self.view else set()
         self._timer.stop()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
@@ -119,7 +139,7 @@ class Bridge(QObject):
         if view.peers:
             self._alone_since = now
         self.view = view
-        self.problems = view.problems(alone_for_s=now - self._alone_since)
+        self.problems = view.problems(alone_for_s=now - self._alone_since, lost=self.lost)
         self.view_changed.emit(view)
         self.sampled.emit(now, self._throughput(view, now), view.me.utilization_pct)
         if self._audit_stale:
@@ -130,12 +150,18 @@ class Bridge(QObject):
     def set_switch(self, key: str, on: bool) -> None:
         """Turn a switch on or off through the store; one that cannot be saved stays as it was, and
         `refused` says why."""
+        self._made_here[key] = on
         try:
             self.core.store.change(**{key: on})
         except InferhubError as exc:
+            self._made_here.pop(key, None)
             self.refused.emit("InferHub could not change that", str(exc))
             # The menu and the dashboard show the switch where it still is.
             self.refresh()
+
+    def made_here(self, key: str, value: bool) -> bool:
+        """Whether a switch's change heard from the store is the one turned through this bridge."""
+        return self._made_here.pop(key, None) is value
 
     def add_peer(self, address: str) -> None:
         """Reach a peer by HOST[:PORT] from now on; raise InferhubError (ConfigError for an address that
@@ -162,9 +188,18 @@ class Bridge(QObject):
     def _on_event(self, event: Event) -> None:
         match event:
             case PeerJoined(name=name):
-                self.peer_joined.emit(name)
+                self.lost.pop(name, None)
+                restarted = self._clock() - self._attached_at < RESTART_REJOIN_S
+                if not (restarted and name in self._known_before):
+                    self.peer_joined.emit(name)
+                self._known_before.discard(name)
             case PeerLeft(name=name, reason=reason):
-                self.peer_left.emit(name, reason)
+                what = plain_reason(name, reason)
+                # Gone without a goodbye: said until it is back. (A goodbye, a removal or a change of
+                # pool is no loss.)
+                if what.startswith("stopped answering"):
+                    self.lost[name] = what
+                self.peer_left.emit(name, what)
             case SettingsChanged():
                 self.settings_changed.emit(event)
             case BackendChanged(reachable=reachable, error=error):

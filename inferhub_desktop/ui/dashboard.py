@@ -113,7 +113,7 @@ class Dashboard(QMainWindow):
         self.health = QFrame()
         self.health_layout = QVBoxLayout(self.health)
         self.health_layout.setContentsMargins(0, 0, 0, 0)
-        self._problems_shown: list[Problem] | None = None
+        self._problems_shown: tuple[list[Problem], bool] | None = None
         self.peer_address = QLineEdit()
         self.peer_address.setPlaceholderText("HOST or HOST:PORT of another InferHub")
         self.add_peer_button = QPushButton("Add peer")
@@ -182,7 +182,7 @@ class Dashboard(QMainWindow):
         self.share_button.setChecked(bool(view.switches.get("share")))
         self.share_button.setText("Sharing this GPU" if view.switches.get("share") else "Share this GPU")
         self.share_button.blockSignals(False)
-        self._show_problems(self._bridge.problems)
+        self._show_problems(self._bridge.problems, alone=not view.peers)
         self.peers_table.setRowCount(len(view.nodes))
         for row, node in enumerate(view.nodes):
             for column, item in enumerate(_node_cells(node)):
@@ -215,14 +215,19 @@ class Dashboard(QMainWindow):
         self.throughput_chart.add(at, tokens_per_s)
         self.gpu_chart.add(at, gpu_pct)
 
-    def _show_problems(self, problems: list[Problem]) -> None:
-        if problems == self._problems_shown:
+    def _show_problems(self, problems: list[Problem], *, alone: bool) -> None:
+        if (problems, alone) == self._problems_shown:
             return
-        self._problems_shown = problems
+        self._problems_shown = (problems, alone)
         while (item := self.health_layout.takeAt(0)) is not None:
             if widget := item.widget():
                 widget.deleteLater()
-        if not problems:
+        if not problems and alone:
+            # Nothing is wrong yet, and nothing proves the pool healthy: no peer has been seen.
+            looking = QLabel("Looking for other InferHub machines…")
+            looking.setStyleSheet("color: palette(placeholder-text); padding: 4px 0;")
+            self.health_layout.addWidget(looking)
+        elif not problems:
             ok = QLabel("✓  The pool is healthy")
             ok.setStyleSheet("color: #15803d; font-weight: 600; padding: 4px 0;")
             self.health_layout.addWidget(ok)

@@ -112,10 +112,16 @@ class PoolView:
             f"{_count(len(self.models), 'model')}"
         )
 
-    def problems(self, *, alone_for_s: float, platform: str = sys.platform) -> list[Problem]:
-        """Say what is wrong, worst first; `alone_for_s` is how long no peer has been seen."""
+    def problems(
+        self, *, alone_for_s: float, lost: Mapping[str, str] | None = None, platform: str = sys.platform
+    ) -> list[Problem]:
+        """Say what is wrong, worst first; `alone_for_s` is how long no peer has been seen, `lost` the
+        peers that went without saying goodbye (name: what happened), until they come back. Severe is
+        what leaves this machine's own requests unserved."""
         found = []
         if not self.me.backend_up:
+            # The pool's other machines may still serve this one's requests.
+            served_elsewhere = any(p.sharing and p.healthy and p.installed for p in self.peers)
             found.append(
                 Problem(
                     "No model server found on this machine",
@@ -123,7 +129,15 @@ class PoolView:
                     "https://ollama.com/download and start it (`ollama serve`), or start the server of "
                     "LM Studio, llama.cpp or vLLM: it is found on its usual port, or set its address in "
                     "Settings. Models of the pool's other machines can still be used.",
-                    severe=True,
+                    severe=not served_elsewhere,
+                )
+            )
+        for name, what in (lost or {}).items():
+            found.append(
+                Problem(
+                    f"Lost {name}",
+                    f"{name} {what}. Requests go to the other machines; it is back as soon as it answers.",
+                    severe=False,
                 )
             )
         for peer in self.peers:
@@ -136,16 +150,26 @@ class PoolView:
                         severe=False,
                     )
                 )
-        if not self.peers and alone_for_s >= NO_PEERS_AFTER_S:
-            found.append(
-                Problem(
-                    "No other InferHub seen on this network",
-                    "Machines find each other with mDNS (UDP port 5353) and talk on TCP port "
-                    f"{self.share_port}. {firewall_hint(platform, self.share_port)} Where multicast "
-                    "cannot pass (VPNs, other subnets), add a peer by its address below.",
-                    severe=False,
+        if not self.peers and not lost and alone_for_s >= NO_PEERS_AFTER_S:
+            if self.pool is not None:
+                found.append(
+                    Problem(
+                        "No other member of the private pool is online",
+                        "Your requests run on this machine. Invite a machine in Settings ▸ Pool, or start "
+                        "InferHub on the members' machines.",
+                        severe=False,
+                    )
                 )
-            )
+            else:
+                found.append(
+                    Problem(
+                        "No other InferHub seen on this network",
+                        "Machines find each other with mDNS (UDP port 5353) and talk on TCP port "
+                        f"{self.share_port}. {firewall_hint(platform, self.share_port)} Where multicast "
+                        "cannot pass (VPNs, other subnets), add a peer by its address below.",
+                        severe=False,
+                    )
+                )
         return found
 
 

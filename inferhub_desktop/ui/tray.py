@@ -28,10 +28,11 @@ _SWITCH_NEWS = {
 
 def tray_state(view: PoolView | None, problems: list[Problem]) -> TrayState:
     """Say which icon the tray shows: trouble first, then whether this GPU works for the pool."""
+    if any(p.severe for p in problems):
+        return TrayState.POOL_PROBLEM
     if view is None or not view.me.backend_up:
         return TrayState.NO_BACKEND
-    if problems:
-        return TrayState.POOL_PROBLEM
+
     if view.serving:
         return TrayState.SERVING
     return TrayState.SHARING if view.switches.get("share") else TrayState.NOT_SHARING
@@ -44,21 +45,23 @@ def tooltip(view: PoolView | None, state: TrayState) -> str:
 
 
 class Notifier(QObject):
-    """Tell the owner of pool changes with tray messages, one at a time at most every NOTIFY_GAP_S."""
+    """Tell the owner of pool changes with tray messages, one at a time at most every NOTIFY_GAP_S; of
+    what changed meanwhile, each subject (a peer, a switch) is told once, as it is at the end."""
 
     shown = Signal(str, str)  # title, text
 
     def __init__(self, parent: QObject | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(parent)
         self._clock = clock
-        self._pending: list[str] = []
+        self._pending: dict[str, str] = {}
         self._last = -NOTIFY_GAP_S
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.flush)
 
-    def tell(self, text: str) -> None:
-        self._pending.append(text)
+    def tell(self, subject: str, text: str) -> None:
+        self._pending.pop(subject, None)  # told in the order of the last changes
+        self._pending[subject] = text
         wait_s = self._last + NOTIFY_GAP_S - self._clock()
         if wait_s <= 0:
             self.flush()
@@ -68,7 +71,7 @@ class Notifier(QObject):
     def flush(self) -> None:
         if not self._pending:
             return
-        texts, self._pending = self._pending, []
+        texts, self._pending = list(self._pending.values()), {}
         self._last = self._clock()
         title = "InferHub" if len(texts) == 1 else f"InferHub: {len(texts)} changes"
         self.shown.emit(title, "\n".join(texts))
@@ -128,8 +131,8 @@ class Tray(QObject):
         self.icon.activated.connect(self._activated(open_dashboard))
 
         bridge.view_changed.connect(self.update)
-        bridge.peer_joined.connect(lambda name: self.notifier.tell(f"{name} joined the pool"))
-        bridge.peer_left.connect(lambda name, why: self.notifier.tell(f"{name} left the pool"))
+        bridge.peer_joined.connect(lambda name: self.notifier.tell(f"peer {name}", f"{name} joined the pool"))
+        bridge.peer_left.connect(lambda name, why: self.notifier.tell(f"peer {name}", f"{name} {why}"))
         bridge.settings_changed.connect(self._settings_told)
         bridge.refused.connect(self._show_message)
         self.update(bridge.view)
@@ -173,10 +176,11 @@ class Tray(QObject):
         return action
 
     def _settings_told(self, event: SettingsChanged) -> None:
-        """Say each switch that changed, in its own words; other settings say nothing here."""
+        """Say each switch that changed elsewhere (the command line, the settings file), in its own words;
+        one the owner turned here shows in the menu and needs no message, and other settings say nothing."""
         for key, (on, off) in _SWITCH_NEWS.items():
-            if key in event.changed:
-                self.notifier.tell(on if getattr(event.settings, key) else off)
+            if key in event.changed and not self._bridge.made_here(key, getattr(event.settings, key)):
+                self.notifier.tell(key, on if getattr(event.settings, key) else off)
 
     def _set_start_at_login(self, on: bool) -> None:
         try:

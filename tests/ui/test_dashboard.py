@@ -12,7 +12,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QTableWidget
 from pytestqt.qtbot import QtBot
 
-from inferhub_desktop.core import ConfigError, RequestDone, parse_peer
+from inferhub_desktop.core import ConfigError, PeerJoined, PeerLeft, RequestDone, parse_peer
 from inferhub_desktop.ui.bridge import Bridge
 from inferhub_desktop.ui.dashboard import (
     _FRACTION_ROLE,
@@ -224,6 +224,20 @@ def test_the_share_button_turns_sharing(dashboard: Dashboard, core: DemoCore) ->
 
 def test_the_health_panel_says_the_pool_is_healthy(dashboard: Dashboard) -> None:
     assert health_texts(dashboard) == ["✓  The pool is healthy"]
+
+
+def test_with_every_peer_gone_the_pool_is_not_called_healthy(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core, "peers", lambda: [])
+    core.events.emit(PeerLeft(node_id="b0", name="borealis", reason="peer 'borealis' stopped answering"))
+    bridge.refresh()
+    (card,) = health_texts(dashboard)
+    assert card.startswith("<b>Lost borealis</b><br>borealis stopped answering.")
+    # Back: the loss is no longer said, and with no peer at all nothing claims the pool healthy.
+    core.events.emit(PeerJoined(node_id="b0", name="borealis", address="192.168.1.11"))
+    bridge.refresh()
+    assert health_texts(dashboard) == ["Looking for other InferHub machines…"]
 
 
 def test_the_health_panel_shows_a_problem(

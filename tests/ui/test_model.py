@@ -135,7 +135,7 @@ def test_a_healthy_pool_has_no_problems(core: DemoCore) -> None:
     assert view_of(core).problems(alone_for_s=3600.0, platform="linux") == []
 
 
-def test_no_backend_is_the_first_and_a_severe_problem(core: DemoCore) -> None:
+def test_no_backend_is_the_first_problem_and_severe_only_when_no_peer_can_serve(core: DemoCore) -> None:
     status = backend_down(core.status(), "connection refused at http://127.0.0.1:11434")
     peers = core.peers()
     peers[0] = replace(peers[0], breaker="open after 3 failure(s): timed out")
@@ -144,11 +144,30 @@ def test_no_backend_is_the_first_and_a_severe_problem(core: DemoCore) -> None:
 
     assert len(problems) == 2
     first = problems[0]
-    assert first.severe
     assert first.title == "No model server found on this machine"
     assert "connection refused at http://127.0.0.1:11434" in first.detail
     assert "https://ollama.com/download" in first.detail
+    # The other sharing peers still serve this machine's requests: a warning, not a failure.
+    assert not first.severe
     assert not problems[1].severe
+    # With no peer to turn to, nothing serves this machine's requests.
+    (alone,) = pool_view(status, []).problems(alone_for_s=0.0, platform="linux")
+    assert alone.severe
+
+
+def test_a_peer_lost_without_a_goodbye_is_said_until_it_is_back(core: DemoCore) -> None:
+    view = pool_view(core.status(), [])
+    problems = view.problems(alone_for_s=0.0, lost={"borealis": "stopped answering"})
+    assert [(p.title, p.severe) for p in problems] == [("Lost borealis", False)]
+    assert problems[0].detail.startswith("borealis stopped answering.")
+
+
+def test_a_private_pool_with_no_member_online_says_so_not_the_firewall(core: DemoCore) -> None:
+    view = pool_view(core.status(), [])
+    assert view.pool is not None
+    (problem,) = view.problems(alone_for_s=NO_PEERS_AFTER_S, platform="linux")
+    assert problem.title == "No other member of the private pool is online"
+    assert "Invite a machine" in problem.detail
 
 
 def test_a_sharing_peer_with_an_open_breaker_is_a_problem(core: DemoCore) -> None:
@@ -183,7 +202,7 @@ def test_a_peer_that_does_not_share_is_no_problem(core: DemoCore) -> None:
 
 
 def test_alone_for_long_suggests_the_firewall(core: DemoCore) -> None:
-    status = replace(core.status(), share_port=12345)
+    status = replace(core.status(), share_port=12345, pool=None)
     view = pool_view(status, [])
 
     assert view.problems(alone_for_s=NO_PEERS_AFTER_S - 0.1, platform="linux") == []
@@ -198,7 +217,7 @@ def test_alone_for_long_suggests_the_firewall(core: DemoCore) -> None:
 
 @pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
 def test_the_no_peers_problem_gives_this_oss_firewall_hint(core: DemoCore, platform: str) -> None:
-    view = pool_view(core.status(), [])
+    view = pool_view(replace(core.status(), pool=None), [])
 
     (problem,) = view.problems(alone_for_s=NO_PEERS_AFTER_S, platform=platform)
 
