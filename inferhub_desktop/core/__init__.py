@@ -15,7 +15,7 @@ from .events import (
 from .identity import Identity, load_identity
 from .names import short_name
 from .node import Node, serve
-from .peers import PeerState
+from .peers import AddressState, PeerState
 from .pool import PrivatePool, create_pool, join_pool, leave_pool
 from .settings import (
     DEFAULT_API_PORT,
@@ -59,6 +59,7 @@ __all__ = [
     "SWITCHES_PATH",
     "TOKEN_FILE",
     "USER_FIELDS",
+    "AddressState",
     "ApiError",
     "BackendChanged",
     "BackendUnavailable",

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from .backends.http1 import Http1Client, HttpError
 from .discovery import Discovery
-from .peers import Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
+from .peers import AddressState, Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
 from .pool import MAX_ROSTER_BYTES, PrivatePool, Roster
 from .settings import Settings, parse_peer
 from .status import MAX_STATUS_BYTES, NodeStatus
@@ -84,6 +84,8 @@ class Membership:
         # The TLS certificates nodes' records pin, and those learnt from nodes reached by address.
         self._advertised_tls: dict[tuple[str, int], str] = {}
         self._learnt_tls: dict[tuple[str, int], str] = {}
+        # How reaching each node named by address goes, for its owner to see.
+        self._reaching: dict[tuple[str, int], AddressState] = {}
         # Nodes a goodbye on mDNS was heard for, to be asked at once whether they have left.
         self._goodbyes: set[tuple[str, int]] = set()
         # Why each node that answers but is not taken as a peer is ignored.
@@ -108,13 +110,29 @@ class Membership:
 
     def set_static_peers(self, peers: Sequence[str]) -> None:
         """Reach these HOST:PORT peers by address from now on, in place of the ones given before."""
-        wanted = {parse_peer(peer) for peer in peers}
+        # In the order given: the owner sees them so.
+        wanted = list(dict.fromkeys(parse_peer(peer) for peer in peers))
         for endpoint, how in list(self._candidates.items()):
-            if how == "static" and endpoint not in wanted:
+            if how == "static":
                 del self._candidates[endpoint]
+                if endpoint not in wanted:
+                    self._reaching.pop(endpoint, None)
         for endpoint in wanted:
+            self._candidates.pop(endpoint, None)  # one learnt on mDNS is reached by address from now on
             self._candidates[endpoint] = "static"
         self._poll_now.set()
+
+    def addresses(self) -> list[AddressState]:
+        """Return the peers named by address, in the settings' order, each with how reaching it goes."""
+        return [
+            self._reaching.get(endpoint, AddressState(f"{url_host(endpoint[0])}:{endpoint[1]}", "reaching"))
+            for endpoint, how in self._candidates.items()
+            if how == "static"
+        ]
+
+    def _reached(self, endpoint: tuple[str, int], state: str, detail: str) -> None:
+        if self._candidates.get(endpoint) == "static":
+            self._reaching[endpoint] = AddressState(f"{url_host(endpoint[0])}:{endpoint[1]}", state, detail)
 
     def rekey(self) -> None:
         """This node joined or left a private pool: forget every peer until it proves it belongs."""
@@ -237,6 +255,7 @@ class Membership:
                 raise MalformedRecord("its status names another TLS certificate than the one it showed")
         except (TimeoutError, OSError, HttpError, ValueError, RecursionError) as exc:
             _log.debug("peer at %s:%d did not answer: %s", host, port, exc)
+            self._reached(endpoint, "unreachable", _why_unreachable(exc))
             if endpoint in self._goodbyes:
                 self._said_goodbye(endpoint)
             return
@@ -245,6 +264,7 @@ class Membership:
             if self._ignored.get(endpoint) != str(exc):
                 _log.info("ignoring the peer at %s:%d: %s", host, port, exc)
             self._ignored[endpoint] = str(exc)
+            self._reached(endpoint, "refused", str(exc))
             if endpoint in self._goodbyes:
                 self._said_goodbye(endpoint)
             if isinstance(exc, Unauthorized):
@@ -259,6 +279,7 @@ class Membership:
         if shown and not pin and pool is None:
             self._learnt_tls[endpoint] = shown
         self._ignored.pop(endpoint, None)
+        self._reached(endpoint, "reached", announcement.name)
         now = time.monotonic()
         if self.table.seen(announcement, status, now, rtt_s=now - sent):
             _log.info("peer %r joined from %s:%d", announcement.name, host, port)
@@ -374,3 +395,15 @@ class Membership:
             if txt != advertised:
                 await self._discovery.update(announcement)
                 advertised, last_sent = txt, time.monotonic()
+
+
+def _why_unreachable(exc: BaseException) -> str:
+    """Say in plain words why a node named by address did not answer."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, ConnectionRefusedError):
+        return "nothing listens there (connection refused): is InferHub running there, on that port?"
+    if isinstance(cause, TimeoutError):
+        return "no answer in time: is the machine on, and does its firewall let the port through?"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(exc) or type(exc).__name__

@@ -33,7 +33,7 @@ from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, Setting
 from .identity import Identity, load_identity
 from .membership import Membership
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
-from .peers import Peer, PeerAnnouncement, PeerState
+from .peers import AddressState, Peer, PeerAnnouncement, PeerState
 from .pool import PrivatePool
 from .router import RouterNode
 from .settings import SWITCHES, Settings, backend_kind
@@ -317,6 +317,10 @@ class Node:
         # While the node stops, the local API may still answer: then it has no peers.
         peers = self._membership.peers if self._membership else []
         return [peer.state(self.dispatcher.breaker(peer.node_id)) for peer in peers]
+
+    def addresses(self) -> list[AddressState]:
+        """Return the peers the owner named by address, each with how reaching it goes."""
+        return self._membership.addresses() if self._membership else []
 
     def pool_info(self) -> dict[str, Any]:
         """Return the private pool this node is in, as JSON values: its public id, whether this machine is

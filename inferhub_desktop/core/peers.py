@@ -177,6 +177,16 @@ class Peer:
 
 
 @dataclasses.dataclass(frozen=True)
+class AddressState:
+    """A peer the owner named by address, and how reaching it goes: "reaching" until the first answer,
+    then "reached" (`detail`: the node's name), "unreachable" or "refused" (`detail`: why)."""
+
+    address: str  # HOST:PORT
+    state: str
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class PeerState:
     """A peer as a node reports it to its owner (the local API, the desktop app, `inferhub peers`):
     where it is, what it last said of itself, and how this node's circuit breaker holds it."""

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from ..core import (
+    AddressState,
     BackendChanged,
     Event,
     Events,
@@ -49,6 +50,8 @@ class Core(Protocol):
     def peers(self) -> list[PeerState]: ...
 
     def audit(self, limit: int) -> list[dict[str, Any]]: ...
+
+    def addresses(self) -> list[AddressState]: ...
 
 
 # Peers of a node that restarted (new settings) that come back within this long were never gone.
@@ -135,7 +138,7 @@ class Bridge(QObject):
         if self._core is None:
             return
         now = self._clock()
-        view = pool_view(self._core.status(), self._core.peers())
+        view = pool_view(self._core.status(), self._core.peers(), self._core.addresses())
         if view.peers:
             self._alone_since = now
         self.view = view
@@ -158,6 +161,11 @@ class Bridge(QObject):
             self.refused.emit("InferHub could not change that", str(exc))
             # The menu and the dashboard show the switch where it still is.
             self.refresh()
+
+    def remove_peer(self, address: str) -> None:
+        """Stop reaching a peer named by address; raise InferhubError if the change cannot be saved."""
+        self.core.store.change(peers=[p for p in self.core.store.settings.peers if p != address])
+        self.refresh()
 
     def made_here(self, key: str, value: bool) -> bool:
         """Whether a switch's change heard from the store is the one turned through this bridge."""

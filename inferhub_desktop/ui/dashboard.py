@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import InferhubError, RequestDone, audit_row, short_name
+from ..core import AddressState, InferhubError, RequestDone, audit_row, short_name
 from .bridge import Bridge
 from .chart import LineChart
 from .model import NodeView, PoolView, Problem, short_models
@@ -126,6 +126,12 @@ class Dashboard(QMainWindow):
         add_row.addWidget(self.peer_address, 1)
         add_row.addWidget(self.add_peer_button)
         add_row.addWidget(self.add_peer_error)
+        # The peers named by address, each with how reaching it goes, until the owner removes it.
+        self.addresses = QFrame()
+        self.addresses_layout = QVBoxLayout(self.addresses)
+        self.addresses_layout.setContentsMargins(0, 0, 0, 0)
+        self.addresses_layout.setSpacing(2)
+        self._addresses_shown: tuple[AddressState, ...] | None = None
 
         self.throughput_chart = LineChart("Pool throughput", "tok/s", color="#3b82f6")
         self.gpu_chart = LineChart("This machine's GPU", "%", ceiling=100.0, color="#10b981")
@@ -148,6 +154,7 @@ class Dashboard(QMainWindow):
         body.addWidget(self.banner)
         body.addWidget(self.health)
         body.addLayout(add_row)
+        body.addWidget(self.addresses)
         body.addLayout(charts)
         body.addWidget(_section("Nodes"))
         body.addWidget(self.peers_table, 3)
@@ -183,6 +190,7 @@ class Dashboard(QMainWindow):
         self.share_button.setText("Sharing this GPU" if view.switches.get("share") else "Share this GPU")
         self.share_button.blockSignals(False)
         self._show_problems(self._bridge.problems, alone=not view.peers)
+        self._show_addresses(view.addresses)
         self.peers_table.setRowCount(len(view.nodes))
         for row, node in enumerate(view.nodes):
             for column, item in enumerate(_node_cells(node)):
@@ -241,6 +249,36 @@ class Dashboard(QMainWindow):
             )
             self.health_layout.addWidget(card)
 
+    def _show_addresses(self, addresses: tuple[AddressState, ...]) -> None:
+        if addresses == self._addresses_shown:
+            return
+        self._addresses_shown = addresses
+        while (item := self.addresses_layout.takeAt(0)) is not None:
+            if (row := item.layout()) is not None:
+                while (inner := row.takeAt(0)) is not None:
+                    if widget := inner.widget():
+                        widget.deleteLater()
+        for entry in addresses:
+            said, color = _ADDRESS_STATES[entry.state]
+            label = QLabel(
+                f"<b>{entry.address}</b> · <span style='color: {color}'>{said(entry.detail)}</span>"
+            )
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            label.setToolTip(entry.detail)
+            remove = QPushButton("Remove")
+            remove.setToolTip(f"Stop reaching {entry.address}")
+            remove.clicked.connect(lambda _=False, address=entry.address: self._remove_peer(address))
+            row = QHBoxLayout()
+            row.addWidget(label, 1)
+            row.addWidget(remove)
+            self.addresses_layout.addLayout(row)
+
+    def _remove_peer(self, address: str) -> None:
+        try:
+            self._bridge.remove_peer(address)
+        except InferhubError as exc:
+            self.add_peer_error.setText(str(exc))
+
     def _add_peer(self) -> None:
         address = self.peer_address.text().strip()
         if not address:
@@ -252,6 +290,15 @@ class Dashboard(QMainWindow):
             return
         self.add_peer_error.setText("")
         self.peer_address.clear()
+
+
+# How each state of a peer named by address is said, and in which colour.
+_ADDRESS_STATES: dict[str, tuple[Callable[[str], str], str]] = {
+    "reaching": (lambda detail: "reaching…", "#6b7280"),
+    "reached": (lambda detail: f"✓ reached {detail}", "#15803d"),
+    "unreachable": (lambda detail: f"unreachable: {detail}", _SEVERE),
+    "refused": (lambda detail: f"answers, but is not a peer: {detail}", _WARNING),
+}
 
 
 def _table(columns: tuple[str, ...], *, stretch: int) -> QTableWidget:

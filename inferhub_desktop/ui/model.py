@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 
-from ..core import DEFAULT_SHARE_PORT, SWITCHES, NodeStatus, PeerState, short_name
+from ..core import DEFAULT_SHARE_PORT, SWITCHES, AddressState, NodeStatus, PeerState, short_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,8 @@ class PoolView:
     share_port: int = DEFAULT_SHARE_PORT
     # The private pool's public id; None in the LAN's open pool.
     pool: str | None = None
+    # The peers the owner named by address, and how reaching each goes.
+    addresses: tuple[AddressState, ...] = ()
 
     @property
     def nodes(self) -> tuple[NodeView, ...]:
@@ -227,8 +229,10 @@ def node_view(status: NodeStatus, *, local: bool, address: str = "", breaker: st
     )
 
 
-def pool_view(status: NodeStatus, peers: Sequence[PeerState]) -> PoolView:
-    """Read this node's status and its peers into a PoolView."""
+def pool_view(
+    status: NodeStatus, peers: Sequence[PeerState], addresses: Sequence[AddressState] = ()
+) -> PoolView:
+    """Read this node's status, its peers and its peers named by address into a PoolView."""
     return PoolView(
         me=node_view(status, local=True, address="this machine"),
         peers=tuple(
@@ -240,6 +244,7 @@ def pool_view(status: NodeStatus, peers: Sequence[PeerState]) -> PoolView:
         serving=status.load.remote,
         share_port=status.share_port,
         pool=status.pool,
+        addresses=tuple(addresses),
     )
 
 

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import QApplication
 
 from ..core import (
     SWITCHES,
+    AddressState,
     ConfigError,
     Events,
     NodeStatus,
@@ -219,6 +220,16 @@ class DemoCore:
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
         return self._audit[-limit:]
+
+    def addresses(self) -> list[AddressState]:
+        """The demonstration's peers named by address: as a node would say how reaching them goes."""
+        reached = {f"192.168.1.{20 + n}:11436": _NODES[n][0] for n in range(1, len(_NODES))}
+        return [
+            AddressState(peer, "reached", reached[peer])
+            if peer in reached
+            else AddressState(peer, "unreachable", "cannot connect: Connection refused")
+            for peer in self.store.settings.peers
+        ]
 
     def _served(
         self, at: float, model: str, peer: str, seconds: float, tokens: int, error: str | None

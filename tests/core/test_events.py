@@ -3,6 +3,7 @@ request ended; its settings store tells of every change to the settings."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -144,3 +145,42 @@ async def test_a_peer_added_by_address_joins_and_leaves_when_dropped(tmp_path: P
     left = next(e for e in heard if isinstance(e, PeerLeft))
     assert (joined.name, joined.address, left.name) == ("beta", "127.0.0.1", "beta")
     assert left.reason == "peer 'beta' stopped answering"
+
+
+async def test_each_peer_named_by_address_says_how_reaching_it_goes(tmp_path: Path) -> None:
+    async def not_inferhub(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="404 page not found")
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", not_inferhub)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    other_server = f"127.0.0.1:{runner.addresses[0][1]}"
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{closed.getsockname()[1]}"
+    try:
+        async with (
+            FakeOllama() as fake,
+            Node(node_settings(tmp_path / "b", fake.url, name="beta"), environ={}) as beta,
+            Node(node_settings(tmp_path / "a", fake.url, name="alpha"), environ={}) as alpha,
+        ):
+            reachable = f"127.0.0.1:{beta.share_port}"
+            alpha.store.change(peers=[reachable, nobody, other_server])
+            assert [(a.address, a.state) for a in alpha.addresses()] == [
+                (reachable, "reaching"),
+                (nobody, "reaching"),
+                (other_server, "reaching"),
+            ]
+            await eventually(lambda: "reaching" not in {a.state for a in alpha.addresses()})
+            states = {a.address: (a.state, a.detail) for a in alpha.addresses()}
+            assert states[reachable] == ("reached", "beta")
+            assert states[nobody][0] == "unreachable"
+            assert states[nobody][1].startswith("nothing listens there (connection refused)")
+            assert states[other_server] == ("unreachable", "/_inferhub/v1/status answered HTTP 404")
+            # Removed, it is no longer said.
+            alpha.store.change(peers=[reachable])
+            assert [a.address for a in alpha.addresses()] == [reachable]
+    finally:
+        await runner.cleanup()

@@ -427,3 +427,32 @@ def test_with_no_peer_served_yet_used_by_peers_says_so(
     assert dashboard.audit_table.isHidden()
     assert not dashboard.audit_note.isHidden()
     assert dashboard.audit_note.text() == "No peer has used this machine yet."
+
+
+def address_rows(dashboard: Dashboard) -> list[tuple[QLabel, QPushButton]]:
+    rows = []
+    layout = dashboard.addresses_layout
+    for index in range(layout.count()):
+        row = layout.itemAt(index).layout()
+        label, button = row.itemAt(0).widget(), row.itemAt(1).widget()
+        assert isinstance(label, QLabel)
+        assert isinstance(button, QPushButton)
+        rows.append((label, button))
+    return rows
+
+
+def test_a_peer_added_by_address_stays_listed_with_how_reaching_it_goes(
+    dashboard: Dashboard, core: DemoCore
+) -> None:
+    assert address_rows(dashboard) == []
+    dashboard.peer_address.setText("10.0.0.9:11436")
+    dashboard.add_peer_button.click()
+
+    ((label, remove),) = address_rows(dashboard)
+    assert "<b>10.0.0.9:11436</b>" in label.text()
+    assert "unreachable: cannot connect: Connection refused" in label.text()
+    assert dashboard.peer_address.text() == ""
+    # It stays, with its state, until the owner removes it.
+    remove.click()
+    assert address_rows(dashboard) == []
+    assert core.store.settings.peers == ()

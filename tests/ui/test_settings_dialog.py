@@ -269,3 +269,12 @@ def test_tls_is_a_change_that_restarts_the_node(dialog: SettingsDialog) -> None:
     dialog.tls.setChecked(True)
     assert dialog.changes() == {"tls": True}
     assert RESTART_NOTE in dialog.note.text()
+
+
+def test_a_peer_added_from_the_dashboard_shows_when_settings_open_again(
+    qtbot: QtBot, settings: SettingsStore
+) -> None:
+    open_dialog(qtbot, settings).reject()
+    settings.change(peers=[*settings.settings.peers, "10.0.0.9:11436"])
+    again = open_dialog(qtbot, settings)
+    assert again.peers.toPlainText().splitlines() == ["10.0.0.7", "10.0.0.9:11436"]
