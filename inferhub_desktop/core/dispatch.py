@@ -279,6 +279,17 @@ class Dispatcher:
         if holders:
             model = short_name(decision.model or "")
             return Plan([], unavailable=f"no node can serve {model} now ({'; '.join(holders)})")
+        if self._settings().local_only and decision.model:
+            # A peer has it, but the owner keeps this machine's requests here: say so, not a bare 404.
+            elsewhere = sorted({x.node.name for x in decision.left_out if decision.model in x.node.installed})
+            if elsewhere:
+                raise ApiError(
+                    404,
+                    f"model '{query.model}' not found on this machine, which is set to use only itself "
+                    f"('Use only this machine' is on); {', '.join(elsewhere)} "
+                    f"{'has' if len(elsewhere) == 1 else 'have'} it: turn that off in the tray or with "
+                    "`inferhub local-only off` to use the pool",
+                )
         # Nobody has the model: this machine's backend refuses it in Ollama's own words.
         return Plan([self._local_target(query.model, remote=False)])
 

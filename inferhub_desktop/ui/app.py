@@ -4,6 +4,7 @@ and the settings dialog around it."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import getpass
 import hashlib
 import logging
@@ -11,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import qasync
 from PySide6.QtCore import QObject, Signal
@@ -43,6 +44,66 @@ def display_missing(environ: Mapping[str, str] = os.environ, platform: str = sys
     if environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
         return None
     return "no display to show the tray on (DISPLAY and WAYLAND_DISPLAY are unset)"
+
+
+# The libraries Qt's X11 platform plugin loads (its ELF dependencies, as of PySide6 6.8), with the
+# Debian/Ubuntu and Fedora packages that bring each. A pip install brings Qt but not these.
+XCB_LIBRARIES: tuple[tuple[str, str, str], ...] = (
+    ("libxcb-cursor.so.0", "libxcb-cursor0", "xcb-util-cursor"),
+    ("libxcb-icccm.so.4", "libxcb-icccm4", "xcb-util-wm"),
+    ("libxcb-util.so.1", "libxcb-util1", "xcb-util"),
+    ("libxcb-image.so.0", "libxcb-image0", "xcb-util-image"),
+    ("libxcb-keysyms.so.1", "libxcb-keysyms1", "xcb-util-keysyms"),
+    ("libxcb-render-util.so.0", "libxcb-render-util0", "xcb-util-renderutil"),
+    ("libxcb-randr.so.0", "libxcb-randr0", "libxcb"),
+    ("libxcb-shm.so.0", "libxcb-shm0", "libxcb"),
+    ("libxcb-sync.so.1", "libxcb-sync1", "libxcb"),
+    ("libxcb-xfixes.so.0", "libxcb-xfixes0", "libxcb"),
+    ("libxcb-render.so.0", "libxcb-render0", "libxcb"),
+    ("libxcb-shape.so.0", "libxcb-shape0", "libxcb"),
+    ("libxcb-xkb.so.1", "libxcb-xkb1", "libxcb"),
+    ("libxcb.so.1", "libxcb1", "libxcb"),
+    ("libX11-xcb.so.1", "libx11-xcb1", "libX11-xcb"),
+    ("libxkbcommon-x11.so.0", "libxkbcommon-x11-0", "libxkbcommon-x11"),
+    ("libxkbcommon.so.0", "libxkbcommon0", "libxkbcommon"),
+    ("libEGL.so.1", "libegl1", "libglvnd-egl"),
+    ("libfontconfig.so.1", "libfontconfig1", "fontconfig"),
+    ("libdbus-1.so.3", "libdbus-1-3", "dbus-libs"),
+)
+
+
+def missing_libraries(
+    environ: Mapping[str, str] = os.environ,
+    platform: str = sys.platform,
+    loads: Callable[[str], bool] | None = None,
+) -> str | None:
+    """Say which system libraries Qt's X11 plugin needs and cannot load here, and how to install them;
+    None when nothing is missing (or Qt will not use X11). Qt itself would abort with a vaguer message."""
+    chosen = environ.get("QT_QPA_PLATFORM", "")
+    if (
+        not platform.startswith("linux")
+        or chosen not in ("", "xcb")
+        or (not chosen and environ.get("WAYLAND_DISPLAY"))
+    ):
+        return None
+    loads = loads or _loads
+    missing = [(debian, fedora) for name, debian, fedora in XCB_LIBRARIES if not loads(name)]
+    if not missing:
+        return None
+    debian = " ".join(dict.fromkeys(d for d, _ in missing))
+    fedora = " ".join(dict.fromkeys(f for _, f in missing))
+    return (
+        f"the tray needs system libraries this machine lacks: install them with `sudo apt install {debian}` "
+        f"(Debian, Ubuntu) or `sudo dnf install {fedora}` (Fedora)"
+    )
+
+
+def _loads(name: str) -> bool:
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        return False
+    return True
 
 
 class SingleInstance(QObject):
@@ -203,7 +264,7 @@ class Desktop(QObject):
 def run_app(store: SettingsStore) -> int:
     """Run the desktop app until Quit; return the process exit status; raise OSError if the node cannot
     listen."""
-    if reason := display_missing():
+    if reason := display_missing() or missing_libraries():
         print(f"inferhub: {reason}; run the node alone with `inferhub serve --headless`", file=sys.stderr)
         return 2
     # The program's name, not `__main__.py`, is what X window classes and desktops show.

@@ -181,9 +181,8 @@ class Dashboard(QMainWindow):
             return
         self.title.setText(f"{view.me.name} · {view.summary()}")
         serving = f" · serving {view.serving} request(s) for peers" if view.serving else ""
-        self.subtitle.setText(
-            f"{'Sharing this GPU' if view.switches.get('share') else 'Not sharing'}{serving} · {view.trust()}"
-        )
+        sharing = "Sharing this GPU" if view.switches.get("share") else "Not sharing"
+        self.subtitle.setText(" · ".join([f"{sharing}{serving}", view.trust(), *view.modes()]))
         self.api_label.setText(f"API  {view.api_url.replace('127.0.0.1', 'localhost')}")
         self.share_button.blockSignals(True)
         self.share_button.setChecked(bool(view.switches.get("share")))

@@ -106,6 +106,15 @@ class PoolView:
             return "Open LAN pool: peers are not authenticated"
         return f"Private pool {self.pool[:8]}: every peer proven by its key"
 
+    def modes(self) -> list[str]:
+        """Say the modes the owner turned on that change what the pool does with this machine."""
+        said = []
+        if self.switches.get("local_only"):
+            said.append("Your requests use only this machine")
+        if self.switches.get("pool_pull"):
+            said.append("The pool may pull models here")
+        return said
+
     def summary(self) -> str:
         """Say in one line what the pool is: peers, GPUs and models."""
         peers = len(self.peers)

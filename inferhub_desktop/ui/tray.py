@@ -41,7 +41,7 @@ def tray_state(view: PoolView | None, problems: list[Problem]) -> TrayState:
 def tooltip(view: PoolView | None, state: TrayState) -> str:
     if view is None:
         return "InferHub: starting"
-    return f"InferHub: {state.value} · {view.summary()}"
+    return " · ".join([f"InferHub: {state.value}", view.summary(), *(m.lower() for m in view.modes())])
 
 
 class Notifier(QObject):

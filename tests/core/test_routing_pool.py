@@ -209,10 +209,19 @@ async def test_local_only_keeps_requests_on_this_machine(pool: Pool, http: aioht
         assert (await reply.json())["local_only"] is True
     status, node, _ = await generate(http, pool.alpha, "llama3")
     assert (status, node) == (200, "alpha")
-    # qwen3 is only on a peer: this machine's Ollama says it does not have it.
+    # qwen3 is only on a peer: refused in Ollama's words, saying why and what to do.
+    served = len(pool.served("alpha"))
     status, node, answer = await generate(http, pool.alpha, "qwen3:8b")
     assert (status, node) == (404, "alpha")
-    assert "not found" in answer["error"]
+    assert answer["error"] == (
+        "model 'qwen3:8b' not found on this machine, which is set to use only itself ('Use only this "
+        "machine' is on); beta has it: turn that off in the tray or with `inferhub local-only off` to use "
+        "the pool"
+    )
+    assert len(pool.served("alpha")) == served
+    # A model nobody has is still this machine's Ollama's to refuse, in its own words.
+    status, _, answer = await generate(http, pool.alpha, "nowhere")
+    assert (status, answer["error"]) == (404, "model 'nowhere' not found")
     async with http.get(pool.alpha.api_url + "/api/tags") as reply:
         assert [m["model"] for m in (await reply.json())["models"]] == ["llama3:latest"]
 

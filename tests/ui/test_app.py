@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QDialogButtonBox, QMessageBox
 from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.core import Node, RequestDone, SettingsStore, read_settings_file
-from inferhub_desktop.ui.app import NO_TRAY, Desktop, SingleInstance, display_missing
+from inferhub_desktop.ui.app import NO_TRAY, Desktop, SingleInstance, display_missing, missing_libraries
 from inferhub_desktop.ui.bridge import Bridge
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings, unwritable
@@ -25,6 +25,26 @@ def test_no_display_is_said_before_qt_would_abort() -> None:
     assert display_missing({"WAYLAND_DISPLAY": "wayland-0"}, "linux") is None
     assert display_missing({"QT_QPA_PLATFORM": "offscreen"}, "linux") is None
     assert display_missing({}, "win32") is None
+
+
+def test_missing_system_libraries_are_named_with_the_command_that_installs_them() -> None:
+    lacking = {"libxcb-icccm.so.4", "libxcb-keysyms.so.1"}
+    said = missing_libraries({"DISPLAY": ":0"}, "linux", loads=lambda name: name not in lacking)
+    assert said == (
+        "the tray needs system libraries this machine lacks: install them with `sudo apt install "
+        "libxcb-icccm4 libxcb-keysyms1` (Debian, Ubuntu) or `sudo dnf install xcb-util-wm xcb-util-keysyms` "
+        "(Fedora)"
+    )
+    # Where Qt will not use X11, nothing is asked of it.
+    for environ, platform in (
+        ({"WAYLAND_DISPLAY": "wayland-0"}, "linux"),
+        ({"QT_QPA_PLATFORM": "offscreen"}, "linux"),
+        ({}, "darwin"),
+        ({}, "win32"),
+    ):
+        assert missing_libraries(environ, platform, loads=lambda name: False) is None
+    # This machine, as it is, has them all (the tray tests under Xvfb run here).
+    assert missing_libraries({"DISPLAY": ":0"}, "linux") is None
 
 
 def test_a_second_instance_asks_the_first_to_show_itself(qtbot: QtBot, tmp_path: Path) -> None:

@@ -456,3 +456,14 @@ def test_a_peer_added_by_address_stays_listed_with_how_reaching_it_goes(
     remove.click()
     assert address_rows(dashboard) == []
     assert core.store.settings.peers == ()
+
+
+def test_modes_the_owner_turned_on_show_in_the_header(
+    dashboard: Dashboard, core: DemoCore, bridge: Bridge
+) -> None:
+    assert "only this machine" not in dashboard.subtitle.text()
+    core.store.change(local_only=True, pool_pull=True)
+    bridge.refresh()
+    assert dashboard.subtitle.text().endswith(
+        " · Your requests use only this machine · The pool may pull models here"
+    )

@@ -384,3 +384,11 @@ def test_peers_back_after_a_restart_are_not_news(
     assert told == []
     core.events.emit(PeerJoined(node_id="e0", name="eos", address="192.168.1.30"))
     assert told == ["eos joined the pool"]
+
+
+def test_the_tooltip_says_when_this_machine_uses_only_itself(
+    tray: Tray, core: DemoCore, bridge: Bridge
+) -> None:
+    core.store.change(local_only=True)
+    bridge.refresh()
+    assert tray.icon.toolTip().endswith(" · your requests use only this machine")
