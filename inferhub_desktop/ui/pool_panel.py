@@ -8,7 +8,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -27,6 +28,7 @@ from PySide6.QtWidgets import (
 from ..core import (
     ConfigError,
     Identity,
+    PeerState,
     PrivatePool,
     Settings,
     Unauthorized,
@@ -47,6 +49,8 @@ class PoolNode(Protocol):
     def settings(self) -> Settings: ...
 
     def pool_info(self) -> dict[str, Any]: ...
+
+    def peers(self) -> list[PeerState]: ...
 
     async def reload_pool(self) -> dict[str, Any]: ...
 
@@ -78,7 +82,7 @@ class PoolPanel(QWidget):
         self.error = QLabel()
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #dc2626;")
-        self.invite_box: QMessageBox | None = None
+        self.invite_box: InviteDialog | None = None
 
         buttons = QHBoxLayout()
         for button in (
@@ -97,7 +101,7 @@ class PoolPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.error)
 
-        self.create_button.clicked.connect(lambda: self._run(self.make()))
+        self.create_button.clicked.connect(self._confirm_make)
         self.join_button.clicked.connect(self._ask_to_join)
         self.invite_button.clicked.connect(self._show_invite)
         self.remove_button.clicked.connect(self._remove_selected)
@@ -193,8 +197,32 @@ class PoolPanel(QWidget):
 
         return asyncio.ensure_future(guarded())
 
+    def peers_drop(self) -> str:
+        """Say what becomes of this machine's current peers when it makes or joins a private pool."""
+        count = len(self._node().peers())
+        if not count:
+            return ""
+        return (
+            f"Your {count} current peer{'s' * (count != 1)} will no longer see or use this machine, nor it "
+            "them, unless they are admitted to the same pool."
+        )
+
+    def _member_names(self) -> set[str]:
+        return {m["name"] for m in self._node().pool_info().get("members", [])}
+
+    def _confirm_make(self) -> None:
+        answer = QMessageBox.question(
+            self,
+            "Make a private pool",
+            " ".join(
+                ["Only machines you invite, one at a time, will see and use this GPU.", self.peers_drop()]
+            ),
+        )
+        if answer == QMessageBox.StandardButton.Yes:
+            self._run(self.make())
+
     def _ask_to_join(self) -> None:
-        dialog = JoinDialog(self)
+        dialog = JoinDialog(self.peers_drop(), self)
         dialog.accepted.connect(lambda: self._run(self.join(dialog.code.text(), dialog.at.text())))
         dialog.open()
 
@@ -204,15 +232,9 @@ class PoolPanel(QWidget):
         except (ConfigError, OSError) as exc:
             self.error.setText(str(exc))
             return
-        box = QMessageBox(QMessageBox.Icon.Information, "Invite a machine", "", parent=self)
-        box.setText(
-            f"<p>On the machine to admit, in InferHub's settings choose <i>Join with an invite</i> and enter "
-            f"this code, or run <code>inferhub pool join CODE</code>:</p><h2>{code}</h2>"
-            "<p>It admits one machine, once, within a day. Give it to that machine's owner only.</p>"
-        )
-        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.invite_box = box
-        box.open()
+        self.invite_box = InviteDialog(code, self._member_names, self)
+        self.invite_box.finished.connect(self.refresh)
+        self.invite_box.open()
 
     def _remove_selected(self) -> None:
         for item in self.members.selectedItems():
@@ -232,19 +254,72 @@ class PoolPanel(QWidget):
             self._run(self.leave())
 
 
-class JoinDialog(QDialog):
-    """Ask for an invite's code and, where mDNS does not reach, the authority's address."""
+class InviteDialog(QDialog):
+    """Show an invite's code large, to copy or read out, and wait for the machine it admits."""
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, code: str, members: Callable[[], set[str]], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Invite a machine")
+        self._members = members
+        self._before = set(members())
+        self.code = QLabel(code)
+        self.code.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        font = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+        font.setPointSize(22)
+        font.setBold(True)
+        self.code.setFont(font)
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.clicked.connect(lambda: QGuiApplication.clipboard().setText(code))
+        how = QLabel(
+            "On the machine to admit, open InferHub's Settings, choose <b>Join with an invite</b> and type "
+            "this code (or run <code>inferhub pool join CODE</code>). It admits one machine, once, within a "
+            "day: give it to that machine's owner only."
+        )
+        how.setWordWrap(True)
+        self.waiting = QLabel("Waiting for a machine to join…")
+        self.waiting.setStyleSheet("color: palette(placeholder-text);")
+        close = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        close.rejected.connect(self.reject)
+        row = QHBoxLayout()
+        row.addWidget(self.code, 1)
+        row.addWidget(self.copy_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(row)
+        layout.addWidget(how)
+        layout.addWidget(self.waiting)
+        layout.addWidget(close)
+        self._timer = QTimer(self)
+        self._timer.setInterval(1000)
+        self._timer.timeout.connect(self.check)
+        self._timer.start()
+
+    def check(self) -> None:
+        """Say who joined since the invite was made, once someone has."""
+        joined = sorted(self._members() - self._before)
+        if joined:
+            self._timer.stop()
+            self.waiting.setText(f"✓ {', '.join(joined)} joined the pool")
+            self.waiting.setStyleSheet("color: #15803d; font-weight: 600;")
+
+
+class JoinDialog(QDialog):
+    """Ask for an invite's code and, where mDNS does not reach, the authority's address; say first what
+    becomes of the current peers."""
+
+    def __init__(self, peers_drop: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Join a private pool")
+        self.setMinimumWidth(480)
         self.code = QLineEdit()
         self.code.setPlaceholderText("7K3M-9QXD-2HWA-PZ4T-9")
         self.at = QLineEdit()
-        self.at.setPlaceholderText("found on the LAN; or HOST[:PORT] of the machine that invited you")
+        self.at.setPlaceholderText("found on the LAN, or HOST of the machine that invited you")
         form = QFormLayout()
         form.addRow("Invite code", self.code)
         form.addRow("Address", self.at)
+        self.warning = QLabel(peers_drop)
+        self.warning.setWordWrap(True)
+        self.warning.setVisible(bool(peers_drop))
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
@@ -252,4 +327,5 @@ class JoinDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(self.warning)
         layout.addWidget(buttons)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.core import Node
@@ -45,6 +46,11 @@ def test_a_pool_is_made_joined_managed_and_left_from_the_panel(
                     assert "Open LAN pool" in panel.state.text()
                     assert shown(panel) == ["Make a private pool", "Join with an invite…"]
 
+                # Making a pool says first what becomes of the current peers.
+                await eventually(lambda: len(box.peers()) == 1)
+                assert on_box.peers_drop().startswith(
+                    "Your 1 current peer will no longer see or use this machine"
+                )
                 await on_box._run(on_box.make())
                 assert box.pool is not None
                 assert f"Private pool {box.pool.pool_id}" in on_box.state.text()
@@ -53,8 +59,11 @@ def test_a_pool_is_made_joined_managed_and_left_from_the_panel(
 
                 on_box.invite_button.click()
                 assert on_box.invite_box is not None
-                code = on_box.invite_box.text().split("<h2>")[1].split("</h2>")[0]
-                on_box.invite_box.close()
+                invite = on_box.invite_box
+                code = invite.code.text()
+                invite.copy_button.click()
+                assert QGuiApplication.clipboard().text() == code
+                assert invite.waiting.text() == "Waiting for a machine to join…"
                 # A mistyped code is said, and nothing changes.
                 typo = ("1" if code[0] != "1" else "2") + code[1:]
                 await on_desk._run(on_desk.join(typo, f"127.0.0.1:{box.share_port}"))
@@ -65,6 +74,10 @@ def test_a_pool_is_made_joined_managed_and_left_from_the_panel(
                 assert desk.pool is not None
                 assert desk.pool.pool_id == box.pool.pool_id
                 assert shown(on_desk) == ["Leave the pool"]
+                # The invite sees its machine join.
+                invite.check()
+                assert invite.waiting.text() == "✓ desk joined the pool"
+                invite.close()
                 await eventually(lambda: {p.announcement.name for p in box.membership.peers} == {"desk"})
                 on_box.refresh()
                 assert members(on_box) == [("box (authority)", "online"), ("desk", "online")]
