@@ -318,6 +318,10 @@ class Node:
         peers = self._membership.peers if self._membership else []
         return [peer.state(self.dispatcher.breaker(peer.node_id)) for peer in peers]
 
+    def probe_now(self) -> None:
+        """Look for the model server now (the owner just started one), not at the next probe."""
+        self._probe_wanted.set()
+
     def addresses(self) -> list[AddressState]:
         """Return the peers the owner named by address, each with how reaching it goes."""
         return self._membership.addresses() if self._membership else []

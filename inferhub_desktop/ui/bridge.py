@@ -53,6 +53,8 @@ class Core(Protocol):
 
     def addresses(self) -> list[AddressState]: ...
 
+    def probe_now(self) -> None: ...
+
 
 # Peers of a node that restarted (new settings) that come back within this long were never gone.
 RESTART_REJOIN_S = 30.0
@@ -161,6 +163,11 @@ class Bridge(QObject):
             self.refused.emit("InferHub could not change that", str(exc))
             # The menu and the dashboard show the switch where it still is.
             self.refresh()
+
+    def retry(self) -> None:
+        """Ask the node to look for its model server now, rather than at its next probe."""
+        self.core.probe_now()
+        self.refresh()
 
     def remove_peer(self, address: str) -> None:
         """Stop reaching a peer named by address; raise InferhubError if the change cannot be saved."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
+import datetime
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QColor, QPainter, QPalette
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, Qt, QUrl, Signal
+from PySide6.QtGui import QCloseEvent, QColor, QDesktopServices, QPainter, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFrame,
@@ -16,7 +17,9 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMainWindow,
+    QMessageBox,
     QPushButton,
+    QSizePolicy,
     QStyledItemDelegate,
     QStyleOptionViewItem,
     QTableWidget,
@@ -25,10 +28,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import AddressState, InferhubError, RequestDone, audit_row, short_name
+from ..core import DEFAULT_SHARE_PORT, AddressState, InferhubError, RequestDone, audit_row, short_name
 from .bridge import Bridge
 from .chart import LineChart
-from .model import NodeView, PoolView, Problem, short_models
+from .model import (
+    Action,
+    NodeView,
+    PoolView,
+    Problem,
+    firewall_hint,
+    format_duration,
+    format_rate,
+    format_when,
+    short_models,
+)
 
 PEER_COLUMNS = ("Node", "Address", "GPU", "VRAM", "GPU use", "Loaded models", "Busy", "Speed", "Sharing")
 REQUEST_COLUMNS = ("Time", "Model", "Node", "Duration", "Speed", "Outcome")
@@ -36,6 +49,7 @@ AUDIT_COLUMNS = ("Time", "Peer", "Model", "Tokens", "Duration", "Outcome")
 _VRAM_COLUMN = PEER_COLUMNS.index("VRAM")
 # The share of VRAM in use, for the bar the delegate draws.
 _FRACTION_ROLE = Qt.ItemDataRole.UserRole + 1
+OLLAMA_DOWNLOAD = "https://ollama.com/download"
 _SEVERE = "#dc2626"
 _WARNING = "#d97706"
 
@@ -96,6 +110,8 @@ class Dashboard(QMainWindow):
         self.api_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         settings_button = QPushButton("Settings…")
         settings_button.clicked.connect(open_settings)
+        self._open_settings = open_settings
+        self.help_box: QMessageBox | None = None
         header = QHBoxLayout()
         titles = QVBoxLayout()
         titles.addWidget(self.title)
@@ -180,8 +196,14 @@ class Dashboard(QMainWindow):
         if view is None:
             return
         self.title.setText(f"{view.me.name} · {view.summary()}")
-        serving = f" · serving {view.serving} request(s) for peers" if view.serving else ""
-        sharing = "Sharing this GPU" if view.switches.get("share") else "Not sharing"
+        n = view.serving
+        serving = f" · serving {'a' if n == 1 else n} request{'s' * (n != 1)} for colleagues" if n else ""
+        if not view.switches.get("share"):
+            sharing = "Not sharing"
+        elif view.me.backend_up:
+            sharing = "Sharing this GPU"
+        else:
+            sharing = "Sharing is on, but there is no model server to share"
         self.subtitle.setText(" · ".join([f"{sharing}{serving}", view.trust(), *view.modes()]))
         self.api_label.setText(f"API  {view.api_url.replace('127.0.0.1', 'localhost')}")
         self.share_button.blockSignals(True)
@@ -239,14 +261,54 @@ class Dashboard(QMainWindow):
             ok.setStyleSheet("color: #15803d; font-weight: 600; padding: 4px 0;")
             self.health_layout.addWidget(ok)
         for problem in problems:
-            card = QLabel(f"<b>{problem.title}</b><br>{problem.detail}")
-            card.setWordWrap(True)
-            card.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            color = _SEVERE if problem.severe else _WARNING
-            card.setStyleSheet(
-                f"border-left: 4px solid {color}; background: palette(alternate-base); padding: 8px;"
+            self.health_layout.addWidget(self._problem_card(problem))
+
+    def _problem_card(self, problem: Problem) -> QFrame:
+        """A problem in plain words, with a button for each step the owner can take."""
+        card = QFrame()
+        card.setObjectName("problem")
+        color = _SEVERE if problem.severe else _WARNING
+        card.setStyleSheet(
+            f"QFrame#problem {{ border-left: 4px solid {color}; background: palette(alternate-base); }}"
+        )
+        text = QLabel(f"<b>{problem.title}</b><br>{problem.detail}")
+        text.setWordWrap(True)
+        text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        text.setToolTip(problem.technical)
+        # Wrapped text in a nested layout is given the height of its wrapped lines only so.
+        text.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.MinimumExpanding)
+        layout = QVBoxLayout(card)
+        layout.setContentsMargins(10, 6, 6, 6)
+        layout.addWidget(text)
+        if problem.actions:
+            buttons = QHBoxLayout()
+            for action in problem.actions:
+                button = QPushButton(action.value)
+                button.clicked.connect(lambda _=False, chosen=action: self.act(chosen))
+                buttons.addWidget(button)
+            buttons.addStretch(1)
+            layout.addLayout(buttons)
+        return card
+
+    def act(self, action: Action) -> None:
+        """Take a step the owner chose on a problem."""
+        if action is Action.INSTALL_OLLAMA:
+            QDesktopServices.openUrl(QUrl(OLLAMA_DOWNLOAD))
+        elif action in (Action.OPEN_SETTINGS, Action.INVITE):
+            self._open_settings()
+        elif action is Action.RETRY:
+            self._bridge.retry()
+        elif action is Action.FIREWALL_HELP:
+            port = self._bridge.view.share_port if self._bridge.view else DEFAULT_SHARE_PORT
+            self.help_box = QMessageBox(
+                QMessageBox.Icon.Information,
+                "Let InferHub through the firewall",
+                "Machines running InferHub find each other with mDNS (UDP port 5353) and talk on TCP port "
+                f"{port}. {firewall_hint(sys.platform, port)}",
+                parent=self,
             )
-            self.health_layout.addWidget(card)
+            self.help_box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            self.help_box.open()
 
     def _show_addresses(self, addresses: tuple[AddressState, ...]) -> None:
         if addresses == self._addresses_shown:
@@ -349,7 +411,7 @@ def _node_cells(node: NodeView) -> list[QTableWidgetItem]:
         _item(f"{node.utilization_pct}%" if node.utilization_pct is not None else "—"),
         _item(short_models(node.loaded) or "—", "\n".join(node.installed)),
         _item(f"{node.active} / {node.slots}"),
-        _item(f"{node.tokens_per_s:.0f} tok/s" if node.tokens_per_s else "—"),
+        _item(format_rate(node.tokens_per_s)),
         _item("yes" if node.sharing else "no"),
     ]
 
@@ -357,6 +419,9 @@ def _node_cells(node: NodeView) -> list[QTableWidgetItem]:
 def _request_cells(done: RequestDone) -> list[QTableWidgetItem]:
     if done.cancelled:
         outcome = "cancelled by the client"
+    elif done.error and done.status == 200:
+        # The answer had begun when its node went: the status line cannot say so.
+        outcome = f"stopped mid-answer: {done.error}"
     elif done.error:
         outcome = f"HTTP {done.status}: {done.error}" if done.status else done.error
     else:
@@ -368,17 +433,20 @@ def _request_cells(done: RequestDone) -> list[QTableWidgetItem]:
     if not done.ok:
         outcome_item.setForeground(QColor(_SEVERE if done.error else _WARNING))
     return [
-        _item(time.strftime("%H:%M:%S", time.localtime(done.at))),
+        _item(format_when(done.at)),
         _item(short_name(done.model) if done.model else "—"),
         _item(node),
-        _item(f"{done.duration_s:.2f} s"),
-        _item(f"{done.tokens_per_s:.0f} tok/s" if done.tokens_per_s else "—"),
+        _item(format_duration(done.duration_s)),
+        _item(format_rate(done.tokens_per_s)),
         outcome_item,
     ]
 
 
 def _audit_cells(entry: dict[str, Any]) -> list[QTableWidgetItem]:
-    when, peer, model, tokens, duration, outcome = audit_row(entry)
+    _, peer, model, tokens, _, outcome = audit_row(entry)
+    when = format_when(datetime.datetime.fromisoformat(entry["at"]).timestamp())
+    seconds = entry.get("duration_s")
+    duration = format_duration(seconds if isinstance(seconds, int | float) else None)
     outcome_item = _item(outcome, entry.get("error") or "")
     if entry.get("outcome") != "ok":
         outcome_item.setForeground(QColor(_SEVERE if entry.get("outcome") == "error" else _WARNING))

@@ -44,11 +44,12 @@ _BADGE_GAP_FRACTION = 0.07
 class TrayState(enum.Enum):
     """What the tray icon tells the user about this workstation."""
 
-    NOT_SHARING = "not sharing"
-    SHARING = "sharing"
-    SERVING = "serving a peer"
-    NO_BACKEND = "no backend"
-    POOL_PROBLEM = "pool problem"
+    # In the words the tooltip says them.
+    NOT_SHARING = "not sharing this GPU"
+    SHARING = "sharing this GPU"
+    SERVING = "serving a colleague's request"
+    NO_BACKEND = "no model server on this machine"
+    POOL_PROBLEM = "nothing can answer your requests"
 
 
 _BADGES: Mapping[TrayState, str] = {

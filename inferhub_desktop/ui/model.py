@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
+import enum
+import time
 from collections.abc import Mapping, Sequence
 
 from ..core import DEFAULT_SHARE_PORT, SWITCHES, AddressState, NodeStatus, PeerState, short_name
@@ -56,6 +57,20 @@ class Problem:
     detail: str
     # Problems that stop this machine serving at all come first.
     severe: bool
+    # What the owner can do about it, as buttons.
+    actions: tuple[Action, ...] = ()
+    # What the node said, word for word, for whoever looks closer (a tooltip).
+    technical: str = ""
+
+
+class Action(enum.Enum):
+    """A step the owner can take on a problem, with the words of its button."""
+
+    INSTALL_OLLAMA = "Download Ollama"
+    OPEN_SETTINGS = "Choose a server in Settings"
+    RETRY = "Try again"
+    FIREWALL_HELP = "Firewall help"
+    INVITE = "Invite a machine"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,15 +132,15 @@ class PoolView:
 
     def summary(self) -> str:
         """Say in one line what the pool is: peers, GPUs and models."""
-        peers = len(self.peers)
-        return (
-            f"{peers} peer{'s' * (peers != 1)} · {_count(self.gpu_count, 'GPU')} · "
-            f"{_count(len(self.models), 'model')}"
+        return " · ".join(
+            [
+                _count(len(self.peers), "peer"),
+                _count(self.gpu_count, "GPU"),
+                _count(len(self.models), "model"),
+            ]
         )
 
-    def problems(
-        self, *, alone_for_s: float, lost: Mapping[str, str] | None = None, platform: str = sys.platform
-    ) -> list[Problem]:
+    def problems(self, *, alone_for_s: float, lost: Mapping[str, str] | None = None) -> list[Problem]:
         """Say what is wrong, worst first; `alone_for_s` is how long no peer has been seen, `lost` the
         peers that went without saying goodbye (name: what happened), until they come back. Severe is
         what leaves this machine's own requests unserved."""
@@ -133,14 +148,20 @@ class PoolView:
         if not self.me.backend_up:
             # The pool's other machines may still serve this one's requests.
             served_elsewhere = any(p.sharing and p.healthy and p.installed for p in self.peers)
+            elsewhere = (
+                "Your requests go to your colleagues' machines meanwhile."
+                if served_elsewhere
+                else "Until one runs, nothing can answer your requests."
+            )
             found.append(
                 Problem(
-                    "No model server found on this machine",
-                    f"{self.me.backend_error or 'the backend does not answer'}. Install Ollama from "
-                    "https://ollama.com/download and start it (`ollama serve`), or start the server of "
-                    "LM Studio, llama.cpp or vLLM: it is found on its usual port, or set its address in "
-                    "Settings. Models of the pool's other machines can still be used.",
+                    "No model server on this machine",
+                    "InferHub shares the model server of this machine, and none answers. Install "
+                    "Ollama, or start LM Studio, llama.cpp or vLLM: InferHub finds them by itself. "
+                    f"{elsewhere}",
                     severe=not served_elsewhere,
+                    actions=(Action.INSTALL_OLLAMA, Action.OPEN_SETTINGS, Action.RETRY),
+                    technical=self.me.backend_error or "",
                 )
             )
         for name, what in (lost or {}).items():
@@ -166,19 +187,21 @@ class PoolView:
                 found.append(
                     Problem(
                         "No other member of the private pool is online",
-                        "Your requests run on this machine. Invite a machine in Settings ▸ Pool, or start "
-                        "InferHub on the members' machines.",
+                        "Your requests run on this machine. Invite a machine, or start InferHub on the "
+                        "members' machines.",
                         severe=False,
+                        actions=(Action.INVITE,),
                     )
                 )
             else:
                 found.append(
                     Problem(
                         "No other InferHub seen on this network",
-                        "Machines find each other with mDNS (UDP port 5353) and talk on TCP port "
-                        f"{self.share_port}. {firewall_hint(platform, self.share_port)} Where multicast "
-                        "cannot pass (VPNs, other subnets), add a peer by its address below.",
+                        "Your requests run on this machine. Machines running InferHub find each other on "
+                        "the local network unless a firewall stands between them; across a VPN or "
+                        "another subnet, add a colleague's machine by its address below.",
                         severe=False,
+                        actions=(Action.FIREWALL_HELP,),
                     )
                 )
         return found
@@ -271,4 +294,36 @@ def short_models(names: Sequence[str]) -> str:
 
 
 def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' * (n != 1)}"
+    return f"{n or 'no'} {noun}{'s' * (n != 1)}"
+
+
+# Faster than any model server generates one stream: a figure past it comes from odd durations.
+_MAX_PLAUSIBLE_TOK_S = 20_000.0
+
+
+def format_when(at: float, now: float | None = None) -> str:
+    """Say when something happened, one way across the app: the time today, else the day and time."""
+    moment = time.localtime(at)
+    today = time.localtime(time.time() if now is None else now)
+    if moment[:3] == today[:3]:
+        return time.strftime("%H:%M:%S", moment)
+    return time.strftime("%b %d, %H:%M", moment).replace(" 0", " ", 1)
+
+
+def format_rate(tokens_per_s: float | None) -> str:
+    """Say a generation speed as people read it; none, or one no server could reach, as a dash."""
+    if not tokens_per_s or tokens_per_s > _MAX_PLAUSIBLE_TOK_S:
+        return "—"
+    return f"{tokens_per_s:.1f} tok/s" if tokens_per_s < 10 else f"{tokens_per_s:,.0f} tok/s"
+
+
+def format_duration(seconds: float | None) -> str:
+    """Say how long something took: milliseconds, seconds, or minutes and seconds."""
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"

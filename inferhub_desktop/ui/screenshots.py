@@ -173,6 +173,8 @@ class DemoCore:
         self.events = Events()
         self._ids = [str(uuid.uuid5(uuid.NAMESPACE_DNS, n[0])) for n in _NODES]
         self._tokens = [0] * len(_NODES)
+        # How often the app asked for the model server to be looked for at once.
+        self.probes = 0
         # What peers had this machine serve before, newest last, as a node's audit log holds it.
         now = time.time()
         self._audit = [
@@ -220,6 +222,10 @@ class DemoCore:
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
         return self._audit[-limit:]
+
+    def probe_now(self) -> None:
+        """The demonstration's backend is always up: there is nothing to look for."""
+        self.probes += 1
 
     def addresses(self) -> list[AddressState]:
         """The demonstration's peers named by address: as a node would say how reaching them goes."""

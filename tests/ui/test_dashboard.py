@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QTableWidget
+from PySide6.QtGui import QColor, QDesktopServices
+from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QTableWidget, QWidget
 from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.core import ConfigError, PeerJoined, PeerLeft, RequestDone, parse_peer
@@ -21,6 +23,7 @@ from inferhub_desktop.ui.dashboard import (
     REQUEST_COLUMNS,
     Dashboard,
 )
+from inferhub_desktop.ui.model import NO_PEERS_AFTER_S, firewall_hint, format_when
 from inferhub_desktop.ui.screenshots import DemoCore
 
 NODE = PEER_COLUMNS.index("Node")
@@ -70,11 +73,23 @@ def cells(table: QTableWidget, columns: tuple[str, ...], name: str) -> list[str]
     return column(table, columns.index(name))
 
 
-def health_texts(dashboard: Dashboard) -> list[str]:
+def health_widgets(dashboard: Dashboard) -> list[QWidget]:
     layout = dashboard.health_layout
-    labels = [layout.itemAt(i).widget() for i in range(layout.count())]
-    assert all(isinstance(label, QLabel) for label in labels)
-    return [label.text() for label in labels if isinstance(label, QLabel)]
+    return [layout.itemAt(i).widget() for i in range(layout.count())]
+
+
+def health_texts(dashboard: Dashboard) -> list[str]:
+    """The health panel's words: a line, or each problem card's text."""
+    texts = []
+    for widget in health_widgets(dashboard):
+        label = widget if isinstance(widget, QLabel) else widget.findChild(QLabel)
+        assert isinstance(label, QLabel)
+        texts.append(label.text())
+    return texts
+
+
+def card_buttons(dashboard: Dashboard, index: int) -> list[QPushButton]:
+    return health_widgets(dashboard)[index].findChildren(QPushButton)
 
 
 def request(**changes: Any) -> RequestDone:
@@ -152,7 +167,7 @@ def test_the_nodes_table_shows_gpu_use_load_and_speed(dashboard: Dashboard) -> N
 def test_the_header_says_who_and_what(dashboard: Dashboard) -> None:
     assert dashboard.title.text() == "atlas · 3 peers · 5 GPUs · 7 models"
     assert dashboard.subtitle.text() == (
-        "Sharing this GPU · serving 1 request(s) for peers · "
+        "Sharing this GPU · serving a request for colleagues · "
         "Private pool 5e1f0c2a: every peer proven by its key"
     )
     assert dashboard.api_label.text() == "API  http://localhost:11435"
@@ -175,7 +190,7 @@ def test_the_requests_table_shows_the_newest_first(dashboard: Dashboard, core: D
         "borealis",
     ]
     assert cells(table, REQUEST_COLUMNS, "Speed")[0] == f"{212 / 2.1:.0f} tok/s"
-    assert cells(table, REQUEST_COLUMNS, "Duration")[0] == "2.10 s"
+    assert cells(table, REQUEST_COLUMNS, "Duration")[0] == "2.1 s"
     assert column(table, OUTCOME)[:5] == ["ok"] * 5
 
 
@@ -241,7 +256,11 @@ def test_with_every_peer_gone_the_pool_is_not_called_healthy(
 
 
 def test_the_health_panel_shows_a_problem(
-    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+    dashboard: Dashboard,
+    bridge: Bridge,
+    core: DemoCore,
+    monkeypatch: pytest.MonkeyPatch,
+    settings_opened: list[int],
 ) -> None:
     status = core.status()
     down = dataclasses.replace(status.backend, reachable=False, error="connection refused")
@@ -251,8 +270,19 @@ def test_the_health_panel_shows_a_problem(
     bridge.refresh()
 
     (card,) = health_texts(dashboard)
-    assert "No model server found on this machine" in card
-    assert "connection refused" in card
+    assert card.startswith("<b>No model server on this machine</b><br>InferHub shares the model server")
+    assert dashboard.subtitle.text().startswith("Sharing is on, but there is no model server to share")
+    # The steps are buttons: Download Ollama opens its page, Settings opens, Try again asks the node.
+    buttons = card_buttons(dashboard, 0)
+    assert [b.text() for b in buttons] == ["Download Ollama", "Choose a server in Settings", "Try again"]
+    opened: list[str] = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toString()))
+    buttons[0].click()
+    assert opened == ["https://ollama.com/download"]
+    buttons[1].click()
+    assert settings_opened == [1]
+    buttons[2].click()
+    assert core.probes == 1
     name = dashboard.peers_table.item(0, NODE)
     assert name.foreground().color() == QColor("#dc2626")
     assert name.toolTip() == "connection refused"
@@ -378,9 +408,12 @@ def test_used_by_peers_lists_the_audit_log_newest_first(dashboard: Dashboard, co
         "qwen2.5-coder:14b",
     ]
     assert cells(table, AUDIT_COLUMNS, "Tokens") == ["—", "—", "95", "388"]
-    assert cells(table, AUDIT_COLUMNS, "Duration") == ["0.05 s", "31.00 s", "0.90 s", "4.20 s"]
-    times = cells(table, AUDIT_COLUMNS, "Time")
-    assert times == sorted(times, reverse=True)
+    assert cells(table, AUDIT_COLUMNS, "Duration") == ["50 ms", "31.0 s", "900 ms", "4.2 s"]
+    # The same time format as the requests table's.
+    entries = list(reversed(core.audit(10)))
+    assert cells(table, AUDIT_COLUMNS, "Time") == [
+        format_when(datetime.datetime.fromisoformat(e["at"]).timestamp()) for e in entries
+    ]
     failed = table.item(1, AUDIT_COLUMNS.index("Outcome"))
     assert failed.text() == "error: HTTP 500: model runner has unexpectedly stopped"
     assert failed.toolTip() == "model runner has unexpectedly stopped"
@@ -467,3 +500,30 @@ def test_modes_the_owner_turned_on_show_in_the_header(
     assert dashboard.subtitle.text().endswith(
         " · Your requests use only this machine · The pool may pull models here"
     )
+
+
+def test_alone_in_the_open_pool_the_firewall_help_is_a_button_away(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    status = dataclasses.replace(core.status(), pool=None, share_port=12345)
+    monkeypatch.setattr(core, "status", lambda: status)
+    monkeypatch.setattr(core, "peers", lambda: [])
+    bridge._alone_since -= NO_PEERS_AFTER_S
+    bridge.refresh()
+    (card,) = health_texts(dashboard)
+    assert card.startswith("<b>No other InferHub seen on this network</b>")
+    (help_button,) = card_buttons(dashboard, 0)
+    help_button.click()
+    assert dashboard.help_box is not None
+    assert "TCP port 12345" in dashboard.help_box.text()
+    assert firewall_hint(sys.platform, 12345) in dashboard.help_box.text()
+    dashboard.help_box.close()
+
+
+def test_an_answer_cut_off_by_its_node_is_said_so_not_as_http_200(dashboard: Dashboard) -> None:
+    dashboard.show_requests([request(error="cobalt at http://x closed the connection", tokens_per_s=9e6)])
+    table = dashboard.requests_table
+    assert cells(table, REQUEST_COLUMNS, "Outcome") == [
+        "stopped mid-answer: cobalt at http://x closed the connection"
+    ]
+    assert cells(table, REQUEST_COLUMNS, "Speed") == ["—"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,8 +11,12 @@ import pytest
 from inferhub_desktop.core import Node, NodeStatus
 from inferhub_desktop.ui.model import (
     NO_PEERS_AFTER_S,
+    Action,
     PoolView,
     firewall_hint,
+    format_duration,
+    format_rate,
+    format_when,
     node_view,
     pool_view,
     vram_bar,
@@ -114,7 +119,7 @@ def test_the_summary_counts_peers_gpus_and_models(core: DemoCore) -> None:
 
 def test_the_summary_speaks_of_one_in_the_singular(core: DemoCore) -> None:
     # Alone, atlas has one GPU and three models.
-    assert pool_view(core.status(), []).summary() == "0 peers · 1 GPU · 3 models"
+    assert pool_view(core.status(), []).summary() == "no peers · 1 GPU · 3 models"
     status = core.status()
     status = replace(status, backend=replace(status.backend, installed=status.backend.installed[:1]))
     assert pool_view(status, core.peers()[:1]).summary() == "1 peer · 3 GPUs · 3 models"
@@ -132,7 +137,7 @@ def test_tokens_generated_sum_over_the_pool(core: DemoCore) -> None:
 
 
 def test_a_healthy_pool_has_no_problems(core: DemoCore) -> None:
-    assert view_of(core).problems(alone_for_s=3600.0, platform="linux") == []
+    assert view_of(core).problems(alone_for_s=3600.0) == []
 
 
 def test_no_backend_is_the_first_problem_and_severe_only_when_no_peer_can_serve(core: DemoCore) -> None:
@@ -140,18 +145,21 @@ def test_no_backend_is_the_first_problem_and_severe_only_when_no_peer_can_serve(
     peers = core.peers()
     peers[0] = replace(peers[0], breaker="open after 3 failure(s): timed out")
 
-    problems = pool_view(status, peers).problems(alone_for_s=0.0, platform="linux")
+    problems = pool_view(status, peers).problems(alone_for_s=0.0)
 
     assert len(problems) == 2
     first = problems[0]
-    assert first.title == "No model server found on this machine"
-    assert "connection refused at http://127.0.0.1:11434" in first.detail
-    assert "https://ollama.com/download" in first.detail
+    assert first.title == "No model server on this machine"
+    assert first.technical == "connection refused at http://127.0.0.1:11434"
+    assert "Install Ollama, or start LM Studio, llama.cpp or vLLM" in first.detail
+    # Words in the window, steps as buttons: no URLs, flags or commands to copy.
+    assert not any(mark in first.detail for mark in ("http", "`", "--"))
+    assert first.actions == (Action.INSTALL_OLLAMA, Action.OPEN_SETTINGS, Action.RETRY)
     # The other sharing peers still serve this machine's requests: a warning, not a failure.
     assert not first.severe
     assert not problems[1].severe
     # With no peer to turn to, nothing serves this machine's requests.
-    (alone,) = pool_view(status, []).problems(alone_for_s=0.0, platform="linux")
+    (alone,) = pool_view(status, []).problems(alone_for_s=0.0)
     assert alone.severe
 
 
@@ -165,7 +173,7 @@ def test_a_peer_lost_without_a_goodbye_is_said_until_it_is_back(core: DemoCore) 
 def test_a_private_pool_with_no_member_online_says_so_not_the_firewall(core: DemoCore) -> None:
     view = pool_view(core.status(), [])
     assert view.pool is not None
-    (problem,) = view.problems(alone_for_s=NO_PEERS_AFTER_S, platform="linux")
+    (problem,) = view.problems(alone_for_s=NO_PEERS_AFTER_S)
     assert problem.title == "No other member of the private pool is online"
     assert "Invite a machine" in problem.detail
 
@@ -175,7 +183,7 @@ def test_a_sharing_peer_with_an_open_breaker_is_a_problem(core: DemoCore) -> Non
     peers[0] = replace(peers[0], breaker="open after 1 failure(s): x")
 
     view = pool_view(core.status(), peers)
-    problems = view.problems(alone_for_s=0.0, platform="linux")
+    problems = view.problems(alone_for_s=0.0)
 
     assert not view.peers[0].healthy
     assert len(problems) == 1
@@ -188,7 +196,7 @@ def test_a_sharing_peer_whose_backend_is_down_is_a_problem(core: DemoCore) -> No
     peers = core.peers()
     peers[1] = replace(peers[1], status=backend_down(peers[1].status, "Ollama stopped"))
 
-    problems = pool_view(core.status(), peers).problems(alone_for_s=0.0, platform="linux")
+    problems = pool_view(core.status(), peers).problems(alone_for_s=0.0)
 
     assert [p.title for p in problems] == ["cobalt cannot serve right now"]
     assert "Ollama stopped" in problems[0].detail
@@ -198,30 +206,22 @@ def test_a_peer_that_does_not_share_is_no_problem(core: DemoCore) -> None:
     peers = core.peers()
     peers[2] = replace(peers[2], breaker="open after 1 failure(s): x")
 
-    assert pool_view(core.status(), peers).problems(alone_for_s=0.0, platform="linux") == []
+    assert pool_view(core.status(), peers).problems(alone_for_s=0.0) == []
 
 
 def test_alone_for_long_suggests_the_firewall(core: DemoCore) -> None:
     status = replace(core.status(), share_port=12345, pool=None)
     view = pool_view(status, [])
 
-    assert view.problems(alone_for_s=NO_PEERS_AFTER_S - 0.1, platform="linux") == []
-    problems = view.problems(alone_for_s=NO_PEERS_AFTER_S, platform="linux")
+    assert view.problems(alone_for_s=NO_PEERS_AFTER_S - 0.1) == []
+    problems = view.problems(alone_for_s=NO_PEERS_AFTER_S)
 
     assert len(problems) == 1
     assert problems[0].title == "No other InferHub seen on this network"
     assert not problems[0].severe
-    assert "TCP port 12345" in problems[0].detail
-    assert firewall_hint("linux", 12345) in problems[0].detail
-
-
-@pytest.mark.parametrize("platform", ["linux", "win32", "darwin"])
-def test_the_no_peers_problem_gives_this_oss_firewall_hint(core: DemoCore, platform: str) -> None:
-    view = pool_view(replace(core.status(), pool=None), [])
-
-    (problem,) = view.problems(alone_for_s=NO_PEERS_AFTER_S, platform=platform)
-
-    assert firewall_hint(platform, view.share_port) in problem.detail
+    # The firewall's commands are a button away, not pasted into the window.
+    assert problems[0].actions == (Action.FIREWALL_HELP,)
+    assert "sudo" not in problems[0].detail
 
 
 def test_each_os_has_its_own_firewall_hint() -> None:
@@ -277,3 +277,20 @@ def test_the_demo_status_has_the_shape_of_a_real_nodes(tmp_path: Path, core: Dem
         assert set(demo["load"]) == set(real["load"])
         assert set(demo["backend"]) == set(real["backend"])
         assert set(demo["speeds"]) == set(real["speeds"])
+
+
+def test_the_summary_says_none_in_words(core: DemoCore) -> None:
+    status = replace(core.status(), telemetry=None, backend=replace(core.status().backend, installed=()))
+    assert pool_view(status, []).summary() == "no peers · no GPUs · no models"
+
+
+def test_times_speeds_and_durations_are_said_one_way_for_people() -> None:
+    now = time.mktime((2026, 12, 4, 15, 0, 0, 0, 0, -1))
+    assert format_when(now - 60, now) == "14:59:00"
+    assert format_when(now - 86_400, now) == "Dec 3, 15:00"
+    assert format_rate(None) == "—"
+    assert format_rate(7.25) == "7.2 tok/s"
+    assert format_rate(1234.4) == "1,234 tok/s"
+    # A server reporting odd durations gives figures no GPU reaches: not shown as a speed.
+    assert format_rate(10_000_000) == "—"
+    assert [format_duration(s) for s in (0.05, 2.1, 125.0, None)] == ["50 ms", "2.1 s", "2 min 05 s", "—"]

@@ -287,7 +287,7 @@ def test_the_tooltip_says_the_state_and_the_pool(
     tray: Tray, core: DemoCore, bridge: Bridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert tray.state is TrayState.SERVING
-    assert tray.icon.toolTip() == "InferHub: serving a peer · 3 peers · 5 GPUs · 7 models"
+    assert tray.icon.toolTip() == "InferHub: serving a colleague's request · 3 peers · 5 GPUs · 7 models"
     assert tooltip(None, TrayState.NO_BACKEND) == "InferHub: starting"
     status = core.status()
     down = dataclasses.replace(status.backend, reachable=False, error="refused", installed=())
@@ -298,7 +298,7 @@ def test_the_tooltip_says_the_state_and_the_pool(
 
     assert tray.state is TrayState.NO_BACKEND
     assert bridge.view is not None
-    assert tray.icon.toolTip() == f"InferHub: no backend · {bridge.view.summary()}"
+    assert tray.icon.toolTip() == f"InferHub: no model server on this machine · {bridge.view.summary()}"
     # atlas alone held nomic-embed-text and qwen2.5-coder.
     assert bridge.view.summary() == "3 peers · 5 GPUs · 5 models"
 
