@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 import os
 import struct
 import sys
@@ -35,9 +36,13 @@ _PNG_DOTS_PER_METER = 2835  # 72 dpi, fixed so the written PNGs do not depend on
 
 _GLYPH_ON_DARK = "#F2F4F8"
 _GLYPH_ON_LIGHT = "#1F2430"
-_NOT_SHARING_OPACITY = 0.45
+# The glyph wears a halo of the other colour, so it reads on any panel even where panel_is_dark() guesses
+# wrong: one pixel per 16 px of icon, the thinnest edge that shows at 16 px and scales with HiDPI.
+_ICON_PX_PER_HALO_PX = 16
+# Not sharing draws only the nodes, unlinked: as visible as the other states, yet another shape.
+_NOT_SHARING_ELEMENT = "nodes"
 _BADGE_FRACTION = 0.5
-# A transparent ring between badge and glyph keeps the badge's edge legible over the glyph.
+# A clear disc, wider than the badge, keeps the badge's outline apart from the glyph whatever its shape.
 _BADGE_GAP_FRACTION = 0.07
 
 
@@ -62,7 +67,7 @@ _BADGES: Mapping[TrayState, str] = {
 
 @functools.cache
 def tray_icon(state: TrayState, *, dark_panel: bool) -> QIcon:
-    """Return the tray icon for ``state``, coloured to stand out on a dark or a light panel."""
+    """Return the tray icon for ``state``, coloured for a dark or a light panel and legible on either."""
     icon = QIcon()
     for size in _TRAY_SIZES:
         icon.addPixmap(QPixmap.fromImage(_tray_image(state, size, dark_panel=dark_panel)))
@@ -112,34 +117,67 @@ def _renderer(name: str) -> QSvgRenderer:
     return renderer
 
 
-def _render(renderer: QSvgRenderer, size: int) -> QImage:
-    """Render an SVG into a transparent square image of ``size`` pixels."""
+def _render(renderer: QSvgRenderer, size: int, element: str | None = None) -> QImage:
+    """Render an SVG, or only its ``element``, into a transparent square image of ``size`` pixels."""
     image = QImage(size, size, QImage.Format.Format_ARGB32_Premultiplied)
     image.fill(Qt.GlobalColor.transparent)
     painter = QPainter(image)
-    renderer.render(painter, QRectF(0, 0, size, size))
+    if element is None:
+        renderer.render(painter, QRectF(0, 0, size, size))
+    else:
+        # An element is drawn into the rectangle given; give it the one it fills in the whole drawing.
+        scale = size / renderer.viewBoxF().width()
+        bounds = renderer.boundsOnElement(element)
+        renderer.render(painter, element, QRectF(bounds.topLeft() * scale, bounds.size() * scale))
+    painter.end()
+    return image
+
+
+def _tinted(mask: QImage, color: str) -> QImage:
+    """Return ``mask``'s coverage filled with ``color``, whatever colours it was drawn in."""
+    image = mask.copy()
+    painter = QPainter(image)
+    painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceIn)
+    painter.fillRect(image.rect(), QColor(color))
+    painter.end()
+    return image
+
+
+def _grown(mask: QImage, radius: int) -> QImage:
+    """Return ``mask``'s coverage grown by ``radius`` pixels all round."""
+    image = QImage(mask.size(), QImage.Format.Format_ARGB32_Premultiplied)
+    image.fill(Qt.GlobalColor.transparent)
+    painter = QPainter(image)
+    # Stamping the mask at every offset within a disc grows it round, not square, past one pixel.
+    for dx, dy in itertools.product(range(-radius, radius + 1), repeat=2):
+        if dx * dx + dy * dy <= radius * radius + radius:
+            painter.drawImage(dx, dy, mask)
     painter.end()
     return image
 
 
 def _tray_image(state: TrayState, size: int, *, dark_panel: bool) -> QImage:
-    """Draw the recoloured tray glyph with the badge of ``state`` in its bottom-right quarter."""
-    image = _render(_renderer("tray.svg"), size)
-    color = QColor(_GLYPH_ON_DARK if dark_panel else _GLYPH_ON_LIGHT)
-    if state is TrayState.NOT_SHARING:
-        color.setAlphaF(_NOT_SHARING_OPACITY)
-    painter = QPainter(image)
-    # Keep the glyph's coverage and replace its colour, whatever currentColor resolved to.
-    painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceIn)
-    painter.fillRect(image.rect(), color)
+    """Draw the haloed tray glyph with the badge of ``state`` in its bottom-right quarter."""
+    glyph_color, halo_color = (
+        (_GLYPH_ON_DARK, _GLYPH_ON_LIGHT) if dark_panel else (_GLYPH_ON_LIGHT, _GLYPH_ON_DARK)
+    )
+    element = _NOT_SHARING_ELEMENT if state is TrayState.NOT_SHARING else None
+    glyph = _render(_renderer("tray.svg"), size, element)
     badge = _BADGES.get(state)
+    side = round(size * _BADGE_FRACTION)
     if badge is not None:
-        side = round(size * _BADGE_FRACTION)
         gap = max(1, round(size * _BADGE_GAP_FRACTION))
-        knockout = _render(_renderer(badge), side + 2 * gap)
+        painter = QPainter(glyph)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_DestinationOut)
-        painter.drawImage(size - side - gap, size - side - gap, knockout)
-        painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_SourceOver)
+        painter.setPen(Qt.PenStyle.NoPen)
+        painter.setBrush(Qt.GlobalColor.black)
+        painter.drawEllipse(QRectF(size - side - gap, size - side - gap, side + 2 * gap, side + 2 * gap))
+        painter.end()
+    image = _tinted(_grown(glyph, size // _ICON_PX_PER_HALO_PX), halo_color)
+    painter = QPainter(image)
+    painter.drawImage(0, 0, _tinted(glyph, glyph_color))
+    if badge is not None:
         painter.drawImage(size - side, size - side, _render(_renderer(badge), side))
     painter.end()
     return image

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QColor, QGuiApplication, QImage, QPalette
+from PySide6.QtGui import QColor, QGuiApplication, QImage, QPainter, QPalette
 from PySide6.QtWidgets import QApplication
 
 from inferhub_desktop.ui import icons
@@ -36,6 +36,14 @@ BADGE_HUES = {
     TrayState.NO_BACKEND: range(30, 60),
     TrayState.POOL_PROBLEM: range(350, 375),  # red wraps around 0; hues below 15 are shifted by 360
 }
+# Panels the icon must read on: Windows and macOS dark, GNOME's dark grey, a mid grey, a light theme.
+PANELS = {"dark": "#1E1E1E", "mid": "#3D3D3D", "grey": "#777777", "light": "#F0F0F0"}
+PANEL_SIZES = [16, 22, 24]
+# At 64 px: the middle of the top-left node, solid in every state; a point above it, in its halo; and a
+# point on the link from that node to the hub.
+NODE = (10, 10)
+HALO = (10, 1)
+LINK = (18, 18)
 
 
 def tray_image(state: TrayState, *, dark_panel: bool, size: int = 22) -> QImage:
@@ -46,6 +54,44 @@ def tray_image(state: TrayState, *, dark_panel: bool, size: int = 22) -> QImage:
 def pixels(image: QImage, x0: int, y0: int, x1: int, y1: int) -> Iterator[QColor]:
     for y, x in itertools.product(range(y0, y1), range(x0, x1)):
         yield image.pixelColor(x, y)
+
+
+def on_panel(state: TrayState, *, dark_panel: bool, size: int, panel: str) -> QImage:
+    """Draw the tray icon over a panel of colour ``panel``, as the tray does."""
+    image = QImage(size, size, QImage.Format.Format_ARGB32)
+    image.fill(QColor(panel))
+    painter = QPainter(image)
+    painter.drawPixmap(0, 0, tray_icon(state, dark_panel=dark_panel).pixmap(QSize(size, size), 1.0))
+    painter.end()
+    return image
+
+
+def outside_badge(size: int) -> list[tuple[int, int]]:
+    """Return the pixels of an icon of ``size`` outside the badge's bottom-right quarter."""
+    half = size // 2
+    return [(x, y) for y, x in itertools.product(range(size), repeat=2) if x < half or y < half]
+
+
+def contrast_ratio(first: QColor, second: QColor) -> float:
+    """Return the WCAG 2 contrast ratio of two opaque colours."""
+
+    def luminance(color: QColor) -> float:
+        def linear(channel: int) -> float:
+            value = channel / 255
+            return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
+
+        return 0.2126 * linear(color.red()) + 0.7152 * linear(color.green()) + 0.0722 * linear(color.blue())
+
+    lighter, darker = sorted((luminance(first), luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def legible_pixels(image: QImage, panel: str) -> int:
+    """Count the pixels outside the badge's quarter that meet WCAG's 3:1 for graphics against ``panel``."""
+    background = QColor(panel)
+    return sum(
+        contrast_ratio(image.pixelColor(x, y), background) >= 3 for x, y in outside_badge(image.width())
+    )
 
 
 def badge_hues(image: QImage) -> list[int]:
@@ -111,27 +157,70 @@ def test_the_states_look_different_at_panel_size(qapp: QApplication, dark_panel:
 
 
 @pytest.mark.parametrize("state", list(TrayState), ids=lambda s: s.name)
-def test_the_glyph_is_light_on_dark_panels_dark_on_light(qapp: QApplication, state: TrayState) -> None:
-    def glyph_lightness(image: QImage) -> float:
-        # The top half holds glyph only; the badge sits in the bottom-right quarter.
-        glyph = [c for c in pixels(image, 0, 0, image.width(), image.height() // 2) if c.alpha() > 40]
-        assert len(glyph) > 20
-        return sum(c.lightness() for c in glyph) / len(glyph)
-
-    on_dark = tray_image(state, dark_panel=True)
-    on_light = tray_image(state, dark_panel=False)
-    assert on_dark != on_light
-    assert glyph_lightness(on_dark) > 220
-    assert glyph_lightness(on_light) < 60
+def test_the_glyph_is_light_with_a_dark_halo_on_dark_panels_and_the_reverse(
+    qapp: QApplication, state: TrayState
+) -> None:
+    on_dark = tray_image(state, dark_panel=True, size=64)
+    on_light = tray_image(state, dark_panel=False, size=64)
+    assert all(image.pixelColor(*at).alpha() == 255 for image in (on_dark, on_light) for at in (NODE, HALO))
+    assert on_dark.pixelColor(*NODE).lightness() > 220
+    assert on_dark.pixelColor(*HALO).lightness() < 60
+    assert on_light.pixelColor(*NODE).lightness() < 60
+    assert on_light.pixelColor(*HALO).lightness() > 220
 
 
-def test_not_sharing_dims_the_glyph(qapp: QApplication) -> None:
-    # (10, 10) is the middle of the top-left node at 64 px, solid in every state.
-    dimmed = tray_image(TrayState.NOT_SHARING, dark_panel=True, size=64).pixelColor(10, 10)
-    active = tray_image(TrayState.SHARING, dark_panel=True, size=64).pixelColor(10, 10)
-    assert active.alpha() == 255
-    assert 100 <= dimmed.alpha() <= 130
-    assert dimmed.rgb() == active.rgb()
+@pytest.mark.parametrize("dark_panel", [True, False], ids=["dark-guess", "light-guess"])
+@pytest.mark.parametrize("panel", PANELS.values(), ids=PANELS.keys())
+@pytest.mark.parametrize("size", PANEL_SIZES)
+@pytest.mark.parametrize("state", list(TrayState), ids=lambda s: s.name)
+def test_the_glyph_reads_on_any_panel_whatever_the_guess(
+    qapp: QApplication, state: TrayState, size: int, panel: str, dark_panel: bool
+) -> None:
+    # panel_is_dark() reads the app's palette, not the panel's, so the guess is wrong on some desktops.
+    image = on_panel(state, dark_panel=dark_panel, size=size, panel=panel)
+    assert legible_pixels(image, panel) >= len(outside_badge(size)) // 6
+
+
+@pytest.mark.parametrize("dark_panel", [True, False], ids=["dark-guess", "light-guess"])
+@pytest.mark.parametrize("panel", PANELS.values(), ids=PANELS.keys())
+@pytest.mark.parametrize("size", PANEL_SIZES)
+def test_not_sharing_reads_as_well_yet_differs_from_sharing_beside_the_badge(
+    qapp: QApplication, size: int, panel: str, dark_panel: bool
+) -> None:
+    idle = on_panel(TrayState.NOT_SHARING, dark_panel=dark_panel, size=size, panel=panel)
+    active = on_panel(TrayState.SHARING, dark_panel=dark_panel, size=size, panel=panel)
+    assert legible_pixels(idle, panel) >= len(outside_badge(size)) // 6
+    # At least a line across the icon's worth of pixels tells them apart without looking at the badge.
+    changed = [
+        xy for xy in outside_badge(size) if contrast_ratio(idle.pixelColor(*xy), active.pixelColor(*xy)) >= 3
+    ]
+    assert len(changed) >= size
+
+
+def test_not_sharing_draws_the_nodes_unlinked_at_full_strength(qapp: QApplication) -> None:
+    idle = tray_image(TrayState.NOT_SHARING, dark_panel=True, size=64)
+    active = tray_image(TrayState.SHARING, dark_panel=True, size=64)
+    assert active.pixelColor(*NODE).alpha() == 255
+    assert idle.pixelColor(*NODE) == active.pixelColor(*NODE)
+    assert active.pixelColor(*LINK).lightness() > 220
+    # Halo or nothing where the link was; no glyph.
+    assert idle.pixelColor(*LINK).lightness() < 60
+
+
+@pytest.mark.parametrize("size", PANEL_SIZES)
+def test_the_badges_differ_in_shape_not_only_in_hue(qapp: QApplication, size: int) -> None:
+    def silhouette(state: TrayState) -> set[tuple[int, int]]:
+        image = tray_image(state, dark_panel=True, size=size)
+        quarter = range(size // 2, size)
+        return {
+            (x, y) for x, y in itertools.product(quarter, repeat=2) if image.pixelColor(x, y).alpha() > 128
+        }
+
+    badged = [state for state in TrayState if state in BADGE_HUES]
+    shapes = {state: silhouette(state) for state in badged}
+    for first, second in itertools.combinations(badged, 2):
+        # What the glyph and its halo leave in the quarter is the same in every state and cancels out.
+        assert len(shapes[first] ^ shapes[second]) >= (size // 2) ** 2 // 5, (first, second)
 
 
 @pytest.mark.parametrize("dark_panel", [True, False], ids=["dark", "light"])
