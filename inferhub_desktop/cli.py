@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__
 from .core import (
+    ADDRESSES_PATH,
     AUDIT_PATH,
     CONTROL_HEADER,
     DEFAULT_API_PORT,
@@ -28,6 +29,7 @@ from .core import (
     SWITCHES_PATH,
     TOKEN_FILE,
     USER_FIELDS,
+    AddressState,
     ConfigError,
     MalformedRecord,
     NodeStatus,
@@ -287,6 +289,11 @@ def _client(args: argparse.Namespace) -> int:
         }[args.command]
         with urllib.request.urlopen(_control(config_dir, base + path), timeout=_CLIENT_TIMEOUT_S) as reply:
             answer = json.load(reply)
+        named: list[Any] = []
+        if args.command == "peers" and not args.json:
+            request = _control(config_dir, base + ADDRESSES_PATH)
+            with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S) as reply:
+                named = json.load(reply)
     except urllib.error.HTTPError as exc:
         return _refused(port, exc)
     except ConfigError as exc:
@@ -307,7 +314,11 @@ def _client(args: argparse.Namespace) -> int:
         if args.command == "status":
             print(format_status(NodeStatus.from_json(answer)))
         elif args.command == "peers":
-            print(format_peers([PeerState.from_json(peer) for peer in answer]))
+            print(
+                format_peers(
+                    [PeerState.from_json(peer) for peer in answer], [AddressState.from_json(a) for a in named]
+                )
+            )
         else:
             print(format_route(answer))
     except (MalformedRecord, TypeError) as exc:
@@ -452,13 +463,16 @@ def _pool(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"this machine is in the private pool {pool.pool_id} already; `inferhub pool leave` first"
             )
+        # The name the machine goes by: its running node's (a flag may have given it for the run).
+        running = _ask_node(config_dir, base + STATUS_PATH) if args.action in ("create", "join") else None
+        name = NodeStatus.from_json(running).name if running is not None else settings.name
         if args.action == "create":
-            pool = create_pool(config_dir, identity, settings.name)
+            pool = create_pool(config_dir, identity, name)
             said = f"Made the private pool {pool.pool_id}; this machine is its authority."
             said += "\nAdmit machines one at a time: `inferhub pool invite` makes a code for each."
         elif args.action == "join":
             places = [parse_peer(args.at)] if args.at else _nearby_pools(config_dir, base)
-            pool = asyncio.run(join_pool(config_dir, identity, settings.name, args.code, places))
+            pool = asyncio.run(join_pool(config_dir, identity, name, args.code, places))
             said = f"Joined the private pool {pool.pool_id}."
         else:
             if pool is not None and pool.authority is not None:
@@ -475,6 +489,12 @@ def _pool(args: argparse.Namespace) -> int:
     except (ConfigError, SettingsNotSaved, Unauthorized) as exc:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
+    except MalformedRecord as exc:
+        print(
+            f"inferhub: the node on 127.0.0.1:{port} answered what this version cannot read: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as exc:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 1
@@ -587,15 +607,16 @@ def format_route(decision: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_peers(peers: list[PeerState]) -> str:
-    """Render the peer list for people: one block per peer."""
+def format_peers(peers: list[PeerState], named: Sequence[AddressState] = ()) -> str:
+    """Render the peer list for people: one block per peer, then the peers named by address and how
+    reaching each goes."""
+    blocks = []
     if not peers:
-        return (
+        blocks.append(
             "no peers seen: other machines need InferHub running on this network; where multicast is "
             "blocked, add them with --peer HOST:PORT"
         )
-    blocks = []
-    if any(peer.status.pool is None for peer in peers):
+    elif any(peer.status.pool is None for peer in peers):
         blocks.append(
             "open pool: these peers are not authenticated, and any machine on the LAN may claim a name; "
             "a private pool (`inferhub pool create`) proves each member by its key"
@@ -614,7 +635,20 @@ def format_peers(peers: list[PeerState]) -> str:
                 ]
             )
         )
+    if named:
+        width = max(len(entry.address) for entry in named)
+        lines = [f"  {entry.address:<{width}}  {_ADDRESS_SAID[entry.state]}{entry.detail}" for entry in named]
+        blocks.append("\n".join(["by address", *lines]))
     return "\n\n".join(blocks)
+
+
+# How `inferhub peers` says each state of a peer named by address, before its detail.
+_ADDRESS_SAID = {
+    "reaching": "reaching…",
+    "reached": "reached ",
+    "unreachable": "unreachable: ",
+    "refused": "refused: ",
+}
 
 
 def format_status(status: NodeStatus) -> str:

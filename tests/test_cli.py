@@ -112,12 +112,16 @@ def test_status_shows_the_running_node(tmp_path: Path, fake_ollama: str) -> None
 
 def test_peers_and_share_on_a_loopback_pool(tmp_path: Path, fake_ollama: str) -> None:
     loopback = ("--interface", "127.0.0.1", "--share-port", "0")
-    a, a_url = start_node_process(tmp_path / "a", fake_ollama, "--name", "desk-a", *loopback)
+    # Nothing listens on port 9 (discard) here: a peer named by address that cannot be reached.
+    a, a_url = start_node_process(
+        tmp_path / "a", fake_ollama, "--name", "desk-a", "--peer", "127.0.0.1:9", *loopback
+    )
     b, _ = start_node_process(tmp_path / "b", fake_ollama, "--name", "desk-b", "--share", *loopback)
     port = a_url.rsplit(":", 1)[1]
     try:
         mine = ("--api-port", port, "--config-dir", str(tmp_path / "a"))
-        text = run_cli_until("desk-b", "peers", *mine)
+        run_cli_until("desk-b", "peers", *mine)
+        text = run_cli_until("127.0.0.1:9  unreachable", "peers", *mine)
         listed = json.loads(run_cli("peers", *mine, "--json").stdout)
         shared = run_cli("share", "on", *mine)
     finally:
@@ -127,6 +131,10 @@ def test_peers_and_share_on_a_loopback_pool(tmp_path: Path, fake_ollama: str) ->
     assert "  sharing" in text
     assert "models   llama3:latest" in text
     assert [p["name"] for p in listed] == ["desk-b"]
+    assert text.rstrip().endswith(
+        "by address\n  127.0.0.1:9  unreachable: nothing listens there (connection refused): is InferHub "
+        "running there, on that port?"
+    )
     assert shared.stdout.strip() == "sharing on"
     assert "share = true" in (tmp_path / "a" / "settings.toml").read_text()
     # --share on the command line is remembered too.

@@ -10,6 +10,7 @@ from .events import (
     PeerJoined,
     PeerLeft,
     RequestDone,
+    RequestUnderway,
     SettingsChanged,
 )
 from .identity import Identity, load_identity
@@ -33,7 +34,15 @@ from .settings import (
 from .status import NodeStatus
 from .store import SettingsStore
 from .telemetry import Telemetry
-from .wire.endpoints import AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, STATUS_PATH, SWITCHES_PATH
+from .wire.endpoints import (
+    ADDRESSES_PATH,
+    AUDIT_PATH,
+    PEERS_PATH,
+    POOL_PATH,
+    ROUTE_PATH,
+    STATUS_PATH,
+    SWITCHES_PATH,
+)
 from .wire.errors import (
     ApiError,
     BackendUnavailable,
@@ -46,6 +55,7 @@ from .wire.errors import (
 from .wire.headers import CONTROL_HEADER
 
 __all__ = [
+    "ADDRESSES_PATH",
     "AUDIT_PATH",
     "CONTROL_HEADER",
     "DEFAULT_API_PORT",
@@ -76,6 +86,7 @@ __all__ = [
     "PeerState",
     "PrivatePool",
     "RequestDone",
+    "RequestUnderway",
     "Settings",
     "SettingsChanged",
     "SettingsNotSaved",

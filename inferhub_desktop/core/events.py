@@ -81,6 +81,18 @@ class RequestDone:
         return self.error is None and not self.cancelled
 
 
+@dataclasses.dataclass(frozen=True)
+class RequestUnderway:
+    """An inference request being answered now: since when (wall-clock seconds), through which API, for
+    which model, on which node so far (empty until one is chosen) and for whom (a share request's peer)."""
+
+    at: float
+    api: str
+    model: str | None
+    node: str
+    client: str
+
+
 Event = PeerJoined | PeerLeft | SettingsChanged | BackendChanged | RequestDone
 Listener = Callable[[Event], None]
 

@@ -108,6 +108,14 @@ class Membership:
             if pool
         ]
 
+    def elsewhere(self) -> list[str]:
+        """Return where the nodes on mDNS that advertise another pool than this node's are: they are never
+        polled, and the owner may want to know why they are not peers."""
+        pool = self._pool()
+        own = pool.pool_id if pool else ""
+        pools = self._advertised_pools.items()
+        return sorted(f"{url_host(host)}:{port}" for (host, port), other in pools if other != own)
+
     def set_static_peers(self, peers: Sequence[str]) -> None:
         """Reach these HOST:PORT peers by address from now on, in place of the ones given before."""
         # In the order given: the owner sees them so.

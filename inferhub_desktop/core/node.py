@@ -29,7 +29,7 @@ from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
 from .control import control_token
 from .dispatch import Dispatcher
-from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, SettingsChanged
+from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, RequestUnderway, SettingsChanged
 from .identity import Identity, load_identity
 from .membership import Membership
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
@@ -63,6 +63,8 @@ SHARE_IDLE_TIMEOUT_S = 15.0
 _SHARE_LINGERING_S = 2.0
 # How often the backend is asked what it has; sooner after a request that may change it.
 _PROBE_INTERVAL_S = 5.0
+# How long a starting node waits for its first word from the backend before it goes on without.
+_FIRST_PROBE_WAIT_S = 1.0
 _PROBE_MIN_GAP_S = 0.5
 # How often the GPUs and the system are read.
 _TELEMETRY_INTERVAL_S = 2.0
@@ -105,6 +107,7 @@ class Node:
         self.telemetry: Telemetry | None = None
         self._sampler = TelemetrySampler()
         self._probe_wanted = asyncio.Event()
+        self._probed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # This node's own view for the router: when it was made, from what, and the view.
         self._own_view: tuple[float, tuple[object, ...], RouterNode] | None = None
@@ -192,6 +195,11 @@ class Node:
         self._unsubscribe = self.store.events.subscribe(self._settings_changed)
         self._tasks.append(asyncio.create_task(self._probe_backend(), name="probe-backend"))
         self._tasks.append(asyncio.create_task(self._sample_telemetry(), name="sample-telemetry"))
+        # A node that starts knowing its backend says so from its first status, rather than "down" for a
+        # moment (a restart for new settings would show a model server that went and came back).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_FIRST_PROBE_WAIT_S):
+                await self._probed.wait()
         _log.info(
             "node %r serving the Ollama API on %s, backend %s at %s; share API on port %d (%s)",
             self.settings.name,
@@ -321,6 +329,14 @@ class Node:
     def probe_now(self) -> None:
         """Look for the model server now (the owner just started one), not at the next probe."""
         self._probe_wanted.set()
+
+    def underway(self) -> list[RequestUnderway]:
+        """Return the inference requests this node is answering now, its own and peers', oldest first."""
+        return sorted((r for f in self._forwarders.values() for r in f.underway()), key=lambda r: r.at)
+
+    def elsewhere(self) -> list[str]:
+        """Return where the nodes on mDNS that belong to another pool are (HOST:PORT): seen, not used."""
+        return self._membership.elsewhere() if self._membership else []
 
     def addresses(self) -> list[AddressState]:
         """Return the peers the owner named by address, each with how reaching it goes."""
@@ -562,6 +578,7 @@ class Node:
                 held = sum(m.size_vram or m.size for m in state.loaded)
                 self.peak_loaded_bytes = max(self.peak_loaded_bytes, held)
             previous, self.backend_state = self.backend_state, state
+            self._probed.set()
             if (state.reachable, state.error) != (previous.reachable, previous.error):
                 self.events.emit(BackendChanged(state.url, state.reachable, state.error))
             # A burst of requests asks for one probe, not one each: the backend serves them first.

@@ -185,6 +185,18 @@ class AddressState:
     state: str
     detail: str = ""
 
+    def to_json(self) -> dict[str, str]:
+        return {"address": self.address, "state": self.state, "detail": self.detail}
+
+    @classmethod
+    def from_json(cls, value: Any) -> AddressState:
+        """Read a peer named by address as the local API lists it; raise MalformedRecord if it is not one."""
+        fields = Fields(value, "address")
+        state = fields.text("state", 16)
+        if state not in ("reaching", "reached", "unreachable", "refused"):
+            raise MalformedRecord(f"address.state {state[:16]!r} is not one this version knows")
+        return cls(fields.text("address", 262), state, fields.text("detail", 512, default=""))
+
 
 @dataclasses.dataclass(frozen=True)
 class PeerState:

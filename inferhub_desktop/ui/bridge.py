@@ -20,6 +20,7 @@ from ..core import (
     PeerLeft,
     PeerState,
     RequestDone,
+    RequestUnderway,
     SettingsChanged,
     SettingsStore,
 )
@@ -52,6 +53,10 @@ class Core(Protocol):
     def audit(self, limit: int) -> list[dict[str, Any]]: ...
 
     def addresses(self) -> list[AddressState]: ...
+
+    def underway(self) -> list[RequestUnderway]: ...
+
+    def elsewhere(self) -> list[str]: ...
 
     def probe_now(self) -> None: ...
 
@@ -140,7 +145,14 @@ class Bridge(QObject):
         if self._core is None:
             return
         now = self._clock()
-        view = pool_view(self._core.status(), self._core.peers(), self._core.addresses())
+        core = self._core
+        view = pool_view(
+            core.status(),
+            core.peers(),
+            core.addresses(),
+            underway=core.underway(),
+            elsewhere=core.elsewhere(),
+        )
         if view.peers:
             self._alone_since = now
         self.view = view

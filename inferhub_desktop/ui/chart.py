@@ -108,6 +108,8 @@ class LineChart(QWidget):
         self._ceiling = ceiling
         self._color = QColor(color)
         self._samples: deque[Sample] = deque()
+        # What the plot says while it has no reading to draw.
+        self.placeholder = "waiting for data"
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
     @property
@@ -126,6 +128,12 @@ class LineChart(QWidget):
         while self._samples[0][0] < at - self._window_s:
             self._samples.popleft()
         self.update()
+
+    def set_placeholder(self, text: str) -> None:
+        """Say `text` in the plot while it has no reading: why none comes, where that is known."""
+        if text != self.placeholder:
+            self.placeholder = text
+            self.update()
 
     def minimumSizeHint(self) -> QSize:
         """Return the smallest size at which labels and line stay legible."""
@@ -321,4 +329,4 @@ class LineChart(QWidget):
     def _draw_placeholder(self, painter: QPainter, plot: QRectF) -> None:
         painter.setFont(self._small_font())
         painter.setPen(self._muted())
-        painter.drawText(plot, Qt.AlignmentFlag.AlignCenter, "waiting for data")
+        painter.drawText(plot, Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.placeholder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPushButton,
     QSizePolicy,
+    QSplitter,
     QStyledItemDelegate,
     QStyleOptionViewItem,
     QTableWidget,
@@ -28,7 +30,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core import DEFAULT_SHARE_PORT, AddressState, InferhubError, RequestDone, audit_row, short_name
+from ..core import (
+    DEFAULT_SHARE_PORT,
+    AddressState,
+    InferhubError,
+    RequestDone,
+    RequestUnderway,
+    audit_row,
+    short_name,
+)
 from .bridge import Bridge
 from .chart import LineChart
 from .model import (
@@ -43,9 +53,40 @@ from .model import (
     short_models,
 )
 
-PEER_COLUMNS = ("Node", "Address", "GPU", "VRAM", "GPU use", "Loaded models", "Busy", "Speed", "Sharing")
+# The column of free length comes last: it takes the room left, and narrower windows scroll.
+PEER_COLUMNS = ("Node", "Address", "GPU", "VRAM", "GPU use", "Busy", "Speed", "Sharing", "Loaded models")
 REQUEST_COLUMNS = ("Time", "Model", "Node", "Duration", "Speed", "Outcome")
 AUDIT_COLUMNS = ("Time", "Peer", "Model", "Tokens", "Duration", "Outcome")
+# What each column says, for whoever hovers over its heading.
+_COLUMN_TIPS = {
+    "Node": "The machine's name; this machine is marked",
+    "Address": "Where the machine answers on the network",
+    "GPU": "Its graphics cards",
+    "VRAM": "Graphics memory in use, of the total",
+    "GPU use": "How busy its GPUs are now (— where the machine reports no GPU figures)",
+    "Busy": "Requests running on it now, of those it runs at once",
+    "Speed": "Tokens a second it generates, on average over its models",
+    "Sharing": "Whether it lends its GPU to the pool",
+    "Loaded models": "Models in its memory now, ready to answer at once; hover for every model installed",
+    "Time": "When the request arrived",
+    "Model": "The model asked for",
+    "Peer": "The colleague's machine that sent the request",
+    "Tokens": "Tokens generated for it",
+    "Duration": "How long it took, or has taken so far",
+    "Outcome": "How it ended; hover for the whole error",
+}
+# Enough of each table to read a few rows at the smallest size.
+_TABLE_ROWS_SHOWN = 3
+_ROW_HEIGHT = 30
+_RUNNING = "#2563eb"
+_MINIMUM_WIDTH = 960
+_SHARE_BUTTON_STYLE = """
+QPushButton {
+    padding: 5px 12px; border: 1px solid palette(mid); border-radius: 5px; background: palette(button);
+}
+QPushButton:hover { border-color: #15803d; }
+QPushButton:checked { background: #15803d; color: white; border-color: #166534; }
+"""
 _VRAM_COLUMN = PEER_COLUMNS.index("VRAM")
 # The share of VRAM in use, for the bar the delegate draws.
 _FRACTION_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -105,6 +146,8 @@ class Dashboard(QMainWindow):
         self.subtitle.setStyleSheet("color: #6b7280;")
         self.share_button = QPushButton("Share this GPU")
         self.share_button.setCheckable(True)
+        # On and off must differ at a glance, not by a shade of grey.
+        self.share_button.setStyleSheet(_SHARE_BUTTON_STYLE)
         self.share_button.toggled.connect(lambda on: bridge.set_switch("share", on))
         self.api_label = QLabel("")
         self.api_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -155,40 +198,54 @@ class Dashboard(QMainWindow):
         charts.addWidget(self.throughput_chart)
         charts.addWidget(self.gpu_chart)
 
-        self.peers_table = _table(PEER_COLUMNS, stretch=PEER_COLUMNS.index("Loaded models"))
+        self.peers_table = _table(PEER_COLUMNS)
         self.peers_table.setItemDelegateForColumn(_VRAM_COLUMN, VramBarDelegate(self.peers_table))
-        self.peers_table.horizontalHeader().setMinimumSectionSize(70)
         self.peers_table.horizontalHeader().setSectionResizeMode(_VRAM_COLUMN, QHeaderView.ResizeMode.Fixed)
         self.peers_table.setColumnWidth(_VRAM_COLUMN, 150)
-        self.requests_table = _table(REQUEST_COLUMNS, stretch=REQUEST_COLUMNS.index("Outcome"))
-        self.audit_table = _table(AUDIT_COLUMNS, stretch=AUDIT_COLUMNS.index("Outcome"))
+        self.requests_table = _table(REQUEST_COLUMNS)
+        self.audit_table = _table(AUDIT_COLUMNS)
         self.audit_note = QLabel("No peer has used this machine yet.")
         self.audit_note.setStyleSheet("color: #6b7280;")
+        self.hint = QLabel("")
+        self.hint.setWordWrap(True)
+        self.hint.setStyleSheet("color: palette(placeholder-text);")
+        self.hint.setVisible(False)
 
+        top = QVBoxLayout()
+        top.addLayout(header)
+        top.addWidget(self.banner)
+        top.addWidget(self.health)
+        top.addWidget(self.hint)
+        top.addLayout(add_row)
+        top.addWidget(self.addresses)
+        # The charts and the tables share the height left, in proportions the owner can drag.
+        charts_pane = QWidget()
+        charts_pane.setLayout(charts)
+        charts.setContentsMargins(0, 0, 0, 0)
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        for pane, stretch in (
+            (charts_pane, 2),
+            (_pane("Nodes", self.peers_table), 3),
+            (_pane("Requests", self.requests_table), 3),
+            (_pane("Used by peers", self.audit_note, self.audit_table), 2),
+        ):
+            self.splitter.addWidget(pane)
+            self.splitter.setStretchFactor(self.splitter.count() - 1, stretch)
         body = QVBoxLayout()
-        body.addLayout(header)
-        body.addWidget(self.banner)
-        body.addWidget(self.health)
-        body.addLayout(add_row)
-        body.addWidget(self.addresses)
-        body.addLayout(charts)
-        body.addWidget(_section("Nodes"))
-        body.addWidget(self.peers_table, 3)
-        body.addWidget(_section("Recent requests"))
-        body.addWidget(self.requests_table, 2)
-        body.addWidget(_section("Used by peers"))
-        body.addWidget(self.audit_note)
-        body.addWidget(self.audit_table, 2)
+        body.addLayout(top)
+        body.addWidget(self.splitter, 1)
         central = QWidget()
         central.setLayout(body)
         self.setCentralWidget(central)
+        # Wide enough for the nodes' columns; the height is what the layout needs, problems included.
+        self.setMinimumWidth(_MINIMUM_WIDTH)
 
         bridge.view_changed.connect(self.show_view)
         bridge.sampled.connect(self._sampled)
-        bridge.request_done.connect(lambda _: self.show_requests(list(bridge.recent)))
+        bridge.request_done.connect(lambda _: self.show_requests())
         self.show_view(bridge.view)
         bridge.audit_changed.connect(self.show_audit)
-        self.show_requests(list(bridge.recent))
         self.show_audit(bridge.audit)
 
     def show_view(self, view: PoolView | None) -> None:
@@ -201,26 +258,41 @@ class Dashboard(QMainWindow):
         if not view.switches.get("share"):
             sharing = "Not sharing"
         elif view.me.backend_up:
-            sharing = "Sharing this GPU"
+            sharing = view.share_label(on=True)
         else:
             sharing = "Sharing is on, but there is no model server to share"
         self.subtitle.setText(" · ".join([f"{sharing}{serving}", view.trust(), *view.modes()]))
+        # Without GPU readings (no NVIDIA driver), waiting would be for ever: say so.
+        self.gpu_chart.set_placeholder(
+            "waiting for data"
+            if view.me.gpu_count
+            else "no GPU figures: this machine reports none (they come from NVIDIA's driver)"
+        )
         self.api_label.setText(f"API  {view.api_url.replace('127.0.0.1', 'localhost')}")
         self.share_button.blockSignals(True)
         self.share_button.setChecked(bool(view.switches.get("share")))
-        self.share_button.setText("Sharing this GPU" if view.switches.get("share") else "Share this GPU")
+        self.share_button.setText(view.share_label(on=bool(view.switches.get("share"))))
         self.share_button.blockSignals(False)
         self._show_problems(self._bridge.problems, alone=not view.peers)
+        self.hint.setText(view.hint())
+        self.hint.setVisible(bool(view.elsewhere))
         self._show_addresses(view.addresses)
         self.peers_table.setRowCount(len(view.nodes))
         for row, node in enumerate(view.nodes):
             for column, item in enumerate(_node_cells(node)):
                 self.peers_table.setItem(row, column, item)
+        self.show_requests()
 
-    def show_requests(self, requests: list[RequestDone]) -> None:
-        self.requests_table.setRowCount(len(requests))
-        for row, done in enumerate(requests):
-            for column, item in enumerate(_request_cells(done)):
+    def show_requests(self) -> None:
+        """Show the requests being answered now and those that ended, the last to arrive first."""
+        now = time.time()
+        underway = self._bridge.view.underway if self._bridge.view else ()
+        arrived = [(running.at, _underway_cells(running, now)) for running in underway]
+        arrived += [(done.at - done.duration_s, _request_cells(done)) for done in self._bridge.recent]
+        rows = [cells for _, cells in sorted(arrived, key=lambda pair: pair[0], reverse=True)]
+        self.requests_table.setRowCount(len(rows))
+        for row, cells in enumerate(rows):
+            for column, item in enumerate(cells):
                 self.requests_table.setItem(row, column, item)
 
     def show_audit(self, entries: list[dict[str, Any]]) -> None:
@@ -362,26 +434,45 @@ _ADDRESS_STATES: dict[str, tuple[Callable[[str], str], str]] = {
 }
 
 
-def _table(columns: tuple[str, ...], *, stretch: int) -> QTableWidget:
+def _table(columns: tuple[str, ...]) -> QTableWidget:
+    """A read-only table whose columns fit their contents, the last taking the room left; a window too
+    narrow for them scrolls rather than cutting a heading."""
     table = QTableWidget(0, len(columns))
-    table.setHorizontalHeaderLabels(list(columns))
+    for column, heading in enumerate(columns):
+        item = QTableWidgetItem(heading)
+        item.setToolTip(_COLUMN_TIPS[heading])
+        table.setHorizontalHeaderItem(column, item)
     table.verticalHeader().setVisible(False)
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
     table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
     table.setAlternatingRowColors(True)
     table.setShowGrid(False)
-    table.verticalHeader().setDefaultSectionSize(30)
+    table.setWordWrap(False)
+    table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+    table.verticalHeader().setDefaultSectionSize(_ROW_HEIGHT)
     header = table.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-    header.setSectionResizeMode(stretch, QHeaderView.ResizeMode.Stretch)
+    header.setStretchLastSection(True)
     header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+    # A narrow window adds a scroll bar under the rows.
+    chrome = (
+        header.sizeHint().height() + table.horizontalScrollBar().sizeHint().height() + 2 * table.frameWidth()
+    )
+    table.setMinimumHeight(chrome + _TABLE_ROWS_SHOWN * _ROW_HEIGHT)
     return table
 
 
-def _section(text: str) -> QLabel:
-    label = QLabel(text)
+def _pane(title: str, *widgets: QWidget) -> QWidget:
+    """A titled part of the splitter."""
+    label = QLabel(title)
     label.setStyleSheet("font-weight: 600; margin-top: 6px;")
-    return label
+    pane = QWidget()
+    layout = QVBoxLayout(pane)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(label)
+    for widget in widgets:
+        layout.addWidget(widget, 1)
+    return pane
 
 
 def _item(text: str, tooltip: str = "") -> QTableWidgetItem:
@@ -409,10 +500,10 @@ def _node_cells(node: NodeView) -> list[QTableWidgetItem]:
         _item(node.gpu),
         vram,
         _item(f"{node.utilization_pct}%" if node.utilization_pct is not None else "—"),
-        _item(short_models(node.loaded) or "—", "\n".join(node.installed)),
         _item(f"{node.active} / {node.slots}"),
         _item(format_rate(node.tokens_per_s)),
         _item("yes" if node.sharing else "no"),
+        _item(short_models(node.loaded) or "—", "\n".join(node.installed)),
     ]
 
 
@@ -433,7 +524,7 @@ def _request_cells(done: RequestDone) -> list[QTableWidgetItem]:
     if not done.ok:
         outcome_item.setForeground(QColor(_SEVERE if done.error else _WARNING))
     return [
-        _item(format_when(done.at)),
+        _item(format_when(done.at - done.duration_s)),
         _item(short_name(done.model) if done.model else "—"),
         _item(node),
         _item(format_duration(done.duration_s)),
@@ -442,11 +533,28 @@ def _request_cells(done: RequestDone) -> list[QTableWidgetItem]:
     ]
 
 
+def _underway_cells(running: RequestUnderway, now: float) -> list[QTableWidgetItem]:
+    node = running.node or "choosing a node…"
+    if running.node and running.api == "share":
+        node = f"{node} (for {running.client or 'a peer'})"
+    outcome = _item("running…", "The answer is still coming; the row stays when it ends")
+    outcome.setForeground(QColor(_RUNNING))
+    return [
+        _item(format_when(running.at)),
+        _item(short_name(running.model) if running.model else "—"),
+        _item(node),
+        _item(format_duration(max(0.0, now - running.at))),
+        _item("—"),
+        outcome,
+    ]
+
+
 def _audit_cells(entry: dict[str, Any]) -> list[QTableWidgetItem]:
     _, peer, model, tokens, _, outcome = audit_row(entry)
-    when = format_when(datetime.datetime.fromisoformat(entry["at"]).timestamp())
     seconds = entry.get("duration_s")
-    duration = format_duration(seconds if isinstance(seconds, int | float) else None)
+    seconds = seconds if isinstance(seconds, int | float) else None
+    when = format_when(datetime.datetime.fromisoformat(entry["at"]).timestamp() - (seconds or 0.0))
+    duration = format_duration(seconds)
     outcome_item = _item(outcome, entry.get("error") or "")
     if entry.get("outcome") != "ok":
         outcome_item.setForeground(QColor(_SEVERE if entry.get("outcome") == "error" else _WARNING))

@@ -7,7 +7,15 @@ import enum
 import time
 from collections.abc import Mapping, Sequence
 
-from ..core import DEFAULT_SHARE_PORT, SWITCHES, AddressState, NodeStatus, PeerState, short_name
+from ..core import (
+    DEFAULT_SHARE_PORT,
+    SWITCHES,
+    AddressState,
+    NodeStatus,
+    PeerState,
+    RequestUnderway,
+    short_name,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +96,10 @@ class PoolView:
     pool: str | None = None
     # The peers the owner named by address, and how reaching each goes.
     addresses: tuple[AddressState, ...] = ()
+    # The inference requests this node is answering now, oldest first.
+    underway: tuple[RequestUnderway, ...] = ()
+    # Where the nodes nearby that belong to another pool are: seen, never used.
+    elsewhere: tuple[str, ...] = ()
 
     @property
     def nodes(self) -> tuple[NodeView, ...]:
@@ -129,6 +141,34 @@ class PoolView:
         if self.switches.get("pool_pull"):
             said.append("The pool may pull models here")
         return said
+
+    def share_label(self, *, on: bool) -> str:
+        """Name the share switch for what this machine has: a GPU or not, a model server or not yet."""
+        what = "this GPU" if self.me.gpu_count else "this machine"
+        said = f"Sharing {what}" if on else f"Share {what}"
+        return said if self.me.backend_up else f"{said} (no model server yet)"
+
+    def hint(self) -> str:
+        """Say why machines seen nearby are not peers, if any are: they belong to another pool."""
+        if not self.elsewhere:
+            return ""
+        n = len(self.elsewhere)
+        if n == 1:
+            which, them = f"The machine at {self.elsewhere[0]} is", "it"
+        else:
+            which, them = (
+                f"{n} machines nearby ({', '.join(self.elsewhere[:3])}{', …' * (n > 3)}) are",
+                "them",
+            )
+        if self.pool is None:
+            return (
+                f"{which} in a private pool, so this machine does not use {them}. To use {them}, ask that "
+                "pool's owner for an invite and join it in Settings."
+            )
+        return (
+            f"{which} in the open LAN pool or another private pool, so this pool does not use {them}. "
+            f"Invite {them} to join this pool from Settings."
+        )
 
     def summary(self) -> str:
         """Say in one line what the pool is: peers, GPUs and models."""
@@ -262,9 +302,15 @@ def node_view(status: NodeStatus, *, local: bool, address: str = "", breaker: st
 
 
 def pool_view(
-    status: NodeStatus, peers: Sequence[PeerState], addresses: Sequence[AddressState] = ()
+    status: NodeStatus,
+    peers: Sequence[PeerState],
+    addresses: Sequence[AddressState] = (),
+    *,
+    underway: Sequence[RequestUnderway] = (),
+    elsewhere: Sequence[str] = (),
 ) -> PoolView:
-    """Read this node's status, its peers and its peers named by address into a PoolView."""
+    """Read this node's status, its peers, its peers named by address, the requests it answers now and
+    the nodes of other pools nearby into a PoolView."""
     return PoolView(
         me=node_view(status, local=True, address="this machine"),
         peers=tuple(
@@ -277,6 +323,8 @@ def pool_view(
         share_port=status.share_port,
         pool=status.pool,
         addresses=tuple(addresses),
+        underway=tuple(underway),
+        elsewhere=tuple(elsewhere),
     )
 
 

@@ -59,6 +59,11 @@ class Notifier(QObject):
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.flush)
 
+    @property
+    def waiting(self) -> list[str]:
+        """What is to be told at the next message, in order."""
+        return list(self._pending.values())
+
     def tell(self, subject: str, text: str) -> None:
         self._pending.pop(subject, None)  # told in the order of the last changes
         self._pending[subject] = text
@@ -155,6 +160,7 @@ class Tray(QObject):
         if view is None:
             return
         self.status_action.setText(view.summary())
+        self.share_action.setText(view.share_label(on=False))
         for action, key in (
             (self.share_action, "share"),
             (self.pull_action, "pool_pull"),

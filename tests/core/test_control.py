@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from inferhub_desktop.core import (
+    ADDRESSES_PATH,
     AUDIT_PATH,
     CONTROL_HEADER,
     PEERS_PATH,
@@ -33,7 +34,15 @@ from tests.support import (
     stop_process,
 )
 
-CONTROL_PATHS = [STATUS_PATH, PEERS_PATH, SWITCHES_PATH, POOL_PATH, ROUTE_PATH + "?model=x", AUDIT_PATH]
+CONTROL_PATHS = [
+    STATUS_PATH,
+    PEERS_PATH,
+    ADDRESSES_PATH,
+    SWITCHES_PATH,
+    POOL_PATH,
+    ROUTE_PATH + "?model=x",
+    AUDIT_PATH,
+]
 
 
 @pytest.fixture

@@ -86,6 +86,29 @@ async def test_requests_are_reported_with_their_node_tokens_and_outcome(tmp_path
     assert next(e for e in heard if isinstance(e, BackendChanged)).reachable
 
 
+async def test_a_request_is_listed_as_underway_until_it_ends(tmp_path: Path) -> None:
+    async with FakeOllama(["llama3:latest"], tokens_per_second=20) as fake:
+        node = Node(node_settings(tmp_path, fake.url, name="alpha"), environ={})
+        heard: list[Event] = []
+        node.events.subscribe(heard.append)
+        async with node, aiohttp.ClientSession() as http:
+            await eventually(lambda: node.backend_state.reachable)
+            assert node.underway() == []
+            body = {"model": "llama3", "prompt": "hi", "options": {"num_predict": 20}}
+            async with http.post(node.api_url + "/api/generate", json=body) as reply:
+                await reply.content.readline()
+                (running,) = node.underway()
+                said = (running.api, running.model, running.node, running.client)
+                assert said == ("local", "llama3", "alpha", "")
+                assert not [e for e in heard if isinstance(e, RequestDone)]
+                await reply.read()
+            await eventually(lambda: any(isinstance(e, RequestDone) for e in heard))
+            assert node.underway() == []
+    (done,) = [e for e in heard if isinstance(e, RequestDone)]
+    # Both say when it arrived, one at its start and one from its end.
+    assert abs(done.at - done.duration_s - running.at) < 0.05
+
+
 async def test_switches_and_the_backend_going_down_are_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

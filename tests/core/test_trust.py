@@ -134,6 +134,9 @@ async def test_a_machine_joins_over_the_network_with_an_invite_good_once(
             await eventually(lambda: _names(laptop) == set())
             # The laptop saw the pool on mDNS: where to ask, not a way in.
             assert [n["pool"] for n in laptop.pool_info()["nearby"]] == [pool.pool_id] * 2
+            # Each side is told of the nodes of the other pool it does not use.
+            assert laptop.elsewhere() == sorted(n["address"] for n in laptop.pool_info()["nearby"])
+            assert [a.rsplit(":", 1)[1] for a in box.elsewhere()] == [str(laptop.share_port)]
 
 
 async def test_a_removed_member_is_refused_by_every_member_within_5_s(

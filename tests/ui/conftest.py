@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QApplication
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from inferhub_desktop.ui.screenshots import DemoCore
+from tests.ui.demo import DemoCore
 
 
 @pytest.fixture

@@ -73,8 +73,9 @@ def test_the_bridge_turns_a_real_nodes_events_into_signals(run: Any, qtbot: QtBo
             )
             bridge.request_done.connect(lambda r: heard.append(("request", r)))
             bridge.backend_changed.connect(lambda up, error: heard.append(("backend", up)))
+            # Watched from before it starts: the backend is found as it starts.
+            bridge.attach(node)
             async with node:
-                bridge.attach(node)
                 await eventually(lambda: bridge.view is not None and bridge.view.me.backend_up)
                 node.switch({"share": True})
                 assert bridge.view is not None

@@ -14,7 +14,7 @@ from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QTableWidget, QWidget
 from pytestqt.qtbot import QtBot
 
-from inferhub_desktop.core import ConfigError, PeerJoined, PeerLeft, RequestDone, parse_peer
+from inferhub_desktop.core import ConfigError, PeerJoined, PeerLeft, RequestDone, RequestUnderway, parse_peer
 from inferhub_desktop.ui.bridge import Bridge
 from inferhub_desktop.ui.dashboard import (
     _FRACTION_ROLE,
@@ -24,16 +24,17 @@ from inferhub_desktop.ui.dashboard import (
     Dashboard,
 )
 from inferhub_desktop.ui.model import NO_PEERS_AFTER_S, firewall_hint, format_when
-from inferhub_desktop.ui.screenshots import DemoCore
+from tests.ui.demo import DemoCore
 
 NODE = PEER_COLUMNS.index("Node")
 VRAM = PEER_COLUMNS.index("VRAM")
 OUTCOME = REQUEST_COLUMNS.index("Outcome")
-# The demo's requests, newest first.
+# The demo's requests, the last to arrive first (the 70b one took long: it arrived before the 8b one
+# served for cobalt, and ended after it).
 REPLAYED_MODELS = [
     "qwen2.5-coder:14b",
-    "llama3.1:70b",
     "llama3.1:8b",
+    "llama3.1:70b",
     "llama3.1:8b",
     "nomic-embed-text",
     "mistral-small:24b",
@@ -183,8 +184,8 @@ def test_the_requests_table_shows_the_newest_first(dashboard: Dashboard, core: D
     assert cells(table, REQUEST_COLUMNS, "Model") == REPLAYED_MODELS
     assert cells(table, REQUEST_COLUMNS, "Node") == [
         "atlas",
-        "borealis",
         "atlas (for cobalt)",
+        "borealis",
         "cobalt",
         "atlas",
         "borealis",
@@ -411,8 +412,9 @@ def test_used_by_peers_lists_the_audit_log_newest_first(dashboard: Dashboard, co
     assert cells(table, AUDIT_COLUMNS, "Duration") == ["50 ms", "31.0 s", "900 ms", "4.2 s"]
     # The same time format as the requests table's.
     entries = list(reversed(core.audit(10)))
+    # When each arrived: the entry is written as it ends.
     assert cells(table, AUDIT_COLUMNS, "Time") == [
-        format_when(datetime.datetime.fromisoformat(e["at"]).timestamp()) for e in entries
+        format_when(datetime.datetime.fromisoformat(e["at"]).timestamp() - e["duration_s"]) for e in entries
     ]
     failed = table.item(1, AUDIT_COLUMNS.index("Outcome"))
     assert failed.text() == "error: HTTP 500: model runner has unexpectedly stopped"
@@ -520,10 +522,112 @@ def test_alone_in_the_open_pool_the_firewall_help_is_a_button_away(
     dashboard.help_box.close()
 
 
-def test_an_answer_cut_off_by_its_node_is_said_so_not_as_http_200(dashboard: Dashboard) -> None:
-    dashboard.show_requests([request(error="cobalt at http://x closed the connection", tokens_per_s=9e6)])
+def test_an_answer_cut_off_by_its_node_is_said_so_not_as_http_200(
+    dashboard: Dashboard, core: DemoCore
+) -> None:
+    core.events.emit(request(error="cobalt at http://x closed the connection", tokens_per_s=9e6))
     table = dashboard.requests_table
     assert cells(table, REQUEST_COLUMNS, "Outcome") == [
         "stopped mid-answer: cobalt at http://x closed the connection"
     ]
     assert cells(table, REQUEST_COLUMNS, "Speed") == ["—"]
+
+
+def test_a_request_is_shown_while_it_runs_and_stays_when_it_ends(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore
+) -> None:
+    started = time.time() - 12
+    core.running = [
+        RequestUnderway(started, "local", "llama3.1:70b", "borealis", ""),
+        RequestUnderway(time.time() - 1, "share", "llama3.1:8b", "atlas", "cobalt"),
+        RequestUnderway(time.time(), "local", "qwen2.5-coder:14b", "", ""),
+    ]
+    bridge.refresh()
+    table = dashboard.requests_table
+    # The newest first, above the requests that ended.
+    assert cells(table, REQUEST_COLUMNS, "Node") == ["choosing a node…", "atlas (for cobalt)", "borealis"]
+    assert cells(table, REQUEST_COLUMNS, "Outcome") == ["running…"] * 3
+    assert cells(table, REQUEST_COLUMNS, "Time")[2] == format_when(started)
+    assert cells(table, REQUEST_COLUMNS, "Duration")[2] in ("12.0 s", "12.1 s")
+
+    core.running = []
+    core.events.emit(request(at=time.time(), duration_s=13.0, model="llama3.1:70b", node="borealis"))
+    bridge.refresh()
+    assert cells(table, REQUEST_COLUMNS, "Outcome") == ["ok"]
+    # Its time is still when it arrived.
+    assert cells(table, REQUEST_COLUMNS, "Time") == [format_when(time.time() - 13.0)]
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["open", "private"])
+def test_nodes_of_another_pool_nearby_are_named_with_why_they_are_not_used(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch, private: bool
+) -> None:
+    assert dashboard.hint.isHidden()
+    status = core.status()
+    monkeypatch.setattr(
+        core, "status", lambda: dataclasses.replace(status, pool="4f1c" * 8 if private else None)
+    )
+    core.nearby = ["192.168.1.77:11436", "192.168.1.78:11436"]
+    bridge.refresh()
+    assert not dashboard.hint.isHidden()
+    text = dashboard.hint.text()
+    assert text.startswith("2 machines nearby (192.168.1.77:11436, 192.168.1.78:11436) are")
+    if private:
+        assert "open LAN pool or another private pool" in text
+        assert "Invite" in text
+    else:
+        assert "in a private pool" in text
+        assert "invite" in text
+
+
+def test_every_column_heading_says_what_it_holds(dashboard: Dashboard) -> None:
+    for table in (dashboard.peers_table, dashboard.requests_table, dashboard.audit_table):
+        for index in range(table.columnCount()):
+            assert table.horizontalHeaderItem(index).toolTip(), table.horizontalHeaderItem(index).text()
+
+
+def visible_rows(table: QTableWidget) -> float:
+    return table.viewport().height() / table.verticalHeader().defaultSectionSize()
+
+
+def test_the_smallest_window_shows_rows_of_every_table_and_whole_headings(
+    qtbot: QtBot, dashboard: Dashboard, core: DemoCore
+) -> None:
+    core.replay_requests()
+    dashboard.resize(1, 1)
+    dashboard.show()
+    qtbot.waitExposed(dashboard)
+    # The smallest the window goes: what its layout needs.
+    assert dashboard.size() == dashboard.minimumSize()
+    for table in (dashboard.peers_table, dashboard.requests_table, dashboard.audit_table):
+        assert visible_rows(table) >= 3
+        # Every column whole, none scrolled out of sight.
+        assert table.horizontalScrollBar().maximum() == 0
+        header = table.horizontalHeader()
+        for index in range(table.columnCount()):
+            heading = table.horizontalHeaderItem(index).text()
+            assert header.sectionSize(index) >= header.fontMetrics().horizontalAdvance(heading), heading
+    # The header's words are not squeezed out of their lines.
+    for label in (dashboard.title, dashboard.subtitle):
+        assert label.height() >= label.sizeHint().height()
+
+
+def test_a_larger_window_gives_the_room_to_every_table(qtbot: QtBot, dashboard: Dashboard) -> None:
+    dashboard.resize(1, 1)
+    dashboard.show()
+    qtbot.waitExposed(dashboard)
+    small = [visible_rows(t) for t in (dashboard.peers_table, dashboard.requests_table)]
+    dashboard.resize(1600, 1300)
+    qtbot.waitUntil(lambda: dashboard.height() == 1300)
+    large = [visible_rows(t) for t in (dashboard.peers_table, dashboard.requests_table)]
+    assert all(after > before + 3 for before, after in zip(small, large, strict=True)), (small, large)
+
+
+def test_a_machine_without_gpu_figures_says_so_instead_of_waiting(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert dashboard.gpu_chart.placeholder == "waiting for data"
+    status = core.status()
+    monkeypatch.setattr(core, "status", lambda: dataclasses.replace(status, telemetry=None))
+    bridge.refresh()
+    assert dashboard.gpu_chart.placeholder.startswith("no GPU figures: this machine reports none")

@@ -21,8 +21,8 @@ from inferhub_desktop.ui.model import (
     pool_view,
     vram_bar,
 )
-from inferhub_desktop.ui.screenshots import DemoCore
 from tests.support import node_settings
+from tests.ui.demo import DemoCore
 
 # The demo's sharing machines hold these; dune, which does not share, alone holds deepseek-r1:32b.
 POOL_MODELS = (
@@ -294,3 +294,24 @@ def test_times_speeds_and_durations_are_said_one_way_for_people() -> None:
     # A server reporting odd durations gives figures no GPU reaches: not shown as a speed.
     assert format_rate(10_000_000) == "—"
     assert [format_duration(s) for s in (0.05, 2.1, 125.0, None)] == ["50 ms", "2.1 s", "2 min 05 s", "—"]
+
+
+def test_the_share_switch_is_named_for_what_this_machine_has(core: DemoCore) -> None:
+    status = core.status()
+    assert pool_view(status, []).share_label(on=False) == "Share this GPU"
+    assert pool_view(status, []).share_label(on=True) == "Sharing this GPU"
+    cpu_only = replace(status, telemetry=None)
+    assert pool_view(cpu_only, []).share_label(on=False) == "Share this machine"
+    down = backend_down(status, "connection refused")
+    assert pool_view(down, []).share_label(on=True) == "Sharing this GPU (no model server yet)"
+
+
+def test_nodes_of_another_pool_are_named_one_or_many(core: DemoCore) -> None:
+    status = replace(core.status(), pool=None)
+    assert pool_view(status, []).hint() == ""
+    one = pool_view(status, [], elsewhere=["10.0.0.5:11436"]).hint()
+    assert one.startswith(
+        "The machine at 10.0.0.5:11436 is in a private pool, so this machine does not use it."
+    )
+    many = pool_view(status, [], elsewhere=[f"10.0.0.{n}:11436" for n in range(5, 10)]).hint()
+    assert many.startswith("5 machines nearby (10.0.0.5:11436, 10.0.0.6:11436, 10.0.0.7:11436, …) are")

@@ -17,8 +17,8 @@ from inferhub_desktop.ui.autostart import Autostart
 from inferhub_desktop.ui.bridge import Bridge
 from inferhub_desktop.ui.icons import TrayState
 from inferhub_desktop.ui.model import Problem
-from inferhub_desktop.ui.screenshots import DemoCore
 from inferhub_desktop.ui.tray import Notifier, Tray, tooltip, tray_state
+from tests.ui.demo import DemoCore
 
 # Short enough to wait for, long enough that two calls in a row fall within it.
 QUICK_GAP_S = 0.2

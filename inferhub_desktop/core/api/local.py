@@ -10,9 +10,10 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..audit import MAX_ENTRIES
-from ..peers import PeerState
+from ..peers import AddressState, PeerState
 from ..settings import SWITCHES
 from ..wire.endpoints import (
+    ADDRESSES_PATH,
     AUDIT_PATH,
     CONTROL_PREFIX,
     METRICS_PATH,
@@ -38,6 +39,10 @@ class Control(Protocol):
 
     def peers(self) -> list[PeerState]:
         """Return the live peers."""
+        ...
+
+    def addresses(self) -> list[AddressState]:
+        """Return the peers the owner named by address, each with how reaching it goes."""
         ...
 
     def switch(self, changes: Mapping[str, bool] | None = None) -> dict[str, bool]:
@@ -141,6 +146,8 @@ class LocalApi:
             return self._forwarder.status_reply(request)
         if request.path == PEERS_PATH and reading:
             return _json([peer.to_json() for peer in self._controls.peers()])
+        if request.path == ADDRESSES_PATH and reading:
+            return _json([entry.to_json() for entry in self._controls.addresses()])
         if request.path == ROUTE_PATH and reading:
             model = request.query.get("model", "").strip()
             if not model:
@@ -171,7 +178,7 @@ class LocalApi:
                     'send {} to take up the pool files as they are now, {"remove": "NODE"} to remove one',
                 )
             return _json(self._controls.remove_member(who))
-        if request.path in (AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, SWITCHES_PATH):
+        if request.path in (ADDRESSES_PATH, AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, SWITCHES_PATH):
             return text_response(405, "405 method not allowed")
         return text_response(404, "404 page not found")
 

@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..backends.base import Backend, Body, UpstreamResponse
-from ..events import RequestDone
+from ..events import RequestDone, RequestUnderway
 from ..settings import SETTINGS_FILE, Settings
 from ..speeds import Observation
 from ..status import NodeStatus
@@ -119,6 +119,8 @@ class _Trail:
     """What became of one request so far: where it went and how the last attempt ended."""
 
     started: float
+    # When it arrived, in wall-clock seconds, as people read it.
+    at: float = 0.0
     model: str | None = None
     client: str = ""
     address: str = ""
@@ -310,6 +312,8 @@ class Forwarder:
         self._node_header = quote(settings.name, safe=" !#$&'()*+,/:;=?@[]~")
         # Streamed replies being relayed now.
         self.streams = 0
+        # The inference requests being answered now, oldest first.
+        self._underway: dict[int, _Trail] = {}
 
     def app(self, handler: Handler) -> web.Application:
         """Build an application that sends every path to `handler`, its failures in Ollama's shapes."""
@@ -366,12 +370,14 @@ class Forwarder:
         caller = request.get(CALLER_KEY)
         trail = _Trail(
             time.monotonic(),
+            at=time.time(),
             client=caller or (via[-1] if via else ""),
             address=request.remote or "",
             verified=caller is not None,
         )
         error: str | None = None
         status = 0
+        self._underway[id(trail)] = trail
         try:
             response = await self._forward(request, endpoint, via, trail)
             status = response.status
@@ -383,8 +389,13 @@ class Forwarder:
             status, error = 502, str(exc)
             raise
         finally:
+            del self._underway[id(trail)]
             if trail.attempts or error is not None or status:
                 self._dispatch.done(self._request_done(endpoint, trail, status, error))
+
+    def underway(self) -> list[RequestUnderway]:
+        """Return the inference requests being answered now, oldest first."""
+        return [RequestUnderway(t.at, self._api, t.model, t.node, t.client) for t in self._underway.values()]
 
     def _request_done(self, endpoint: Endpoint, trail: _Trail, status: int, error: str | None) -> RequestDone:
         outcome = trail.outcome

@@ -9,6 +9,8 @@ import enum
 CONTROL_PREFIX = "/_inferhub/v1/"
 STATUS_PATH = CONTROL_PREFIX + "status"
 PEERS_PATH = CONTROL_PREFIX + "peers"
+# GET the peers the owner named by address, and how reaching each goes.
+ADDRESSES_PATH = CONTROL_PREFIX + "addresses"
 # GET the switches of settings.SWITCHES, POST some of them to change them.
 SWITCHES_PATH = CONTROL_PREFIX + "switches"
 # GET ?model=NAME: where a request for the model would go now, and why.

@@ -1,37 +1,23 @@
-"""Render the dashboard and the open tray menu of a demonstration pool into PNGs for the README.
-
-xvfb-run -a python -m inferhub_desktop.ui.screenshots [--out assets/screenshots]
-"""
+"""A demonstration pool of four workstations, shaped as a node's answers are, for the UI's tests."""
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QPoint, QRect, Qt
-from PySide6.QtGui import QColor, QFont, QLinearGradient, QPainter, QPixmap
-from PySide6.QtWidgets import QApplication
-
-from ..core import (
+from inferhub_desktop.core import (
     SWITCHES,
     AddressState,
-    ConfigError,
     Events,
     NodeStatus,
     PeerState,
     RequestDone,
+    RequestUnderway,
     SettingsStore,
     audit_entry,
 )
-from .autostart import Autostart
-from .bridge import Bridge
-from .dashboard import Dashboard
-from .icons import tray_icon
-from .tray import Tray
 
 _GIB = 1 << 30
 # name, GPU summary, [(GPU, total MiB, used MiB, utilisation %)], installed, loaded, active/slots, tok/s,
@@ -175,6 +161,9 @@ class DemoCore:
         self._tokens = [0] * len(_NODES)
         # How often the app asked for the model server to be looked for at once.
         self.probes = 0
+        # A request being answered as the pool is shown, and the nodes of another pool nearby.
+        self.running: list[RequestUnderway] = []
+        self.nearby: list[str] = []
         # What peers had this machine serve before, newest last, as a node's audit log holds it.
         now = time.time()
         self._audit = [
@@ -226,6 +215,12 @@ class DemoCore:
     def probe_now(self) -> None:
         """The demonstration's backend is always up: there is nothing to look for."""
         self.probes += 1
+
+    def underway(self) -> list[RequestUnderway]:
+        return list(self.running)
+
+    def elsewhere(self) -> list[str]:
+        return list(self.nearby)
 
     def addresses(self) -> list[AddressState]:
         """The demonstration's peers named by address: as a node would say how reaching them goes."""
@@ -293,88 +288,3 @@ class DemoCore:
                     error=error,
                 )
             )
-
-
-def render(out: Path) -> list[Path]:
-    """Render the dashboard and the open tray menu into `out`; return the files written."""
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as config:
-        core = DemoCore(Path(config))
-        clock = [0.0]
-        bridge = Bridge(clock=lambda: clock[0])
-        bridge.attach(core)
-        core.replay_requests()
-        dashboard = Dashboard(bridge, open_settings=lambda: None)
-        # Five minutes of samples, the pool busier in the last two.
-        for second in range(0, 300, 2):
-            clock[0] = float(second)
-            core.advance(2.0 if second > 120 else 0.6 + 0.4 * ((second // 20) % 2))
-            bridge.refresh()
-        dashboard.resize(1240, 820)
-        dashboard.show()
-        QApplication.processEvents()
-        written = [out / "dashboard.png"]
-        dashboard.grab().save(str(written[0]))
-        tray = Tray(
-            bridge,
-            open_dashboard=lambda: None,
-            open_settings=lambda: None,
-            quit=lambda: None,
-            autostart=Autostart(home=Path(config)),
-        )
-        tray.update(bridge.view)
-        written.append(out / "tray-menu.png")
-        _menu_scene(tray).save(str(written[1]))
-        dashboard.close()
-        bridge.detach()
-    return written
-
-
-def _menu_scene(tray: Tray) -> QPixmap:
-    """Draw the open menu under a desktop panel with the tray icon in it, with the Peers submenu open."""
-    tray.peers_menu.aboutToShow.emit()
-    menu, peers = tray.menu.grab(), tray.peers_menu.grab()
-    width, height, panel = max(760, menu.width() + peers.width() + 140), menu.height() + 120, 34
-    scene = QPixmap(width, height)
-    painter = QPainter(scene)
-    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-    backdrop = QLinearGradient(0, 0, width, height)
-    backdrop.setColorAt(0, QColor("#1e293b"))
-    backdrop.setColorAt(1, QColor("#0f766e"))
-    painter.fillRect(scene.rect(), backdrop)
-    painter.fillRect(QRect(0, 0, width, panel), QColor("#111827"))
-    painter.setPen(QColor("#e5e7eb"))
-    painter.setFont(QFont(painter.font().family(), 10))
-    painter.drawText(
-        QRect(0, 0, width - 16, panel), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight, "14:02"
-    )
-    icon_x = width - 90
-    painter.drawPixmap(icon_x, 6, tray_icon(tray.state, dark_panel=True).pixmap(22, 22))
-    menu_x = icon_x - menu.width() + 30
-    painter.drawPixmap(QPoint(menu_x, panel + 2), menu)
-    peers_y = panel + 2 + tray.menu.actionGeometry(tray.peers_menu.menuAction()).top()
-    painter.drawPixmap(QPoint(menu_x - peers.width() + 4, peers_y), peers)
-    painter.end()
-    return scene
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--out", type=Path, default=Path("assets/screenshots"), help="default: assets/screenshots"
-    )
-    args = parser.parse_args()
-    app = QApplication([])
-    try:
-        for path in render(args.out):
-            print(path)
-    except ConfigError as exc:
-        print(f"screenshots: {exc}")
-        return 1
-    finally:
-        app.shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
