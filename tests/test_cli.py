@@ -103,6 +103,7 @@ def test_status_shows_the_running_node(tmp_path: Path, fake_ollama: str) -> None
     finally:
         assert stop_process(proc) == 0
     assert text.startswith("desk-7  InferHub")
+    assert "state    not sharing · open LAN pool\n" in text
     assert f"backend  ollama 0.12.10 at {fake_ollama}: up" in text
     assert "models   llama3:latest" in text
     assert "loaded" not in text  # the fake starts with nothing in memory
@@ -152,6 +153,7 @@ def test_route_explains_the_ranking_and_switches_are_remembered(tmp_path: Path, 
         text = run_cli_until("desk-b", "route", "llama3", *mine)
         decision = json.loads(run_cli("route", "llama3", *mine, "--json").stdout)
         local_only = run_cli("local-only", "on", *mine)
+        status = run_cli("status", *mine).stdout
         alone = run_cli("route", "llama3", *mine).stdout
         nowhere = run_cli("route", "mistral", *mine).stdout
     finally:
@@ -174,6 +176,8 @@ def test_route_explains_the_ranking_and_switches_are_remembered(tmp_path: Path, 
         "basis",
     }
     assert local_only.stdout.strip() == "local only on"
+    modes = "your requests use only this machine · the pool may pull models here"
+    assert f"state    not sharing · open LAN pool · {modes}\n" in status
     assert "left out: desk-b: this machine is set to use only itself" in alone
     assert nowhere.splitlines()[0] == "mistral:latest: no node can serve it"
     assert [line.split(":")[0] for line in nowhere.splitlines()[1:]] == ["left out"] * 2
