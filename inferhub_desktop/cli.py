@@ -655,14 +655,8 @@ def format_status(status: NodeStatus) -> str:
     """Render a node's status for people."""
     backend = status.backend
     lines = [f"{status.name}  InferHub {status.version}  {status.api_url}  (id {status.node_id[:8]})"]
-    # In the tray's words, so the two agree.
-    state = ["sharing this machine" if status.share else "not sharing"]
-    state.append(f"private pool {status.pool[:8]}" if status.pool else "open LAN pool")
-    if status.local_only:
-        state.append("your requests use only this machine")
-    if status.pool_pull:
-        state.append("the pool may pull models here")
-    lines.append(f"state    {' · '.join(state)}")
+    # In the tray's and the dashboard's words, so they agree.
+    lines.append(f"state    {' · '.join(status.state_words())}")
     if backend.reachable:
         lines.append(f"backend  {backend.kind} {backend.version} at {backend.url}: up")
     else:

@@ -75,6 +75,8 @@ class RequestDone:
     cancelled: bool = False
     address: str = ""
     verified: bool = False
+    # The request's id at this node, as RequestUnderway had it while it ran.
+    request_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -83,9 +85,11 @@ class RequestDone:
 
 @dataclasses.dataclass(frozen=True)
 class RequestUnderway:
-    """An inference request being answered now: since when (wall-clock seconds), through which API, for
-    which model, on which node so far (empty until one is chosen) and for whom (a share request's peer)."""
+    """An inference request being answered now: its id at this node, since when (wall-clock seconds),
+    through which API, for which model, on which node so far (empty until one is chosen) and for whom (a
+    share request's peer)."""
 
+    request_id: str
     at: float
     api: str
     model: str | None

@@ -71,6 +71,24 @@ class NodeStatus:
     # Tokens this machine's backend generated through the node since it started.
     tokens_generated: int
 
+    def state_words(self) -> list[str]:
+        """Say what this machine does for the pool, in the words the tray, the dashboard and `inferhub
+        status` share: what it shares and whether it serves now, which pool, the modes turned on."""
+        if not self.share:
+            sharing = "not sharing"
+        elif not self.backend.reachable:
+            sharing = "sharing is on, but there is no model server to share"
+        else:
+            sharing = f"sharing {'this GPU' if self.telemetry and self.telemetry.gpus else 'this machine'}"
+        if serving := self.load.remote:
+            sharing += f", serving {'a request' if serving == 1 else f'{serving} requests'} for colleagues"
+        words = [sharing, f"private pool {self.pool[:8]}" if self.pool else "open LAN pool"]
+        if self.local_only:
+            words.append("your requests use only this machine")
+        if self.pool_pull:
+            words.append("the pool may pull models here")
+        return words
+
     def to_json(self) -> dict[str, Any]:
         """Return the status as JSON values."""
         return {

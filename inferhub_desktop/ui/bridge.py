@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -233,6 +234,10 @@ class Bridge(QObject):
                 self.backend_changed.emit(reachable, error or "")
             case RequestDone():
                 self.recent.appendleft(event)
+                if self.view is not None:
+                    # Ended: no longer running, without waiting for the next refresh to say so.
+                    running = tuple(r for r in self.view.underway if r.request_id != event.request_id)
+                    self.view = dataclasses.replace(self.view, underway=running)
                 # A peer's request is in the audit log now; the next refresh shows it.
                 self._audit_stale = self._audit_stale or event.api == "share"
                 self.request_done.emit(event)

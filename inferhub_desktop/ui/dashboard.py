@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, Qt, QUrl, Signal
-from PySide6.QtGui import QCloseEvent, QColor, QDesktopServices, QPainter, QPalette
+from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QCloseEvent, QColor, QDesktopServices, QPainter, QPalette, QResizeEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFrame,
@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QSplitter,
     QStyledItemDelegate,
@@ -50,6 +51,7 @@ from .model import (
     format_duration,
     format_rate,
     format_when,
+    sentence,
     short_models,
 )
 
@@ -75,11 +77,13 @@ _COLUMN_TIPS = {
     "Duration": "How long it took, or has taken so far",
     "Outcome": "How it ended; hover for the whole error",
 }
-# Enough of each table to read a few rows at the smallest size.
-_TABLE_ROWS_SHOWN = 3
 _ROW_HEIGHT = 30
 _RUNNING = "#2563eb"
 _MINIMUM_WIDTH = 960
+_VRAM_WIDTH = 150
+# The least height of the problems and peers by address; more of them scroll.
+_NOTES_MINIMUM_HEIGHT = 90
+_NOTES_FIRST = 1000
 _SHARE_BUTTON_STYLE = """
 QPushButton {
     padding: 5px 12px; border: 1px solid palette(mid); border-radius: 5px; background: palette(button);
@@ -143,6 +147,7 @@ class Dashboard(QMainWindow):
         self.title = QLabel("InferHub")
         self.title.setStyleSheet("font-size: 20px; font-weight: 600;")
         self.subtitle = QLabel("")
+        self.subtitle.setWordWrap(True)
         self.subtitle.setStyleSheet("color: #6b7280;")
         self.share_button = QPushButton("Share this GPU")
         self.share_button.setCheckable(True)
@@ -200,10 +205,10 @@ class Dashboard(QMainWindow):
 
         self.peers_table = _table(PEER_COLUMNS)
         self.peers_table.setItemDelegateForColumn(_VRAM_COLUMN, VramBarDelegate(self.peers_table))
-        self.peers_table.horizontalHeader().setSectionResizeMode(_VRAM_COLUMN, QHeaderView.ResizeMode.Fixed)
-        self.peers_table.setColumnWidth(_VRAM_COLUMN, 150)
-        self.requests_table = _table(REQUEST_COLUMNS)
-        self.audit_table = _table(AUDIT_COLUMNS)
+        self.peers_table.setColumnWidth(_VRAM_COLUMN, _VRAM_WIDTH)
+        self.requests_table = _table(REQUEST_COLUMNS, rows=2)
+        self._requests_shown: tuple[object, ...] | None = None
+        self.audit_table = _table(AUDIT_COLUMNS, rows=2)
         self.audit_note = QLabel("No peer has used this machine yet.")
         self.audit_note.setStyleSheet("color: #6b7280;")
         self.hint = QLabel("")
@@ -211,13 +216,21 @@ class Dashboard(QMainWindow):
         self.hint.setStyleSheet("color: palette(placeholder-text);")
         self.hint.setVisible(False)
 
-        top = QVBoxLayout()
-        top.addLayout(header)
+        # What is wrong and the peers by address: as tall as they need where there is room, else they
+        # scroll, so a laptop's screen holds the window whatever the number of problems.
+        notes = self._notes_contents = QWidget()
+        top = self._notes_layout = QVBoxLayout(notes)
+        top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.banner)
         top.addWidget(self.health)
         top.addWidget(self.hint)
         top.addLayout(add_row)
         top.addWidget(self.addresses)
+        self.notes = QScrollArea()
+        self.notes.setWidget(notes)
+        self.notes.setWidgetResizable(True)
+        self.notes.setFrameShape(QFrame.Shape.NoFrame)
+        self.notes.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         # The charts and the tables share the height left, in proportions the owner can drag.
         charts_pane = QWidget()
         charts_pane.setLayout(charts)
@@ -232,10 +245,12 @@ class Dashboard(QMainWindow):
         ):
             self.splitter.addWidget(pane)
             self.splitter.setStretchFactor(self.splitter.count() - 1, stretch)
-        body = QVBoxLayout()
-        body.addLayout(top)
+        body = self._body = QVBoxLayout()
+        body.addLayout(header)
+        # The notes fill first, up to their height (see _fit_notes); the splitter has the rest.
+        body.addWidget(self.notes, _NOTES_FIRST)
         body.addWidget(self.splitter, 1)
-        central = QWidget()
+        central = self._central = QWidget()
         central.setLayout(body)
         self.setCentralWidget(central)
         # Wide enough for the nodes' columns; the height is what the layout needs, problems included.
@@ -253,15 +268,9 @@ class Dashboard(QMainWindow):
         if view is None:
             return
         self.title.setText(f"{view.me.name} · {view.summary()}")
-        n = view.serving
-        serving = f" · serving {'a' if n == 1 else n} request{'s' * (n != 1)} for colleagues" if n else ""
-        if not view.switches.get("share"):
-            sharing = "Not sharing"
-        elif view.me.backend_up:
-            sharing = view.share_label(on=True)
-        else:
-            sharing = "Sharing is on, but there is no model server to share"
-        self.subtitle.setText(" · ".join([f"{sharing}{serving}", view.trust(), *view.modes()]))
+        # The state's words, the pool's with whom its peers are proven to be.
+        sharing, _, *modes = view.state
+        self.subtitle.setText(" · ".join(sentence(words) for words in [sharing, view.trust(), *modes]))
         # Without GPU readings (no NVIDIA driver), waiting would be for ever: say so.
         self.gpu_chart.set_placeholder(
             "waiting for data"
@@ -277,32 +286,55 @@ class Dashboard(QMainWindow):
         self.hint.setText(view.hint())
         self.hint.setVisible(bool(view.elsewhere))
         self._show_addresses(view.addresses)
-        self.peers_table.setRowCount(len(view.nodes))
-        for row, node in enumerate(view.nodes):
-            for column, item in enumerate(_node_cells(node)):
-                self.peers_table.setItem(row, column, item)
+        self._fit_notes_soon()
+        _fill(self.peers_table, [_node_cells(node) for node in view.nodes])
+        self.peers_table.setColumnWidth(_VRAM_COLUMN, _VRAM_WIDTH)
         self.show_requests()
+
+    def _fit_notes(self) -> None:
+        """Let the notes take their whole height where the window has room, and scroll where not."""
+        contents, layout = self._notes_contents, self._notes_layout
+        # Wrapped words are as tall as the width they wrap at, and no card is shorter than its least.
+        wrapped = layout.heightForWidth(self.notes.viewport().width())
+        height = max(wrapped, contents.minimumSizeHint().height())
+        # The charts and tables keep their least height; the notes have what is left, down to theirs.
+        margins = self._body.contentsMargins()
+        header = self.title.sizeHint().height() + self.subtitle.sizeHint().height() + 2 * self._body.spacing()
+        taken = header + margins.top() + margins.bottom() + self.splitter.minimumSizeHint().height()
+        spare = self._central.height() - taken
+        self.notes.setMinimumHeight(min(height, _NOTES_MINIMUM_HEIGHT))
+        self.notes.setMaximumHeight(min(height, max(spare, _NOTES_MINIMUM_HEIGHT)))
 
     def show_requests(self) -> None:
         """Show the requests being answered now and those that ended, the last to arrive first."""
-        now = time.time()
         underway = self._bridge.view.underway if self._bridge.view else ()
+        recent = self._bridge.recent
+        shown = (tuple(r.request_id for r in underway), len(recent), recent[0] if recent else None)
+        # Rows change when a request starts or ends; while one runs, its duration changes too.
+        if shown == self._requests_shown and not underway:
+            return
+        self._requests_shown = shown
+        now = time.time()
         arrived = [(running.at, _underway_cells(running, now)) for running in underway]
-        arrived += [(done.at - done.duration_s, _request_cells(done)) for done in self._bridge.recent]
-        rows = [cells for _, cells in sorted(arrived, key=lambda pair: pair[0], reverse=True)]
-        self.requests_table.setRowCount(len(rows))
-        for row, cells in enumerate(rows):
-            for column, item in enumerate(cells):
-                self.requests_table.setItem(row, column, item)
+        arrived += [(done.at - done.duration_s, _request_cells(done)) for done in recent]
+        _fill(
+            self.requests_table,
+            [cells for _, cells in sorted(arrived, key=lambda pair: pair[0], reverse=True)],
+        )
 
     def show_audit(self, entries: list[dict[str, Any]]) -> None:
         """Show what peers had this machine serve, newest first, from the audit log's entries."""
         self.audit_note.setVisible(not entries)
         self.audit_table.setVisible(bool(entries))
-        self.audit_table.setRowCount(len(entries))
-        for row, entry in enumerate(reversed(entries)):
-            for column, item in enumerate(_audit_cells(entry)):
-                self.audit_table.setItem(row, column, item)
+        _fill(self.audit_table, [_audit_cells(entry) for entry in reversed(entries)])
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit_notes_soon()
+
+    def _fit_notes_soon(self) -> None:
+        # Once the notes' cards have laid themselves out: their least heights are known only then.
+        QTimer.singleShot(0, self, self._fit_notes)
 
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.standalone_reason:
@@ -391,6 +423,7 @@ class Dashboard(QMainWindow):
                 while (inner := row.takeAt(0)) is not None:
                     if widget := inner.widget():
                         widget.deleteLater()
+                row.deleteLater()
         for entry in addresses:
             said, color = _ADDRESS_STATES[entry.state]
             label = QLabel(
@@ -434,9 +467,9 @@ _ADDRESS_STATES: dict[str, tuple[Callable[[str], str], str]] = {
 }
 
 
-def _table(columns: tuple[str, ...]) -> QTableWidget:
+def _table(columns: tuple[str, ...], *, rows: int = 3) -> QTableWidget:
     """A read-only table whose columns fit their contents, the last taking the room left; a window too
-    narrow for them scrolls rather than cutting a heading."""
+    narrow for them scrolls rather than cutting a heading. At its smallest it shows `rows` rows."""
     table = QTableWidget(0, len(columns))
     for column, heading in enumerate(columns):
         item = QTableWidgetItem(heading)
@@ -451,15 +484,28 @@ def _table(columns: tuple[str, ...]) -> QTableWidget:
     table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
     table.verticalHeader().setDefaultSectionSize(_ROW_HEIGHT)
     header = table.horizontalHeader()
-    header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    # Sized to their contents once per fill (see _fill): resizing to contents as each cell is set costs
+    # a pass over every row per cell, seconds for a full table on the loop the node shares.
+    header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
     header.setStretchLastSection(True)
     header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
     # A narrow window adds a scroll bar under the rows.
     chrome = (
         header.sizeHint().height() + table.horizontalScrollBar().sizeHint().height() + 2 * table.frameWidth()
     )
-    table.setMinimumHeight(chrome + _TABLE_ROWS_SHOWN * _ROW_HEIGHT)
+    table.setMinimumHeight(chrome + rows * _ROW_HEIGHT)
     return table
+
+
+def _fill(table: QTableWidget, rows: list[list[QTableWidgetItem]]) -> None:
+    """Put `rows` in `table`, then fit its columns to them once."""
+    table.setRowCount(len(rows))
+    for row, cells in enumerate(rows):
+        for column, item in enumerate(cells):
+            table.setItem(row, column, item)
+    # The last column stretches over the room left; the others fit what they hold.
+    for column in range(table.columnCount() - 1):
+        table.resizeColumnToContents(column)
 
 
 def _pane(title: str, *widgets: QWidget) -> QWidget:

@@ -49,10 +49,10 @@ _BADGE_GAP_FRACTION = 0.07
 class TrayState(enum.Enum):
     """What the tray icon tells the user about this workstation."""
 
-    # In the words the tooltip says them.
-    NOT_SHARING = "not sharing this GPU"
-    SHARING = "sharing this GPU"
-    SERVING = "serving a colleague's request"
+    # The tooltip says the states of trouble in these words, the others in the node's (state_words).
+    NOT_SHARING = "not sharing"
+    SHARING = "sharing"
+    SERVING = "serving colleagues"
     NO_BACKEND = "no model server on this machine"
     POOL_PROBLEM = "nothing can answer your requests"
 

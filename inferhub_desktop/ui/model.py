@@ -100,6 +100,8 @@ class PoolView:
     underway: tuple[RequestUnderway, ...] = ()
     # Where the nodes nearby that belong to another pool are: seen, never used.
     elsewhere: tuple[str, ...] = ()
+    # What this machine does for the pool, in the words every part of the app says it (NodeStatus's).
+    state: tuple[str, ...] = ("not sharing", "open LAN pool")
 
     @property
     def nodes(self) -> tuple[NodeView, ...]:
@@ -132,15 +134,6 @@ class PoolView:
         if self.pool is None:
             return "Open LAN pool: peers are not authenticated"
         return f"Private pool {self.pool[:8]}: every peer proven by its key"
-
-    def modes(self) -> list[str]:
-        """Say the modes the owner turned on that change what the pool does with this machine."""
-        said = []
-        if self.switches.get("local_only"):
-            said.append("Your requests use only this machine")
-        if self.switches.get("pool_pull"):
-            said.append("The pool may pull models here")
-        return said
 
     def share_label(self, *, on: bool) -> str:
         """Name the share switch for what this machine has: a GPU or not, a model server or not yet."""
@@ -214,12 +207,14 @@ class PoolView:
             )
         for peer in self.peers:
             if peer.sharing and not peer.healthy:
-                why = peer.backend_error if not peer.backend_up else f"its requests failed ({peer.breaker})"
+                down = not peer.backend_up
+                why = "Its model server does not answer" if down else "Its last requests failed"
                 found.append(
                     Problem(
                         f"{peer.name} cannot serve right now",
                         f"{why}. Requests go to the other machines until it recovers.",
                         severe=False,
+                        technical=(peer.backend_error or "") if down else peer.breaker,
                     )
                 )
         if not self.peers and not lost and alone_for_s >= NO_PEERS_AFTER_S:
@@ -284,7 +279,7 @@ def node_view(status: NodeStatus, *, local: bool, address: str = "", breaker: st
         address=address,
         local=local,
         sharing=status.share,
-        gpu=telemetry.summary() if telemetry else "unknown GPU",
+        gpu=telemetry.summary() if telemetry else "no GPU readings",
         gpu_count=len(gpus),
         vram_used_mib=max(0, total - (telemetry.vram_free_mib if telemetry else 0)),
         vram_total_mib=total,
@@ -325,6 +320,7 @@ def pool_view(
         addresses=tuple(addresses),
         underway=tuple(underway),
         elsewhere=tuple(elsewhere),
+        state=tuple(status.state_words()),
     )
 
 
@@ -339,6 +335,11 @@ def vram_bar(used_mib: int, total_mib: int, width: int = 10) -> str:
 def short_models(names: Sequence[str]) -> str:
     """List model names as people write them (no registry or library prefix)."""
     return ", ".join(short_name(name) for name in names)
+
+
+def sentence(words: str) -> str:
+    """Begin words as a sentence: "sharing this GPU" becomes "Sharing this GPU"."""
+    return words[:1].upper() + words[1:]
 
 
 def _count(n: int, noun: str) -> str:

@@ -207,15 +207,16 @@ class PoolPanel(QWidget):
             "them, unless they are admitted to the same pool."
         )
 
-    def _member_names(self) -> set[str]:
-        return {m["name"] for m in self._node().pool_info().get("members", [])}
+    def _members(self) -> dict[str, str]:
+        """The pool's members now, by node id: their names."""
+        return {m["id"]: m["name"] for m in self._node().pool_info().get("members", [])}
 
     def _confirm_make(self) -> None:
         answer = QMessageBox.question(
             self,
             "Make a private pool",
             " ".join(
-                ["Only machines you invite, one at a time, will see and use this GPU.", self.peers_drop()]
+                ["Only machines you invite, one at a time, will see and use this machine.", self.peers_drop()]
             ),
         )
         if answer == QMessageBox.StandardButton.Yes:
@@ -232,7 +233,9 @@ class PoolPanel(QWidget):
         except (ConfigError, OSError) as exc:
             self.error.setText(str(exc))
             return
-        self.invite_box = InviteDialog(code, self._member_names, self)
+        if self.invite_box is not None:
+            self.invite_box.deleteLater()  # one invite shown at a time; the last one's code stays valid
+        self.invite_box = InviteDialog(code, self._members, self)
         self.invite_box.finished.connect(self.refresh)
         self.invite_box.open()
 
@@ -257,10 +260,13 @@ class PoolPanel(QWidget):
 class InviteDialog(QDialog):
     """Show an invite's code large, to copy or read out, and wait for the machine it admits."""
 
-    def __init__(self, code: str, members: Callable[[], set[str]], parent: QWidget | None = None) -> None:
+    def __init__(
+        self, code: str, members: Callable[[], dict[str, str]], parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Invite a machine")
         self._members = members
+        # By node id: a machine that joins again under a known name is still a new member.
         self._before = set(members())
         self.code = QLabel(code)
         self.code.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -292,10 +298,12 @@ class InviteDialog(QDialog):
         self._timer.setInterval(1000)
         self._timer.timeout.connect(self.check)
         self._timer.start()
+        self.finished.connect(self._timer.stop)
 
     def check(self) -> None:
         """Say who joined since the invite was made, once someone has."""
-        joined = sorted(self._members() - self._before)
+        members = self._members()
+        joined = sorted(members[node_id] for node_id in members.keys() - self._before)
         if joined:
             self._timer.stop()
             self.waiting.setText(f"✓ {', '.join(joined)} joined the pool")

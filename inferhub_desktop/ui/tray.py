@@ -13,17 +13,21 @@ from ..core import SettingsChanged
 from .autostart import Autostart, AutostartError
 from .bridge import Bridge
 from .icons import TrayState, panel_is_dark, tray_icon
-from .model import PoolView, Problem, short_models, vram_bar
+from .model import PoolView, Problem, sentence, short_models, vram_bar
 
 # Tray messages are at most this frequent; what happens in between is told together.
 NOTIFY_GAP_S = 15.0
 _MENU_MODELS = 20
 # What a tray message says when a switch is turned on, and off.
 _SWITCH_NEWS = {
-    "share": ("This GPU is shared with the pool", "This GPU is not shared"),
+    "share": ("This machine is shared with the pool", "This machine is not shared any more"),
     "local_only": ("Your requests use only this machine", "Your requests use the whole pool"),
     "pool_pull": ("The pool may pull models onto this machine", "The pool may not pull models here"),
 }
+
+
+# The icon's states that say what this machine does, rather than what is wrong.
+_DOING = frozenset({TrayState.NOT_SHARING, TrayState.SHARING, TrayState.SERVING})
 
 
 def tray_state(view: PoolView | None, problems: list[Problem]) -> TrayState:
@@ -38,10 +42,15 @@ def tray_state(view: PoolView | None, problems: list[Problem]) -> TrayState:
     return TrayState.SHARING if view.switches.get("share") else TrayState.NOT_SHARING
 
 
+def headline(view: PoolView, state: TrayState) -> str:
+    """Say the icon's state in the state's words: what is wrong, else what this machine does."""
+    return view.state[0] if state in _DOING else state.value
+
+
 def tooltip(view: PoolView | None, state: TrayState) -> str:
     if view is None:
         return "InferHub: starting"
-    return " · ".join([f"InferHub: {state.value}", view.summary(), *(m.lower() for m in view.modes())])
+    return " · ".join([f"InferHub: {headline(view, state)}", view.summary(), *view.state[1:]])
 
 
 class Notifier(QObject):
@@ -159,7 +168,7 @@ class Tray(QObject):
         self.icon.setToolTip(tooltip(view, self.state))
         if view is None:
             return
-        self.status_action.setText(view.summary())
+        self.status_action.setText(f"{sentence(headline(view, self.state))} · {view.summary()}")
         self.share_action.setText(view.share_label(on=False))
         for action, key in (
             (self.share_action, "share"),

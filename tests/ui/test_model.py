@@ -189,7 +189,9 @@ def test_a_sharing_peer_with_an_open_breaker_is_a_problem(core: DemoCore) -> Non
     assert len(problems) == 1
     assert not problems[0].severe
     assert problems[0].title == "borealis cannot serve right now"
-    assert "open after 1 failure(s): x" in problems[0].detail
+    # In words; the breaker's own for whoever looks closer.
+    assert problems[0].detail.startswith("Its last requests failed.")
+    assert problems[0].technical == "open after 1 failure(s): x"
 
 
 def test_a_sharing_peer_whose_backend_is_down_is_a_problem(core: DemoCore) -> None:
@@ -199,7 +201,8 @@ def test_a_sharing_peer_whose_backend_is_down_is_a_problem(core: DemoCore) -> No
     problems = pool_view(core.status(), peers).problems(alone_for_s=0.0)
 
     assert [p.title for p in problems] == ["cobalt cannot serve right now"]
-    assert "Ollama stopped" in problems[0].detail
+    assert problems[0].detail.startswith("Its model server does not answer.")
+    assert problems[0].technical == "Ollama stopped"
 
 
 def test_a_peer_that_does_not_share_is_no_problem(core: DemoCore) -> None:
@@ -241,12 +244,12 @@ def test_vram_bar_draws_the_share_in_use() -> None:
     assert vram_bar(512, 0) == "no VRAM reading"
 
 
-def test_a_node_without_telemetry_has_an_unknown_gpu(core: DemoCore) -> None:
+def test_a_node_without_telemetry_has_no_gpu_readings(core: DemoCore) -> None:
     status = replace(core.status(), telemetry=None)
 
     node = node_view(status, local=True)
 
-    assert node.gpu == "unknown GPU"
+    assert node.gpu == "no GPU readings"
     assert node.gpu_count == 0
     assert (node.vram_used_mib, node.vram_total_mib) == (0, 0)
     assert node.utilization_pct is None
@@ -261,7 +264,7 @@ def test_an_unstarted_node_reads_as_one_without_gpu_or_backend(tmp_path: Path) -
     view = node_view(node.status(), local=True)
 
     assert view.name == "test-node"
-    assert view.gpu == "unknown GPU"
+    assert view.gpu == "no GPU readings"
     assert view.utilization_pct is None
     assert not view.backend_up
     assert view.backend_error == "not asked yet"

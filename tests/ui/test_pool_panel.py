@@ -78,6 +78,14 @@ def test_a_pool_is_made_joined_managed_and_left_from_the_panel(
                 invite.check()
                 assert invite.waiting.text() == "✓ desk joined the pool"
                 invite.close()
+                # An invite closed before anyone joined stops looking at the pool.
+                on_box.invite_button.click()
+                second = on_box.invite_box
+                assert second is not None
+                assert second is not invite
+                assert second._timer.isActive()
+                second.close()
+                assert not second._timer.isActive()
                 await eventually(lambda: {p.announcement.name for p in box.membership.peers} == {"desk"})
                 on_box.refresh()
                 assert members(on_box) == [("box (authority)", "online"), ("desk", "online")]

@@ -5,16 +5,19 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 from pytestqt.qtbot import QtBot
 
+from inferhub_desktop.cli import format_status
 from inferhub_desktop.core import PeerJoined, PeerLeft
 from inferhub_desktop.ui import tray as tray_module
 from inferhub_desktop.ui.autostart import Autostart
 from inferhub_desktop.ui.bridge import Bridge
+from inferhub_desktop.ui.dashboard import Dashboard
 from inferhub_desktop.ui.icons import TrayState
 from inferhub_desktop.ui.model import Problem
 from inferhub_desktop.ui.tray import Notifier, Tray, tooltip, tray_state
@@ -193,10 +196,11 @@ def test_a_click_on_the_icon_opens_the_dashboard(tray: Tray, calls: Calls) -> No
     assert calls.dashboard == 1
 
 
-def test_the_status_line_sums_up_the_pool(tray: Tray) -> None:
-    assert tray.status_action.text() == "3 peers · 5 GPUs · 7 models"
+def test_the_status_line_says_the_state_and_sums_up_the_pool(tray: Tray) -> None:
+    line = "Sharing this GPU, serving a request for colleagues · 3 peers · 5 GPUs · 7 models"
+    assert tray.status_action.text() == line
     assert not tray.status_action.isEnabled()
-    assert texts(tray.menu)[0] == "3 peers · 5 GPUs · 7 models"
+    assert texts(tray.menu)[0] == line
 
 
 def test_the_peers_menu_lists_each_peer_with_its_gpu_and_vram(tray: Tray) -> None:
@@ -287,7 +291,10 @@ def test_the_tooltip_says_the_state_and_the_pool(
     tray: Tray, core: DemoCore, bridge: Bridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert tray.state is TrayState.SERVING
-    assert tray.icon.toolTip() == "InferHub: serving a colleague's request · 3 peers · 5 GPUs · 7 models"
+    assert tray.icon.toolTip() == (
+        "InferHub: sharing this GPU, serving a request for colleagues · 3 peers · 5 GPUs · 7 models · "
+        "private pool 5e1f0c2a"
+    )
     assert tooltip(None, TrayState.NO_BACKEND) == "InferHub: starting"
     status = core.status()
     down = dataclasses.replace(status.backend, reachable=False, error="refused", installed=())
@@ -298,7 +305,9 @@ def test_the_tooltip_says_the_state_and_the_pool(
 
     assert tray.state is TrayState.NO_BACKEND
     assert bridge.view is not None
-    assert tray.icon.toolTip() == f"InferHub: no model server on this machine · {bridge.view.summary()}"
+    assert tray.icon.toolTip() == (
+        f"InferHub: no model server on this machine · {bridge.view.summary()} · private pool 5e1f0c2a"
+    )
     # atlas alone held nomic-embed-text and qwen2.5-coder.
     assert bridge.view.summary() == "3 peers · 5 GPUs · 5 models"
 
@@ -392,3 +401,42 @@ def test_the_tooltip_says_when_this_machine_uses_only_itself(
     core.store.change(local_only=True)
     bridge.refresh()
     assert tray.icon.toolTip().endswith(" · your requests use only this machine")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"share": False},
+        {"share": True, "local_only": True, "pool_pull": True},
+        {"telemetry": None, "pool": None},
+    ],
+    ids=["sharing", "not-sharing", "modes", "no-gpu-open-pool"],
+)
+def test_tray_menu_dashboard_and_inferhub_status_say_the_same_state(
+    qtbot: QtBot,
+    tray: Tray,
+    core: DemoCore,
+    bridge: Bridge,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, Any],
+) -> None:
+    status = dataclasses.replace(core.status(), **changes)
+    monkeypatch.setattr(core, "status", lambda: status)
+    dashboard = Dashboard(bridge, open_settings=lambda: None)
+    qtbot.addWidget(dashboard)
+    bridge.refresh()
+
+    words = status.state_words()
+    said = {
+        "tooltip": tray.icon.toolTip(),
+        "menu": tray.status_action.text(),
+        "dashboard": dashboard.subtitle.text(),
+        "inferhub status": format_status(status),
+    }
+    for where, text in said.items():
+        assert words[0].lower() in text.lower(), (where, text)
+    # The pool and the modes wherever there is room for them.
+    for where in ("tooltip", "dashboard", "inferhub status"):
+        for mode in words[1:]:
+            assert mode.lower() in said[where].lower(), (where, said[where])

@@ -144,28 +144,28 @@ def walk(lan: Lan, env: dict[str, str], work: Path, shots: Path | None = None) -
     assert app.stdin is not None
     assert app.stdout is not None
     output = []
-    log = stack_log = (work / "app.log").open("w")
-    for line in app.stdout:
-        output.append(line.rstrip("\n"))
-        log.write(line)
-        if not line.startswith("ASK "):
-            continue
-        what, *args = line.split()[1:]
-        if what == "start-backend":
-            start_fake(me, ["llama3:latest"])
-        elif what == "join":
-            colleagues[args[0]].join(args[1], args[2])
-        elif what == "kill":
-            colleagues[args[0]].kill()
-        elif what == "start":
-            colleagues[args[0]].start()
-        app.stdin.write("done\n")
-        app.stdin.flush()
-    stack_log.close()
+    with (work / "app.log").open("w") as log:
+        for line in app.stdout:
+            output.append(line.rstrip("\n"))
+            log.write(line)
+            if not line.startswith("ASK "):
+                continue
+            what, *args = line.split()[1:]
+            if what == "start-backend":
+                start_fake(me, ["llama3:latest"])
+            elif what == "join":
+                colleagues[args[0]].join(args[1], args[2])
+            elif what == "kill":
+                colleagues[args[0]].kill()
+            elif what == "start":
+                colleagues[args[0]].start()
+            app.stdin.write("done\n")
+            app.stdin.flush()
     assert app.wait(timeout=30) == 0, "\n".join(output)
     return output
 
 
+@pytest.mark.timeout(300)
 def test_a_new_user_shares_pairs_loses_a_peer_and_keeps_to_this_machine(
     desktop: dict[str, str], tmp_path: Path
 ) -> None:

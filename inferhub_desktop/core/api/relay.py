@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -121,6 +122,7 @@ class _Trail:
     started: float
     # When it arrived, in wall-clock seconds, as people read it.
     at: float = 0.0
+    request_id: str = ""
     model: str | None = None
     client: str = ""
     address: str = ""
@@ -371,6 +373,7 @@ class Forwarder:
         trail = _Trail(
             time.monotonic(),
             at=time.time(),
+            request_id=uuid.uuid4().hex,
             client=caller or (via[-1] if via else ""),
             address=request.remote or "",
             verified=caller is not None,
@@ -395,7 +398,10 @@ class Forwarder:
 
     def underway(self) -> list[RequestUnderway]:
         """Return the inference requests being answered now, oldest first."""
-        return [RequestUnderway(t.at, self._api, t.model, t.node, t.client) for t in self._underway.values()]
+        return [
+            RequestUnderway(t.request_id, t.at, self._api, t.model, t.node, t.client)
+            for t in self._underway.values()
+        ]
 
     def _request_done(self, endpoint: Endpoint, trail: _Trail, status: int, error: str | None) -> RequestDone:
         outcome = trail.outcome
@@ -420,6 +426,7 @@ class Forwarder:
             error=error or trail.answer_error or (outcome.failure if outcome else None),
             # Neither an answer nor an error: the client left first.
             cancelled=error is None and not status and (outcome is None or outcome.cancelled),
+            request_id=trail.request_id,
         )
 
     async def _forward(
