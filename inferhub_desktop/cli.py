@@ -34,6 +34,7 @@ from .core import (
     MalformedRecord,
     NodeStatus,
     PeerState,
+    PortTaken,
     PrivatePool,
     SettingsNotSaved,
     SettingsStore,
@@ -242,9 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_app(store)
     except ConfigError as exc:
         parser.exit(2, f"inferhub: error: {exc}\n")
+    except PortTaken as exc:
+        _log.error("%s", exc)
+        return 1
     except OSError as exc:
         _log.error(
-            "cannot listen on 127.0.0.1:%d: %s. Is another InferHub running? Choose a port with --api-port",
+            "cannot listen on 127.0.0.1:%d: %s. Choose a port with --api-port",
             settings.api_port,
             exc.strerror or exc,
         )

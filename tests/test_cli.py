@@ -217,18 +217,7 @@ def test_status_from_a_node_that_answers_with_an_error_says_so() -> None:
     assert "boom" in result.stderr
 
 
-def test_a_busy_port_is_reported(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = run_cli("serve", "--headless", "--api-port", str(port), "--config-dir", str(tmp_path))
-    assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "--api-port" in result.stderr
-
-
-def test_a_port_in_use_is_said_with_what_to_do(tmp_path: Path) -> None:
+def test_a_port_in_use_is_said_with_what_holds_it_and_what_to_do(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -244,8 +233,12 @@ def test_a_port_in_use_is_said_with_what_to_do(tmp_path: Path) -> None:
             str(tmp_path),
         )
     assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "Is another InferHub running? Choose a port with --api-port" in result.stderr
+    # It accepts connections and says nothing: no HTTP server.
+    assert (
+        f"cannot listen for the local API on 127.0.0.1:{port}: another program (one that does not answer "
+        "plain HTTP there"
+    ) in result.stderr
+    assert f"choose another port with --api-port (api_port in {tmp_path / 'settings.toml'})" in result.stderr
 
 
 def test_a_switch_turned_off_holds_through_a_restart_of_the_node(tmp_path: Path, fake_ollama: str) -> None:

@@ -49,6 +49,7 @@ from .wire.errors import (
     ConfigError,
     InferhubError,
     MalformedRecord,
+    PortTaken,
     SettingsNotSaved,
     Unauthorized,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "PeerJoined",
     "PeerLeft",
     "PeerState",
+    "PortTaken",
     "PrivatePool",
     "RequestDone",
     "RequestUnderway",

@@ -99,6 +99,8 @@ def audit_entry(done: RequestDone, peer_name: str | None) -> dict[str, Any]:
         "outcome": "cancelled" if done.cancelled else "ok" if done.ok else "error",
         "status": done.status,
         "error": done.error[:_ERROR_CHARS] if done.error else None,
+        # The id the requesting node gave it: the same in that node's log, and in the client's answer.
+        "request_id": done.request_id or None,
     }
 
 

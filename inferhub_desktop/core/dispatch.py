@@ -204,6 +204,13 @@ class Dispatcher:
             ]
         return sources
 
+    def where(self, model: str) -> tuple[bool, list[str]]:
+        """Say whether this machine has `model` installed, and which sharing peers have it."""
+        key = model_key(model)
+        nodes = self.snapshot(time.monotonic()).nodes
+        here = any(n.local and key in n.installed for n in nodes)
+        return here, sorted(n.name for n in nodes if not n.local and n.share and key in n.installed)
+
     def explain(self, model: str) -> dict[str, Any]:
         """Say where a generation with `model` would go now, and why, as JSON values."""
         request = route_request("/api/generate", model, None, None, local_only=self._settings().local_only)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -23,26 +24,27 @@ from .api.guard import OriginPolicy
 from .api.local import LocalApi
 from .api.relay import Forwarder
 from .api.share import ShareApi
-from .api.sites import ConnectionLimits, LimitedSite, connection_budget
+from .api.sites import ConnectionLimits, LimitedSite, connection_budget, who_holds
 from .audit import MAX_ENTRIES, AuditLog
 from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
 from .control import control_token
 from .dispatch import Dispatcher
 from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, RequestUnderway, SettingsChanged
+from .health import Health, local_health
 from .identity import Identity, load_identity
 from .membership import Membership
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
-from .peers import AddressState, Peer, PeerAnnouncement, PeerState
+from .peers import AddressState, Peer, PeerAnnouncement, PeerState, url_host
 from .pool import PrivatePool
 from .router import RouterNode
-from .settings import SWITCHES, Settings, backend_kind
+from .settings import SETTINGS_FILE, SWITCHES, Settings, backend_kind
 from .status import Load, NodeStatus
 from .store import SettingsStore
 from .telemetry import Telemetry, TelemetrySampler
 from .tls import server_context
 from .views import router_node
-from .wire.errors import ConfigError
+from .wire.errors import ConfigError, PortTaken
 
 _log = logging.getLogger(__name__)
 
@@ -178,7 +180,9 @@ class Node:
         local = LocalApi(self._forwarder("local"), self._origins, self, self.dispatcher, self.control_token)
         self._forwarder("share")
         try:
-            self.api_port = await self._listen(local.app(), [LOCAL_API_HOST], self.settings.api_port)
+            self.api_port = await self._listen(
+                local.app(), [LOCAL_API_HOST], self.settings.api_port, choose=("local API", "api")
+            )
             self.share_port = await self._share(self.settings.share_port)
         except OSError:
             await self.close()
@@ -220,6 +224,7 @@ class Node:
             stopping=lambda: self._stopping,
             pool=lambda: self.pool,
             admitted=lambda member: self._roster_changed(),
+            backend=lambda: self.backend_state,
         )
         # The share API listens on the chosen LAN interfaces, else on all of them.
         hosts = list(self.settings.interfaces) or ["0.0.0.0"]
@@ -228,6 +233,7 @@ class Node:
             hosts,
             port,
             self._share_tls(),
+            choose=("share API", "share"),
             idle_timeout_s=SHARE_IDLE_TIMEOUT_S,
             limits=ConnectionLimits(connection_budget()),
             # A request answered before its body came whole (too large, too slow) gets its answer, and a
@@ -263,6 +269,8 @@ class Node:
         hosts: list[str],
         port: int,
         ssl_context: ssl.SSLContext | None = None,
+        *,
+        choose: tuple[str, str],
         idle_timeout_s: float = 3630.0,  # aiohttp's own default
         limits: ConnectionLimits | None = None,
         lingering_s: float = 10.0,  # aiohttp's own default
@@ -282,10 +290,23 @@ class Node:
         await runner.setup()
         self._runners.append(runner)
         for host in hosts:
-            if limits is not None:
-                await LimitedSite(runner, host, port, limits=limits, ssl_context=ssl_context).start()
-            else:
-                await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+            site = (
+                LimitedSite(runner, host, port, limits=limits, ssl_context=ssl_context)
+                if limits is not None
+                else web.TCPSite(runner, host, port, ssl_context=ssl_context)
+            )
+            try:
+                await site.start()
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                what, setting = choose
+                holder = await who_holds(host, port)
+                raise PortTaken(
+                    f"cannot listen for the {what} on {url_host(host)}:{port}: {holder} holds that port. "
+                    f"Stop it, or choose another port with --{setting}-port ({setting}_port in "
+                    f"{self.settings.config_dir / SETTINGS_FILE})"
+                ) from exc
             # Port 0 picks a free port; further interfaces take the same one.
             port = runner.addresses[0][1]
         return port
@@ -325,6 +346,10 @@ class Node:
         # While the node stops, the local API may still answer: then it has no peers.
         peers = self._membership.peers if self._membership else []
         return [peer.state(self.dispatcher.breaker(peer.node_id)) for peer in peers]
+
+    def health(self) -> Health:
+        """Say whether this machine's requests are answered now, and why not fully where they are not."""
+        return local_health(self.backend_state, self.peers(), local_only=self.settings.local_only)
 
     def probe_now(self) -> None:
         """Look for the model server now (the owner just started one), not at the next probe."""

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from inferhub_desktop.core import Node
+from inferhub_desktop.core import Node, PortTaken
 from inferhub_desktop.core.api.guard import OriginPolicy
 from inferhub_desktop.core.api.local import LocalApi
 from inferhub_desktop.core.api.relay import Forwarder, Plan, Query
@@ -322,3 +322,84 @@ async def test_a_client_expecting_100_continue_is_answered_by_the_node(
         assert reply.status == 200
         assert (await reply.json())["done"] is True
     assert "Expect" not in fake.requests[-1].headers
+
+
+async def test_a_web_page_may_pin_a_node_and_read_which_answered(
+    node: Node, http: aiohttp.ClientSession
+) -> None:
+    page = "http://localhost:3000"
+    preflight = {"Origin": page, "Access-Control-Request-Method": "POST"}
+    async with http.options(node.api_url + "/api/chat", headers=preflight) as reply:
+        allowed = {h.strip().lower() for h in reply.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"x-inferhub-node", "x-request-id", "traceparent"} <= allowed
+    async with http.get(node.api_url + "/api/version", headers={"Origin": page}) as reply:
+        assert reply.status == 200
+        exposed = {h.strip().lower() for h in reply.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"x-inferhub-node", "x-request-id"} <= exposed
+
+
+async def test_head_says_the_length_a_get_would_send(node: Node, http: aiohttp.ClientSession) -> None:
+    async with http.get(node.api_url + "/api/version") as reply:
+        body = await reply.read()
+    async with http.head(node.api_url + "/api/version") as reply:
+        assert reply.status == 200
+        assert reply.headers["Content-Length"] == str(len(body))
+        assert await reply.read() == b""
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_sent(fake: FakeOllama, tmp_path: Path) -> None:
+    async with Node(node_settings(tmp_path, fake.url, max_body_mib=1), environ={}) as node:
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.api_port)
+        writer.write(
+            b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        await writer.drain()
+        # The answer comes without a byte of the body sent: no "100 Continue" first.
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 413 "), head
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        body = json.loads(await reader.readexactly(length))
+        assert "larger than the 1 MiB limit" in body["error"]
+        writer.close()
+        # Within the limit, the client is told to go on.
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.api_port)
+        writer.write(
+            b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 10\r\n\r\n"
+        )
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.close()
+
+
+async def test_a_taken_port_is_named_with_what_holds_it_and_the_setting_to_change(
+    fake: FakeOllama, tmp_path: Path
+) -> None:
+    async with Node(node_settings(tmp_path / "first", fake.url, name="first"), environ={}) as first:
+        second = Node(node_settings(tmp_path / "second", fake.url, share_port=first.share_port), environ={})
+        with pytest.raises(PortTaken) as taken:
+            await second.start()
+        said = str(taken.value)
+        assert said.startswith(
+            f"cannot listen for the share API on 127.0.0.1:{first.share_port}: another InferHub node "
+            "('first') holds that port. Stop it, or choose another port with --share-port (share_port in "
+        ), said
+        # A port another Ollama (here, a fake) holds, for the local API.
+        async with FakeOllama() as other:
+            taken_port = int(other.url.rsplit(":", 1)[1])
+            third = Node(node_settings(tmp_path / "third", fake.url, api_port=taken_port), environ={})
+            with pytest.raises(
+                PortTaken, match=r"local API on 127\.0\.0\.1:\d+: a program answering as Ollama"
+            ):
+                await third.start()
+
+
+async def test_health_is_ok_while_this_machines_backend_answers(
+    node: Node, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(node.api_url + "/health") as reply:
+        assert reply.status == 200
+        assert await reply.json() == {"status": "ok", "node": "test-node", "reasons": [], "serving": []}
+    async with http.head(node.api_url + "/health") as reply:
+        assert reply.status == 200

@@ -163,3 +163,111 @@ async def test_a_share_toggle_is_published_on_mdns(pair: tuple[Node, Node, FakeO
         await eventually(lambda: records[b.settings.node_id].share is False)
     finally:
         await listener.close()
+
+
+async def test_copying_or_deleting_a_peers_model_says_where_it_is(
+    pair: tuple[Node, Node, FakeOllama],
+) -> None:
+    a, b, fake_b = pair
+    await eventually(lambda: "beta" in names(a))
+    await eventually(lambda: bool(a.membership.table.get(b.settings.node_id).status.backend.installed))  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as http:
+        async with http.delete(a.api_url + "/api/delete", json={"model": "mistral"}) as reply:
+            deleted = (reply.status, (await reply.json())["error"])
+        async with http.post(
+            a.api_url + "/api/copy", json={"source": "mistral", "destination": "m2"}
+        ) as reply:
+            copied = (reply.status, (await reply.json())["error"])
+        # A model nobody has is this machine's backend's to refuse, in its words.
+        async with http.delete(a.api_url + "/api/delete", json={"model": "nowhere"}) as reply:
+            nowhere = (reply.status, (await reply.json())["error"])
+        # This machine's own model is deleted as ever.
+        async with http.delete(a.api_url + "/api/delete", json={"model": "llama3"}) as reply:
+            assert reply.status == 200
+    assert deleted == (
+        404,
+        "model 'mistral' is not on this machine: the pool lists it from beta. Delete it there "
+        "(`ollama rm mistral` on beta); InferHub lets no machine manage another's models",
+    )
+    assert copied[0] == 404
+    assert copied[1].startswith(
+        "model 'mistral' is not on this machine: the pool lists it from beta. Copy it"
+    )
+    assert nowhere == (404, "model 'nowhere' not found")
+    assert "mistral:latest" in fake_b.models
+
+
+async def test_with_this_machines_backend_down_the_pool_answers_for_its_health_and_version(
+    tmp_path: Path,
+) -> None:
+    async with FakeOllama(["qwen3:8b"], version="0.13.2") as fake_b:
+        a = Node(node_settings(tmp_path / "a", "http://127.0.0.1:9", name="alpha"), environ={})
+        b = Node(node_settings(tmp_path / "b", fake_b.url, name="beta", share=True), environ={})
+        async with a, b, aiohttp.ClientSession() as http:
+            await eventually(lambda: a.health().status == "degraded")
+            async with http.get(a.api_url + "/health") as reply:
+                health = (reply.status, await reply.json())
+            async with http.get(a.api_url + "/api/version") as reply:
+                version = (reply.status, await reply.json())
+            async with http.head(a.api_url + "/api/version") as reply:
+                assert (reply.status, reply.headers["Content-Length"]) == (
+                    200,
+                    str(len(b'{"version":"0.13.2"}')),
+                )
+            async with http.get(a.api_url + "/") as reply:
+                assert (reply.status, await reply.text()) == (200, "Ollama is running")
+            async with http.get(f"http://127.0.0.1:{b.share_port}/health") as reply:
+                assert (reply.status, (await reply.json())["status"]) == (200, "ok")
+
+            # Nothing serves once beta stops sharing: said by every one of them.
+            b.switch({"share": False})
+            await eventually(lambda: a.health().status == "unhealthy")
+            async with http.get(a.api_url + "/health") as reply:
+                unhealthy = (reply.status, await reply.json())
+            async with http.get(a.api_url + "/") as reply:
+                root = (reply.status, await reply.text())
+            async with http.get(a.api_url + "/api/version") as reply:
+                assert reply.status == 502
+            async with http.get(f"http://127.0.0.1:{b.share_port}/health") as reply:
+                assert (reply.status, (await reply.json())["reasons"]) == (
+                    503,
+                    ["beta is not sharing right now"],
+                )
+    status, said = health
+    assert (status, said["status"], said["node"], said["serving"]) == (200, "degraded", "alpha", ["beta"])
+    assert said["reasons"][0].startswith("this machine's model server does not answer: ")
+    assert said["reasons"][-1] == "beta answers meanwhile"
+    assert version == (200, {"version": "0.13.2"})
+    assert unhealthy[0] == 503
+    assert unhealthy[1]["status"] == "unhealthy"
+    assert (
+        unhealthy[1]["reasons"][-1]
+        == "nothing answers this machine's requests: no peer shares a model server"
+    )
+    assert root[0] == 503
+    assert root[1].startswith("InferHub is running, but this machine's model server does not answer")
+
+
+async def test_a_request_is_followed_through_the_pool_by_its_id(pair: tuple[Node, Node, FakeOllama]) -> None:
+    a, b, fake_b = pair
+    await eventually(lambda: "beta" in names(a))
+    await eventually(lambda: bool(a.membership.table.get(b.settings.node_id).status.backend.installed))  # type: ignore[union-attr]
+    body = {"model": "qwen3:8b", "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+    ids = []
+    async with aiohttp.ClientSession() as http:
+        for given in ("client-7f3a", "", "two words"):
+            headers = {"X-Request-Id": given} if given else {}
+            async with http.post(a.api_url + "/api/generate", json=body, headers=headers) as reply:
+                assert reply.status == 200
+                assert reply.headers["X-InferHub-Node"] == "beta"
+                ids.append(reply.headers["X-Request-Id"])
+            # The serving node's backend had it under the same id.
+            generated = [r for r in fake_b.requests if r.path == "/api/generate"]
+            sent = {name.lower(): value for name, value in generated[-1].headers.items()}
+            assert sent["x-request-id"] == ids[-1]
+    # A client's id is kept; none, or one that is no id, is made.
+    assert ids[0] == "client-7f3a"
+    assert all(len(made) == 32 and int(made, 16) >= 0 for made in ids[1:])
+    # The node that served logged each in its audit log.
+    await eventually(lambda: len(b.audit()) == 3)
+    assert [entry["request_id"] for entry in b.audit()] == ids

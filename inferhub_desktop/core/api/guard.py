@@ -20,6 +20,10 @@ _ALLOW_HEADERS = ",".join(
         "Accept",
         "X-Requested-With",
         "Openai-Beta",
+        # InferHub's own: a page may pin a node, and follow a request by its id.
+        "X-InferHub-Node",
+        "X-Request-Id",
+        "Traceparent",
         *(
             "X-Stainless-" + h
             for h in [
@@ -40,6 +44,8 @@ _ALLOW_HEADERS = ",".join(
     ]
 )
 _MAX_AGE_S = 12 * 3600
+# What a page may read of an answer beyond the CORS-safelisted headers: which node answered, and the id.
+_EXPOSE_HEADERS = "X-InferHub-Node, X-Request-Id"
 
 
 class OriginPolicy:
@@ -75,8 +81,12 @@ class OriginPolicy:
 
     def response_headers(self, origin: str) -> dict[str, str]:
         if self._allow_all:
-            return {"Access-Control-Allow-Origin": "*"}
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+            return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": _EXPOSE_HEADERS}
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Expose-Headers": _EXPOSE_HEADERS,
+            "Vary": "Origin",
+        }
 
 
 def is_cors_request(origin: str | None, host: str) -> bool:

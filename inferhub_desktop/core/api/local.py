@@ -4,12 +4,14 @@ control paths for the tray, the dashboard and the CLI."""
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from ..audit import MAX_ENTRIES
+from ..health import HEALTH_PATH, Health
 from ..peers import AddressState, PeerState
 from ..settings import SWITCHES
 from ..wire.endpoints import (
@@ -26,12 +28,16 @@ from ..wire.endpoints import (
 from ..wire.errors import ApiError, ConfigError, SettingsNotSaved
 from ..wire.headers import CONTROL_HEADER
 from ..wire.payload import parse_body
-from ..wire.responses import go_json, text_response
+from ..wire.responses import json_response, text_response
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
 from .pooled import POOLED_PATHS, pooled_listing
-from .relay import Forwarder, Target, endpoint_of
+from .relay import BODY_KEY, Forwarder, Target, endpoint_of
 
 _CORS_KEY = web.RequestKey("cors_headers", dict)
+VERSION_PATH = "/api/version"
+# Management calls on one model that the pool's listings may show from a peer: what the owner does, and
+# the body's field that names the model.
+_MANAGED_HERE = {"/api/delete": ("Delete", "model"), "/api/copy": ("Copy", "source")}
 
 
 class Control(Protocol):
@@ -61,6 +67,10 @@ class Control(Protocol):
         """Remove a machine from the pool this machine is the authority of; return the pool."""
         ...
 
+    def health(self) -> Health:
+        """Say whether this machine's requests are answered now."""
+        ...
+
     def audit(self, limit: int) -> list[dict[str, Any]]:
         """Return the last `limit` requests peers had this machine serve, newest last, as JSON values."""
         ...
@@ -75,6 +85,10 @@ class Routes(Protocol):
 
     def explain(self, model: str) -> dict[str, Any]:
         """Say where a request for a model would go now, and why, as JSON values."""
+        ...
+
+    def where(self, model: str) -> tuple[bool, list[str]]:
+        """Say whether this machine has `model` installed, and which sharing peers have it."""
         ...
 
 
@@ -123,12 +137,53 @@ class LocalApi:
             return await self._control(request)
         if request.path == METRICS_PATH:
             return self._forwarder.metrics_reply(request)
+        pool_wide = request.method in ("GET", "HEAD") and request.path in (HEALTH_PATH, "/", VERSION_PATH)
+        if pool_wide and (answer := self._pool_answer(request.path)):
+            return answer
         endpoint = endpoint_of(request)
         if isinstance(endpoint, web.Response):
             return endpoint
         if request.method == "GET" and endpoint.pattern in POOLED_PATHS:
             return await pooled_listing(request, endpoint, self._routes.listing_sources())
+        if endpoint.pattern in _MANAGED_HERE:
+            await self._refuse_a_peers_model(request, endpoint.pattern)
         return await self._forwarder.forward(request, endpoint)
+
+    def _pool_answer(self, path: str) -> web.Response | None:
+        """Answer for the pool what a single Ollama answers for itself: whether it is healthy, whether
+        it runs, and its version while this machine's backend is down but a peer serves; None to relay."""
+        health = self._controls.health()
+        if path == HEALTH_PATH:
+            return json_response(health.to_json(self._forwarder.name), health.http_status)
+        if path == "/" and health.status == "unhealthy":
+            return text_response(503, f"InferHub is running, but {'; '.join(health.reasons)}")
+        if path == VERSION_PATH and not health.local and health.version:
+            return json_response({"version": health.version})
+        return None
+
+    async def _refuse_a_peers_model(self, request: web.Request, pattern: str) -> None:
+        """Copy and delete act on this machine's models only; for a model the listing shows from a peer,
+        say where it is and how to act there, not a bare "not found"."""
+        body = request[BODY_KEY] = await self._forwarder.read_body(request)
+        try:
+            fields = json.loads(body)
+        except ValueError:
+            return  # the backend words the error
+        verb, key = _MANAGED_HERE[pattern]
+        name = fields.get(key) or fields.get("name") if isinstance(fields, dict) else None
+        if not isinstance(name, str) or not name:
+            return
+        here, peers = self._routes.where(name)
+        if here or not peers:
+            return
+        where = ", ".join(peers)
+        command = "ollama rm" if pattern == "/api/delete" else "ollama cp"
+        raise ApiError(
+            404,
+            f"model '{name}' is not on this machine: the pool lists it from {where}. {verb} it there "
+            f"(`{command} {name}{' NEW-NAME' if command == 'ollama cp' else ''}` on {peers[0]}); "
+            "InferHub lets no machine manage another's models",
+        )
 
     async def _control(self, request: web.Request) -> web.StreamResponse:
         """Answer the tray, the dashboard and the CLI: status, peers, routes and switches."""
@@ -145,39 +200,39 @@ class LocalApi:
         if request.path == STATUS_PATH:
             return self._forwarder.status_reply(request)
         if request.path == PEERS_PATH and reading:
-            return _json([peer.to_json() for peer in self._controls.peers()])
+            return json_response([peer.to_json() for peer in self._controls.peers()])
         if request.path == ADDRESSES_PATH and reading:
-            return _json([entry.to_json() for entry in self._controls.addresses()])
+            return json_response([entry.to_json() for entry in self._controls.addresses()])
         if request.path == ROUTE_PATH and reading:
             model = request.query.get("model", "").strip()
             if not model:
                 raise ApiError(400, "name a model: ?model=NAME")
-            return _json(self._routes.explain(model))
+            return json_response(self._routes.explain(model))
         if request.path == SWITCHES_PATH and reading:
-            return _json(self._controls.switch())
+            return json_response(self._controls.switch())
         if request.path == SWITCHES_PATH and request.method == "POST":
             fields = parse_body(await request.read(), "inferhub.Switches", openai=False)
             if not fields or any(k not in SWITCHES or not isinstance(v, bool) for k, v in fields.items()):
                 raise ApiError(400, "send an object of true/false values for any of: " + ", ".join(SWITCHES))
-            return _json(self._controls.switch(fields))
+            return json_response(self._controls.switch(fields))
         if request.path == AUDIT_PATH and reading:
             limit = request.query.get("limit", "100")
             if not (limit.isascii() and limit.isdigit()):
                 raise ApiError(400, f"?limit= takes a number of entries (at most {MAX_ENTRIES} are sent)")
-            return _json(self._controls.audit(min(int(limit), MAX_ENTRIES)))
+            return json_response(self._controls.audit(min(int(limit), MAX_ENTRIES)))
         if request.path == POOL_PATH and reading:
-            return _json(self._controls.pool_info())
+            return json_response(self._controls.pool_info())
         if request.path == POOL_PATH and request.method == "POST":
             fields = parse_body(await request.read(), "inferhub.Pool", openai=False) or {}
             if fields == {}:
-                return _json(await self._controls.reload_pool())
+                return json_response(await self._controls.reload_pool())
             who = fields.get("remove")
             if set(fields) != {"remove"} or not isinstance(who, str):
                 raise ApiError(
                     400,
                     'send {} to take up the pool files as they are now, {"remove": "NODE"} to remove one',
                 )
-            return _json(self._controls.remove_member(who))
+            return json_response(self._controls.remove_member(who))
         if request.path in (ADDRESSES_PATH, AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, SWITCHES_PATH):
             return text_response(405, "405 method not allowed")
         return text_response(404, "404 page not found")
@@ -197,7 +252,3 @@ class LocalApi:
         if request.method == "OPTIONS" and host_name_allowed(host):
             return web.Response(status=204)
         return None
-
-
-def _json(value: Any) -> web.Response:
-    return web.Response(body=go_json(value), content_type="application/json")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -32,9 +33,9 @@ from ..status import NodeStatus
 from ..wire.endpoints import Endpoint, Kind, match
 from ..wire.errors import ApiError, BackendUnavailable
 from ..wire.framing import FrameSplitter, framing_of
-from ..wire.headers import NODE_HEADER, VIA_HEADER
+from ..wire.headers import NODE_HEADER, REQUEST_ID_HEADER, VIA_HEADER
 from ..wire.payload import parse_body, string_field
-from ..wire.responses import error_response, go_json, text_response
+from ..wire.responses import error_response, json_response, text_response
 from .meter import ReplyMeter
 
 _log = logging.getLogger(__name__)
@@ -136,6 +137,9 @@ class _Trail:
 
 
 _STARTED_KEY = web.RequestKey("response_started", bool)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+# An id a client gives is kept when it is a plausible one: printable ASCII, no spaces, of a sane length.
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 # A body the share API read already, within its deadline.
 BODY_KEY = web.RequestKey("body", bytes)
 # The member of a private pool whose certificate the request's TLS connection proved: who it is from,
@@ -169,6 +173,11 @@ _NOT_SENT_UP = _HOP_BY_HOP | {
 _NOT_SENT_DOWN = _HOP_BY_HOP | {"content-length", "date", "server", "vary"}
 
 
+def request_id_of(given: str) -> str:
+    """Return the client's request id where it gave a plausible one, else a new one."""
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 def upstream_headers(request: web.BaseRequest, *, keep_length: bool) -> CIMultiDict[str]:
     """Copy the client's headers for the backend, less those that belong to this hop."""
     headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _NOT_SENT_UP)
@@ -194,7 +203,13 @@ async def relay(request: web.Request, upstream: UpstreamResponse, meter: ReplyMe
     """
     headers = _downstream_headers(upstream.headers)
     framing = framing_of(upstream.headers.get("Content-Type", ""))
-    if framing is None or request.method == "HEAD":
+    if request.method == "HEAD":
+        # No body, and the length the backend's GET would have: what Ollama's HEAD answers say.
+        await upstream.read()
+        if length := upstream.headers.get("Content-Length"):
+            headers["Content-Length"] = length
+        return web.Response(status=upstream.status, headers=headers)
+    if framing is None:
         body = await upstream.read()
         meter.whole(body)
         return web.Response(status=upstream.status, body=body, headers=headers)
@@ -317,10 +332,15 @@ class Forwarder:
         # The inference requests being answered now, oldest first.
         self._underway: dict[int, _Trail] = {}
 
+    @property
+    def name(self) -> str:
+        """The name of the node this is part of."""
+        return self._settings.name
+
     def app(self, handler: Handler) -> web.Application:
         """Build an application that sends every path to `handler`, its failures in Ollama's shapes."""
         app = web.Application(handler_args={"max_field_size": 65536}, middlewares=[_http1_only, self._errors])
-        app.router.add_route("*", "/{path:.*}", handler)
+        app.router.add_route("*", "/{path:.*}", handler, expect_handler=self._expect)
         app.on_response_prepare.append(self._on_prepare)
         return app
 
@@ -328,6 +348,8 @@ class Forwarder:
         request[_STARTED_KEY] = True
         # A peer's answer names the peer; the rest name this node.
         response.headers.setdefault(NODE_HEADER, self._node_header)
+        if request_id := request.get(REQUEST_ID_KEY):
+            response.headers[REQUEST_ID_HEADER] = request_id
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -354,7 +376,7 @@ class Forwarder:
         """Answer a request for the node's status: its state as JSON to GET and HEAD."""
         if request.method not in ("GET", "HEAD"):
             return text_response(405, "405 method not allowed")
-        return web.Response(body=go_json(self._status().to_json()), content_type="application/json")
+        return json_response(self._status().to_json())
 
     def metrics_reply(self, request: web.BaseRequest) -> web.Response:
         """Answer a Prometheus scrape: the node's metrics to GET and HEAD."""
@@ -367,13 +389,14 @@ class Forwarder:
         """Send the request where the dispatcher says and relay the answer; tell it how an inference
         request ended."""
         via = [v.strip() for v in request.headers.get(VIA_HEADER, "").split(",") if v.strip()]
+        request_id = request[REQUEST_ID_KEY] = request_id_of(request.headers.get(REQUEST_ID_HEADER, ""))
         if endpoint.kind is not Kind.INFERENCE:
-            return await self._forward(request, endpoint, via, _Trail(0.0))
+            return await self._forward(request, endpoint, via, _Trail(0.0, request_id=request_id))
         caller = request.get(CALLER_KEY)
         trail = _Trail(
             time.monotonic(),
             at=time.time(),
-            request_id=uuid.uuid4().hex,
+            request_id=request_id,
             client=caller or (via[-1] if via else ""),
             address=request.remote or "",
             verified=caller is not None,
@@ -394,7 +417,17 @@ class Forwarder:
         finally:
             del self._underway[id(trail)]
             if trail.attempts or error is not None or status:
-                self._dispatch.done(self._request_done(endpoint, trail, status, error))
+                done = self._request_done(endpoint, trail, status, error)
+                _log.info(
+                    "request %s %s %s%s: %s in %.2f s",
+                    done.request_id,
+                    done.endpoint,
+                    done.model or "-",
+                    f" for {done.client}" if done.client else "",
+                    f"{done.node or 'no node'} {done.status}" + (f" ({done.error})" if done.error else ""),
+                    done.duration_s,
+                )
+                self._dispatch.done(done)
 
     def underway(self) -> list[RequestUnderway]:
         """Return the inference requests being answered now, oldest first."""
@@ -451,6 +484,8 @@ class Forwarder:
 
         headers = upstream_headers(request, keep_length=isinstance(body, StreamReader))
         headers[VIA_HEADER] = ",".join([*via, self._settings.node_id])
+        # The peer, and the backend, log the request under the id this node answers with.
+        headers[REQUEST_ID_HEADER] = trail.request_id
         response: web.StreamResponse
         if plan.broadcast:
             response = await self._broadcast(request, endpoint, plan.targets, headers, body)
@@ -578,6 +613,22 @@ class Forwarder:
                 raise self._too_large()
             chunks.append(chunk)
         return b"".join(chunks)
+
+    async def _expect(self, request: web.Request) -> web.Response | None:
+        """Answer `Expect: 100-continue` as the body's size deserves: a body over the limit, known from its
+        Content-Length, is refused before the client sends it, rather than after."""
+        limit = self._settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            exc = self._too_large()
+            response = error_response(exc.status, exc.message, openai=request.path.startswith("/v1/"))
+            response.force_close()  # the client may send the body anyway; it is not read
+            return response
+        if request.version == HttpVersion11:
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect')}")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer's own bytes are counted from here
+        return None
 
     def _too_large(self) -> ApiError:
         return ApiError(

@@ -13,10 +13,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from ..backends.base import BackendState
+from ..health import HEALTH_PATH, share_health
 from ..pool import Member, PrivatePool
 from ..wire.endpoints import JOIN_PATH, METRICS_PATH, PULL_PATH, ROSTER_PATH, STATUS_PATH, Kind
 from ..wire.errors import ApiError, MalformedRecord, Unauthorized
-from ..wire.responses import error_response
+from ..wire.responses import error_response, json_response
 from .relay import BODY_KEY, CALLER_KEY, Forwarder, endpoint_of
 
 _log = logging.getLogger(__name__)
@@ -81,9 +83,11 @@ class ShareApi:
         stopping: Callable[[], bool] = lambda: False,
         pool: Callable[[], PrivatePool | None] = lambda: None,
         admitted: Callable[[Member], None] = lambda member: None,
+        backend: Callable[[], BackendState] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder
+        self._backend = backend
         self._name = name
         self._sharing = sharing
         self._pool_pull = pool_pull
@@ -131,6 +135,9 @@ class ShareApi:
             return self._forwarder.status_reply(request)
         if request.path == METRICS_PATH:
             return self._forwarder.metrics_reply(request)
+        if request.path == HEALTH_PATH and request.method in ("GET", "HEAD") and self._backend is not None:
+            health = share_health(self._backend(), sharing=self._sharing(), name=self._name)
+            return json_response(health.to_json(self._name), health.http_status)
         if request.path == ROSTER_PATH and pool is not None:
             return web.json_response(pool.roster.to_json())
         endpoint = endpoint_of(request)

@@ -1,6 +1,6 @@
-"""Where the share API listens: a TCP site that holds a bounded number of connections, in all and from any
-one address, so no host of the LAN can take the node's file descriptors (desktops often allow 1,024) and
-with them its local API."""
+"""Where the APIs listen: for the share API, a TCP site that holds a bounded number of connections, in all
+and from any one address, so no host of the LAN can take the node's file descriptors (desktops often allow
+1,024) and with them its local API; for either, what holds a port the node could not listen on."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
+import aiohttp
 from aiohttp import web
+
+from ..peers import url_host
+from ..wire.headers import NODE_HEADER
 
 _log = logging.getLogger(__name__)
 
@@ -22,6 +27,30 @@ PER_ADDRESS = 64
 _MOST = 512
 # A TLS handshake that has not finished this soon is a client holding a connection for nothing.
 HANDSHAKE_TIMEOUT_S = 10.0
+
+
+# How long the owner of a taken port is given to say who it is.
+_PROBE_S = 1.0
+
+
+async def who_holds(host: str, port: int) -> str:
+    """Say what answers on a port this node could not listen on: another InferHub (by name), a program
+    answering as Ollama, another web server, or a program that does not speak plain HTTP there."""
+    probe = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_PROBE_S)) as http,
+            http.get(f"http://{url_host(probe)}:{port}/") as reply,
+        ):
+            node, server = reply.headers.get(NODE_HEADER), reply.headers.get("Server", "")
+            text = (await reply.content.read(200)).decode(errors="replace")
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return "another program (one that does not answer plain HTTP there, such as a private pool's node)"
+    if node:
+        return f"another InferHub node ({unquote(node)!r})"
+    if text.startswith("Ollama is running"):
+        return "a program answering as Ollama (Ollama itself, or another router such as Ollama Herd)"
+    return f"another web server{f' ({server})' if server else ''}"
 
 
 def connection_budget() -> int:

@@ -31,5 +31,10 @@ class MalformedRecord(InferhubError):
     inconsistent."""
 
 
+class PortTaken(InferhubError, OSError):
+    """A port the node must listen on is held by another program; the message says which port, what
+    answers there, and the setting that chooses another."""
+
+
 class Unauthorized(InferhubError):
     """A signature is missing, wrong, stale or replayed; the reason is for this node's log only."""

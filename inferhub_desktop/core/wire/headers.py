@@ -4,5 +4,8 @@
 NODE_HEADER = "X-InferHub-Node"
 # Node ids a request has passed through; a node that sees its own id is its own backend.
 VIA_HEADER = "X-InferHub-Via"
+# A request's id, taken from the client or made by the first node, carried to the peer and the backend,
+# returned, logged and audited, so one request can be followed through the pool.
+REQUEST_ID_HEADER = "X-Request-Id"
 # The owner's control token, which the local API's control paths require (see control.py).
 CONTROL_HEADER = "X-InferHub-Control"

@@ -41,3 +41,8 @@ def error_response(status: int, message: str, *, openai: bool) -> web.Response:
 def text_response(status: int, text: str) -> web.Response:
     """Return a plain-text response, as gin writes its 404, 405 and `/` bodies."""
     return web.Response(status=status, text=text, content_type="text/plain", charset="utf-8")
+
+
+def json_response(value: object, status: int = 200) -> web.Response:
+    """Answer with `value` as JSON, written as Go's encoder (Ollama's) writes it."""
+    return web.Response(status=status, body=go_json(value), content_type="application/json")
