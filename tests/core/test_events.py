@@ -180,9 +180,10 @@ async def test_each_peer_named_by_address_says_how_reaching_it_goes(tmp_path: Pa
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     other_server = f"127.0.0.1:{runner.addresses[0][1]}"
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        nobody = f"127.0.0.1:{closed.getsockname()[1]}"
+    # Bound and never listening for the whole test: refused, and no other socket can take its port.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    nobody = f"127.0.0.1:{closed.getsockname()[1]}"
     try:
         async with (
             FakeOllama() as fake,
@@ -206,4 +207,5 @@ async def test_each_peer_named_by_address_says_how_reaching_it_goes(tmp_path: Pa
             alpha.store.change(peers=[reachable])
             assert [a.address for a in alpha.addresses()] == [reachable]
     finally:
+        closed.close()
         await runner.cleanup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import anthropic
 import ollama
 import openai
 import pytest
@@ -123,3 +124,25 @@ def test_the_openai_api_passes_through_with_the_pool_name(node: str, llama: str)
     assert reply.choices[0].message.content == direct_chat(llama, QUESTION)
     assert reply.usage
     assert reply.usage.completion_tokens > 0
+
+
+def test_the_anthropic_sdk_gets_what_the_server_says_though_it_has_no_messages_api(
+    node: str, llama: str
+) -> None:
+    """What Claude Code does with ANTHROPIC_BASE_URL: llama.cpp's server has no /v1/messages; the node asks
+    it as a chat completion."""
+    expected = direct_chat(llama, QUESTION)
+    greedy = {"temperature": 0, "seed": 1}
+    with anthropic.Anthropic(base_url=node, api_key="unused", max_retries=0) as sdk:
+        whole = sdk.messages.create(
+            model=SMOLLM2, max_tokens=GREEDY["num_predict"], messages=QUESTION, extra_body=greedy
+        )
+        with sdk.messages.stream(
+            model=SMOLLM2, max_tokens=GREEDY["num_predict"], messages=QUESTION, extra_body=greedy
+        ) as stream:
+            streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        assert [block.type for block in message.content] == ["text"]
+        assert message.content[0].text == expected  # type: ignore[union-attr]
+        assert message.stop_reason in ("end_turn", "max_tokens")
+        assert 0 < message.usage.output_tokens <= GREEDY["num_predict"]

@@ -35,6 +35,15 @@ from ...wire.payload import unloads_now
 from ...wire.responses import error_payload, go_json
 from ..base import BackendState, Body, InstalledModel, LoadedModel, UpstreamResponse
 from ..http1 import HttpBackend
+from .anthropic import (
+    Refused,
+    chat_request,
+    error_body,
+    estimate_tokens,
+    message_events,
+    message_reply,
+    whole_message_events,
+)
 from .models import (
     FOREVER,
     ServedModel,
@@ -380,6 +389,41 @@ class OpenAIBackend:
             embeddings(reply, requested, legacy=legacy, took_s=time.monotonic() - started, server=server)
         )
 
+    # -- /v1/messages -----------------------------------------------------------------------------------
+
+    async def _messages(self, stack: contextlib.AsyncExitStack, body: bytes | None) -> _Reply:
+        """Answer Anthropic's Messages API, which OpenAI-compatible servers lack, with a chat completion;
+        its errors in Anthropic's shape, which its clients read."""
+        fields = _fields(body)
+        requested = text_field(fields, "model") or ""
+        model = await self._find(requested) if requested else None
+        if model is None:
+            return _json_reply(error_body(f"model '{requested}' not found", 404), 404)
+        try:
+            payload = chat_request(fields, model.id)
+        except Refused as exc:
+            return _json_reply(error_body(str(exc), 400), 400)
+        self._work(stack)
+        upstream = await stack.enter_async_context(
+            self._http.request(
+                "POST",
+                "/v1/chat/completions",
+                {"Content-Type": "application/json", **self._auth},
+                go_json(payload),
+            )
+        )
+        if upstream.status != 200:
+            refusal = server_error(upstream.status, await upstream.read(), requested)
+            return _json_reply(error_body(refusal.message, refusal.status), refusal.status)
+        if payload.get("stream") and "text/event-stream" in upstream.headers.get("Content-Type", ""):
+            events = message_events(upstream.iter_chunks(), requested, estimate_tokens(fields))
+            return _Reply(200, "text/event-stream", events)
+        reply = message_reply(loads(await upstream.read(), "/v1/chat/completions"), requested)
+        if payload.get("stream"):
+            # A server that ignores `stream` answers whole: the client still gets the events it asked for.
+            return _Reply(200, "text/event-stream", whole_message_events(reply))
+        return _json_reply(reply)
+
     # -- /v1 -----------------------------------------------------------------------------------------
 
     async def _openai(
@@ -391,7 +435,13 @@ class OpenAIBackend:
         headers: Mapping[str, str],
         body: bytes | None,
     ) -> UpstreamResponse:
-        """Answer the model listings under Ollama's names; pass the rest through, the model name mapped."""
+        """Answer the model listings under Ollama's names and Anthropic's Messages API as a chat completion;
+        pass the rest through, the model name mapped."""
+        if path == "/v1/messages" and method == "POST":
+            return await self._messages(stack, body)
+        if path == "/v1/messages/count_tokens" and method == "POST":
+            # As Ollama counts them: an estimate from the text's length.
+            return _json_reply({"input_tokens": estimate_tokens(_fields(body))})
         if path == "/v1/models" and method == "GET":
             models = await self._list()
             return _json_reply({"object": "list", "data": [openai_entry(m) for m in models.values()]})

@@ -1,0 +1,221 @@
+"""Anthropic's Messages API, as the `anthropic` SDK (and Claude Code) speaks it, through a node whose
+backend is an OpenAI-compatible server that has none: asked as a chat completion, answered whole and
+streamed as Anthropic's, tool use both ways, errors in Anthropic's shape."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+
+from inferhub_desktop.core import Node
+from tests.fakes.openai import FakeModel, FakeOpenAI
+from tests.support import eventually, node_settings
+
+LLAMA = "llama-3.1-8b-instruct"
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI([FakeModel(LLAMA)], reply_tokens=12) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def node(server: FakeOpenAI, tmp_path: Path) -> AsyncIterator[Node]:
+    async with Node(node_settings(tmp_path, f"openai:{server.url}/v1", name="desk"), environ={}) as node:
+        await eventually(lambda: node.backend_state.reachable)
+        yield node
+
+
+@pytest.fixture
+async def claude(node: Node) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """The SDK Claude Code is built on, pointed at the node as ANTHROPIC_BASE_URL points it."""
+    async with anthropic.AsyncAnthropic(base_url=node.api_url, api_key="unused", max_retries=0) as sdk:
+        yield sdk
+
+
+async def direct(server: FakeOpenAI, body: dict[str, Any]) -> dict[str, Any]:
+    """What the server itself answers the chat completion the node asked."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(server.url + "/v1/chat/completions", json=body) as reply,
+    ):
+        return dict(await reply.json())
+
+
+def asked(server: FakeOpenAI) -> dict[str, Any]:
+    return [r.json for r in server.requests if r.path == "/v1/chat/completions"][-1]
+
+
+async def test_a_message_is_answered_whole_as_the_server_answers_the_chat(
+    claude: anthropic.AsyncAnthropic, server: FakeOpenAI
+) -> None:
+    message = await claude.messages.create(
+        model=LLAMA,
+        max_tokens=12,
+        system="Answer briefly.",
+        messages=[{"role": "user", "content": "Why is the sky blue?"}],
+        # This SDK no longer names the sampling fields; the API still takes them.
+        extra_body={"temperature": 0, "stop_sequences": ["\n\n"]},
+    )
+    sent = asked(server)
+    assert sent["messages"] == [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ]
+    assert (sent["max_tokens"], sent["temperature"], sent["stop"]) == (12, 0, ["\n\n"])
+    said = await direct(server, {k: v for k, v in sent.items() if k != "stream"})
+    assert message.model == LLAMA
+    assert message.role == "assistant"
+    assert [block.type for block in message.content] == ["text"]
+    assert message.content[0].text == said["choices"][0]["message"]["content"]
+    assert message.stop_reason == "max_tokens"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (
+        said["usage"]["prompt_tokens"],
+        said["usage"]["completion_tokens"],
+    )
+
+
+async def test_a_streamed_message_tells_its_events_and_adds_up_to_the_whole(
+    claude: anthropic.AsyncAnthropic,
+) -> None:
+    question = {"model": LLAMA, "max_tokens": 12, "messages": [{"role": "user", "content": "Hello"}]}
+    async with claude.messages.stream(**question) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_message()
+    whole = await claude.messages.create(**question)
+    assert kinds[0] == "message_start"
+    assert kinds[-1] == "message_stop"
+    assert "content_block_start" in kinds
+    assert "content_block_stop" in kinds
+    assert [block.type for block in final.content] == ["text"]
+    assert final.content[0].text == whole.content[0].text
+    assert final.stop_reason == whole.stop_reason
+    assert final.usage.output_tokens == whole.usage.output_tokens
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+async def test_tool_use_goes_both_ways(
+    claude: anthropic.AsyncAnthropic, server: FakeOpenAI, streamed: bool
+) -> None:
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    if streamed:
+        async with claude.messages.stream(
+            model=LLAMA, max_tokens=50, messages=question, tools=[WEATHER]
+        ) as s:
+            message = await s.get_final_message()
+    else:
+        message = await claude.messages.create(model=LLAMA, max_tokens=50, messages=question, tools=[WEATHER])
+    assert asked(server)["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": WEATHER["input_schema"],
+                "description": "The weather in a city",
+            },
+        }
+    ]
+    [call] = [block for block in message.content if block.type == "tool_use"]
+    assert message.stop_reason == "tool_use"
+    assert call.name == "get_weather"
+    assert set(call.input) == {"city"}  # type: ignore[arg-type]
+
+    # The result goes back paired with the call it answers.
+    followup = [
+        *question,
+        {"role": "assistant", "content": [call.model_dump(include={"type", "id", "name", "input"})]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "18 degrees"}],
+        },
+    ]
+    answer = await claude.messages.create(model=LLAMA, max_tokens=20, messages=followup, tools=[WEATHER])
+    assert answer.role == "assistant"
+    _, assistant, tool = asked(server)["messages"]
+    assert assistant["tool_calls"] == [
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps(call.input, separators=(",", ":"))},
+        }
+    ]
+    assert tool == {"role": "tool", "tool_call_id": call.id, "content": "18 degrees"}
+
+
+async def test_an_image_goes_as_a_data_url(claude: anthropic.AsyncAnthropic, server: FakeOpenAI) -> None:
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    content = [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": pixel}},
+        {"type": "text", "text": "What is this?"},
+    ]
+    with pytest.raises(anthropic.APIStatusError):
+        # The fake llama.cpp model has no vision, and says so as the server would; the request it got says
+        # how the image went.
+        await claude.messages.create(
+            model=LLAMA, max_tokens=5, messages=[{"role": "user", "content": content}]
+        )
+    [user] = asked(server)["messages"]
+    assert user["content"][0] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{pixel}"}}
+
+
+async def test_errors_come_in_anthropics_shape(node: Node, claude: anthropic.AsyncAnthropic) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            node.api_url + "/v1/messages", json={"model": "nope", "max_tokens": 5, "messages": []}
+        ) as r:
+            missing = (r.status, await r.json())
+        body = {"model": LLAMA, "messages": [{"role": "user", "content": "hi"}]}
+        async with http.post(node.api_url + "/v1/messages", json=body) as r:
+            no_limit = (r.status, await r.json())
+    assert missing == (
+        404,
+        {"type": "error", "error": {"type": "not_found_error", "message": "model 'nope' not found"}},
+    )
+    assert no_limit[0] == 400
+    assert no_limit[1]["error"] == {
+        "type": "invalid_request_error",
+        "message": "max_tokens is required and must be a positive integer",
+    }
+    with pytest.raises(anthropic.NotFoundError):
+        await claude.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+
+
+async def test_reasoning_arrives_as_thinking_blocks(tmp_path: Path) -> None:
+    async with (
+        FakeOpenAI([LLAMA], flavour="vllm", reasoning=True, reply_tokens=10) as server,
+        Node(node_settings(tmp_path, f"openai:{server.url}", name="desk"), environ={}) as node,
+        anthropic.AsyncAnthropic(base_url=node.api_url, api_key="unused", max_retries=0) as claude,
+    ):
+        await eventually(lambda: node.backend_state.reachable)
+        question = {
+            "model": LLAMA,
+            "max_tokens": 10,
+            "messages": [{"role": "user", "content": "Think first"}],
+        }
+        whole = await claude.messages.create(**question)  # type: ignore[arg-type]
+        async with claude.messages.stream(**question) as stream:  # type: ignore[arg-type]
+            streamed = await stream.get_final_message()
+    for message in (whole, streamed):
+        assert [block.type for block in message.content] == ["thinking", "text"]
+    assert whole.content[0].thinking == streamed.content[0].thinking  # type: ignore[union-attr]
+    assert whole.content[0].thinking  # type: ignore[union-attr]
+
+
+async def test_input_tokens_are_counted_as_ollama_estimates_them(claude: anthropic.AsyncAnthropic) -> None:
+    counted = await claude.messages.count_tokens(
+        model=LLAMA, messages=[{"role": "user", "content": "x" * 40}]
+    )
+    # Ollama's estimate: the text's length (the role's too) over four.
+    assert counted.input_tokens == (len("user") + 40) // 4
