@@ -14,6 +14,7 @@ import anthropic
 import pytest
 
 from inferhub_desktop.core import Node
+from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeModel, FakeOpenAI
 from tests.support import eventually, node_settings
 
@@ -219,3 +220,32 @@ async def test_input_tokens_are_counted_as_ollama_estimates_them(claude: anthrop
     )
     # Ollama's estimate: the text's length (the role's too) over four.
     assert counted.input_tokens == (len("user") + 40) // 4
+
+
+async def test_ollamas_own_messages_api_is_routed_across_the_pool(tmp_path: Path) -> None:
+    """Ollama serves /v1/messages itself: a peer's model is asked there, through the node, unchanged."""
+    async with FakeOllama(["other:latest"]) as fake_a, FakeOllama(["llama3:latest"]) as fake_b:
+        alpha = Node(node_settings(tmp_path / "a", fake_a.url, name="alpha"), environ={})
+        beta = Node(node_settings(tmp_path / "b", fake_b.url, name="beta", share=True), environ={})
+        async with alpha, beta:
+            await eventually(
+                lambda: any(p.name == "beta" and p.status.backend.installed for p in alpha.peers())
+            )
+            async with anthropic.AsyncAnthropic(
+                base_url=alpha.api_url, api_key="unused", max_retries=0
+            ) as claude:
+                question = {
+                    "model": "llama3",
+                    "max_tokens": 6,
+                    "messages": [{"role": "user", "content": "hi"}],
+                }
+                raw = await claude.messages.with_raw_response.create(**question)  # type: ignore[arg-type]
+                whole = await raw.parse()
+                async with claude.messages.stream(**question) as stream:  # type: ignore[arg-type]
+                    streamed = await stream.get_final_message()
+    assert raw.headers["X-InferHub-Node"] == "beta"
+    assert [r.path for r in fake_b.requests if r.path.startswith("/v1/")] == ["/v1/messages"] * 2
+    assert not [r for r in fake_a.requests if r.path == "/v1/messages"]
+    assert whole.model == "llama3"
+    assert streamed.content[0].text == whole.content[0].text  # type: ignore[union-attr]
+    assert (streamed.stop_reason, whole.stop_reason) == ("max_tokens", "max_tokens")

@@ -564,3 +564,86 @@ async def test_cli_prints_listening_and_exits_cleanly_on_sigterm(session: aiohtt
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_messages_answer_as_ollamas_anthropic_api_does(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    body = {
+        "model": "llama3",
+        "max_tokens": 5,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    async with session.post(fake.url + "/v1/messages", json=body) as reply:
+        whole = await reply.json()
+    assert whole["type"] == "message"
+    assert whole["model"] == "llama3"
+    assert whole["stop_reason"] == "max_tokens"
+    assert whole["usage"]["output_tokens"] == 5
+    [text] = whole["content"]
+    assert text["type"] == "text"
+    async with session.post(fake.url + "/v1/messages", json={**body, "stream": True}) as reply:
+        assert reply.headers["Content-Type"] == "text/event-stream"
+        frames = (await reply.text()).strip().split("\n\n")
+    events = [
+        (f.split("\n")[0].removeprefix("event: "), json.loads(f.split("\n")[1].removeprefix("data: ")))
+        for f in frames
+    ]
+    assert [name for name, _ in events][:2] == ["message_start", "content_block_start"]
+    assert [name for name, _ in events][-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert all(name == data["type"] for name, data in events)
+    streamed = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
+    assert streamed == text["text"]
+    # The native chat it went through: system first, max_tokens as num_predict.
+    native = [r.json for r in fake.requests if r.path == "/v1/messages"][-1]
+    assert native["max_tokens"] == 5
+    async with session.post(fake.url + "/v1/messages/count_tokens", json=body) as reply:
+        assert await reply.json() == {"input_tokens": (len("Be brief.") + len("user") + 2) // 4}
+    async with session.post(fake.url + "/v1/messages", json={**body, "model": "nope"}) as reply:
+        error = (reply.status, await reply.json())
+    assert error[0] == 404
+    assert error[1]["type"] == "error"
+    assert error[1]["error"] == {"type": "not_found_error", "message": "model 'nope' not found"}
+    assert error[1]["request_id"].startswith("req_")
+
+
+async def test_responses_answer_as_ollamas_responses_api_does(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    body = {"model": "llama3", "instructions": "Be brief.", "input": "hi", "max_output_tokens": 5}
+    async with session.post(fake.url + "/v1/responses", json=body) as reply:
+        whole = await reply.json()
+    # Completed whatever stopped it, as Ollama answers.
+    assert (whole["object"], whole["status"], whole["model"]) == ("response", "completed", "llama3")
+    [message] = whole["output"]
+    assert message["type"] == "message"
+    assert whole["usage"]["output_tokens"] == 5
+    async with session.post(fake.url + "/v1/responses", json={**body, "stream": True}) as reply:
+        frames = (await reply.text()).strip().split("\n\n")
+    events = [json.loads(f.split("\n")[1].removeprefix("data: ")) for f in frames]
+    kinds = [e["type"] for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-1] == "response.completed"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == message["content"][0]["text"] == events[-1]["response"]["output"][0]["content"][0]["text"]
+    async with session.post(
+        fake.url + "/v1/responses", json={**body, "input": [{"type": "web_search_call"}]}
+    ) as reply:
+        assert (reply.status, await reply.json()) == (
+            400,
+            {
+                "error": {
+                    "message": 'input[0]: unknown input item type: "web_search_call"',
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+        )

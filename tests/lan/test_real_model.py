@@ -96,6 +96,18 @@ def test_a_peer_chats_with_the_real_model_through_the_share_api(tmp_path: Path) 
             assert all(c["prompt_eval_count"] > 5 for c in whole), whole
             assert all(c["chunks"] > 3 for c in there if "stream" in c["call"]), there
 
+            # Claude Code's API and OpenAI's Responses, which llama.cpp's server lacks, from the peer too.
+            output = run(user, "tests/lan/scripts/sdk_client.py", API, SMOLLM2)
+            sdks = [json.loads(line) for line in output.splitlines()]
+            assert [c["call"] for c in sdks] == [
+                "messages",
+                "messages stream",
+                "responses",
+                "responses stream",
+            ]
+            chat = next(c["text"] for c in here if c["call"] == "chat")
+            assert [c["text"] for c in sdks] == [chat] * 4
+
             body = {"model": SMOLLM2, "prompt": "Hi", "stream": False, "options": {"num_predict": 4}}
             head = run(
                 user, "tests/lan/scripts/ask.py", API + "/api/generate", json.dumps(body)

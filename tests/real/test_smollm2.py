@@ -146,3 +146,29 @@ def test_the_anthropic_sdk_gets_what_the_server_says_though_it_has_no_messages_a
         assert message.content[0].text == expected  # type: ignore[union-attr]
         assert message.stop_reason in ("end_turn", "max_tokens")
         assert 0 < message.usage.output_tokens <= GREEDY["num_predict"]
+
+
+def test_the_responses_api_gets_what_the_server_says_though_it_has_none(node: str, llama: str) -> None:
+    expected = direct_chat(llama, QUESTION)
+    greedy = {"seed": 1}
+    with openai.OpenAI(base_url=f"{node}/v1", api_key="ollama") as sdk:
+        whole = sdk.responses.create(
+            model=SMOLLM2,
+            input=QUESTION,
+            temperature=0,
+            max_output_tokens=GREEDY["num_predict"],
+            extra_body=greedy,
+        )
+        events = list(
+            sdk.responses.create(
+                model=SMOLLM2,
+                input=QUESTION,
+                temperature=0,
+                max_output_tokens=GREEDY["num_predict"],
+                extra_body=greedy,
+                stream=True,
+            )
+        )
+    assert whole.output_text == expected
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == expected  # type: ignore[union-attr]

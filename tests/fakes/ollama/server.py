@@ -17,7 +17,9 @@ from tests.fakes.base import FakeServer, Fault, Json, paths_of
 from .compat import OpenAICompat
 from .inference import Inference
 from .manage import Management
+from .messages import AnthropicCompat
 from .models import _SHOW_NAMES, FakeModel, _as_model, _find, _Name, _ps_entry, _show, _tag_entry
+from .responses import ResponsesCompat
 from .scheduler import Scheduling, _Runner
 from .wire import (
     _CORS_ORIGIN,
@@ -49,6 +51,8 @@ _FAULTABLE = frozenset(
         "/api/show",
         "/api/ps",
         "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/responses",
         "/v1/completions",
         "/v1/embeddings",
         "/v1/models",
@@ -57,7 +61,9 @@ _FAULTABLE = frozenset(
 )
 
 
-class FakeOllama(FakeServer, Scheduling, Inference, OpenAICompat, Management):
+class FakeOllama(
+    FakeServer, Scheduling, Inference, OpenAICompat, AnthropicCompat, ResponsesCompat, Management
+):
     """An aiohttp server that speaks Ollama's HTTP API, with knobs for timing, scheduling and faults."""
 
     def __init__(
@@ -166,6 +172,9 @@ class FakeOllama(FakeServer, Scheduling, Inference, OpenAICompat, Management):
             web.head("/api/blobs/{digest}", self._handle_blob_head),
             web.post("/api/blobs/{digest}", self._handle_blob_post),
             web.post("/v1/chat/completions", self._handle_openai_chat),
+            web.post("/v1/messages", self._handle_messages),
+            web.post("/v1/responses", self._handle_responses),
+            web.post("/v1/messages/count_tokens", self._handle_count_tokens),
             web.post("/v1/completions", self._handle_openai_completions),
             web.post("/v1/embeddings", self._handle_openai_embeddings),
             web.get("/v1/models", self._handle_openai_models, allow_head=False),

@@ -35,6 +35,7 @@ from ...wire.payload import unloads_now
 from ...wire.responses import error_payload, go_json
 from ..base import BackendState, Body, InstalledModel, LoadedModel, UpstreamResponse
 from ..http1 import HttpBackend
+from . import responses
 from .anthropic import (
     Refused,
     chat_request,
@@ -72,6 +73,8 @@ from .requests import completion, embedding, text_field
 OLLAMA_VERSION = "0.12.10"
 
 _JSON = "application/json; charset=utf-8"
+# The APIs answered with chat completions where the server has none of its own.
+_TRANSLATED = frozenset({"/v1/messages", "/v1/messages/count_tokens", "/v1/responses"})
 _NDJSON = "application/x-ndjson"
 _PROBE_TIMEOUT_S = 3.0
 # A request naming a model the last listing lacks reads the listing again, at most this often.
@@ -131,6 +134,8 @@ class OpenAIBackend:
         self._models: dict[str, ServedModel] = {}
         self._listed_at = -_RELIST_GAP_S
         self._first_listed: dict[str, int] = {}
+        # Whether the server has each translated API itself, once asked.
+        self._served: dict[str, bool] = {}
         # Requests the server is working on: generations, embeddings and /v1 calls.
         self._working = 0
 
@@ -389,7 +394,48 @@ class OpenAIBackend:
             embeddings(reply, requested, legacy=legacy, took_s=time.monotonic() - started, server=server)
         )
 
-    # -- /v1/messages -----------------------------------------------------------------------------------
+    # -- /v1/messages and /v1/responses, where the server has none ------------------------------------
+
+    async def _serves(self, path: str) -> bool:
+        """Whether the server has an API of its own at `path`: asked once, with an empty request, which a
+        server with it refuses as invalid and one without answers 404."""
+        api = "/v1/messages" if path.startswith("/v1/messages") else path
+        if api not in self._served:
+            headers = {"Content-Type": "application/json", **self._auth}
+            async with self._http.request("POST", api, headers, b"{}") as upstream:
+                await upstream.read()
+                self._served[api] = upstream.status not in (404, 405)
+        return self._served[api]
+
+    async def _responses(self, stack: contextlib.AsyncExitStack, body: bytes | None) -> _Reply:
+        """Answer OpenAI's Responses API, which many OpenAI-compatible servers lack, as a chat completion."""
+        fields = _fields(body)
+        requested = text_field(fields, "model") or ""
+        model = await self._find(requested) if requested else None
+        if model is None:
+            raise ApiError(404, f"model '{requested}' not found")
+        try:
+            payload = responses.chat_request(fields, model.id)
+        except responses.Refused as exc:
+            raise ApiError(400, str(exc)) from None
+        self._work(stack)
+        upstream = await stack.enter_async_context(
+            self._http.request(
+                "POST",
+                "/v1/chat/completions",
+                {"Content-Type": "application/json", **self._auth},
+                go_json(payload),
+            )
+        )
+        if upstream.status != 200:
+            raise server_error(upstream.status, await upstream.read(), requested)
+        if payload.get("stream") and "text/event-stream" in upstream.headers.get("Content-Type", ""):
+            return _Reply(
+                200, "text/event-stream", responses.response_events(upstream.iter_chunks(), fields, requested)
+            )
+        return _json_reply(
+            responses.response(loads(await upstream.read(), "/v1/chat/completions"), fields, requested)
+        )
 
     async def _messages(self, stack: contextlib.AsyncExitStack, body: bytes | None) -> _Reply:
         """Answer Anthropic's Messages API, which OpenAI-compatible servers lack, with a chat completion;
@@ -435,11 +481,14 @@ class OpenAIBackend:
         headers: Mapping[str, str],
         body: bytes | None,
     ) -> UpstreamResponse:
-        """Answer the model listings under Ollama's names and Anthropic's Messages API as a chat completion;
-        pass the rest through, the model name mapped."""
-        if path == "/v1/messages" and method == "POST":
-            return await self._messages(stack, body)
-        if path == "/v1/messages/count_tokens" and method == "POST":
+        """Answer the model listings under Ollama's names, and Anthropic's Messages API and OpenAI's
+        Responses API as chat completions where the server lacks them; pass the rest through, the model
+        name mapped."""
+        if method == "POST" and path in _TRANSLATED and not await self._serves(path):
+            if path == "/v1/messages":
+                return await self._messages(stack, body)
+            if path == "/v1/responses":
+                return await self._responses(stack, body)
             # As Ollama counts them: an estimate from the text's length.
             return _json_reply({"input_tokens": estimate_tokens(_fields(body))})
         if path == "/v1/models" and method == "GET":
