@@ -249,3 +249,22 @@ async def test_ollamas_own_messages_api_is_routed_across_the_pool(tmp_path: Path
     assert whole.model == "llama3"
     assert streamed.content[0].text == whole.content[0].text  # type: ignore[union-attr]
     assert (streamed.stop_reason, whole.stop_reason) == ("max_tokens", "max_tokens")
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+async def test_ollamas_messages_api_calls_tools_through_the_node(tmp_path: Path, streamed: bool) -> None:
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    asked: dict[str, Any] = {"model": "llama3", "max_tokens": 20, "messages": question, "tools": [WEATHER]}
+    async with (
+        FakeOllama(["llama3:latest"]) as fake,
+        Node(node_settings(tmp_path, fake.url, name="alpha"), environ={}) as node,
+        anthropic.AsyncAnthropic(base_url=node.api_url, api_key="unused", max_retries=0) as claude,
+    ):
+        await eventually(lambda: node.backend_state.reachable)
+        if streamed:
+            async with claude.messages.stream(**asked) as stream:
+                message = await stream.get_final_message()
+        else:
+            message = await claude.messages.create(**asked)
+    [call] = [block for block in message.content if block.type == "tool_use"]
+    assert (call.name, call.input, message.stop_reason) == ("get_weather", {"city": "Paris"}, "tool_use")

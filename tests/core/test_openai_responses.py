@@ -166,3 +166,22 @@ async def test_ollamas_own_responses_api_is_routed_across_the_pool(tmp_path: Pat
     assert whole.model == "llama3"
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == whole.output_text  # type: ignore[union-attr]
+
+
+async def test_ollamas_responses_api_calls_functions_through_the_node(tmp_path: Path) -> None:
+    asked: dict[str, Any] = {"model": "llama3", "input": "What is the weather in Paris?", "tools": [WEATHER]}
+    async with (
+        FakeOllama(["llama3:latest"]) as fake,
+        Node(node_settings(tmp_path, fake.url, name="alpha"), environ={}) as node,
+        openai.AsyncOpenAI(base_url=node.api_url + "/v1", api_key="unused", max_retries=0) as sdk,
+    ):
+        await eventually(lambda: node.backend_state.reachable)
+        whole = await sdk.responses.create(**asked)
+        events = [e async for e in await sdk.responses.create(**asked, stream=True)]
+    for output in (whole.output, events[-1].response.output):  # type: ignore[union-attr]
+        [call] = output
+        assert (call.type, call.name, json.loads(call.arguments)) == (
+            "function_call",
+            "get_weather",
+            {"city": "Paris"},
+        )  # type: ignore[union-attr]

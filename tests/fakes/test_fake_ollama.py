@@ -647,3 +647,37 @@ async def test_responses_answer_as_ollamas_responses_api_does(
                 }
             },
         )
+
+
+async def test_a_question_about_the_weather_with_tools_gets_a_tool_call(
+    fake: FakeOllama, session: aiohttp.ClientSession
+) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    body = {
+        "model": "llama3",
+        "messages": [{"role": "user", "content": "The weather in Paris?"}],
+        "tools": [tool],
+    }
+    async with session.post(fake.url + "/api/chat", json={**body, "stream": False}) as reply:
+        whole = await reply.json()
+    [call] = whole["message"]["tool_calls"]
+    assert call["function"] == {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}
+    assert (whole["message"]["content"], whole["done_reason"]) == ("", "stop")
+    async with session.post(fake.url + "/v1/chat/completions", json=body) as reply:
+        completion = await reply.json()
+    choice = completion["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
+    # Without tools, or about something else, it answers in words.
+    async with session.post(fake.url + "/api/chat", json={**body, "tools": [], "stream": False}) as reply:
+        assert "tool_calls" not in (await reply.json())["message"]

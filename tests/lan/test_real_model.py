@@ -99,14 +99,20 @@ def test_a_peer_chats_with_the_real_model_through_the_share_api(tmp_path: Path) 
             # Claude Code's API and OpenAI's Responses, which llama.cpp's server lacks, from the peer too.
             output = run(user, "tests/lan/scripts/sdk_client.py", API, SMOLLM2)
             sdks = [json.loads(line) for line in output.splitlines()]
-            assert [c["call"] for c in sdks] == [
+            texts = {c["call"]: c["text"] for c in sdks}
+            assert list(texts) == [
                 "messages",
                 "messages stream",
+                "messages tool",
                 "responses",
                 "responses stream",
+                "responses tool",
             ]
             chat = next(c["text"] for c in here if c["call"] == "chat")
-            assert [c["text"] for c in sdks] == [chat] * 4
+            said = [texts[k] for k in ("messages", "messages stream", "responses", "responses stream")]
+            assert said == [chat] * 4
+            called = {"get_weather": {"city": "Paris"}}
+            assert [json.loads(texts[k]) for k in ("messages tool", "responses tool")] == [called, called]
 
             body = {"model": SMOLLM2, "prompt": "Hi", "stream": False, "options": {"num_predict": 4}}
             head = run(

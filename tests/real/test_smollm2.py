@@ -7,6 +7,7 @@ the node, whole or streamed, is compared with what the server says directly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import anthropic
@@ -172,3 +173,45 @@ def test_the_responses_api_gets_what_the_server_says_though_it_has_none(node: st
     assert whole.output_text == expected
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == expected  # type: ignore[union-attr]
+
+
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+def test_both_sdks_get_a_tool_call_from_the_real_model(node: str) -> None:
+    """The call is forced by name: llama-cpp-python then constrains the model's output to the tool's
+    arguments, which a 135M model follows."""
+    with anthropic.Anthropic(base_url=node, api_key="unused", max_retries=0) as claude:
+        asked = {
+            "model": SMOLLM2,
+            "max_tokens": 40,
+            "messages": WEATHER_QUESTION,
+            "tools": [{"name": "get_weather", "input_schema": WEATHER_SCHEMA}],
+            "tool_choice": {"type": "tool", "name": "get_weather"},
+            "extra_body": {"temperature": 0},
+        }
+        whole = claude.messages.create(**asked)  # type: ignore[call-overload]
+        with claude.messages.stream(**asked) as stream:  # type: ignore[arg-type]
+            streamed = stream.get_final_message()
+    for message in (whole, streamed):
+        [call] = [block for block in message.content if block.type == "tool_use"]
+        assert (call.name, call.input, message.stop_reason) == ("get_weather", {"city": "Paris"}, "tool_use")
+    with openai.OpenAI(base_url=f"{node}/v1", api_key="ollama") as sdk:
+        asked = {
+            "model": SMOLLM2,
+            "input": WEATHER_QUESTION,
+            "tools": [{"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA}],
+            "tool_choice": {"type": "function", "name": "get_weather"},
+            "temperature": 0,
+            "max_output_tokens": 40,
+        }
+        response = sdk.responses.create(**asked)  # type: ignore[call-overload]
+        events = list(sdk.responses.create(**asked, stream=True))  # type: ignore[call-overload]
+    for output in (response.output, events[-1].response.output):
+        [call] = output
+        assert (call.type, call.name, json.loads(call.arguments)) == (
+            "function_call",
+            "get_weather",
+            {"city": "Paris"},
+        )

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import Json, base64_floats
+from tests.fakes.base import Json, base64_floats, dumps
 
 from .inference import _collect
 from .models import _SHOW_NAMES, FakeModel, _Name
@@ -107,6 +107,7 @@ async def _openai_chat_chunks(
     """Convert native chat objects to SSE chunks: role first, deltas, a finish chunk, optional usage."""
     created = int(time.time())  # OpenAI stamps one `created` on every chunk of a stream
     first = True
+    called = False
     async with contextlib.aclosing(objects):
         async for obj in objects:
             message = obj["message"]
@@ -116,15 +117,30 @@ async def _openai_chat_chunks(
                 delta["content"] = message["content"]
                 if message.get("thinking"):
                     delta["reasoning"] = message["thinking"]
+                if message.get("tool_calls"):
+                    delta["tool_calls"] = _openai_tool_calls(message["tool_calls"])
+                    called = True
                 yield _openai_chat_chunk(ident, created, obj["model"], delta, None)
                 first = False
             if obj["done"]:
-                finish = _openai_chat_chunk(
-                    ident, created, obj["model"], {}, obj.get("done_reason") or "stop"
-                )
+                reason = "tool_calls" if called else obj.get("done_reason") or "stop"
+                finish = _openai_chat_chunk(ident, created, obj["model"], {}, reason)
                 yield finish
                 if include_usage:
                     yield {**finish, "choices": [], "usage": _usage(obj)}
+
+
+def _openai_tool_calls(calls: list[Json]) -> list[Json]:
+    """ToToolCalls: each call with its index, its arguments as a JSON string."""
+    return [
+        {
+            "id": call["id"],
+            "index": call["function"].get("index", index),
+            "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": dumps(call["function"]["arguments"])},
+        }
+        for index, call in enumerate(calls)
+    ]
 
 
 def _openai_chat_completion(ident: str, obj: Json) -> Json:
@@ -132,13 +148,17 @@ def _openai_chat_completion(ident: str, obj: Json) -> Json:
     message: Json = {"role": "assistant", "content": obj["message"]["content"]}
     if obj["message"].get("thinking"):
         message["reasoning"] = obj["message"]["thinking"]
+    finish = obj.get("done_reason")
+    if calls := obj["message"].get("tool_calls"):
+        message["tool_calls"] = _openai_tool_calls(calls)
+        finish = "tool_calls"
     return {
         "id": ident,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": obj["model"],
         "system_fingerprint": "fp_ollama",
-        "choices": [{"index": 0, "message": message, "finish_reason": obj.get("done_reason")}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": _usage(obj),
     }
 

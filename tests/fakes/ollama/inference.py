@@ -59,6 +59,8 @@ class _Job:
     started_ns: int
     loaded_ns: int  # when the model was ready: load_duration, queueing for the load included
     running_ns: int  # when it got a slot: the wait for one counts in total_duration only, as in Ollama
+    # The tool the reply calls instead of answering in words: (name, arguments), or None.
+    call: tuple[str, Json] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,18 @@ def _chat_prompt(messages: Any) -> str:
     return "\n".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
 
 
+def _tool_call(body: Json) -> tuple[str, Json] | None:
+    """The fake's model calls the first tool, its required arguments filled, when the last user message
+    asks about the weather; otherwise it answers in words."""
+    tools = body.get("tools") or []
+    asked = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
+    if not tools or not asked or "weather" not in str(asked[-1].get("content", "")).lower():
+        return None
+    function = tools[0].get("function") or {}
+    schema = function.get("parameters") or {}
+    return str(function.get("name", "")), dict.fromkeys(schema.get("required") or [], "Paris")
+
+
 def _embed_inputs(value: Any) -> list[str]:
     """Accept a string or a list of strings, as /api/embed does."""
     if value is None:
@@ -156,15 +170,19 @@ async def _collect(objects: AsyncGenerator[Json, None]) -> Json:
     """Merge a token stream into Ollama's non-streamed reply: the final object with the full text."""
     content: list[str] = []
     thinking: list[str] = []
+    calls: list[Json] = []
     last: Json = {}
     async for last in objects:
         holder, key = _text_slot(last)
         content.append(holder[key])
         thinking.append(holder.get("thinking", ""))
+        calls += holder.get("tool_calls") or []
     holder, key = _text_slot(last)
     holder[key] = "".join(content)
     if any(thinking):
         holder["thinking"] = "".join(thinking)
+    if calls:
+        holder["tool_calls"] = calls
     return last
 
 
@@ -209,6 +227,7 @@ class Inference:
             started_ns=started_ns,
             loaded_ns=loaded_ns,
             running_ns=running_ns,
+            call=_tool_call(body) if chat else None,
         )
         return _Reply(self._run(job), streamable=True)
 
@@ -218,7 +237,7 @@ class Inference:
         thinking = job.count // 2 if job.think else 0
         pacer = Pacer(self.tokens_per_second)
         first_ns = 0
-        for index, word in enumerate(words):
+        for index, word in enumerate(words if job.call is None else []):
             await pacer.wait()
             first_ns = first_ns or time.perf_counter_ns()
             piece = word if index in (0, thinking) else f" {word}"
@@ -226,9 +245,21 @@ class Inference:
                 yield _native_chunk(job.chat, job.echo, thinking=piece)
             else:
                 yield _native_chunk(job.chat, job.echo, content=piece)
+        if job.call is not None:
+            # The parser hands over a whole call, in one chunk before the final one, as Ollama's does.
+            await pacer.wait()
+            first_ns = time.perf_counter_ns()
+            chunk = _native_chunk(job.chat, job.echo)
+            name, arguments = job.call
+            call = {
+                "id": f"call_{zlib.crc32(job.prompt.encode()):08x}",
+                "function": {"index": 0, "name": name, "arguments": arguments},
+            }
+            chunk["message"]["tool_calls"] = [call]
+            yield chunk
         done_ns = time.perf_counter_ns()
         first_ns = first_ns or done_ns
-        final = _native_chunk(job.chat, job.echo, done_reason=job.done_reason)
+        final = _native_chunk(job.chat, job.echo, done_reason="stop" if job.call else job.done_reason)
         if job.context:
             final["context"] = [zlib.crc32(word.encode()) % 32000 for word in [*job.prompt.split(), *words]]
         final.update(

@@ -146,13 +146,19 @@ def _messages_response(ident: str, obj: Json) -> Json:
         content.append({"type": "thinking", "thinking": message["thinking"]})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
+    calls = message.get("tool_calls") or []
+    for call in calls:
+        function = call["function"]
+        content.append(
+            {"type": "tool_use", "id": call["id"], "name": function["name"], "input": function["arguments"]}
+        )
     return {
         "id": ident,
         "type": "message",
         "role": "assistant",
         "model": obj["model"],
         "content": content,
-        "stop_reason": _stop_reason(obj.get("done_reason", ""), False),
+        "stop_reason": _stop_reason(obj.get("done_reason", ""), bool(calls)),
         "usage": {"input_tokens": obj.get("prompt_eval_count", 0), "output_tokens": obj.get("eval_count", 0)},
     }
 
@@ -161,6 +167,7 @@ async def _message_events(
     ident: str, objects: AsyncGenerator[Json, None], estimated: int
 ) -> AsyncGenerator[Json, None]:
     """StreamConverter.Process over the native chat objects."""
+    called = False
     first, index, thinking_started, thinking_done, text_started = True, 0, False, False, False
     async with contextlib.aclosing(objects):
         async for obj in objects:
@@ -201,6 +208,24 @@ async def _message_events(
                     "index": index,
                     "delta": {"type": "text_delta", "text": message["content"]},
                 }
+            for call in message.get("tool_calls") or []:
+                # A whole call: its block opened, its arguments in one delta, closed.
+                if thinking_started and not thinking_done:
+                    thinking_done = True
+                    yield {"type": "content_block_stop", "index": index}
+                    index += 1
+                if text_started:
+                    text_started = False
+                    yield {"type": "content_block_stop", "index": index}
+                    index += 1
+                function = call["function"]
+                block = {"type": "tool_use", "id": call["id"], "name": function["name"], "input": {}}
+                yield {"type": "content_block_start", "index": index, "content_block": block}
+                delta = {"type": "input_json_delta", "partial_json": dumps(function["arguments"])}
+                yield {"type": "content_block_delta", "index": index, "delta": delta}
+                yield {"type": "content_block_stop", "index": index}
+                called = True
+                index += 1
             if obj["done"]:
                 if text_started or (thinking_started and not thinking_done):
                     yield {"type": "content_block_stop", "index": index}
@@ -208,7 +233,7 @@ async def _message_events(
                     "input_tokens": obj.get("prompt_eval_count", 0),
                     "output_tokens": obj.get("eval_count", 0),
                 }
-                delta = {"stop_reason": _stop_reason(obj.get("done_reason", ""), False)}
+                delta = {"stop_reason": _stop_reason(obj.get("done_reason", ""), called)}
                 yield {"type": "message_delta", "delta": delta, "usage": usage}
                 yield {"type": "message_stop"}
 

@@ -4,6 +4,7 @@ as numbered events, the reasoning as a summary, completed whatever stopped it.""
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from collections.abc import AsyncGenerator
@@ -11,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.base import Json
+from tests.fakes.base import Json, dumps
 
 from .inference import _collect
 from .messages import _EVENT_FRAMING
@@ -41,7 +42,19 @@ def _chat_from_responses(body: Json) -> Json:
                 messages.append(
                     {"role": "tool", "content": item.get("output", ""), "tool_call_id": item.get("call_id")}
                 )
-            elif kind not in ("function_call", "reasoning"):
+            elif kind == "function_call":
+                call = {
+                    "id": item.get("call_id"),
+                    "function": {
+                        "name": item.get("name"),
+                        "arguments": json.loads(item.get("arguments") or "{}"),
+                    },
+                }
+                if messages and messages[-1]["role"] == "assistant":
+                    messages[-1].setdefault("tool_calls", []).append(call)
+                else:
+                    messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            elif kind != "reasoning":
                 raise _ApiError(400, f'input[{index}]: unknown input item type: "{kind}"')
     else:
         raise _ApiError(400, "input must be a string or array")
@@ -50,7 +63,13 @@ def _chat_from_responses(body: Json) -> Json:
         options["top_p"] = body["top_p"]
     if body.get("max_output_tokens") is not None:
         options["num_predict"] = body["max_output_tokens"]
-    return {"model": body.get("model", ""), "messages": messages, "options": options}
+    native: Json = {"model": body.get("model", ""), "messages": messages, "options": options}
+    if body.get("tools"):
+        native["tools"] = [
+            {"type": "function", "function": {k: t.get(k) for k in ("name", "description", "parameters")}}
+            for t in body["tools"]
+        ]
+    return native
 
 
 def _resource(ident: str, body: Json, status: str, output: list[Json], usage: Json | None) -> Json:
@@ -97,6 +116,19 @@ def _message(ident: str, text: str, status: str) -> Json:
     return {"id": ident, "type": "message", "status": status, "role": "assistant", "content": [part]}
 
 
+def _function_call(ident: str, call: Json) -> Json:
+    """A native tool call as a function_call item, its arguments as a JSON string."""
+    function = call["function"]
+    return {
+        "id": ident,
+        "type": "function_call",
+        "status": "completed",
+        "call_id": call["id"],
+        "name": function["name"],
+        "arguments": dumps(function["arguments"]),
+    }
+
+
 def _reasoning(ident: str, text: str) -> Json:
     return {
         "id": ident,
@@ -123,6 +155,7 @@ async def _response_events(
     output_index, thinking, text = 0, "", ""
     reasoning_id, message_id = f"rs_{random.randrange(999999)}", f"msg_{random.randrange(999999)}"
     reasoning_open, message_open = False, False
+    calls: list[Json] = []
     async with contextlib.aclosing(objects):
         async for obj in objects:
             said = obj["message"]
@@ -141,6 +174,16 @@ async def _response_events(
                 item = _reasoning(reasoning_id, thinking)
                 yield event("response.output_item.done", output_index=output_index, item=item)
                 output_index += 1
+            for position, call in enumerate(said.get("tool_calls") or []):
+                item = _function_call(f"fc_{random.randrange(999999)}_{position}", call)
+                where = {"item_id": item["id"], "output_index": output_index}
+                added = {**item, "status": "in_progress", "arguments": ""}
+                yield event("response.output_item.added", output_index=output_index, item=added)
+                yield event("response.function_call_arguments.delta", **where, delta=item["arguments"])
+                yield event("response.function_call_arguments.done", **where, arguments=item["arguments"])
+                yield event("response.output_item.done", output_index=output_index, item=item)
+                calls.append(item)
+                output_index += 1
             if said.get("content"):
                 where = {"item_id": message_id, "output_index": output_index, "content_index": 0}
                 if not message_open:
@@ -156,7 +199,8 @@ async def _response_events(
                 yield event("response.output_text.delta", **where, delta=said["content"], logprobs=[])
             if obj["done"]:
                 output = [_reasoning(reasoning_id, thinking)] if thinking else []
-                if message_open:
+                output += calls
+                if message_open and not calls:
                     where = {"item_id": message_id, "output_index": output_index, "content_index": 0}
                     done = _message(message_id, text, "completed")
                     yield event("response.output_text.done", **where, text=text, logprobs=[])
@@ -184,6 +228,8 @@ class ResponsesCompat:
         output = (
             [_reasoning(f"rs_{random.randrange(999999)}", said["thinking"])] if said.get("thinking") else []
         )
-        if said.get("content"):
+        calls = said.get("tool_calls") or []
+        output += [_function_call(f"fc_{random.randrange(999999)}_{i}", call) for i, call in enumerate(calls)]
+        if said.get("content") and not calls:
             output.append(_message(f"msg_{random.randrange(999999)}", said["content"], "completed"))
         return _openai_json(_resource(ident, body, "completed", output, _usage(obj)))

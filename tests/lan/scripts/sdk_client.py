@@ -14,6 +14,8 @@ import openai
 
 MESSAGES = [{"role": "user", "content": "Name three colours of the rainbow."}]
 TOKENS = 24
+WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 
 
 def main() -> int:
@@ -26,11 +28,32 @@ def main() -> int:
             model=model, max_tokens=TOKENS, messages=MESSAGES, extra_body=greedy
         ) as stream:  # type: ignore[arg-type]
             report("messages stream", "".join(stream.text_stream))
+        # A call forced by name, which llama-cpp-python constrains to the tool's arguments.
+        called = claude.messages.create(
+            model=model,
+            max_tokens=40,
+            messages=WEATHER,  # type: ignore[arg-type]
+            tools=[{"name": "get_weather", "input_schema": SCHEMA}],  # type: ignore[list-item]
+            tool_choice={"type": "tool", "name": "get_weather"},
+            extra_body=greedy,
+        )
+        [use] = [b for b in called.content if b.type == "tool_use"]
+        report("messages tool", json.dumps({use.name: use.input}))
     with openai.OpenAI(base_url=f"{host}/v1", api_key="unused", max_retries=0) as sdk:
         asked = {"model": model, "input": MESSAGES, "temperature": 0, "max_output_tokens": TOKENS}
         report("responses", sdk.responses.create(**asked).output_text)  # type: ignore[call-overload]
         events = list(sdk.responses.create(**asked, stream=True))  # type: ignore[call-overload]
         report("responses stream", "".join(e.delta for e in events if e.type == "response.output_text.delta"))
+        called = sdk.responses.create(
+            model=model,
+            input=WEATHER,  # type: ignore[arg-type]
+            tools=[{"type": "function", "name": "get_weather", "parameters": SCHEMA}],  # type: ignore[list-item]
+            tool_choice={"type": "function", "name": "get_weather"},
+            temperature=0,
+            max_output_tokens=40,
+        )
+        [call] = called.output
+        report("responses tool", json.dumps({call.name: json.loads(call.arguments)}))  # type: ignore[union-attr]
     return 0
 
 
