@@ -13,7 +13,8 @@ import aiohttp
 import anthropic
 import pytest
 
-from inferhub_desktop.core import Node
+from inferhub_desktop.core import BackendUnavailable, Node
+from inferhub_desktop.core.backends.openai.anthropic import message_events
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeModel, FakeOpenAI
 from tests.support import eventually, node_settings
@@ -268,3 +269,72 @@ async def test_ollamas_messages_api_calls_tools_through_the_node(tmp_path: Path,
             message = await claude.messages.create(**asked)
     [call] = [block for block in message.content if block.type == "tool_use"]
     assert (call.name, call.input, message.stop_reason) == ("get_weather", {"city": "Paris"}, "tool_use")
+
+
+async def chunks(*events: dict[str, Any] | None, fail: str = "") -> AsyncIterator[dict[str, Any] | None]:
+    """Chat completion stream events as a server sends them; `fail` breaks the stream after them."""
+    for event in events:
+        yield event
+    if fail:
+        raise BackendUnavailable(fail)
+
+
+def call_piece(index: int, ident: str | None, name: str | None, arguments: str) -> dict[str, Any]:
+    function = {"arguments": arguments, **({"name": name} if name else {})}
+    return {"choices": [{"delta": {"tool_calls": [{"index": index, "id": ident, "function": function}]}}]}
+
+
+def parsed(stream: list[bytes]) -> list[tuple[str, dict[str, Any]]]:
+    frames = b"".join(stream).decode().strip().split("\n\n")
+    return [
+        (f.split("\n")[0].removeprefix("event: "), json.loads(f.split("\n")[1].removeprefix("data: ")))
+        for f in frames
+    ]
+
+
+async def test_tool_calls_numbered_alike_and_split_by_text_come_out_whole_and_apart() -> None:
+    stream = [
+        piece
+        async for piece in message_events(
+            chunks(
+                # Two calls a server numbers 0 both, told by their ids; text in between; arguments in pieces.
+                call_piece(0, "a", "get_weather", '{"city":'),
+                {"choices": [{"delta": {"content": "Looking"}}]},
+                call_piece(0, "a", "get_weather", '"Paris"}'),
+                call_piece(0, "b", "get_time", '{"zone":"CET"}'),
+                {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+                None,
+            ),
+            "m",
+            3,
+        )
+    ]
+    events = parsed(stream)
+    starts = [e["content_block"] for name, e in events if name == "content_block_start"]
+    assert [b["type"] for b in starts] == ["text", "tool_use", "tool_use"]
+    assert [(b["id"], b["name"]) for b in starts[1:]] == [("a", "get_weather"), ("b", "get_time")]
+    inputs = [
+        json.loads(e["delta"]["partial_json"])
+        for name, e in events
+        if e.get("delta", {}).get("type") == "input_json_delta"
+    ]
+    assert inputs == [{"city": "Paris"}, {"zone": "CET"}]
+    # Every delta goes to the block open at that moment.
+    open_block = None
+    for name, event in events:
+        if name == "content_block_start":
+            open_block = event["index"]
+        elif name == "content_block_delta":
+            assert event["index"] == open_block
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+async def test_a_server_failing_midway_ends_the_stream_with_an_error_event() -> None:
+    stream = [
+        piece
+        async for piece in message_events(
+            chunks({"choices": [{"delta": {"content": "Hi"}}]}, fail="it went away"), "m", 1
+        )
+    ]
+    name, error = parsed(stream)[-1]
+    assert (name, error["error"]["message"]) == ("error", "it went away")

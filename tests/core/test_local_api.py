@@ -371,6 +371,15 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_sent(fake: FakeOlla
         await writer.drain()
         assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.close()
+        # Blob uploads, which `curl -T` sends expecting 100 Continue, have no limit.
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.api_port)
+        writer.write(
+            b"POST /api/blobs/sha256:" + b"0" * 64 + b" HTTP/1.1\r\nHost: localhost\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.close()
 
 
 async def test_a_taken_port_is_named_with_what_holds_it_and_the_setting_to_change(

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from inferhub_desktop.core import Node
+from inferhub_desktop.core.backends.openai.responses import response_events
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeModel, FakeOpenAI
 from tests.support import eventually, node_settings
@@ -185,3 +186,25 @@ async def test_ollamas_responses_api_calls_functions_through_the_node(tmp_path: 
             "get_weather",
             {"city": "Paris"},
         )  # type: ignore[union-attr]
+
+
+async def test_function_calls_numbered_alike_come_out_as_items_of_their_own() -> None:
+    async def chunks() -> AsyncIterator[dict[str, Any] | None]:
+        for ident, name, arguments in (
+            ("a", "get_weather", '{"city":'),
+            ("a", None, '"Paris"}'),
+            ("b", "get_time", "{}"),
+        ):
+            function = {"arguments": arguments, **({"name": name} if name else {})}
+            yield {"choices": [{"delta": {"tool_calls": [{"index": 0, "id": ident, "function": function}]}}]}
+        yield None
+
+    stream = b"".join([piece async for piece in response_events(chunks(), {}, "m")]).decode()
+    events = [json.loads(f.split("\n")[1].removeprefix("data: ")) for f in stream.strip().split("\n\n")]
+    done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [(i["call_id"], i["name"], json.loads(i["arguments"])) for i in done] == [
+        ("a", "get_weather", {"city": "Paris"}),
+        ("b", "get_time", {}),
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [i["call_id"] for i in events[-1]["response"]["output"]] == ["a", "b"]

@@ -615,10 +615,13 @@ class Forwarder:
         return b"".join(chunks)
 
     async def _expect(self, request: web.Request) -> web.Response | None:
-        """Answer `Expect: 100-continue` as the body's size deserves: a body over the limit, known from its
-        Content-Length, is refused before the client sends it, rather than after."""
+        """Answer `Expect: 100-continue` as the body's size deserves: on the local API, a body over the limit,
+        known from its Content-Length, is refused before the client sends it, rather than after. Blob
+        uploads have no limit; the share API refuses in its own order (membership first)."""
         limit = self._settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        found = match(request.method, request.path).endpoint
+        limited = self._api == "local" and not (found is not None and found.kind is Kind.BLOB)
+        if limited and request.content_length is not None and request.content_length > limit:
             exc = self._too_large()
             response = error_response(exc.status, exc.message, openai=request.path.startswith("/v1/"))
             response.force_close()  # the client may send the body anyway; it is not read

@@ -10,8 +10,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ...wire.errors import BackendUnavailable
 from ...wire.responses import go_json
-from .replies import event_error, sse_events
+from .replies import ToolCalls, event_error
 
 # How a chat completion's finish reason reads as a message's stop reason (a tool call makes it tool_use).
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
@@ -131,48 +132,28 @@ def error_body(message: str, status: int) -> dict[str, Any]:
     return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
 
 
-async def message_events(chunks: AsyncIterator[bytes], model: str, input_tokens: int) -> AsyncIterator[bytes]:
-    """Turn a chat completion's SSE stream into the Messages API's: message_start, each content block
-    (thinking, text, tool_use) opened, its deltas, closed, then message_delta and message_stop.
-    message_start tells `input_tokens`, an estimate, until the server counts them."""
+async def message_events(
+    events: AsyncIterator[dict[str, Any] | None], model: str, input_tokens: int
+) -> AsyncIterator[bytes]:
+    """Turn a chat completion's stream events into the Messages API's: message_start, each content block
+    (thinking, text) opened, its deltas, closed, each tool call whole, then message_delta and
+    message_stop. message_start tells `input_tokens`, an estimate, until the server counts them; a server
+    that fails midway ends the stream with an error event."""
     stream = _MessageStream(model, input_tokens)
     yield stream.start()
-    async for event in sse_events(chunks):
-        if event is None:
-            continue  # [DONE]; what follows is read to the end, so the connection can be kept
-        if (error := event_error(event)) is not None:
-            yield _event("error", error_body(error, 500))
-            return
-        if said := stream.chunk(event):
-            yield said
+    try:
+        async for event in events:
+            if event is None:
+                continue  # [DONE]; what follows is read to the end, so the connection can be kept
+            if (error := event_error(event)) is not None:
+                yield _event("error", error_body(error, 500))
+                return
+            if said := stream.chunk(event):
+                yield said
+    except BackendUnavailable as exc:
+        yield _event("error", error_body(str(exc), 502))
+        return
     yield stream.stop()
-
-
-async def whole_message_events(message: dict[str, Any]) -> AsyncIterator[bytes]:
-    """Tell a whole message as the stream of events that would have brought it."""
-    usage = message["usage"]
-    head = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 0}}
-    yield _event("message_start", {"type": "message_start", "message": head})
-    for index, block in enumerate(message["content"]):
-        kind = block["type"]
-        if kind == "tool_use":
-            opened = {**block, "input": {}}
-            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
-        else:
-            opened, delta = {**block, kind: ""}, {"type": f"{kind}_delta", kind: block[kind]}
-        yield b"".join(
-            [
-                _event(
-                    "content_block_start",
-                    {"type": "content_block_start", "index": index, "content_block": opened},
-                ),
-                _event(
-                    "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
-                ),
-                _event("content_block_stop", {"type": "content_block_stop", "index": index}),
-            ]
-        )
-    yield _ending(message["stop_reason"], usage)
 
 
 class _MessageStream:
@@ -182,7 +163,7 @@ class _MessageStream:
         self._model = model
         self._index = -1
         self._open: str | None = None  # the kind of the content block open now: thinking, text, or a call
-        self._calls: dict[int, int] = {}  # a chat tool call's index: its content block's
+        self._calls = ToolCalls()
         self._finish: str | None = None
         self._usage = {"input_tokens": input_tokens, "output_tokens": 0}
         # Pieces generated: the output's tokens where the server reports no usage (llama-cpp-python's
@@ -221,35 +202,22 @@ class _MessageStream:
                 out += self._into("text", {"type": "text", "text": ""})
                 out.append(self._delta({"type": "text_delta", "text": delta["content"]}))
             for call in delta.get("tool_calls") or []:
-                out += self._call(call)
+                self._calls.add(call)
             if reason := choice.get("finish_reason"):
                 self._finish = reason
         return b"".join(out)
 
     def stop(self) -> bytes:
+        out = self._close()
+        # Each call whole, once its arguments are: a block of its own, one delta, closed.
+        for number, call in enumerate(self._calls.calls):
+            block = {"type": "tool_use", "id": call["id"] or _tool_id(), "name": call["name"], "input": {}}
+            out += self._into(f"call {number}", block)
+            out.append(self._delta({"type": "input_json_delta", "partial_json": call["arguments"] or "{}"}))
+            out += self._close()
         usage = {**self._usage, "output_tokens": self._usage["output_tokens"] or self._pieces}
-        reason = stop_reason(self._finish, called=bool(self._calls))
-        return b"".join([*self._close(), _ending(reason, usage)])
-
-    def _call(self, call: dict[str, Any]) -> list[bytes]:
-        """A tool call's piece: its block opened at its first piece, its arguments as JSON deltas."""
-        out = []
-        position = call.get("index", 0)
-        function = call.get("function") or {}
-        if position not in self._calls:
-            out += self._into(
-                f"call {position}",
-                {
-                    "type": "tool_use",
-                    "id": call.get("id") or _tool_id(),
-                    "name": function.get("name", ""),
-                    "input": {},
-                },
-            )
-            self._calls[position] = self._index
-        if arguments := function.get("arguments"):
-            out.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
-        return out
+        reason = stop_reason(self._finish, called=bool(self._calls.calls))
+        return b"".join([*out, _ending(reason, usage)])
 
     def _into(self, kind: str, block: dict[str, Any]) -> list[bytes]:
         """Make `kind` the open block: close the one open, if another, and start this one."""

@@ -358,3 +358,26 @@ def loads_or_none(data: bytes) -> dict[str, Any] | None:
 
 def ns(seconds: float) -> int:
     return max(0, round(seconds * 1e9))
+
+
+class ToolCalls:
+    """A stream's tool calls gathered whole from their pieces, to be told once complete, as Ollama tells
+    them. A piece with a new id is a new call even at an index used before: some servers number every
+    call 0; one with the same id, or none, adds to the last call at its index."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []  # id, name, arguments (text), index
+
+    def add(self, piece: Any) -> None:
+        if not isinstance(piece, dict):
+            return
+        function = as_object(piece.get("function"))
+        index, ident = piece.get("index", 0), piece.get("id")
+        last = next((c for c in reversed(self.calls) if c["index"] == index), None)
+        if last is None or (ident and last["id"] and ident != last["id"]):
+            self.calls.append({"index": index, "id": ident or "", "name": "", "arguments": ""})
+            last = self.calls[-1]
+        last["id"] = last["id"] or ident or ""
+        last["name"] = last["name"] or str(function.get("name") or "")
+        arguments = function.get("arguments")
+        last["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments or {})

@@ -11,8 +11,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ...wire.errors import BackendUnavailable
 from ...wire.responses import go_json
-from .replies import event_error, sse_events
+from .replies import ToolCalls, event_error
 
 
 class Refused(ValueError):
@@ -85,20 +86,25 @@ def response(completion: dict[str, Any], fields: dict[str, Any], model: str) -> 
 
 
 async def response_events(
-    chunks: AsyncIterator[bytes], fields: dict[str, Any], model: str
+    events: AsyncIterator[dict[str, Any] | None], fields: dict[str, Any], model: str
 ) -> AsyncIterator[bytes]:
-    """Turn a chat completion's SSE stream into the Responses API's events, each numbered: created and
-    in progress, each output item added, its deltas, done, then completed."""
+    """Turn a chat completion's stream events into the Responses API's, each numbered: created and in
+    progress, each output item added, its deltas, done, function calls whole, then completed; a server
+    that fails midway ends it with response.failed."""
     stream = _ResponseStream(fields, model)
     yield stream.start()
-    async for event in sse_events(chunks):
-        if event is None:
-            continue  # [DONE]; what follows is read to the end, so the connection can be kept
-        if (error := event_error(event)) is not None:
-            yield stream.failed(error)
-            return
-        if said := stream.chunk(event):
-            yield said
+    try:
+        async for event in events:
+            if event is None:
+                continue  # [DONE]; what follows is read to the end, so the connection can be kept
+            if (error := event_error(event)) is not None:
+                yield stream.failed(error)
+                return
+            if said := stream.chunk(event):
+                yield said
+    except BackendUnavailable as exc:
+        yield stream.failed(str(exc))
+        return
     yield stream.stop()
 
 
@@ -113,6 +119,7 @@ class _ResponseStream:
         self._items: list[dict[str, Any]] = []  # the output so far; the last may still be open
         self._open: str | None = None  # "reasoning", "message", or "call N"
         self._usage = (0, 0)
+        self._calls = ToolCalls()
         self._pieces = 0
 
     def start(self) -> bytes:
@@ -146,26 +153,23 @@ class _ResponseStream:
                     self._event("response.output_text.delta", **self._where(), delta=text, logprobs=[])
                 )
             for call in delta.get("tool_calls") or []:
-                function = call.get("function") or {}
-                item = _call_item(
-                    _item_id("fc"), call.get("id") or _item_id("call"), function.get("name", ""), ""
-                )
-                out += self._into(f"call {call.get('index', 0)}", {**item, "status": "in_progress"})
-                if arguments := function.get("arguments"):
-                    self._items[-1]["arguments"] += arguments
-                    where = self._where()
-                    out.append(
-                        self._event(
-                            "response.function_call_arguments.delta",
-                            item_id=where["item_id"],
-                            output_index=where["output_index"],
-                            delta=arguments,
-                        )
-                    )
+                self._calls.add(call)
         return b"".join(out)
 
     def stop(self) -> bytes:
         out = self._close()
+        # Each call whole, once its arguments are, as Ollama tells them: added, its arguments, done.
+        for number, call in enumerate(self._calls.calls):
+            item = _call_item(_item_id("fc"), call["id"] or _item_id("call"), call["name"], "")
+            out += self._into(f"call {number}", {**item, "status": "in_progress"})
+            self._items[-1]["arguments"] = call["arguments"] or "{}"
+            where = {"item_id": item["id"], "output_index": len(self._items) - 1}
+            out.append(
+                self._event(
+                    "response.function_call_arguments.delta", **where, delta=call["arguments"] or "{}"
+                )
+            )
+            out += self._close()
         prompt, completion = self._usage
         resource = _resource(
             self._id, self._fields, self._model, self._items, prompt, completion or self._pieces

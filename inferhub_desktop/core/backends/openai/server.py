@@ -43,7 +43,6 @@ from .anthropic import (
     estimate_tokens,
     message_events,
     message_reply,
-    whole_message_events,
 )
 from .models import (
     FOREVER,
@@ -397,15 +396,23 @@ class OpenAIBackend:
     # -- /v1/messages and /v1/responses, where the server has none ------------------------------------
 
     async def _serves(self, path: str) -> bool:
-        """Whether the server has an API of its own at `path`: asked once, with an empty request, which a
-        server with it refuses as invalid and one without answers 404."""
+        """Whether the server has an API of its own at `path`: asked with an empty request, which a server
+        with it refuses as invalid and one without answers 404. Only a clear answer is kept: a server
+        loading a model (503) or behind a failing proxy is asked again next time, translated meanwhile."""
         api = "/v1/messages" if path.startswith("/v1/messages") else path
-        if api not in self._served:
-            headers = {"Content-Type": "application/json", **self._auth}
-            async with self._http.request("POST", api, headers, b"{}") as upstream:
-                await upstream.read()
-                self._served[api] = upstream.status not in (404, 405)
-        return self._served[api]
+        if api in self._served:
+            return self._served[api]
+        headers = {"Content-Type": "application/json", **self._auth}
+        async with (
+            asyncio.timeout(_PROBE_TIMEOUT_S),
+            self._http.request("POST", api, headers, b"{}") as upstream,
+        ):
+            await upstream.read()
+        if upstream.status in (404, 405):
+            self._served[api] = False
+        elif upstream.status < 300 or upstream.status in (400, 422):
+            self._served[api] = True
+        return self._served.get(api, False)
 
     async def _responses(self, stack: contextlib.AsyncExitStack, body: bytes | None) -> _Reply:
         """Answer OpenAI's Responses API, which many OpenAI-compatible servers lack, as a chat completion."""
@@ -429,10 +436,9 @@ class OpenAIBackend:
         )
         if upstream.status != 200:
             raise server_error(upstream.status, await upstream.read(), requested)
-        if payload.get("stream") and "text/event-stream" in upstream.headers.get("Content-Type", ""):
-            return _Reply(
-                200, "text/event-stream", responses.response_events(upstream.iter_chunks(), fields, requested)
-            )
+        if payload.get("stream"):
+            events = responses.response_events(await _events_of(upstream), fields, requested)
+            return _Reply(200, "text/event-stream", events)
         return _json_reply(
             responses.response(loads(await upstream.read(), "/v1/chat/completions"), fields, requested)
         )
@@ -461,14 +467,10 @@ class OpenAIBackend:
         if upstream.status != 200:
             refusal = server_error(upstream.status, await upstream.read(), requested)
             return _json_reply(error_body(refusal.message, refusal.status), refusal.status)
-        if payload.get("stream") and "text/event-stream" in upstream.headers.get("Content-Type", ""):
-            events = message_events(upstream.iter_chunks(), requested, estimate_tokens(fields))
-            return _Reply(200, "text/event-stream", events)
-        reply = message_reply(loads(await upstream.read(), "/v1/chat/completions"), requested)
         if payload.get("stream"):
-            # A server that ignores `stream` answers whole: the client still gets the events it asked for.
-            return _Reply(200, "text/event-stream", whole_message_events(reply))
-        return _json_reply(reply)
+            events = message_events(await _events_of(upstream), requested, estimate_tokens(fields))
+            return _Reply(200, "text/event-stream", events)
+        return _json_reply(message_reply(loads(await upstream.read(), "/v1/chat/completions"), requested))
 
     # -- /v1 -----------------------------------------------------------------------------------------
 
@@ -525,6 +527,14 @@ class OpenAIBackend:
                 f"{self.name} at {self.url} answered {path} with a body that is not JSON"
             )
         return _Reply(200, content_type or _JSON, go_json(renamed(value, requested)))
+
+
+async def _events_of(upstream: UpstreamResponse) -> AsyncIterator[dict[str, Any] | None]:
+    """The stream events of a chat completion asked for as a stream: a server that ignores `stream` and
+    answers whole gives the one event it amounts to, so the client still gets the events it asked for."""
+    if "text/event-stream" in upstream.headers.get("Content-Type", ""):
+        return sse_events(upstream.iter_chunks())
+    return whole_as_events(loads(await upstream.read(), "/v1/chat/completions"))
 
 
 def _fields(body: bytes | None) -> dict[str, Any]:
