@@ -357,3 +357,31 @@ def test_a_vector_per_token_is_no_embedding() -> None:
     assert refused.value.status == 500
     with pytest.raises(BackendUnavailable, match="without a `data` list"):
         embeddings({"object": "list"}, "smollm2", legacy=False, took_s=0.1, server=SERVER)
+
+
+def test_a_server_repeating_the_name_in_every_piece_names_the_call_once() -> None:
+    """llama-cpp-python sends the call's id and name with each piece of its arguments."""
+    turn = Turn("m", chat=True, clock=Clock())
+    pieces = [
+        {"index": 0, "id": "c1", "function": {"name": "weather", "arguments": part}}
+        for part in ('{"city":', ' "Paris"}')
+    ]
+    events = events_of(*(delta(tool_calls=[piece]) for piece in pieces), delta(finish="tool_calls"), None)
+    calls = lines(turn.ndjson(events, SERVER))[-2]["message"]["tool_calls"]
+    assert calls == [
+        {"id": "c1", "function": {"index": 0, "name": "weather", "arguments": {"city": "Paris"}}}
+    ]
+
+
+def test_calls_a_server_numbers_alike_are_told_apart_by_their_ids() -> None:
+    turn = Turn("m", chat=True, clock=Clock())
+    pieces = [
+        {"index": 0, "id": "c1", "function": {"name": "weather", "arguments": "{}"}},
+        {"index": 0, "id": "c2", "function": {"name": "time", "arguments": "{}"}},
+    ]
+    events = events_of(*(delta(tool_calls=[piece]) for piece in pieces), delta(finish="tool_calls"), None)
+    calls = lines(turn.ndjson(events, SERVER))[-2]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["index"], c["function"]["name"]) for c in calls] == [
+        ("c1", 0, "weather"),
+        ("c2", 1, "time"),
+    ]

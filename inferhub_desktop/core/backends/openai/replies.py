@@ -31,7 +31,7 @@ class Turn:
         self._usage: dict[str, Any] | None = None
         # llama-server's own measure of prompt and generation time, in milliseconds.
         self._timings: dict[str, Any] = {}
-        self._calls: dict[int, dict[str, str]] = {}
+        self._calls = ToolCalls()
         self._ended = False
 
     def loaded(self, unloaded: bool) -> dict[str, Any]:
@@ -62,7 +62,7 @@ class Turn:
                     for content, thinking in self._feed(event):
                         yield go_json(self._chunk(content, thinking)) + b"\n"
         self._check_ended(server)
-        if self._calls:
+        if self._calls.calls:
             try:
                 calls = self._tool_calls()
             except ApiError as refusal:
@@ -94,7 +94,7 @@ class Turn:
             final["message"]["content"] = text
             if thinking:
                 final["message"]["thinking"] = thinking
-            if self._calls:
+            if self._calls.calls:
                 final["message"]["tool_calls"] = self._tool_calls()
         else:
             final["response"] = text
@@ -126,7 +126,9 @@ class Turn:
             content = delta.get("content") or choice.get("text") or ""
             thinking = delta.get("reasoning_content") or delta.get("reasoning") or ""
             for call in delta.get("tool_calls") or ():
-                self._add_call(call)
+                if self._first_at is None:
+                    self._first_at = self._clock()
+                self._calls.add(call)
             if isinstance(content, str) and isinstance(thinking, str) and (content or thinking):
                 self._deltas += 1
                 if self._first_at is None:
@@ -134,38 +136,22 @@ class Turn:
                 pieces.append((content, thinking))
         return pieces
 
-    def _add_call(self, call: Any) -> None:
-        """Gather a tool call that arrives in pieces: the name first, then the arguments in fragments."""
-        if not isinstance(call, dict):
-            return
-        if self._first_at is None:
-            self._first_at = self._clock()
-        index = count(call.get("index"))
-        slot = self._calls.setdefault(
-            len(self._calls) if index is None else index, {"id": "", "name": "", "arguments": ""}
-        )
-        function = as_object(call.get("function"))
-        slot["id"] = str(call.get("id") or slot["id"])
-        slot["name"] += str(function.get("name") or "")
-        arguments = function.get("arguments")
-        slot["arguments"] += arguments if isinstance(arguments, str) else json.dumps(arguments or {})
-
     def _tool_calls(self) -> list[dict[str, Any]]:
         calls = []
-        for index, slot in sorted(self._calls.items()):
+        for index, gathered in enumerate(self._calls.calls):
             try:
-                arguments = json.loads(slot["arguments"] or "{}")
+                arguments = json.loads(gathered["arguments"] or "{}")
             except ValueError:
                 raise ApiError(
                     500,
-                    f"the model called {slot['name']} with arguments that are not JSON: "
-                    f"{slot['arguments']!r}",
+                    f"the model called {gathered['name']} with arguments that are not JSON: "
+                    f"{gathered['arguments']!r}",
                 ) from None
             call: dict[str, Any] = {
-                "function": {"index": index, "name": slot["name"], "arguments": arguments}
+                "function": {"index": index, "name": gathered["name"], "arguments": arguments}
             }
-            if slot["id"]:
-                call["id"] = slot["id"]
+            if gathered["id"]:
+                call["id"] = gathered["id"]
             calls.append(call)
         return calls
 
