@@ -48,6 +48,7 @@ from .core import (
     load_identity,
     load_settings,
     parse_peer,
+    pool_info,
     read_audit,
     read_control_token,
     read_settings_file,
@@ -437,7 +438,7 @@ def _pool(args: argparse.Namespace) -> int:
         base = f"http://127.0.0.1:{port}"
         if args.action == "members":
             info = _ask_node(config_dir, base + POOL_PATH)
-            print(format_pool(info if info is not None else pool_files_info(pool)))
+            print(format_pool(info if info is not None else pool_info(pool, nearby=[], online=None)))
             return 0
         if args.action == "remove":
             info = _ask_node(config_dir, base + POOL_PATH, {"remove": args.node})
@@ -447,7 +448,7 @@ def _pool(args: argparse.Namespace) -> int:
                         "this machine is in the LAN's open pool, which has no members to remove"
                     )
                 pool.remove(pool.roster.resolve(args.node))
-                info = pool_files_info(pool)
+                info = pool_info(pool, nearby=[], online=None)
             print(f"Removed {args.node}: every member refuses it from its next look at the roster.")
             print(format_pool(info))
             return 0
@@ -537,25 +538,6 @@ def _nearby_pools(config_dir: Path, base: str) -> list[tuple[str, int]]:
             "no private pool is seen on the LAN: give the authority's address with --at HOST[:PORT]"
         )
     return places
-
-
-def pool_files_info(pool: PrivatePool | None) -> dict[str, Any]:
-    """Return what a running node says of its pool, from the pool files, when no node runs."""
-    if pool is None:
-        return {"pool": None, "nearby": []}
-    roster = pool.roster
-    return {
-        "pool": pool.pool_id,
-        "authority": pool.authority is not None,
-        "version": roster.version,
-        "members": [
-            {"id": m.node_id, "name": m.name, "online": None, "authority": m.node_id == roster.authority}
-            for m in roster.members
-            if m.node_id not in roster.removed
-        ],
-        "removed": list(roster.removed),
-        "nearby": [],
-    }
 
 
 def format_pool(info: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from .identity import Identity, load_identity
 from .names import short_name
 from .node import Node, serve
 from .peers import AddressState, PeerState
-from .pool import PrivatePool, create_pool, join_pool, leave_pool
+from .pool import PrivatePool, create_pool, join_pool, leave_pool, pool_info
 from .settings import (
     DEFAULT_API_PORT,
     DEFAULT_SHARE_PORT,
@@ -108,6 +108,7 @@ __all__ = [
     "new_secret",
     "parse_host",
     "parse_peer",
+    "pool_info",
     "read_audit",
     "read_control_token",
     "read_join_code",

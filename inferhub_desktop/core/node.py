@@ -36,7 +36,7 @@ from .identity import Identity, load_identity
 from .membership import Membership
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
 from .peers import AddressState, Peer, PeerAnnouncement, PeerState, url_host
-from .pool import PrivatePool
+from .pool import PrivatePool, pool_info
 from .router import RouterNode
 from .settings import SETTINGS_FILE, SWITCHES, Settings, backend_kind
 from .status import Load, NodeStatus
@@ -373,28 +373,8 @@ class Node:
         a null id. With either, the private pools seen nearby on mDNS, whose authorities a machine asks to
         join. Never an invite code."""
         nearby = self._membership.private_pools() if self._membership else []
-        pool = self.pool
-        if pool is None:
-            return {"pool": None, "nearby": nearby}
         online = {peer.node_id for peer in self.peers()} | {self.settings.node_id}
-        roster = pool.roster
-        return {
-            "pool": pool.pool_id,
-            "authority": pool.authority is not None,
-            "version": roster.version,
-            "members": [
-                {
-                    "id": m.node_id,
-                    "name": m.name,
-                    "online": m.node_id in online,
-                    "authority": m.node_id == roster.authority,
-                }
-                for m in roster.members
-                if m.node_id not in roster.removed
-            ],
-            "removed": list(roster.removed),
-            "nearby": [n for n in nearby if n["pool"] != pool.pool_id],
-        }
+        return pool_info(self.pool, nearby=nearby, online=online)
 
     async def reload_pool(self) -> dict[str, Any]:
         """Take up the pool files as they are now (the command line or the app changed them: a pool made,

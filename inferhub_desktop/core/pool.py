@@ -400,6 +400,35 @@ class PrivatePool:
             raise ConfigError(f"only the machine that made the pool can {what}; run this there")
 
 
+def pool_info(
+    pool: PrivatePool | None, *, nearby: list[dict[str, str]], online: set[str] | None
+) -> dict[str, Any]:
+    """Say what a node says of its pool, as JSON values: its public id, whether this machine is its
+    authority, the roster's members and the machines removed; for the open pool, a null id. With either,
+    the other private pools `nearby` on mDNS. `online` is the members a running node sees, None where no
+    node runs to know. Never an invite code."""
+    if pool is None:
+        return {"pool": None, "nearby": nearby}
+    roster = pool.roster
+    return {
+        "pool": pool.pool_id,
+        "authority": pool.authority is not None,
+        "version": roster.version,
+        "members": [
+            {
+                "id": m.node_id,
+                "name": m.name,
+                "online": None if online is None else m.node_id in online,
+                "authority": m.node_id == roster.authority,
+            }
+            for m in roster.members
+            if m.node_id not in roster.removed
+        ],
+        "removed": list(roster.removed),
+        "nearby": [n for n in nearby if n["pool"] != pool.pool_id],
+    }
+
+
 def create_pool(config_dir: Path, identity: Identity, name: str) -> PrivatePool:
     """Make a new private pool with this machine as its authority and first member, and save it."""
     authority = ec.generate_private_key(ec.SECP256R1())

@@ -344,12 +344,7 @@ class OpenAIBackend:
         payload.update(model=model.id, stream=streamed)
         if streamed:
             payload["stream_options"] = {"include_usage": True}
-        self._work(stack)
-        upstream = await stack.enter_async_context(
-            self._http.request(
-                "POST", path, {"Content-Type": "application/json", **self._auth}, go_json(payload)
-            )
-        )
+        upstream = await self._post(stack, path, payload)
         if upstream.status != 200:
             raise server_error(upstream.status, await upstream.read(), requested)
         if "text/event-stream" in upstream.headers.get("Content-Type", ""):
@@ -378,12 +373,7 @@ class OpenAIBackend:
         if payload is None:
             return _json_reply({"embedding": []} if legacy else {"model": requested, "embeddings": []})
         started = time.monotonic()
-        self._work(stack)
-        upstream = await stack.enter_async_context(
-            self._http.request(
-                "POST", "/v1/embeddings", {"Content-Type": "application/json", **self._auth}, go_json(payload)
-            )
-        )
+        upstream = await self._post(stack, "/v1/embeddings", payload)
         body = await upstream.read()
         if upstream.status != 200:
             raise server_error(upstream.status, body, requested)
@@ -392,6 +382,14 @@ class OpenAIBackend:
         return _json_reply(
             embeddings(reply, requested, legacy=legacy, took_s=time.monotonic() - started, server=server)
         )
+
+    async def _post(
+        self, stack: contextlib.AsyncExitStack, path: str, payload: dict[str, Any]
+    ) -> UpstreamResponse:
+        """Ask the server `payload` as JSON at `path`, counted as work until the request ends."""
+        self._work(stack)
+        headers = {"Content-Type": "application/json", **self._auth}
+        return await stack.enter_async_context(self._http.request("POST", path, headers, go_json(payload)))
 
     # -- /v1/messages and /v1/responses, where the server has none ------------------------------------
 
@@ -425,15 +423,7 @@ class OpenAIBackend:
             payload = responses.chat_request(fields, model.id)
         except responses.Refused as exc:
             raise ApiError(400, str(exc)) from None
-        self._work(stack)
-        upstream = await stack.enter_async_context(
-            self._http.request(
-                "POST",
-                "/v1/chat/completions",
-                {"Content-Type": "application/json", **self._auth},
-                go_json(payload),
-            )
-        )
+        upstream = await self._post(stack, "/v1/chat/completions", payload)
         if upstream.status != 200:
             raise server_error(upstream.status, await upstream.read(), requested)
         if payload.get("stream"):
@@ -455,15 +445,7 @@ class OpenAIBackend:
             payload = chat_request(fields, model.id)
         except Refused as exc:
             return _json_reply(error_body(str(exc), 400), 400)
-        self._work(stack)
-        upstream = await stack.enter_async_context(
-            self._http.request(
-                "POST",
-                "/v1/chat/completions",
-                {"Content-Type": "application/json", **self._auth},
-                go_json(payload),
-            )
-        )
+        upstream = await self._post(stack, "/v1/chat/completions", payload)
         if upstream.status != 200:
             refusal = server_error(upstream.status, await upstream.read(), requested)
             return _json_reply(error_body(refusal.message, refusal.status), refusal.status)
