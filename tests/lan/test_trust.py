@@ -120,7 +120,8 @@ def test_only_members_see_and_use_a_private_pools_gpus(machines: list[Machine]) 
     # node1 has no llama3: the pool's member answers it.
     assert generate(user) == {"status": 200, "node": "node0"}
 
-    # The open pool's node, with no certificate: Ollama's 401 on every path, /metrics and the roster too.
+    # The open pool's node, with no certificate: Ollama's 401 on every path, /metrics, /health and the roster
+    # too.
     answers = try_share(open_node, member, "use")
     assert [a[2] for a in answers] == [401] * len(answers), answers
     assert {error_message(a[3]) for a in answers} == {"unauthorized"}

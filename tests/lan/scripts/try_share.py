@@ -2,8 +2,8 @@
 
 python tests/lan/scripts/try_share.py https://HOST:11436 use|manage [CONFIG_DIR]
 
-`use` sends the status poll, the roster, listings, inference and a metrics scrape a member would send;
-`manage` sends the model management calls. With CONFIG_DIR the calls present the certificate of that
+`use` sends the status poll, the roster, listings, inference, a metrics scrape and a health check a member
+would send; `manage` sends the model management calls. With CONFIG_DIR the calls present the certificate of that
 machine's private pool (its member certificate); without one, none. Prints one JSON list of
 [method, path, status, body], the status "handshake refused" where TLS did not let the call through.
 """
@@ -29,6 +29,7 @@ CALLS = {
         ("POST", "/api/generate", b'{"model":"llama3","prompt":"hi","stream":false}'),
         ("POST", "/v1/chat/completions", b'{"model":"llama3","messages":[{"role":"user","content":"hi"}]}'),
         ("GET", "/metrics", b""),
+        ("GET", "/health", b""),
     ],
     "manage": [
         ("DELETE", "/api/delete", b'{"model":"llama3"}'),
