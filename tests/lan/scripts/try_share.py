@@ -2,10 +2,10 @@
 
 python tests/lan/scripts/try_share.py https://HOST:11436 use|manage [CONFIG_DIR]
 
-`use` sends the status poll, the roster, listings, inference, a metrics scrape and a health check a member
-would send; `manage` sends the model management calls. With CONFIG_DIR the calls present the certificate of that
-machine's private pool (its member certificate); without one, none. Prints one JSON list of
-[method, path, status, body], the status "handshake refused" where TLS did not let the call through.
+`use` sends the status poll, the roster, listings, inference, a metrics scrape and a health check a
+member would send; `manage` sends the model management calls. With CONFIG_DIR the calls present the
+certificate of that machine's private pool (its member certificate); without one, none. Prints one JSON
+list of [method, path, status, body], the status "handshake refused" where TLS did not let the call through.
 """
 
 from __future__ import annotations
