@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import ssl
 import time
@@ -20,7 +21,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import unquote
 
-from .api.admission import Admission
+from .api.admission import DEFAULT_COST, Admission, Turn
 from .api.relay import Admit, Outcome, Plan, Query, Target
 from .audit import AuditLog
 from .backends.base import Backend
@@ -148,20 +149,26 @@ class Dispatcher:
         """Choose the nodes for a request, best first: across the pool for the local API; this machine's
         backend for the share API, which never routes further."""
         if api == "share":
-            return Plan([self._local_target(query.model, remote=True)])
+            tokens = route_request(query.endpoint.pattern, None, query.fields, None, local_only=True).tokens
+            turn = functools.partial(
+                self.admission.remote, query.caller, batch=query.batch, cost=tokens or DEFAULT_COST
+            )
+            return Plan([self._local_target(query.model, turn=turn)])
         endpoint = query.endpoint
         pin = query.headers.get(NODE_HEADER)
         routed = endpoint.kind is Kind.INFERENCE or endpoint.pattern in _ROUTED_READS
         table = self._peers()
         # Alone there is nothing to choose from, and a request is answered without a decision's cost.
         if (not routed or not table) and not (pin and (routed or endpoint.pattern == PULL_PATH)):
-            return Plan([self._local_target(query.model, remote=False)])
+            return Plan([self._local_target(query.model)])
         model = query.model
         if endpoint.pattern == "/v1/models/:model":
             model = unquote(query.path.rsplit("/", 1)[-1])
         now = time.monotonic()
         local_only = self._settings().local_only
-        request = route_request(endpoint.pattern, model, query.fields, pin, local_only=local_only)
+        request = route_request(
+            endpoint.pattern, model, query.fields, pin, local_only=local_only, batch=query.batch
+        )
         snapshot = self.snapshot(now)
         if request.model and request.pin is None and _is_unload(endpoint.pattern, query.fields):
             holders = [
@@ -194,7 +201,7 @@ class Dispatcher:
 
     def listing_sources(self) -> list[Target]:
         """Return this node, then the peers whose models this node may use, for pool-wide listings."""
-        sources = [self._local_target(None, remote=False)]
+        sources = [self._local_target(None)]
         table = self._peers()
         if not self._settings().local_only and table is not None:
             sources += [
@@ -298,14 +305,14 @@ class Dispatcher:
                     "`inferhub local-only off` to use the pool",
                 )
         # Nobody has the model: this machine's backend refuses it in Ollama's own words.
-        return Plan([self._local_target(query.model, remote=False)])
+        return Plan([self._local_target(query.model)])
 
     def _target(self, node_id: str, model: str | None) -> Target:
         """Return the target for a node of the snapshot: this machine's backend, or a peer's share API."""
         table = self._peers()
         peer = table.get(node_id) if table is not None else None
         if peer is None:
-            return self._local_target(model, remote=False)
+            return self._local_target(model)
         return Target(
             name=peer.announcement.name,
             backend=self._link(peer),
@@ -313,31 +320,39 @@ class Dispatcher:
             report=self._reporter(node_id, model, learn=False),
         )
 
-    def _local_target(self, model: str | None, *, remote: bool) -> Target:
-        """Return the target for this machine's backend; a peer's inference waits for its turn."""
+    def _local_target(
+        self, model: str | None, *, turn: Callable[[], AbstractAsyncContextManager[Turn]] | None = None
+    ) -> Target:
+        """Return the target for this machine's backend: the owner's requests go at once, a peer's wait for
+        its `turn`."""
         settings = self._settings()
         return Target(
             name=settings.name,
             backend=self._backend(),
-            admit=self._admitter(
-                settings.node_id, model, slot=self.admission.remote if remote else self.admission.local
-            ),
+            admit=self._admitter(settings.node_id, model, slot=turn or self.admission.local),
             report=self._reporter(settings.node_id, model, learn=True),
         )
 
     def _admitter(
-        self, node_id: str, model: str | None, *, slot: Callable[[], AbstractAsyncContextManager[None]] | None
+        self,
+        node_id: str,
+        model: str | None,
+        *,
+        slot: Callable[[], AbstractAsyncContextManager[Turn | None]] | None,
     ) -> Admit:
         """Return how a request enters a node: inference takes a `slot` of this machine's backend, if given,
         and counts at the node until it ends; reads and the rest just go."""
 
         @contextlib.asynccontextmanager
-        async def admit(endpoint: Endpoint) -> AsyncIterator[None]:
+        async def admit(endpoint: Endpoint) -> AsyncIterator[Turn | None]:
             if endpoint.kind is not Kind.INFERENCE:
-                yield
+                yield None
                 return
-            async with slot() if slot else contextlib.nullcontext(), self._sent_to(node_id, model):
-                yield
+            async with (
+                slot() if slot else contextlib.nullcontext(None) as turn,
+                self._sent_to(node_id, model),
+            ):
+                yield turn
 
         return admit
 

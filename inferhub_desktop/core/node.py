@@ -504,6 +504,7 @@ class Node:
             waiting=admission.waiting_remote,
             slots=self.settings.max_remote,
             queue_full=admission.queue_full,
+            waiting_batch=admission.waiting_batch,
         )
 
     def _router_node(self) -> RouterNode:
@@ -525,6 +526,7 @@ class Node:
             share=self.settings.share,
             active=load.active,
             waiting=load.waiting,
+            waiting_batch=load.waiting_batch,
             slots=load.slots,
             queue_full=load.queue_full,
         )

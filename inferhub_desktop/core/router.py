@@ -68,6 +68,8 @@ class RouterNode:
     slots: int
     queue_full: bool
     rtt_s: float
+    # Batch requests among the waiting ones: an interactive request goes ahead of them.
+    waiting_batch: int = 0
     figures: Mapping[str, ModelFigures] = dataclasses.field(default_factory=dict)
     busy_s: Figure | None = None  # how long any request holds the node's backend, loads included
     # The most model bytes the node has been seen holding at once: its room for models where VRAM is
@@ -113,6 +115,7 @@ class RouteRequest:
     pin: str | None = None  # node name or id the request must go to
     local_only: bool = False
     conversation: str | None = None  # key of an ongoing conversation
+    batch: bool = False  # it may wait behind interactive requests at every node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,9 +211,15 @@ def conversation_key(model: str, fields: Mapping[str, Any] | None) -> str | None
 
 
 def route_request(
-    pattern: str, model: str | None, fields: Mapping[str, Any] | None, pin: str | None, *, local_only: bool
+    pattern: str,
+    model: str | None,
+    fields: Mapping[str, Any] | None,
+    pin: str | None,
+    *,
+    local_only: bool,
+    batch: bool = False,
 ) -> RouteRequest:
-    """Describe a request to the router: its model key, what it costs, its token limit and pin."""
+    """Describe a request to the router: its model key, what it costs, its token limit, pin and class."""
     key = model_key(model) if model else None
     return RouteRequest(
         model=key,
@@ -220,6 +229,7 @@ def route_request(
         pin=(pin or "").strip() or None,
         local_only=local_only,
         conversation=conversation_key(key, fields) if key else None,
+        batch=batch,
     )
 
 
@@ -359,10 +369,12 @@ def _rank(request: RouteRequest, node: RouterNode, pool: list[RouterNode]) -> Ra
             )
 
     queue_s = 0.0
-    over = node.active + node.waiting - node.slots + 1
+    # Waiting batch requests are behind an interactive one, not ahead of it.
+    ahead = node.active + node.waiting - (0 if request.batch else node.waiting_batch)
+    over = ahead - node.slots + 1
     if over > 0:
         queue_s = over * _service_s(node, run_s) / node.slots
-        basis.append(f"{node.active + node.waiting} running or waiting for {node.slots} slot(s)")
+        basis.append(f"{ahead} running or waiting ahead for {node.slots} slot(s)")
     estimate = Estimate(queue_s=queue_s, load_s=load_s, evict_s=evict_s, rtt_s=node.rtt_s, run_s=run_s)
     return Ranked(node, estimate, "; ".join(basis))
 

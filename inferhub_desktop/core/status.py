@@ -34,6 +34,7 @@ class Load:
     waiting: int  # peers' requests waiting for a slot
     slots: int  # peers' requests it runs at once
     queue_full: bool  # a further peer's request is refused as busy
+    waiting_batch: int = 0  # batch requests among the waiting ones
 
     @classmethod
     def from_json(cls, fields: Fields) -> Load:
@@ -43,6 +44,7 @@ class Load:
             waiting=fields.integer("waiting", 0, 1 << 20, default=0),
             slots=fields.integer("slots", 1, _MAX_SLOTS),
             queue_full=fields.flag("queue_full", default=False),
+            waiting_batch=fields.integer("waiting_batch", 0, 1 << 20, default=0),
         )
 
 

@@ -33,6 +33,7 @@ def router_node(status: NodeStatus, *, local: bool) -> RouterNode:
         vram_total_mib=telemetry.vram_total_mib if telemetry else 0,
         active=status.load.active,
         waiting=status.load.waiting,
+        waiting_batch=status.load.waiting_batch,
         slots=status.load.slots,
         queue_full=status.load.queue_full,
         rtt_s=0.0,

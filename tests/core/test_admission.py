@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import pytest
 
@@ -201,3 +203,134 @@ async def test_a_waiter_gives_up_after_the_wait(holder: Holder) -> None:
     assert refused.value.message.startswith("server busy, please try again.")
     assert "0.05 s" in refused.value.message
     assert counts(admission) == (0, 1, 0)
+
+
+def from_machine(
+    admission: Admission, caller: str, **turn: Any
+) -> Callable[[], AbstractAsyncContextManager[Any]]:
+    return functools.partial(admission.remote, caller, **turn)
+
+
+async def test_a_machine_that_floods_does_not_make_another_wait_behind_its_flood(holder: Holder) -> None:
+    admission = Admission(slots=1, max_remote=1)
+    for n in range(6):
+        holder.start(f"flood{n}", from_machine(admission, "10.0.0.1"))
+    await settle()
+    holder.start("single", from_machine(admission, "10.0.0.2"))
+    await settle()
+    assert holder.entered == ["flood0"]
+    await holder.finish("flood0")
+    await settle()
+    # The one request of the other machine goes before the flood's second, not its sixth.
+    assert holder.entered == ["flood0", "single"]
+    # The flooding machine goes on in its own order once no one else waits.
+    for n, name in enumerate(["single", "flood1", "flood2"]):
+        await holder.finish(name)
+        await settle()
+        assert holder.entered[-1] == f"flood{n + 1}"
+
+
+async def test_machines_sending_one_request_at_a_time_alternate_with_a_flood(holder: Holder) -> None:
+    admission = Admission(slots=1, max_remote=1)
+    for n in range(8):
+        holder.start(f"A{n}", from_machine(admission, "A"))
+    await settle()
+    b = c = 0
+    holder.start("B0", from_machine(admission, "B"))
+    holder.start("C0", from_machine(admission, "C"))
+    await settle()
+    for _ in range(6):
+        await holder.finish(holder.entered[-1])
+        await settle()
+        # B and C each send their next request as soon as their last one ends, as a person at a
+        # chat window does.
+        last = holder.entered[-1]
+        if last == f"B{b}":
+            b += 1
+            holder.start(f"B{b}", from_machine(admission, "B"))
+        elif last == f"C{c}":
+            c += 1
+            holder.start(f"C{c}", from_machine(admission, "C"))
+        await settle()
+    assert holder.entered == ["A0", "B0", "C0", "A1", "B1", "C1", "A2"]
+
+
+async def test_a_machine_asking_for_long_replies_spends_its_share_sooner(holder: Holder) -> None:
+    admission = Admission(slots=1, max_remote=1)
+    holder.start("running", admission.remote)
+    await settle()
+    for n in range(2):
+        holder.start(f"long{n}", from_machine(admission, "L", cost=1000))
+    for n in range(4):
+        holder.start(f"short{n}", from_machine(admission, "S", cost=250))
+    await settle()
+    order = ["running"]
+    while len(order) < 7:
+        await holder.finish(order[-1])
+        await settle()
+        order.append(holder.entered[-1])
+    # One reply of 1000 tokens costs L as much as four of 250 cost S.
+    assert order == ["running", "long0", "short0", "short1", "short2", "short3", "long1"]
+
+
+async def test_batch_requests_wait_behind_every_interactive_one(holder: Holder) -> None:
+    admission = Admission(slots=1, max_remote=1)
+    holder.start("running", admission.remote)
+    await settle()
+    holder.start("batch0", from_machine(admission, "A", batch=True))
+    holder.start("batch1", from_machine(admission, "B", batch=True))
+    await settle()
+    assert (admission.waiting_remote, admission.waiting_batch) == (2, 2)
+    holder.start("chat", from_machine(admission, "A"))
+    await settle()
+    assert (admission.waiting_remote, admission.waiting_batch) == (3, 2)
+    order = ["running"]
+    while len(order) < 4:
+        await holder.finish(order[-1])
+        await settle()
+        order.append(holder.entered[-1])
+    assert order == ["running", "chat", "batch0", "batch1"]
+    assert (admission.waiting_remote, admission.waiting_batch) == (0, 0)
+
+
+async def test_refusing_peers_turns_away_those_waiting_and_those_to_come(holder: Holder) -> None:
+    admission = Admission(slots=1, max_remote=1)
+    holder.start("running", admission.remote)
+    waiting = holder.start("waiting", admission.remote)
+    await settle()
+    admission.refuse("ws-alice is paused: blender is using the GPU")
+    await settle()
+    with pytest.raises(ApiError) as refused:
+        await waiting
+    assert (refused.value.status, refused.value.message) == (
+        503,
+        "ws-alice is paused: blender is using the GPU",
+    )
+    with pytest.raises(ApiError) as refused:
+        async with admission.remote():
+            pytest.fail("entered while refused")
+    assert refused.value.status == 503
+    # The request already running goes on until it is cut.
+    assert counts(admission) == (0, 1, 0)
+    await holder.finish("running")
+    admission.refuse(None)
+    async with admission.remote():
+        assert counts(admission) == (0, 1, 0)
+
+
+async def test_cutting_tells_each_running_peer_request_why(holder: Holder) -> None:
+    admission = Admission(slots=2, max_remote=2)
+    turns = []
+
+    async def run() -> None:
+        async with admission.remote("A") as turn:
+            turns.append(turn)
+            turns.append(await turn.cut)
+
+    tasks = [asyncio.create_task(run()) for _ in range(2)]
+    await settle()
+    assert admission.cut("the owner took the GPU back") == 2
+    await asyncio.gather(*tasks)
+    assert turns[2:] == ["the owner took the GPU back"] * 2
+    assert counts(admission) == (0, 0, 0)
+    assert admission.cut("nothing runs") == 0

@@ -331,7 +331,7 @@ async def test_a_web_page_may_pin_a_node_and_read_which_answered(
     preflight = {"Origin": page, "Access-Control-Request-Method": "POST"}
     async with http.options(node.api_url + "/api/chat", headers=preflight) as reply:
         allowed = {h.strip().lower() for h in reply.headers["Access-Control-Allow-Headers"].split(",")}
-    assert {"x-inferhub-node", "x-request-id", "traceparent"} <= allowed
+    assert {"x-inferhub-node", "x-inferhub-priority", "x-request-id", "traceparent"} <= allowed
     async with http.get(node.api_url + "/api/version", headers={"Origin": page}) as reply:
         assert reply.status == 200
         exposed = {h.strip().lower() for h in reply.headers["Access-Control-Expose-Headers"].split(",")}

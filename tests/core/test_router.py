@@ -229,6 +229,17 @@ def test_the_queue_wait_scales_with_the_requests_ahead_per_slot(
     assert got.queue_s == pytest.approx(ahead / slots * got.run_s)
 
 
+def test_an_interactive_request_counts_no_waiting_batch_work_ahead_of_it_and_a_batch_one_counts_all() -> None:
+    busy = node("busy", active=2, waiting=5, waiting_batch=4, slots=2)
+    interactive, batch = estimate(decide(busy), "busy"), estimate(decide(busy, batch=True), "busy")
+    # Interactive: the 2 running and the 1 interactive waiting are ahead; batch: all 7.
+    assert interactive.queue_s == pytest.approx((2 + 1 - 2 + 1) / 2 * interactive.run_s)
+    assert batch.queue_s == pytest.approx((2 + 5 - 2 + 1) / 2 * batch.run_s)
+    # To an interactive request, batch work waiting is as if it were not there.
+    plain = node("plain", active=2, waiting=1, slots=2)
+    assert estimate(decide(plain), "plain").queue_s == pytest.approx(interactive.queue_s)
+
+
 def test_the_queue_wait_uses_the_nodes_mean_busy_time_when_it_has_one() -> None:
     mean_busy = 7.5
     decision = decide(node("n", active=3, slots=2, busy_s=Figure(mean_busy, SURE)))

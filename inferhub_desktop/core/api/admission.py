@@ -1,10 +1,21 @@
-"""Admission to this machine's backend: the owner's requests first, peers' ones within a cap."""
+"""Admission to this machine's backend: the owner's requests first, peers' ones within a cap, in turns.
+
+Peers' requests that find no free slot wait in one queue per requesting machine, and the queues are
+served by start-time fair queueing (Goyal, Vin and Cheng, SIGCOMM 1996): each request is tagged with
+when its machine's turn would start if every machine with work waiting were served alike, counting a
+request as the tokens it may generate, and the smallest tag goes next. A machine that sends forty
+requests gets the same share of the backend as one that sends one at a time, not forty turns before
+it; one that asks for long replies spends its share sooner. Batch requests wait behind every
+interactive one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import dataclasses
+import heapq
+import itertools
 from collections.abc import AsyncIterator
 
 from ..wire.errors import ApiError
@@ -15,15 +26,38 @@ _REMOTE_WAIT_S = 600.0
 # Peers' requests that may wait at once; one more is refused at once, as Ollama refuses past
 # OLLAMA_MAX_QUEUE.
 _MAX_WAITING = 64
+# What a request costs in its machine's share when it does not say how many tokens it may generate,
+# and the most one counts for, so a request that sets no real limit does not lose every turn after it.
+DEFAULT_COST = 256
+MAX_COST = 8192
+# Machines whose place in the turns is remembered; those whose turn has come are forgotten first.
+_MAX_CALLERS = 1024
 
 # Ollama's own wording (two spaces included), so clients that recognise it retry or fail over.
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 
 
+@dataclasses.dataclass(eq=False)
+class Turn:
+    """A peer's request on this machine's backend: who sent it, and why it was cut, once it is."""
+
+    caller: str
+    batch: bool
+    # Resolves with the reason when the owner takes the GPU back while the request runs.
+    cut: asyncio.Future[str]
+
+
+@dataclasses.dataclass(eq=False)
+class _Waiter:
+    turn: Turn
+    entered: asyncio.Future[None]
+    queued: bool = True
+
+
 class Admission:
     """Count requests on this machine's backend: the owner's local ones always enter at once; peers'
-    ones only while fewer than `max_remote` of theirs run and the backend has a free slot, waiting (FIFO)
-    up to a bound otherwise."""
+    ones only while fewer than `max_remote` of theirs run and the backend has a free slot, waiting in
+    fair turns per machine up to a bound otherwise."""
 
     def __init__(
         self, *, slots: int, max_remote: int, max_waiting: int = _MAX_WAITING, wait_s: float = _REMOTE_WAIT_S
@@ -33,15 +67,24 @@ class Admission:
         self._max_waiting = max_waiting
         self._wait_s = wait_s
         self._active_local = 0
-        self._active_remote = 0
-        # Futures of waiting peers' requests, oldest first; a slot is handed to the head by setting
-        # its result, so a request arriving later cannot take it first.
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._running: set[Turn] = set()
+        # Why peers' requests are refused now (sharing paused or off); None while they are taken.
+        self._closed: str | None = None
+        # Waiting requests by (batch, start tag, arrival): interactive ones first, then the smallest tag.
+        # A slot is handed to the head by setting its future, so a later request cannot take it first.
+        self._queue: list[tuple[bool, float, int, _Waiter]] = []
+        self._arrivals = itertools.count()
+        self._waiting = 0
+        self._waiting_batch = 0
+        # Per class (interactive, batch): the tag of the request that entered last, the fair queue's clock,
+        # and each machine's finish tag, where its next request's turn starts.
+        self._clock = {False: 0.0, True: 0.0}
+        self._finish: dict[tuple[bool, str], float] = {}
 
     @property
     def active(self) -> int:
         """Requests running on the backend now, the owner's and peers' together."""
-        return self._active_local + self._active_remote
+        return self._active_local + len(self._running)
 
     @property
     def active_local(self) -> int:
@@ -49,16 +92,25 @@ class Admission:
 
     @property
     def active_remote(self) -> int:
-        return self._active_remote
+        return len(self._running)
 
     @property
     def waiting_remote(self) -> int:
-        return len(self._waiters)
+        return self._waiting
+
+    @property
+    def waiting_batch(self) -> int:
+        """Batch requests among the waiting ones."""
+        return self._waiting_batch
 
     @property
     def queue_full(self) -> bool:
         """Whether a peer's request would be refused at once."""
-        return self.waiting_remote >= self._max_waiting
+        return self._waiting >= self._max_waiting
+
+    def running(self) -> list[Turn]:
+        """Return the peers' requests running now."""
+        return list(self._running)
 
     @contextlib.asynccontextmanager
     async def local(self) -> AsyncIterator[None]:
@@ -71,33 +123,71 @@ class Admission:
             self._wake()
 
     @contextlib.asynccontextmanager
-    async def remote(self) -> AsyncIterator[None]:
-        """Wait for a peer's turn, then count the request while it runs.
+    async def remote(
+        self, caller: str = "", *, batch: bool = False, cost: int = DEFAULT_COST
+    ) -> AsyncIterator[Turn]:
+        """Wait for a peer's turn, then count the request while it runs; yield the turn, whose `cut`
+        says when the owner took the GPU back.
 
-        Raises ApiError(503) when `max_waiting` requests wait already, or when no slot frees up
-        within `wait_s`.
+        Raises ApiError(503) while peers' requests are refused, when `max_waiting` requests wait
+        already, when no slot frees up within `wait_s`, or when refusals begin while it waits.
         """
-        await self._enter_remote()
+        turn = Turn(caller, batch, asyncio.get_running_loop().create_future())
+        await self._enter(turn, max(1, min(cost, MAX_COST)))
         try:
-            yield
+            yield turn
         finally:
-            self._active_remote -= 1
+            self._running.discard(turn)
+            if not turn.cut.done():
+                turn.cut.cancel()
             self._wake()
 
-    def _remote_fits(self) -> bool:
-        return self._active_remote < self._max_remote and self.active < self._slots
-
-    async def _enter_remote(self) -> None:
-        if not self.waiting_remote and self._remote_fits():
-            self._active_remote += 1
+    def refuse(self, reason: str | None) -> None:
+        """Refuse peers' requests with `reason` from now on, those waiting too (they fail over to other
+        nodes); None takes them again. Running ones go on until `cut`."""
+        self._closed = reason
+        if reason is None:
             return
-        if self.waiting_remote >= self._max_waiting:
+        for *_, waiter in self._queue:
+            if waiter.queued and not waiter.entered.done():
+                waiter.entered.set_exception(ApiError(503, reason))
+        self._wake()
+
+    def cut(self, reason: str) -> int:
+        """Cut the peers' requests running now with `reason`; return how many."""
+        turns = [turn for turn in self._running if not turn.cut.done()]
+        for turn in turns:
+            turn.cut.set_result(reason)
+        return len(turns)
+
+    def _fits(self) -> bool:
+        return len(self._running) < self._max_remote and self.active < self._slots
+
+    def _tag(self, turn: Turn, cost: int) -> float:
+        """Return the start tag of a machine's request, and move its finish tag on by the request's cost."""
+        key = (turn.batch, turn.caller)
+        start = max(self._clock[turn.batch], self._finish.get(key, 0.0))
+        self._finish[key] = start + cost
+        if len(self._finish) > _MAX_CALLERS:
+            # A machine whose finish tag the clock has passed starts at the clock anyway.
+            self._finish = {k: f for k, f in self._finish.items() if f > self._clock[k[0]]}
+        return start
+
+    async def _enter(self, turn: Turn, cost: int) -> None:
+        if self._closed is not None:
+            raise ApiError(503, self._closed)
+        if not self._waiting and self._fits():
+            self._clock[turn.batch] = self._tag(turn, cost)
+            self._running.add(turn)
+            return
+        if self._waiting >= self._max_waiting:
             raise ApiError(503, BUSY_MESSAGE)
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        waiter = _Waiter(turn, asyncio.get_running_loop().create_future())
+        heapq.heappush(self._queue, (turn.batch, self._tag(turn, cost), next(self._arrivals), waiter))
+        self._count(waiter, 1)
         try:
             async with asyncio.timeout(self._wait_s):
-                await waiter
+                await waiter.entered
         except TimeoutError:
             self._give_up(waiter)
             raise ApiError(
@@ -105,24 +195,33 @@ class Admission:
                 f"server busy, please try again.  no slot for peers came free within {self._wait_s:g} s",
             ) from None
         except BaseException:
-            self._give_up(waiter)  # cancelled: the client went away, or the node stops
+            self._give_up(waiter)  # cancelled (the client went away, or the node stops), or refused
             raise
 
-    def _give_up(self, waiter: asyncio.Future[None]) -> None:
+    def _count(self, waiter: _Waiter, step: int) -> None:
+        self._waiting += step
+        self._waiting_batch += step if waiter.turn.batch else 0
+
+    def _give_up(self, waiter: _Waiter) -> None:
         """Take a waiter out of the queue, or pass on the slot it was handed as it stopped waiting."""
-        if waiter.done() and not waiter.cancelled():
-            self._active_remote -= 1
-        else:
-            with contextlib.suppress(ValueError):  # _wake may have dropped it, cancelled, already
-                self._waiters.remove(waiter)
+        if waiter.queued:
+            waiter.queued = False  # left in the heap, skipped when it comes up
+            self._count(waiter, -1)
+        elif waiter.entered.done() and not waiter.entered.cancelled() and waiter.entered.exception() is None:
+            self._running.discard(waiter.turn)
         # Whoever queued behind it while it was leaving may fit now.
         self._wake()
 
     def _wake(self) -> None:
-        """Hand free slots to the waiting peers' requests, oldest first."""
-        while self._waiters and self._remote_fits():
-            waiter = self._waiters.popleft()
-            if waiter.done():
-                continue  # cancelled; its task takes itself out
-            self._active_remote += 1
-            waiter.set_result(None)
+        """Hand free slots to the waiting peers' requests, smallest tag first."""
+        while self._queue and self._fits():
+            _, tag, _, waiter = heapq.heappop(self._queue)
+            if not waiter.queued:
+                continue  # gave up while waiting
+            waiter.queued = False
+            self._count(waiter, -1)
+            if waiter.entered.done():
+                continue  # cancelled or refused; its task takes itself out
+            self._clock[waiter.turn.batch] = tag
+            self._running.add(waiter.turn)
+            waiter.entered.set_result(None)

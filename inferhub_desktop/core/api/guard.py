@@ -20,8 +20,9 @@ _ALLOW_HEADERS = ",".join(
         "Accept",
         "X-Requested-With",
         "Openai-Beta",
-        # InferHub's own: a page may pin a node, and follow a request by its id.
+        # InferHub's own: a page may pin a node, mark its work as batch, and follow a request by its id.
         "X-InferHub-Node",
+        "X-InferHub-Priority",
         "X-Request-Id",
         "Traceparent",
         *(

@@ -16,9 +16,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from aiohttp import HttpVersion11, StreamReader, web
@@ -33,12 +33,15 @@ from ..status import NodeStatus
 from ..wire.endpoints import Endpoint, Kind, match
 from ..wire.errors import ApiError, BackendUnavailable
 from ..wire.framing import FrameSplitter, framing_of
-from ..wire.headers import NODE_HEADER, REQUEST_ID_HEADER, VIA_HEADER
+from ..wire.headers import BATCH, NODE_HEADER, PRIORITY_HEADER, REQUEST_ID_HEADER, VIA_HEADER
 from ..wire.payload import parse_body, string_field
 from ..wire.responses import error_response, json_response, text_response
+from .admission import Turn
 from .meter import ReplyMeter
 
 _log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A request is tried on at most this many nodes, and on a further one only this soon after it came:
 # a client that has waited longer has most likely given up.
@@ -51,8 +54,9 @@ _FAIL_OVER_STATUSES = frozenset({404, 502, 503})
 # The node's full state.
 StatusSource = Callable[[], NodeStatus]
 # Holds a request to `endpoint` while it is sent to the backend and its answer relayed; this is
-# where an API counts requests against the backend's slots, or waits for one.
-Admit = Callable[[Endpoint], AbstractAsyncContextManager[None]]
+# where an API counts requests against the backend's slots, or waits for one. A peer's request on this
+# machine's backend holds a Turn, which the owner may cut.
+Admit = Callable[[Endpoint], AbstractAsyncContextManager[Turn | None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +91,13 @@ class Query:
     fields: Mapping[str, Any] | None  # the parsed body, for endpoints whose body the node reads
     headers: Mapping[str, str]
     path: str
+    # Who sent it: the member a private pool's TLS proved, else the address it came from.
+    caller: str = ""
+
+    @property
+    def batch(self) -> bool:
+        """Whether the request said it may wait behind interactive ones."""
+        return self.headers.get(PRIORITY_HEADER, "").strip().lower() == BATCH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +247,51 @@ async def relay(request: web.Request, upstream: UpstreamResponse, meter: ReplyMe
             await response.write(splitter.pending)
     await response.write_eof()
     return response
+
+
+class _Cuttable:
+    """A peer's reply that ends, as a broken one does, when its turn is cut: the client reads why in the
+    stream's own error format (or gets a 502 it fails over on), and the backend sees its client leave."""
+
+    def __init__(self, upstream: UpstreamResponse, cut: asyncio.Future[str]) -> None:
+        self._upstream = upstream
+        self._cut = cut
+
+    @property
+    def status(self) -> int:
+        return self._upstream.status
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._upstream.headers
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        chunks = aiter(self._upstream.iter_chunks())
+        while True:
+            try:
+                chunk = await self._unless_cut(anext(chunks))
+            except StopAsyncIteration:
+                return
+            yield chunk
+
+    async def read(self) -> bytes:
+        return await self._unless_cut(self._upstream.read())
+
+    async def _unless_cut(self, step: Awaitable[T]) -> T:
+        cut = self._cut
+        if cut.cancelled():  # the turn ended: nothing can cut it now
+            return await step
+        task = asyncio.ensure_future(step)
+        try:
+            if not cut.done():
+                await asyncio.wait((task, cut), return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            raise BackendUnavailable(cut.result())
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
 
 async def fetch(
@@ -478,7 +534,9 @@ class Forwarder:
             model = string_field(fields, "model", endpoint.request_type)
         trail.model = model
         # The body is read and checked first: a request that would fail anyway is not sent anywhere.
-        plan = self._dispatch.plan(Query(endpoint, model, fields, request.headers, request.path), self._api)
+        caller = request.get(CALLER_KEY) or request.remote or ""
+        query = Query(endpoint, model, fields, request.headers, request.path, caller)
+        plan = self._dispatch.plan(query, self._api)
         if not plan.targets:
             raise ApiError(503, plan.unavailable)
 
@@ -544,9 +602,10 @@ class Forwarder:
         trail.node, trail.attempts = target.name, trail.attempts + 1
         try:
             async with (
-                target.admit(endpoint),
-                target.backend.request(request.method, request.raw_path, headers, body) as upstream,
+                target.admit(endpoint) as turn,
+                target.backend.request(request.method, request.raw_path, headers, body) as reply,
             ):
+                upstream = reply if turn is None else _Cuttable(reply, turn.cut)
                 if fail_over and upstream.status in _FAIL_OVER_STATUSES:
                     with contextlib.suppress(BackendUnavailable):
                         await upstream.read()

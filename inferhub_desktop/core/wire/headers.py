@@ -7,5 +7,8 @@ VIA_HEADER = "X-InferHub-Via"
 # A request's id, taken from the client or made by the first node, carried to the peer and the backend,
 # returned, logged and audited, so one request can be followed through the pool.
 REQUEST_ID_HEADER = "X-Request-Id"
+# `batch` marks a request that may wait: at every node it yields to interactive ones, which is any other.
+PRIORITY_HEADER = "X-InferHub-Priority"
+BATCH = "batch"
 # The owner's control token, which the local API's control paths require (see control.py).
 CONTROL_HEADER = "X-InferHub-Control"
