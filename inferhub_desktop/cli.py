@@ -28,12 +28,14 @@ from .core import (
     SWITCHES,
     SWITCHES_PATH,
     TOKEN_FILE,
+    USAGE_PATH,
     USER_FIELDS,
     AddressState,
     ConfigError,
     MalformedRecord,
     NodeStatus,
     PeerState,
+    PeerUsage,
     PortTaken,
     PrivatePool,
     SettingsNotSaved,
@@ -140,6 +142,59 @@ def _parser() -> argparse.ArgumentParser:
         "--pool-pull",
         action=argparse.BooleanOptionalAction,
         help="let peers pull models onto this machine (remembered; off until turned on)",
+    )
+    owner = run.add_argument_group(
+        "the owner first", "when this machine stops sharing for its owner (remembered)"
+    )
+    owner.add_argument(
+        "--pause-on-gpu-use",
+        action=argparse.BooleanOptionalAction,
+        help="pause sharing while another program uses the GPU (default: on)",
+    )
+    owner.add_argument(
+        "--pause-gpu-mib",
+        type=int,
+        metavar="MIB",
+        help="GPU memory a program must hold to pause sharing (default 1024: a desktop's own use does not)",
+    )
+    owner.add_argument(
+        "--pause-gpu-percent",
+        type=int,
+        metavar="PCT",
+        help="GPU load, while the model server is idle, that pauses sharing (default 50; 0: never)",
+    )
+    owner.add_argument(
+        "--resume-after",
+        type=int,
+        dest="resume_after_s",
+        metavar="SECONDS",
+        help="share again this long after the other GPU work ends (default 60)",
+    )
+    owner.add_argument(
+        "--reserve-vram-gib",
+        type=int,
+        metavar="GIB",
+        help="VRAM kept free for you: peers' requests that would load a model into it go elsewhere",
+    )
+    owner.add_argument(
+        "--share-when-away",
+        type=int,
+        dest="share_when_away_min",
+        metavar="MINUTES",
+        help="share only once you have been away this long, or the screen is locked (default 0: always)",
+    )
+    owner.add_argument(
+        "--quiet-hours",
+        action="append",
+        metavar="WINDOW",
+        help='a weekly window when this machine does not share, e.g. "mon-fri 09:00-17:30" (repeatable)',
+    )
+    owner.add_argument(
+        "--grace",
+        type=int,
+        dest="grace_s",
+        metavar="SECONDS",
+        help="when sharing pauses, peers' requests under way may finish for this long (default 30)",
     )
     run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
@@ -299,6 +354,11 @@ def _client(args: argparse.Namespace) -> int:
             request = _control(config_dir, base + ADDRESSES_PATH)
             with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S) as reply:
                 named = json.load(reply)
+        usage: dict[str, Any] = {}
+        if args.command == "status" and not args.json:
+            request = _control(config_dir, base + USAGE_PATH)
+            with urllib.request.urlopen(request, timeout=_CLIENT_TIMEOUT_S) as reply:
+                usage = json.load(reply)
     except urllib.error.HTTPError as exc:
         return _refused(port, exc)
     except ConfigError as exc:
@@ -317,7 +377,7 @@ def _client(args: argparse.Namespace) -> int:
         return 0
     try:
         if args.command == "status":
-            print(format_status(NodeStatus.from_json(answer)))
+            print("\n".join([format_status(NodeStatus.from_json(answer)), *format_usage(usage)]))
         elif args.command == "peers":
             print(
                 format_peers(
@@ -608,7 +668,11 @@ def format_peers(peers: list[PeerState], named: Sequence[AddressState] = ()) -> 
             "a private pool (`inferhub pool create`) proves each member by its key"
         )
     for peer in peers:
-        sharing = "sharing" if peer.share else "not sharing"
+        sharing = (
+            f"paused: {peer.status.owner.paused}"
+            if peer.status.owner.paused
+            else ("sharing" if peer.share else "not sharing")
+        )
         head = f"{peer.name}  {peer.address}:{peer.port}  {sharing}"
         load = peer.status.load
         blocks.append(
@@ -637,6 +701,22 @@ _ADDRESS_SAID = {
 }
 
 
+def format_usage(usage: dict[str, Any]) -> list[str]:
+    """Say who uses this machine now and what each peer had it serve today, one line each."""
+    now = ", ".join(f"{u['peer']} ({u['requests']} under way)" for u in usage.get("now", ()))
+    today = [
+        PeerUsage(u["peer"], u["requests"], u["tokens"], u["seconds"]).words() for u in usage.get("today", ())
+    ]
+    lines = [f"using    {now or 'no peer right now'}"]
+    if today:
+        lines += [f"{'today' if n == 0 else '':<9}{line}" for n, line in enumerate(today)]
+        if not usage.get("whole_day", True):
+            lines.append(f"{'':<9}(at least: the audit log's last entries do not reach back to midnight)")
+    else:
+        lines.append("today    no peer has used this machine")
+    return lines
+
+
 def format_status(status: NodeStatus) -> str:
     """Render a node's status for people."""
     backend = status.backend
@@ -649,6 +729,13 @@ def format_status(status: NodeStatus) -> str:
         lines.append(f"backend  {backend.kind} at {backend.url}: DOWN, {backend.error}")
     if status.telemetry:
         lines += _format_telemetry(status.telemetry)
+    if status.owner.watching:
+        kept = (
+            f"; keeps {status.owner.reserve_mib / 1024:g} GiB of VRAM free"
+            if status.owner.reserve_mib
+            else ""
+        )
+        lines.append(f"owner    watches {status.owner.watching}{kept}")
     loaded = {m.name: m for m in backend.loaded}
     rows = []
     for model in sorted(backend.installed, key=lambda m: m.name):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from inferhub_desktop import __version__
+from inferhub_desktop.cli import format_usage
 from tests.support import (
     ROOT,
     process_output,
@@ -109,6 +110,26 @@ def test_status_shows_the_running_node(tmp_path: Path, fake_ollama: str) -> None
     assert "loaded" not in text  # the fake starts with nothing in memory
     assert as_json["name"] == "desk-7"
     assert as_json["backend"]["installed"][0]["name"] == "llama3:latest"
+
+
+def test_status_says_why_sharing_is_paused_and_who_used_this_machine(
+    tmp_path: Path, fake_ollama: str
+) -> None:
+    # Quiet hours round the clock: the node shares, and is paused for them.
+    quiet = ("--quiet-hours", "daily 00:00-12:00", "--quiet-hours", "daily 12:00-24:00")
+    proc, url = start_node_process(tmp_path, fake_ollama, "--name", "desk-8", "--share", *quiet)
+    port = url.rsplit(":", 1)[1]
+    try:
+        mine = ("--api-port", port, "--config-dir", str(tmp_path))
+        text = run_cli_until("sharing paused: quiet hours (daily ", "status", *mine)
+    finally:
+        assert stop_process(proc) == 0
+    assert re.search(
+        r"^state    sharing paused: quiet hours \(daily \d\d:00-\d\d:00\) · open LAN pool$", text, re.M
+    )
+    assert "using    no peer right now\ntoday    no peer has used this machine" in text
+    # No NVIDIA GPU here: the status says what cannot be watched.
+    assert "owner    watches nothing on the GPU: with no GPU readings here" in text
 
 
 def test_peers_and_share_on_a_loopback_pool(tmp_path: Path, fake_ollama: str) -> None:
@@ -323,3 +344,20 @@ def test_a_private_pool_is_made_joined_and_managed_from_the_command_line(
     assert left.stdout.startswith("Left the private pool")
     shown = run_cli("pool", "members", *idle, "--config-dir", str(desk)).stdout
     assert shown.startswith("This machine is in the LAN's open pool")
+
+
+def test_usage_is_said_one_peer_a_line_with_who_is_using_this_machine_now() -> None:
+    usage = {
+        "now": [{"peer": "ws-bob", "requests": 2}],
+        "today": [
+            {"peer": "ws-bob", "requests": 14, "tokens": 3210, "seconds": 52.4},
+            {"peer": "10.0.0.9 (unverified)", "requests": 1, "tokens": 80, "seconds": 1.0},
+        ],
+        "whole_day": False,
+    }
+    assert format_usage(usage) == [
+        "using    ws-bob (2 under way)",
+        "today    ws-bob: 14 requests, 3210 tokens, 52 s",
+        "         10.0.0.9 (unverified): 1 request, 80 tokens, 1 s",
+        "         (at least: the audit log's last entries do not reach back to midnight)",
+    ]

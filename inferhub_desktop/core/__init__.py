@@ -1,6 +1,6 @@
 """InferHub's core: asyncio only, never Qt. The UI and the CLI use what this module exports."""
 
-from .audit import audit_entry, audit_row, read_audit
+from .audit import PeerUsage, audit_entry, audit_row, read_audit
 from .codes import join_code, new_secret, read_join_code
 from .control import TOKEN_FILE, control_token, read_control_token
 from .events import (
@@ -12,6 +12,7 @@ from .events import (
     RequestDone,
     RequestUnderway,
     SettingsChanged,
+    SharingPaused,
 )
 from .identity import Identity, load_identity
 from .names import short_name
@@ -42,6 +43,7 @@ from .wire.endpoints import (
     ROUTE_PATH,
     STATUS_PATH,
     SWITCHES_PATH,
+    USAGE_PATH,
 )
 from .wire.errors import (
     ApiError,
@@ -69,6 +71,7 @@ __all__ = [
     "SWITCHES",
     "SWITCHES_PATH",
     "TOKEN_FILE",
+    "USAGE_PATH",
     "USER_FIELDS",
     "AddressState",
     "ApiError",
@@ -85,6 +88,7 @@ __all__ = [
     "PeerJoined",
     "PeerLeft",
     "PeerState",
+    "PeerUsage",
     "PortTaken",
     "PrivatePool",
     "RequestDone",
@@ -93,6 +97,7 @@ __all__ = [
     "SettingsChanged",
     "SettingsNotSaved",
     "SettingsStore",
+    "SharingPaused",
     "Telemetry",
     "Unauthorized",
     "audit_entry",

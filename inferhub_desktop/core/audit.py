@@ -8,6 +8,7 @@ the two files never hold much more than 10 MiB.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -115,14 +116,58 @@ def read_audit(config_dir: Path, limit: int = MAX_ENTRIES) -> list[dict[str, Any
     return newest_first[::-1]
 
 
+@dataclasses.dataclass(frozen=True)
+class PeerUsage:
+    """What one peer had this machine serve in a day."""
+
+    peer: str
+    requests: int
+    tokens: int
+    seconds: float
+
+    def words(self) -> str:
+        """Say it as people read it: "ws-bob: 14 requests, 3210 tokens, 52 s"."""
+        said = (
+            f"{self.requests} request{'s' * (self.requests != 1)}, {self.tokens} tokens, {self.seconds:.0f} s"
+        )
+        return f"{self.peer}: {said}"
+
+
+def usage_on(entries: list[dict[str, Any]], day: datetime.date) -> tuple[list[PeerUsage], bool]:
+    """Sum the audit log's entries of `day` (local time) per peer, most used (in seconds) first; and say
+    whether they are the whole day's: False when the entries read begin within the day."""
+    totals: dict[str, list[float]] = {}
+    whole = True
+    for n, entry in enumerate(entries):
+        try:
+            when = datetime.datetime.fromisoformat(entry["at"]).astimezone().date()
+        except (KeyError, TypeError, ValueError):
+            continue
+        if n == 0 and when == day and len(entries) >= MAX_ENTRIES:
+            whole = False
+        if when != day:
+            continue
+        tally = totals.setdefault(peer_label(entry), [0, 0, 0.0])
+        tokens, duration = entry.get("tokens"), entry.get("duration_s")
+        tally[0] += 1
+        tally[1] += tokens if isinstance(tokens, int) else 0
+        tally[2] += duration if isinstance(duration, int | float) else 0.0
+    usage = [PeerUsage(peer, int(t[0]), int(t[1]), float(t[2])) for peer, t in totals.items()]
+    return sorted(usage, key=lambda u: (-u.seconds, u.peer)), whole
+
+
+def peer_label(entry: dict[str, Any]) -> str:
+    """Name the peer of an entry: its name, else its id or address, marked when the pool did not prove it."""
+    peer_id = entry.get("peer_id") or ""
+    address = entry.get("address") or ""
+    peer = str(entry.get("peer") or (f"id {peer_id[:8]}" if peer_id else address or "unknown"))
+    return peer if entry.get("verified") else f"{peer} (unverified)"
+
+
 def audit_row(entry: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
     """Return an entry as people read it: when (local time), peer, model, tokens, duration, outcome."""
     when = datetime.datetime.fromisoformat(entry["at"]).astimezone()
-    peer_id = entry.get("peer_id") or ""
-    address = entry.get("address") or ""
-    peer = entry.get("peer") or (f"id {peer_id[:8]}" if peer_id else address or "unknown")
-    if not entry.get("verified"):
-        peer = f"{peer} (unverified)"
+    peer = peer_label(entry)
     model = entry.get("model")
     tokens = entry.get("tokens")
     duration = entry.get("duration_s")

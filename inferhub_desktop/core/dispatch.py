@@ -30,7 +30,15 @@ from .breaker import CircuitBreakers
 from .events import Events, RequestDone
 from .names import model_key, short_name
 from .peers import Peer, PeerTable, url_host
-from .router import RouteDecision, RouteRequest, RouterNode, Snapshot, choose_route, route_request
+from .router import (
+    RouteDecision,
+    RouteRequest,
+    RouterNode,
+    Snapshot,
+    choose_route,
+    reserve_refusal,
+    route_request,
+)
 from .settings import Settings
 from .speeds import SpeedBook
 from .status import NodeStatus
@@ -142,6 +150,9 @@ class Dispatcher:
         self._views: dict[str, tuple[NodeStatus, RouterNode]] = {}
         # The connections kept to each peer's share API.
         self._links: dict[str, OllamaBackend] = {}
+        # When the owner's own requests, and peers', last ran each model on this machine.
+        self._owner_used: dict[str, float] = {}
+        self._peers_used: dict[str, float] = {}
 
     # -- what the APIs ask ---------------------------------------------------------------------------
 
@@ -149,6 +160,7 @@ class Dispatcher:
         """Choose the nodes for a request, best first: across the pool for the local API; this machine's
         backend for the share API, which never routes further."""
         if api == "share":
+            self._within_reserve(query)
             tokens = route_request(query.endpoint.pattern, None, query.fields, None, local_only=True).tokens
             turn = functools.partial(
                 self.admission.remote, query.caller, batch=query.batch, cost=tokens or DEFAULT_COST
@@ -185,6 +197,15 @@ class Dispatcher:
         if request.conversation:
             self.conversations.remember(request.conversation, decision.ranked[0].node.node_id, now)
         return Plan([self._target(r.node.node_id, model) for r in decision.ranked])
+
+    def peers_only_models(self) -> set[str]:
+        """Return the models peers' requests ran on this machine lately (within Ollama's keep-alive) that
+        the owner's own requests did not: those loaded for peers alone."""
+        since = time.monotonic() - CONVERSATION_TTL_S
+        for used in (self._peers_used, self._owner_used):
+            for key in [key for key, at in used.items() if at < since]:
+                del used[key]
+        return set(self._peers_used) - set(self._owner_used)
 
     def relayed(self, endpoint: Endpoint) -> None:
         """Hear that a request was relayed: one that may change the backend's models has it probed."""
@@ -307,6 +328,14 @@ class Dispatcher:
         # Nobody has the model: this machine's backend refuses it in Ollama's own words.
         return Plan([self._local_target(query.model)])
 
+    def _within_reserve(self, query: Query) -> None:
+        """Refuse, as busy, a peer's request that would load a model into the VRAM the owner keeps."""
+        if query.endpoint.kind is not Kind.INFERENCE or not query.model:
+            return
+        own = self._own()
+        if refusal := reserve_refusal(own, model_key(query.model)):
+            raise ApiError(503, f"{own.name} {refusal}; another node of the pool can take it")
+
     def _target(self, node_id: str, model: str | None) -> Target:
         """Return the target for a node of the snapshot: this machine's backend, or a peer's share API."""
         table = self._peers()
@@ -329,7 +358,12 @@ class Dispatcher:
         return Target(
             name=settings.name,
             backend=self._backend(),
-            admit=self._admitter(settings.node_id, model, slot=turn or self.admission.local),
+            admit=self._admitter(
+                settings.node_id,
+                model,
+                slot=turn or self.admission.local,
+                used=self._owner_used if turn is None else self._peers_used,
+            ),
             report=self._reporter(settings.node_id, model, learn=True),
         )
 
@@ -339,9 +373,12 @@ class Dispatcher:
         model: str | None,
         *,
         slot: Callable[[], AbstractAsyncContextManager[Turn | None]] | None,
+        used: dict[str, float] | None = None,
     ) -> Admit:
         """Return how a request enters a node: inference takes a `slot` of this machine's backend, if given,
-        and counts at the node until it ends; reads and the rest just go."""
+        and counts at the node until it ends, its model noted in `used` when it enters; reads and the
+        rest just go."""
+        key = model_key(model) if model else None
 
         @contextlib.asynccontextmanager
         async def admit(endpoint: Endpoint) -> AsyncIterator[Turn | None]:
@@ -352,6 +389,8 @@ class Dispatcher:
                 slot() if slot else contextlib.nullcontext(None) as turn,
                 self._sent_to(node_id, model),
             ):
+                if used is not None and key:
+                    used[key] = time.monotonic()
                 yield turn
 
         return admit

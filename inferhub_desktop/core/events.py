@@ -41,6 +41,13 @@ class SettingsChanged:
 
 
 @dataclasses.dataclass(frozen=True)
+class SharingPaused:
+    """Sharing paused for the owner (`reason` says why), or resumed (`reason` is None)."""
+
+    reason: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class BackendChanged:
     """This machine's backend came up, or went down (`error` says why)."""
 
@@ -97,7 +104,7 @@ class RequestUnderway:
     client: str
 
 
-Event = PeerJoined | PeerLeft | SettingsChanged | BackendChanged | RequestDone
+Event = PeerJoined | PeerLeft | SettingsChanged | BackendChanged | RequestDone | SharingPaused
 Listener = Callable[[Event], None]
 
 

@@ -5,11 +5,14 @@ telemetry sampled; the settings come from the store."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import datetime
 import errno
 import hashlib
 import logging
+import math
 import os
 import ssl
 import time
@@ -25,7 +28,7 @@ from .api.local import LocalApi
 from .api.relay import Forwarder
 from .api.share import ShareApi
 from .api.sites import ConnectionLimits, LimitedSite, connection_budget, who_holds
-from .audit import MAX_ENTRIES, AuditLog
+from .audit import MAX_ENTRIES, AuditLog, usage_on
 from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
 from .control import control_token
@@ -33,13 +36,15 @@ from .dispatch import Dispatcher
 from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, RequestUnderway, SettingsChanged
 from .health import Health, local_health
 from .identity import Identity, load_identity
+from .idle import Away, AwaySource, system_away_source
 from .membership import Membership
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
+from .owner import OwnerGuard
 from .peers import AddressState, Peer, PeerAnnouncement, PeerState, url_host
 from .pool import PrivatePool, pool_info
 from .router import RouterNode
 from .settings import SETTINGS_FILE, SWITCHES, Settings, backend_kind
-from .status import Load, NodeStatus
+from .status import Load, NodeStatus, OwnerState
 from .store import SettingsStore
 from .telemetry import Telemetry, TelemetrySampler
 from .tls import server_context
@@ -68,8 +73,10 @@ _PROBE_INTERVAL_S = 5.0
 # How long a starting node waits for its first word from the backend before it goes on without.
 _FIRST_PROBE_WAIT_S = 1.0
 _PROBE_MIN_GAP_S = 0.5
-# How often the GPUs and the system are read.
-_TELEMETRY_INTERVAL_S = 2.0
+# How often the GPUs and the system are read: the owner's other work pauses sharing within two readings.
+_TELEMETRY_INTERVAL_S = 1.0
+# How often the owner's absence is read, where a setting needs it: it is counted in minutes.
+_AWAY_INTERVAL_S = 5.0
 # This node's view for the router is made again at least this often, for its learnt speeds to fade.
 _OWN_VIEW_TTL_S = 1.0
 
@@ -77,7 +84,16 @@ _OWN_VIEW_TTL_S = 1.0
 class Node:
     """One InferHub node; use as `async with Node(store) as node:`."""
 
-    def __init__(self, store: SettingsStore, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(
+        self,
+        store: SettingsStore,
+        environ: Mapping[str, str] = os.environ,
+        *,
+        sampler: TelemetrySampler | None = None,
+        away: AwaySource | None = None,
+    ) -> None:
+        """`sampler` reads the GPUs and the system, `away` how long the owner has been away; by default,
+        this machine's."""
         # The user's settings: read from here whenever they are needed, changed only through it.
         self.store = store
         settings = store.settings
@@ -107,7 +123,10 @@ class Node:
         # The most model bytes the backend has held at once, from its probes: its room for models.
         self.peak_loaded_bytes = 0
         self.telemetry: Telemetry | None = None
-        self._sampler = TelemetrySampler()
+        self._sampler = sampler or TelemetrySampler()
+        self._away_source = away
+        self._away = Away(None)
+        self._away_read_at = -math.inf
         self._probe_wanted = asyncio.Event()
         self._probed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -123,6 +142,17 @@ class Node:
             events=self.events,
             audit=self.audit_log,
             backend_changed=self._probe_wanted.set,
+        )
+        # The owner first: sharing pauses while the owner uses the machine, and peers' requests drain.
+        self.guard = OwnerGuard(
+            lambda: self.settings,
+            self.dispatcher.admission,
+            backend=lambda: self.backend,
+            backend_state=lambda: self.backend_state,
+            peers_only_models=self.dispatcher.peers_only_models,
+            events=self.events,
+            probe=self._probe_wanted.set,
+            changed=self._readvertise,
         )
         self._forwarders: dict[str, Forwarder] = {}
         self.metrics = NodeMetrics(self.events, self._gauges)
@@ -197,6 +227,7 @@ class Node:
         )
         await self._membership.start()
         self._unsubscribe = self.store.events.subscribe(self._settings_changed)
+        self.guard.switched()
         self._tasks.append(asyncio.create_task(self._probe_backend(), name="probe-backend"))
         self._tasks.append(asyncio.create_task(self._sample_telemetry(), name="sample-telemetry"))
         # A node that starts knowing its backend says so from its first status, rather than "down" for a
@@ -219,7 +250,7 @@ class Node:
         share = ShareApi(
             self._forwarders["share"],
             self.settings.name,
-            sharing=lambda: self.settings.share,
+            refusal=self.guard.refusal,
             pool_pull=lambda: self.settings.pool_pull,
             stopping=lambda: self._stopping,
             pool=lambda: self.pool,
@@ -320,6 +351,7 @@ class Node:
         if self._membership is not None:
             await self._membership.close()
             self._membership = None
+        self.guard.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -428,12 +460,31 @@ class Node:
             _log.info("%s: %s", switch.replace("_", " "), "on" if getattr(settings, switch) else "off")
         if "peers" in changed:
             self._membership.set_static_peers(settings.peers)
+        if "share" in changed:
+            self.guard.switched()
         if changed & set(SWITCHES):
             self._membership.readvertise()
 
     def explain_route(self, model: str) -> dict[str, Any]:
         """Say where a generation with `model` would go now, and why, as JSON values."""
         return self.dispatcher.explain(model)
+
+    def usage(self) -> dict[str, Any]:
+        """Say who uses this machine now (peers' requests running or waiting here, by peer) and what each
+        peer had it serve today (from the audit log), as JSON values; `whole_day` is false when the log's
+        last entries do not reach back to midnight."""
+        names = {peer.node_id: peer.name for peer in self.peers()}
+        now = collections.Counter(
+            names.get(r.client) or (f"id {r.client[:8]}" if r.client else "a peer")
+            for r in self.underway()
+            if r.api == "share"
+        )
+        today, whole = usage_on(self.audit_log.entries(MAX_ENTRIES), datetime.date.today())
+        return {
+            "now": [{"peer": peer, "requests": n} for peer, n in now.most_common()],
+            "today": [dataclasses.asdict(u) for u in today],
+            "whole_day": whole,
+        }
 
     def audit(self, limit: int = MAX_ENTRIES) -> list[dict[str, Any]]:
         """Return the last `limit` requests peers had this machine serve, newest last, as JSON values."""
@@ -460,7 +511,8 @@ class Node:
             name=self.settings.name,
             address="",
             port=self.share_port,
-            share=self.settings.share,
+            # Peers that read only the record see a paused machine as not sharing.
+            share=self.guard.sharing,
             gpu=telemetry.summary() if telemetry else "",
             vram_free_mib=free,
             vram_total_mib=telemetry.vram_total_mib if telemetry else 0,
@@ -494,6 +546,16 @@ class Node:
             speeds=self.dispatcher.speeds.snapshot(time.monotonic() if now is None else now),
             peak_loaded_bytes=self.peak_loaded_bytes,
             tokens_generated=self.dispatcher.tokens_generated,
+            owner=self._owner_state(),
+        )
+
+    def _owner_state(self) -> OwnerState:
+        pause = self.guard.pause
+        return OwnerState(
+            paused=pause.reason if pause else None,
+            resumes_in_s=pause.resumes_in_s if pause else None,
+            reserve_mib=self.settings.reserve_vram_gib * 1024,
+            watching=self.guard.watching(self.telemetry),
         )
 
     def _load(self) -> Load:
@@ -512,7 +574,7 @@ class Node:
         say is made again only when they change (or a second has passed, for speeds to fade); its load
         and switches are read each time."""
         now = time.monotonic()
-        basis = (self.backend_state, self.telemetry, self.dispatcher.speeds.learnt)
+        basis = (self.backend_state, self.telemetry, self.dispatcher.speeds.learnt, self.settings)
         cached = self._own_view
         if (
             cached is None
@@ -595,10 +657,32 @@ class Node:
                     await self._probe_wanted.wait()
 
     async def _sample_telemetry(self) -> None:
-        """Keep `telemetry` current; the sampler never raises and times out a hung NVML."""
+        """Keep `telemetry` current, and let the owner guard judge each reading; the sampler never raises
+        and times out a hung NVML."""
         while True:
             self.telemetry = await self._sampler.sample()
+            self.guard.observe(
+                self.telemetry, await self._read_away(), time.monotonic(), datetime.datetime.now()
+            )
             await asyncio.sleep(_TELEMETRY_INTERVAL_S)
+
+    async def _read_away(self) -> Away:
+        """Read how long the owner has been away, where a setting needs it and at most every few seconds
+        (it may start an OS tool); off the loop."""
+        if not self.settings.share_when_away_min:
+            return Away(None)
+        now = time.monotonic()
+        if now - self._away_read_at >= _AWAY_INTERVAL_S:
+            self._away_read_at = now
+            if self._away_source is None:
+                self._away_source = await asyncio.to_thread(system_away_source)
+                _log.info("the owner's absence is read from %s", self._away_source.how)
+            self._away = await asyncio.to_thread(self._away_source.away)
+        return self._away
+
+    def _readvertise(self) -> None:
+        if self._membership is not None:
+            self._membership.readvertise()
 
 
 async def serve(store: SettingsStore, stop: asyncio.Event) -> None:

@@ -70,6 +70,10 @@ class RouterNode:
     rtt_s: float
     # Batch requests among the waiting ones: an interactive request goes ahead of them.
     waiting_batch: int = 0
+    # Why its owner has paused sharing for now (owner.py); None while it shares as switched.
+    paused: str | None = None
+    # VRAM its owner keeps free: a peer's request that would load a model into it is refused.
+    reserve_mib: int = 0
     figures: Mapping[str, ModelFigures] = dataclasses.field(default_factory=dict)
     busy_s: Figure | None = None  # how long any request holds the node's backend, loads included
     # The most model bytes the node has been seen holding at once: its room for models where VRAM is
@@ -306,6 +310,8 @@ def _unfit(request: RouteRequest, node: RouterNode) -> str | None:
         return "this machine is set to use only itself"
     if not node.local and not node.share:
         return "not sharing its GPU"
+    if not node.local and node.paused:
+        return f"sharing paused by its owner: {node.paused}"
     if node.backend_error is not None:
         return f"its backend cannot be used: {node.backend_error}"
     if node.breaker is not None:
@@ -314,7 +320,24 @@ def _unfit(request: RouteRequest, node: RouterNode) -> str | None:
         return f"does not have {short_name(request.model or '')}"
     if node.queue_full and not request.read:
         return "its queue is full"
+    if not node.local and not request.read and (refusal := reserve_refusal(node, request.model or "")):
+        return refusal
     return None
+
+
+def reserve_refusal(node: RouterNode, model: str) -> str | None:
+    """Say why a peer's request for `model` would eat into the VRAM the node's owner keeps free, or None:
+    a model already loaded costs nothing more, one to load must leave the reserve free."""
+    if not node.reserve_mib or not node.vram_total_mib or model in node.loaded or model not in node.installed:
+        return None
+    need_mib = -(-node.installed[model] // _MIB)
+    left_mib = node.vram_free_mib - need_mib
+    if left_mib >= node.reserve_mib:
+        return None
+    return (
+        f"keeps {node.reserve_mib / 1024:g} GiB of VRAM for its owner, and loading {short_name(model)} "
+        f"({need_mib / 1024:.1f} GiB) would leave {max(0, left_mib) / 1024:.1f} GiB free"
+    )
 
 
 def _rank(request: RouteRequest, node: RouterNode, pool: list[RouterNode]) -> Ranked:

@@ -17,6 +17,7 @@ import tomli_w
 
 from .files import write_private
 from .identity import load_identity
+from .schedule import parse_window
 from .wire.errors import ConfigError, SettingsNotSaved
 
 _log = logging.getLogger(__name__)
@@ -58,6 +59,21 @@ class Settings:
     pool_pull: bool = False
     # Serve the share API over TLS, with a self-signed certificate that peers pin.
     tls: bool = False
+    # The owner first (owner.py). Pause sharing while another program uses the GPU: one holding at least
+    # pause_gpu_mib of its memory, or (pause_gpu_percent, 0 for never) the GPU that busy while the model
+    # server is idle; sharing resumes resume_after_s after that ends.
+    pause_on_gpu_use: bool = True
+    pause_gpu_mib: int = 1024
+    pause_gpu_percent: int = 50
+    resume_after_s: int = 60
+    # VRAM kept free for the owner: a peer's request that would load a model into it is refused as busy.
+    reserve_vram_gib: int = 0
+    # Share only once the owner has been away (no input, or the screen locked) this many minutes; 0: always.
+    share_when_away_min: int = 0
+    # Weekly windows when this machine does not share (schedule.py).
+    quiet_hours: tuple[str, ...] = ()
+    # When the owner comes back, peers' requests under way may finish for this long before they are cut.
+    grace_s: int = 30
 
     @property
     def max_body_bytes(self) -> int:
@@ -78,11 +94,30 @@ USER_FIELDS: dict[str, type] = {
     "local_only": bool,
     "pool_pull": bool,
     "tls": bool,
+    "pause_on_gpu_use": bool,
+    "pause_gpu_mib": int,
+    "pause_gpu_percent": int,
+    "resume_after_s": int,
+    "reserve_vram_gib": int,
+    "share_when_away_min": int,
+    "quiet_hours": list,
+    "grace_s": int,
 }
+# What protects the owner; a running node takes each at once.
+OWNER_SETTINGS = (
+    "pause_on_gpu_use",
+    "pause_gpu_mib",
+    "pause_gpu_percent",
+    "resume_after_s",
+    "reserve_vram_gib",
+    "share_when_away_min",
+    "quiet_hours",
+    "grace_s",
+)
 # The settings a running node changes when told to, and remembers in its settings file.
 SWITCHES = ("share", "local_only", "pool_pull")
 # The settings a running node takes at once; a change to any other restarts it.
-LIVE_SETTINGS = frozenset({*SWITCHES, "peers"})
+LIVE_SETTINGS = frozenset({*SWITCHES, "peers", *OWNER_SETTINGS})
 
 
 def default_config_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -265,6 +300,18 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"max_body_mib must be at least 1, not {settings.max_body_mib}")
     if not settings.name.strip() or len(settings.name) > 63 or not settings.name.isprintable():
         raise ConfigError(f"name must be 1 to 63 printable characters, not {settings.name!r}")
+    for key, low, high in (
+        ("pause_gpu_mib", 1, 1 << 20),
+        ("pause_gpu_percent", 0, 100),
+        ("resume_after_s", 0, 86400),
+        ("reserve_vram_gib", 0, 4096),
+        ("share_when_away_min", 0, 1440),
+        ("grace_s", 0, 3600),
+    ):
+        if not low <= getattr(settings, key) <= high:
+            raise ConfigError(f"{key} must be between {low} and {high}, not {getattr(settings, key)}")
+    for window in settings.quiet_hours:
+        parse_window(window)
 
 
 def parse_peer(value: str) -> tuple[str, int]:

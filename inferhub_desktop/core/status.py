@@ -49,6 +49,27 @@ class Load:
 
 
 @dataclasses.dataclass(frozen=True)
+class OwnerState:
+    """How the owner's protections stand (owner.py): why sharing is paused now (None: it is not), in how
+    many seconds it resumes once what paused it has ended, the VRAM kept free for the owner, and what is
+    watched on this machine."""
+
+    paused: str | None = None
+    resumes_in_s: float | None = None
+    reserve_mib: int = 0
+    watching: str = ""
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> OwnerState:
+        return cls(
+            paused=fields.optional_text("paused", 512),
+            resumes_in_s=fields.number("resumes_in_s", 0.0, 1e6) if "resumes_in_s" in fields else None,
+            reserve_mib=fields.integer("reserve_mib", 0, 1 << 36, default=0),
+            watching=fields.text("watching", 512, default=""),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class NodeStatus:
     """One node's state, as it answers `GET /_inferhub/v1/status`."""
 
@@ -72,12 +93,17 @@ class NodeStatus:
     peak_loaded_bytes: int
     # Tokens this machine's backend generated through the node since it started.
     tokens_generated: int
+    owner: OwnerState = OwnerState()
 
     def state_words(self) -> list[str]:
         """Say what this machine does for the pool, in the words the tray, the dashboard and `inferhub
         status` share: what it shares and whether it serves now, which pool, the modes turned on."""
         if not self.share:
             sharing = "not sharing"
+        elif self.owner.paused:
+            sharing = f"sharing paused: {self.owner.paused}"
+            if self.owner.resumes_in_s is not None:
+                sharing += f" (resumes in {self.owner.resumes_in_s:.0f} s)"
         elif not self.backend.reachable:
             sharing = "sharing is on, but there is no model server to share"
         else:
@@ -113,6 +139,7 @@ class NodeStatus:
             "speeds": self.speeds.to_json(),
             "peak_loaded_bytes": self.peak_loaded_bytes,
             "tokens_generated": self.tokens_generated,
+            "owner": dataclasses.asdict(self.owner),
         }
 
     @classmethod
@@ -131,6 +158,7 @@ class NodeStatus:
         if not name.strip() or not name.isprintable():
             raise MalformedRecord(f"status.name {name!r} is empty or not printable")
         telemetry = fields.optional_record("telemetry")
+        owner = fields.optional_record("owner")
         return cls(
             node_id=node_id,
             name=name,
@@ -150,6 +178,7 @@ class NodeStatus:
             speeds=Speeds.from_json(fields.optional_record("speeds") or Fields({}, "status.speeds")),
             peak_loaded_bytes=fields.integer("peak_loaded_bytes", default=0),
             tokens_generated=fields.integer("tokens_generated", default=0),
+            owner=OwnerState.from_json(owner) if owner else OwnerState(),
         )
 
     @classmethod

@@ -40,11 +40,14 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True)
 class GpuProcess:
-    """A process holding memory on a GPU; `name` is empty when the pid is not visible to us."""
+    """A process holding memory on a GPU; `name` is empty when the pid is not visible to us, `used_mib`
+    None where the driver cannot measure it (Windows' WDDM), and `compute` set for a process in NVML's
+    compute list (CUDA work) rather than only its graphics one."""
 
     pid: int
     name: str
     used_mib: int | None
+    compute: bool = False
 
     @classmethod
     def from_json(cls, fields: Fields) -> GpuProcess:
@@ -52,6 +55,7 @@ class GpuProcess:
             pid=fields.integer("pid", 0, 1 << 32),
             name=fields.text("name", 256, default=""),
             used_mib=fields.optional_integer("used_mib", 0, _MAX_MIB),
+            compute=fields.flag("compute", default=False),
         )
 
 
@@ -355,7 +359,7 @@ class TelemetrySampler:
             free_mib=int(memory.free) // _MIB,
             utilization_pct=utilization,
             temperature_c=temperature,
-            processes=_processes([*(compute or ()), *(graphics or ())]),
+            processes=_processes(compute or (), graphics or ()),
         )
 
     def _memory(self, handle: Any) -> Any:
@@ -458,16 +462,22 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _processes(infos: Iterable[Any]) -> tuple[GpuProcess, ...]:
+def _processes(compute: Iterable[Any], graphics: Iterable[Any]) -> tuple[GpuProcess, ...]:
     # A process drawing on the GPU appears in both the compute and the graphics lists.
     used_by_pid: dict[int, int | None] = {}
-    for info in infos:
-        used = info.usedGpuMemory
-        used_mib = None if used is None or int(used) == _NOT_AVAILABLE_ULL else int(used) // _MIB
-        pid = int(info.pid)
-        if used_by_pid.get(pid) is None:
-            used_by_pid[pid] = used_mib
-    return tuple(GpuProcess(pid, _process_name(pid), used) for pid, used in used_by_pid.items())
+    computing: set[int] = set()
+    for listed, infos in ((True, compute), (False, graphics)):
+        for info in infos:
+            used = info.usedGpuMemory
+            used_mib = None if used is None or int(used) == _NOT_AVAILABLE_ULL else int(used) // _MIB
+            pid = int(info.pid)
+            if used_by_pid.get(pid) is None:
+                used_by_pid[pid] = used_mib
+            if listed:
+                computing.add(pid)
+    return tuple(
+        GpuProcess(pid, _process_name(pid), used, pid in computing) for pid, used in used_by_pid.items()
+    )
 
 
 def _process_name(pid: int) -> str:

@@ -34,6 +34,8 @@ def router_node(status: NodeStatus, *, local: bool) -> RouterNode:
         active=status.load.active,
         waiting=status.load.waiting,
         waiting_batch=status.load.waiting_batch,
+        paused=status.owner.paused,
+        reserve_mib=status.owner.reserve_mib,
         slots=status.load.slots,
         queue_full=status.load.queue_full,
         rtt_s=0.0,

@@ -24,6 +24,7 @@ from ..core import (
     RequestUnderway,
     SettingsChanged,
     SettingsStore,
+    SharingPaused,
 )
 from .model import PoolView, Problem, pool_view
 
@@ -52,6 +53,8 @@ class Core(Protocol):
     def peers(self) -> list[PeerState]: ...
 
     def audit(self, limit: int) -> list[dict[str, Any]]: ...
+
+    def usage(self) -> dict[str, Any]: ...
 
     def addresses(self) -> list[AddressState]: ...
 
@@ -83,6 +86,7 @@ class Bridge(QObject):
     # A change the owner asked for was refused (it could not be saved): a title and what to do.
     refused = Signal(str, str)
     backend_changed = Signal(bool, str)  # reachable, error
+    sharing_paused = Signal(str)  # why sharing paused for the owner; empty when it resumed
     request_done = Signal(object)  # RequestDone
     audit_changed = Signal(object)  # [audit entry], newest last
 
@@ -97,6 +101,8 @@ class Bridge(QObject):
         self.recent: collections.deque[RequestDone] = collections.deque(maxlen=RECENT_REQUESTS)
         # The audit log's last entries, read again only after a peer's request ended.
         self.audit: list[dict[str, Any]] = []
+        # What each peer had this machine serve today, read with the audit log (Node.usage).
+        self.usage: dict[str, Any] = {}
         self._audit_stale = True
         self._alone_since = clock()
         # Peers that went without a goodbye (name: what happened in plain words), until they are back.
@@ -163,6 +169,7 @@ class Bridge(QObject):
         if self._audit_stale:
             self._audit_stale = False
             self.audit = self._core.audit(AUDIT_SHOWN)
+            self.usage = self._core.usage()
             self.audit_changed.emit(self.audit)
 
     def set_switch(self, key: str, on: bool) -> None:
@@ -232,6 +239,8 @@ class Bridge(QObject):
                 self.settings_changed.emit(event)
             case BackendChanged(reachable=reachable, error=error):
                 self.backend_changed.emit(reachable, error or "")
+            case SharingPaused(reason=reason):
+                self.sharing_paused.emit(reason or "")
             case RequestDone():
                 self.recent.appendleft(event)
                 if self.view is not None:

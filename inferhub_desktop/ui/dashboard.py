@@ -35,6 +35,7 @@ from ..core import (
     DEFAULT_SHARE_PORT,
     AddressState,
     InferhubError,
+    PeerUsage,
     RequestDone,
     RequestUnderway,
     audit_row,
@@ -211,6 +212,8 @@ class Dashboard(QMainWindow):
         self.audit_table = _table(AUDIT_COLUMNS, rows=2)
         self.audit_note = QLabel("No peer has used this machine yet.")
         self.audit_note.setStyleSheet("color: #6b7280;")
+        self.usage_note = QLabel("")
+        self.usage_note.setWordWrap(True)
         self.hint = QLabel("")
         self.hint.setWordWrap(True)
         self.hint.setStyleSheet("color: palette(placeholder-text);")
@@ -241,7 +244,7 @@ class Dashboard(QMainWindow):
             (charts_pane, 2),
             (_pane("Nodes", self.peers_table), 3),
             (_pane("Requests", self.requests_table), 3),
-            (_pane("Used by peers", self.audit_note, self.audit_table), 2),
+            (_pane("Used by peers", self.audit_note, self.usage_note, self.audit_table), 2),
         ):
             self.splitter.addWidget(pane)
             self.splitter.setStretchFactor(self.splitter.count() - 1, stretch)
@@ -327,6 +330,12 @@ class Dashboard(QMainWindow):
         self.audit_note.setVisible(not entries)
         self.audit_table.setVisible(bool(entries))
         _fill(self.audit_table, [_audit_cells(entry) for entry in reversed(entries)])
+        usage = self._bridge.usage
+        today = [PeerUsage(**u).words() for u in usage.get("today", ())]
+        self.usage_note.setText(
+            ("Today: " if usage.get("whole_day", True) else "Today, at least: ") + " · ".join(today)
+        )
+        self.usage_note.setVisible(bool(today))
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         super().resizeEvent(event)

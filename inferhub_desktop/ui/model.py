@@ -278,7 +278,8 @@ def node_view(status: NodeStatus, *, local: bool, address: str = "", breaker: st
         name=status.name,
         address=address,
         local=local,
-        sharing=status.share,
+        # A peer paused for its owner takes no requests, whatever its switch says.
+        sharing=status.share and (local or status.owner.paused is None),
         gpu=telemetry.summary() if telemetry else "no GPU readings",
         gpu_count=len(gpus),
         vram_used_mib=max(0, total - (telemetry.vram_free_mib if telemetry else 0)),

@@ -40,6 +40,12 @@ EDITED = (
     "peers",
     "interfaces",
     "tls",
+    "pause_on_gpu_use",
+    "resume_after_s",
+    "reserve_vram_gib",
+    "share_when_away_min",
+    "quiet_hours",
+    "grace_s",
 )
 
 
@@ -80,6 +86,20 @@ class SettingsDialog(QDialog):
         self.interfaces.setPlaceholderText("every LAN interface")
         self.tls = QCheckBox("Open pool: serve the share API over TLS (a private pool always does)")
         self.tls.setChecked(settings.tls)
+        # The owner first: when this machine stops sharing, and what it keeps back.
+        self.pause_on_gpu_use = QCheckBox("Pause sharing while another program uses the GPU")
+        self.pause_on_gpu_use.setChecked(settings.pause_on_gpu_use)
+        self.pause_on_gpu_use.setToolTip(
+            f"A program other than the model server holding {settings.pause_gpu_mib} MiB of GPU memory, "
+            f"or the GPU {settings.pause_gpu_percent}% busy while the model server is idle"
+        )
+        self.resume_after_s = _spin(0, 86400, settings.resume_after_s, " s", "at once")
+        self.reserve_vram_gib = _spin(0, 4096, settings.reserve_vram_gib, " GiB", "nothing")
+        self.share_when_away_min = _spin(0, 1440, settings.share_when_away_min, " min", "always share")
+        self.share_when_away_min.setToolTip("A locked screen counts as away")
+        self.quiet_hours = QLineEdit("; ".join(settings.quiet_hours))
+        self.quiet_hours.setPlaceholderText("none, e.g. mon-fri 09:00-17:30; sat 10:00-14:00")
+        self.grace_s = _spin(0, 3600, settings.grace_s, " s", "none: cut at once")
         self.error = QLabel("")
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #dc2626;")
@@ -100,8 +120,17 @@ class SettingsDialog(QDialog):
         )
         self.buttons.accepted.connect(self._save)
         self.buttons.rejected.connect(self.reject)
+        owner = QGroupBox("When you need this machine")
+        owner_form = QFormLayout(owner)
+        owner_form.addRow("", self.pause_on_gpu_use)
+        owner_form.addRow("Share again once it ends, after", self.resume_after_s)
+        owner_form.addRow("Keep VRAM for me", self.reserve_vram_gib)
+        owner_form.addRow("Share only when I'm away for", self.share_when_away_min)
+        owner_form.addRow("Quiet hours (no sharing)", self.quiet_hours)
+        owner_form.addRow("Peers' requests may finish for", self.grace_s)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addWidget(owner)
         # The pool changes at once, through its own buttons: Save and Cancel are for the fields above.
         self.pool: PoolPanel | None = None
         if node is not None:
@@ -113,11 +142,20 @@ class SettingsDialog(QDialog):
         layout.addWidget(self.note)
         layout.addWidget(self.buttons)
 
-        for edit in (self.name, self.backend, self.interfaces):
+        for edit in (self.name, self.backend, self.interfaces, self.quiet_hours):
             edit.textChanged.connect(self.validate)
-        self.tls.toggled.connect(self.validate)
+        for box in (self.tls, self.pause_on_gpu_use):
+            box.toggled.connect(self.validate)
         self.peers.textChanged.connect(self.validate)
-        for spin in (self.api_port, self.share_port, self.max_remote):
+        for spin in (
+            self.api_port,
+            self.share_port,
+            self.max_remote,
+            self.resume_after_s,
+            self.reserve_vram_gib,
+            self.share_when_away_min,
+            self.grace_s,
+        ):
             spin.valueChanged.connect(self.validate)
         self._checked: Settings | None = settings
         self.validate()
@@ -133,6 +171,12 @@ class SettingsDialog(QDialog):
             "peers": [line.strip() for line in self.peers.toPlainText().splitlines() if line.strip()],
             "interfaces": [part.strip() for part in self.interfaces.text().split(",") if part.strip()],
             "tls": self.tls.isChecked(),
+            "pause_on_gpu_use": self.pause_on_gpu_use.isChecked(),
+            "resume_after_s": self.resume_after_s.value(),
+            "reserve_vram_gib": self.reserve_vram_gib.value(),
+            "share_when_away_min": self.share_when_away_min.value(),
+            "quiet_hours": [part.strip() for part in self.quiet_hours.text().split(";") if part.strip()],
+            "grace_s": self.grace_s.value(),
         }
 
     def changes(self) -> dict[str, Any]:
@@ -192,9 +236,15 @@ class SettingsDialog(QDialog):
 
 
 def _port(value: int) -> QSpinBox:
+    return _spin(0, 65535, value, "", "any free port")
+
+
+def _spin(low: int, high: int, value: int, suffix: str, at_zero: str) -> QSpinBox:
+    """A number field whose lowest value says what it means in words."""
     spin = QSpinBox()
-    spin.setRange(0, 65535)
-    spin.setSpecialValueText("any free port")
+    spin.setRange(low, high)
+    spin.setSuffix(suffix)
+    spin.setSpecialValueText(at_zero)
     spin.setValue(value)
     return spin
 

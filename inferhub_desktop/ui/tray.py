@@ -147,6 +147,9 @@ class Tray(QObject):
         bridge.view_changed.connect(self.update)
         bridge.peer_joined.connect(lambda name: self.notifier.tell(f"peer {name}", f"{name} joined the pool"))
         bridge.peer_left.connect(lambda name, why: self.notifier.tell(f"peer {name}", f"{name} {why}"))
+        bridge.sharing_paused.connect(
+            lambda why: self.notifier.tell("share", f"Sharing paused: {why}" if why else "Sharing again")
+        )
         bridge.settings_changed.connect(self._settings_told)
         bridge.refused.connect(self._show_message)
         self.update(bridge.view)

@@ -16,7 +16,7 @@ import pytest
 
 from inferhub_desktop.core import AUDIT_PATH, Node, RequestDone, audit_row, read_audit
 from inferhub_desktop.core import audit as audit_module
-from inferhub_desktop.core.audit import AUDIT_FILE, MAX_ENTRIES, ROTATED_FILE, AuditLog
+from inferhub_desktop.core.audit import AUDIT_FILE, MAX_ENTRIES, ROTATED_FILE, AuditLog, usage_on
 from inferhub_desktop.core.wire.headers import VIA_HEADER
 from tests.fakes.ollama import FakeOllama
 from tests.support import control, eventually, node_settings
@@ -258,3 +258,34 @@ async def test_the_control_endpoint_checks_its_limit(tmp_path: Path, http: aioht
                 assert "limit" in (await reply.json())["error"]
         async with http.post(url, headers=control(node)) as reply:
             assert reply.status == 405
+
+
+def entry_at(
+    when: datetime.datetime, peer: str | None, *, tokens: int | None = 10, **more: Any
+) -> dict[str, Any]:
+    at = when.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"at": at, "peer": peer, "verified": True, "tokens": tokens, "duration_s": 2.0, **more}
+
+
+def test_a_days_usage_is_summed_per_peer_most_used_first() -> None:
+    noon = datetime.datetime(2026, 12, 4, 12, 0).astimezone()
+    entries = [
+        entry_at(noon - datetime.timedelta(days=1), "ws-bob"),  # yesterday
+        entry_at(noon, "ws-bob"),
+        entry_at(noon, "ws-carol", tokens=None, outcome="error"),
+        entry_at(noon, "ws-carol"),
+        entry_at(noon, None, peer_id="", address="192.168.1.9", verified=False),
+        {"at": "not a time"},
+    ]
+    usage, whole = usage_on(entries, noon.date())
+    assert whole
+    assert [u.words() for u in usage] == [
+        "ws-carol: 2 requests, 10 tokens, 4 s",
+        "192.168.1.9 (unverified): 1 request, 10 tokens, 2 s",
+        "ws-bob: 1 request, 10 tokens, 2 s",
+    ]
+    # A log read to its limit that begins within the day may not hold the whole day.
+    full = [entry_at(noon, "ws-bob")] * MAX_ENTRIES
+    usage, whole = usage_on(full, noon.date())
+    assert (usage[0].requests, whole) == (MAX_ENTRIES, False)
+    assert usage_on(full, noon.date() + datetime.timedelta(days=1)) == ([], True)

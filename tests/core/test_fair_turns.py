@@ -50,9 +50,19 @@ async def test_one_machines_flood_does_not_hold_back_anothers_request(
     async with machine("127.0.0.2") as flooder, machine("127.0.0.3") as colleague:
         flood = [asyncio.create_task(generate(flooder, node, f"flood {n}")) for n in range(4)]
         await eventually(lambda: admission.waiting_remote == 3)
+        # Who uses this machine now, its requests running and waiting; callers that are not nodes say
+        # no name.
+        assert node.usage()["now"] == [{"peer": "a peer", "requests": 4}]
         await generate(colleague, node, "colleague")
         await asyncio.gather(*flood)
     assert served(fake).index("colleague") == 1
+    usage = node.usage()
+    assert usage["now"] == []
+    assert usage["whole_day"]
+    assert [(u["peer"], u["requests"], u["tokens"]) for u in usage["today"]] == [
+        ("127.0.0.2 (unverified)", 4, 40),
+        ("127.0.0.3 (unverified)", 1, 10),
+    ]
 
 
 async def test_batch_work_waits_behind_interactive_work(serving: tuple[Node, FakeOllama]) -> None:

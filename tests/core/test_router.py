@@ -846,3 +846,27 @@ def test_the_decision_as_json_names_a_namespaced_model_short_and_no_model_as_non
 def test_a_zero_tokens_per_s_figure_does_not_break_routing() -> None:
     decision = decide(node("here", local=True), node("odd", figures=speed(0.0, weight=1.0)))
     assert "here" in order(decision)
+
+
+# -- the owner first ----------------------------------------------------------------------------------
+
+
+def test_a_peer_paused_for_its_owner_is_left_out_saying_why() -> None:
+    paused = node("desk", paused="blender is using the GPU (2.0 GiB)")
+    decision = decide(paused, node("other"))
+    assert order(decision) == ["other"]
+    assert left_out(decision) == {"desk": "sharing paused by its owner: blender is using the GPU (2.0 GiB)"}
+
+
+def test_a_peer_whose_owner_keeps_vram_takes_no_load_that_would_eat_into_it() -> None:
+    # 16 GiB free, 4 GiB models, 13 GiB kept: loading one would leave 12.
+    keeps = node("desk", reserve_mib=13 * 1024, installed={MODEL: SIZE, OTHER: SIZE}, loaded={MODEL: SIZE})
+    assert left_out(decide(keeps, model=OTHER)) == {
+        "desk": "keeps 13 GiB of VRAM for its owner, and loading qwen2.5:7b (4.0 GiB) would leave 12.0 GiB "
+        "free"
+    }
+    # A model loaded already costs nothing more; with 12 GiB kept the load fits.
+    assert order(decide(keeps)) == ["desk"]
+    assert order(decide(dataclasses.replace(keeps, reserve_mib=12 * 1024), model=OTHER)) == ["desk"]
+    # The owner's own requests are not held to it.
+    assert order(decide(dataclasses.replace(keeps, local=True), model=OTHER)) == ["desk"]

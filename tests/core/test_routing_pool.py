@@ -271,3 +271,18 @@ async def test_concurrent_requests_spread_over_the_nodes_that_have_the_model(
     await eventually(lambda: pool.fakes["beta"].active + pool.fakes["gamma"].active == 1)
     second = await one()
     assert {await first, second} == {"beta", "gamma"}
+
+
+async def test_a_peer_paused_for_its_owner_is_passed_over_and_the_route_says_why(
+    pool: Pool, http: aiohttp.ClientSession
+) -> None:
+    # Quiet hours round the clock on beta, which alone has llama3 loaded.
+    pool.beta.store.change(quiet_hours=["daily 00:00-12:00", "daily 12:00-24:00"])
+    await eventually(lambda: any(p.name == "beta" and p.status.owner.paused for p in pool.alpha.peers()))
+    status, node, _ = await generate(http, pool.alpha, "llama3")
+    assert (status, node in ("alpha", "gamma")) == (200, True)
+    left = {x["node"]: x["reason"] for x in pool.alpha.explain_route("llama3")["left_out"]}
+    assert left["beta"].startswith("sharing paused by its owner: quiet hours (daily ")
+    # The owner's own requests still run on beta.
+    assert (await generate(http, pool.beta, "llama3"))[:2] == (200, "beta")
+    assert pool.served("beta") == ["/api/generate"]

@@ -102,7 +102,12 @@ class Rig:
     ) -> str:
         admission = admission or Admission(slots=1, max_remote=1)
         forwarder = self._forwarder(admission, remote=True, backend=backend)
-        api = ShareApi(forwarder, self.settings.name, sharing=lambda: self.sharing, pool_pull=lambda: False)
+        api = ShareApi(
+            forwarder,
+            self.settings.name,
+            refusal=lambda: None if self.sharing else NOT_SHARING,
+            pool_pull=lambda: False,
+        )
         return await self._serve(api.app())
 
     async def local(self, admission: Admission) -> str:
@@ -214,7 +219,7 @@ async def test_peers_pull_models_here_only_where_the_owner_allows_it(
     rig.fake.registry["mistral:latest"] = FakeModel("mistral:latest")
     allowed = False
     forwarder = rig._forwarder(Admission(slots=1, max_remote=1), remote=True)
-    api = ShareApi(forwarder, rig.settings.name, sharing=lambda: True, pool_pull=lambda: allowed)
+    api = ShareApi(forwarder, rig.settings.name, refusal=lambda: None, pool_pull=lambda: allowed)
     share = await rig._serve(api.app())
     pull = {"model": "mistral", "stream": False}
     async with http.post(share + "/api/pull", json=pull) as reply:

@@ -39,7 +39,7 @@ EXPECTED = (
         utilization_pct=37,
         temperature_c=61,
         processes=(
-            GpuProcess(pid=MY_PID, name=psutil.Process().name(), used_mib=8192),
+            GpuProcess(pid=MY_PID, name=psutil.Process().name(), used_mib=8192, compute=True),
             GpuProcess(pid=GONE_PIDS[0], name="", used_mib=None),
         ),
     ),
@@ -53,7 +53,7 @@ EXPECTED = (
         utilization_pct=None,
         temperature_c=48,
         processes=(
-            GpuProcess(pid=GONE_PIDS[1], name="", used_mib=512),
+            GpuProcess(pid=GONE_PIDS[1], name="", used_mib=512, compute=True),
             GpuProcess(pid=GONE_PIDS[2], name="", used_mib=None),
         ),
     ),
@@ -217,7 +217,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "nvmlDeviceGetGraphicsRunningProcesses": (
         "processes",
-        {"processes": (GpuProcess(GONE_PIDS[1], "", None),)},
+        {"processes": (GpuProcess(GONE_PIDS[1], "", None, compute=True),)},
     ),
 }
 
@@ -567,8 +567,8 @@ def test_to_json_is_plain_json(sampler: TelemetrySampler) -> None:
     assert [gpu["name"] for gpu in data["gpus"]] == ["NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 3090"]
     assert data["gpus"][1]["utilization_pct"] is None
     assert data["gpus"][0]["processes"] == [
-        {"pid": MY_PID, "name": psutil.Process().name(), "used_mib": 8192},
-        {"pid": GONE_PIDS[0], "name": "", "used_mib": None},
+        {"pid": MY_PID, "name": psutil.Process().name(), "used_mib": 8192, "compute": True},
+        {"pid": GONE_PIDS[0], "name": "", "used_mib": None, "compute": False},
     ]
 
 

@@ -4,6 +4,7 @@ classes, and failures and hangs on request."""
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import os
 import threading
@@ -70,6 +71,8 @@ class FakeNvml:
         for name in dir(self):
             if name.startswith("nvml"):
                 setattr(self.module, name, getattr(self, name))
+        # This driver's GPUs, which a test may change: start or end a process, load the GPU.
+        self.gpus = copy.deepcopy(GPUS)
         self.calls: collections.Counter[str] = collections.Counter()
         self.failures: dict[tuple[str, int | None], Callable[[], Exception]] = {}
         self.initialised = 0
@@ -93,7 +96,7 @@ class FakeNvml:
             raise error()
         if function != "nvmlInit" and not self.initialised:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
-        return GPUS[index] if index is not None else {}
+        return self.gpus[index] if index is not None else {}
 
     def nvmlInit(self) -> None:
         self._enter("nvmlInit")
@@ -105,10 +108,10 @@ class FakeNvml:
 
     def nvmlDeviceGetCount(self) -> int:
         self._enter("nvmlDeviceGetCount")
-        return len(GPUS)
+        return len(self.gpus)
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
-        if not 0 <= index < len(GPUS):
+        if not 0 <= index < len(self.gpus):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         self._enter("nvmlDeviceGetHandleByIndex", index)
         return _Handle(index)

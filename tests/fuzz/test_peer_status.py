@@ -80,6 +80,7 @@ def valid_statuses(draw: st.DrawFn) -> dict[str, Any]:
             "waiting": draw(st.integers(0, 3)),
             "slots": slots,
             "queue_full": False,
+            "waiting_batch": draw(st.integers(0, 3)),
         },
         "models_hash": "0123456789ab",
         "backend": {
@@ -102,6 +103,19 @@ def valid_statuses(draw: st.DrawFn) -> dict[str, Any]:
         },
         "peak_loaded_bytes": 0,
         "tokens_generated": 0,
+        "owner": draw(
+            st.one_of(
+                st.none(),
+                st.fixed_dictionaries(
+                    {
+                        "paused": st.one_of(st.none(), st.text(max_size=40)),
+                        "resumes_in_s": st.one_of(st.none(), st.floats(0, 100)),
+                        "reserve_mib": st.integers(0, 1 << 20),
+                        "watching": st.text(max_size=20),
+                    }
+                ),
+            )
+        ),
     }
 
 

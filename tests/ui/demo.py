@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +20,7 @@ from inferhub_desktop.core import (
     SettingsStore,
     audit_entry,
 )
+from inferhub_desktop.core.audit import usage_on
 
 _GIB = 1 << 30
 # name, GPU summary, [(GPU, total MiB, used MiB, utilisation %)], installed, loaded, active/slots, tok/s,
@@ -211,6 +214,10 @@ class DemoCore:
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
         return self._audit[-limit:]
+
+    def usage(self) -> dict[str, Any]:
+        today, whole = usage_on(self._audit, datetime.date.today())
+        return {"now": [], "today": [dataclasses.asdict(u) for u in today], "whole_day": whole}
 
     def probe_now(self) -> None:
         """The demonstration's backend is always up: there is nothing to look for."""

@@ -654,3 +654,28 @@ def test_many_problems_scroll_and_the_smallest_window_fits_a_laptop_screen(
     dashboard.resize(1240, 1500)
     qtbot.waitUntil(lambda: notes.verticalScrollBar().maximum() == 0)
     assert len(health_texts(dashboard)) == 5
+
+
+def test_used_by_peers_sums_up_what_each_peer_had_this_machine_serve_today(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    noon = datetime.datetime.combine(datetime.date.today(), datetime.time(12)).astimezone()
+    yesterday = noon - datetime.timedelta(days=1)
+    today = [
+        {"at": when.isoformat(), "peer": peer, "verified": True, "tokens": tokens, "duration_s": seconds}
+        for when, peer, tokens, seconds in [
+            (yesterday, "dune", 500, 60.0),
+            (noon, "cobalt", 100, 2.0),
+            (noon, "borealis", 300, 9.5),
+            (noon, "cobalt", 50, 1.0),
+        ]
+    ]
+    monkeypatch.setattr(core, "audit", lambda limit: today[-limit:])
+    monkeypatch.setattr(core, "_audit", today)
+
+    bridge.attach(core)
+
+    assert not dashboard.usage_note.isHidden()
+    assert dashboard.usage_note.text() == (
+        "Today: borealis: 1 request, 300 tokens, 10 s · cobalt: 2 requests, 150 tokens, 3 s"
+    )

@@ -278,3 +278,35 @@ def test_a_peer_added_from_the_dashboard_shows_when_settings_open_again(
     settings.change(peers=[*settings.settings.peers, "10.0.0.9:11436"])
     again = open_dialog(qtbot, settings)
     assert again.peers.toPlainText().splitlines() == ["10.0.0.7", "10.0.0.9:11436"]
+
+
+def test_the_owners_protections_are_checked_and_saved_without_a_restart(
+    dialog: SettingsDialog, tmp_path: Path
+) -> None:
+    assert dialog.pause_on_gpu_use.isChecked()
+    assert (dialog.reserve_vram_gib.text(), dialog.share_when_away_min.text()) == ("nothing", "always share")
+    dialog.quiet_hours.setText("weekdays 09:00-17:00")
+    assert not save_button(dialog).isEnabled()
+    assert "name no day as mon, tue … sun or daily" in dialog.error.text()
+
+    dialog.quiet_hours.setText("mon-fri 09:00-17:30; sat 10:00-14:00")
+    dialog.reserve_vram_gib.setValue(6)
+    dialog.share_when_away_min.setValue(10)
+    dialog.pause_on_gpu_use.setChecked(False)
+    assert dialog.changes() == {
+        "quiet_hours": ("mon-fri 09:00-17:30", "sat 10:00-14:00"),
+        "reserve_vram_gib": 6,
+        "share_when_away_min": 10,
+        "pause_on_gpu_use": False,
+    }
+    # A running node takes each at once.
+    assert dialog.note.text() == ""
+    save_button(dialog).click()
+    assert dialog.result() == QDialog.DialogCode.Accepted
+    saved = read_settings_file(tmp_path)
+    assert saved["quiet_hours"] == ["mon-fri 09:00-17:30", "sat 10:00-14:00"]
+    assert (saved["reserve_vram_gib"], saved["share_when_away_min"], saved["pause_on_gpu_use"]) == (
+        6,
+        10,
+        False,
+    )

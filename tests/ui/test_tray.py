@@ -13,7 +13,8 @@ from PySide6.QtWidgets import QApplication, QMenu, QSystemTrayIcon
 from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.cli import format_status
-from inferhub_desktop.core import PeerJoined, PeerLeft
+from inferhub_desktop.core import PeerJoined, PeerLeft, SharingPaused
+from inferhub_desktop.core.status import OwnerState
 from inferhub_desktop.ui import tray as tray_module
 from inferhub_desktop.ui.autostart import Autostart
 from inferhub_desktop.ui.bridge import Bridge
@@ -440,3 +441,28 @@ def test_tray_menu_dashboard_and_inferhub_status_say_the_same_state(
     for where in ("tooltip", "dashboard", "inferhub status"):
         for mode in words[1:]:
             assert mode.lower() in said[where].lower(), (where, said[where])
+
+
+def test_a_pause_for_the_owner_is_told_and_the_tooltip_says_why(
+    qtbot: QtBot,
+    core: DemoCore,
+    tray: Tray,
+    bridge: Bridge,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tray_module, "NOTIFY_GAP_S", QUICK_GAP_S)
+    why = "blender is using the GPU (2.0 GiB)"
+    with qtbot.waitSignal(tray.notifier.shown, timeout=5000) as told:
+        core.events.emit(SharingPaused(why))
+    assert told.args == ["InferHub", f"Sharing paused: {why}"]
+
+    status = dataclasses.replace(core.status(), owner=OwnerState(paused=why))
+    monkeypatch.setattr(core, "status", lambda: status)
+    bridge.refresh()
+    assert tray.icon.toolTip().startswith(
+        f"InferHub: sharing paused: {why}, serving a request for colleagues"
+    )
+
+    with qtbot.waitSignal(tray.notifier.shown, timeout=5000) as told:
+        core.events.emit(SharingPaused(None))
+    assert told.args == ["InferHub", "Sharing again"]

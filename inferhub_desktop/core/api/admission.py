@@ -68,6 +68,9 @@ class Admission:
         self._wait_s = wait_s
         self._active_local = 0
         self._running: set[Turn] = set()
+        # Set while no peer's request runs, for whoever waits for them to end.
+        self._no_peers = asyncio.Event()
+        self._no_peers.set()
         # Why peers' requests are refused now (sharing paused or off); None while they are taken.
         self._closed: str | None = None
         # Waiting requests by (batch, start tag, arrival): interactive ones first, then the smallest tag.
@@ -108,9 +111,9 @@ class Admission:
         """Whether a peer's request would be refused at once."""
         return self._waiting >= self._max_waiting
 
-    def running(self) -> list[Turn]:
-        """Return the peers' requests running now."""
-        return list(self._running)
+    async def peers_done(self) -> None:
+        """Return once no peer's request runs."""
+        await self._no_peers.wait()
 
     @contextlib.asynccontextmanager
     async def local(self) -> AsyncIterator[None]:
@@ -137,7 +140,7 @@ class Admission:
         try:
             yield turn
         finally:
-            self._running.discard(turn)
+            self._stop(turn)
             if not turn.cut.done():
                 turn.cut.cancel()
             self._wake()
@@ -160,6 +163,15 @@ class Admission:
             turn.cut.set_result(reason)
         return len(turns)
 
+    def _start(self, turn: Turn) -> None:
+        self._running.add(turn)
+        self._no_peers.clear()
+
+    def _stop(self, turn: Turn) -> None:
+        self._running.discard(turn)
+        if not self._running:
+            self._no_peers.set()
+
     def _fits(self) -> bool:
         return len(self._running) < self._max_remote and self.active < self._slots
 
@@ -178,7 +190,7 @@ class Admission:
             raise ApiError(503, self._closed)
         if not self._waiting and self._fits():
             self._clock[turn.batch] = self._tag(turn, cost)
-            self._running.add(turn)
+            self._start(turn)
             return
         if self._waiting >= self._max_waiting:
             raise ApiError(503, BUSY_MESSAGE)
@@ -208,7 +220,7 @@ class Admission:
             waiter.queued = False  # left in the heap, skipped when it comes up
             self._count(waiter, -1)
         elif waiter.entered.done() and not waiter.entered.cancelled() and waiter.entered.exception() is None:
-            self._running.discard(waiter.turn)
+            self._stop(waiter.turn)
         # Whoever queued behind it while it was leaving may fit now.
         self._wake()
 
@@ -223,5 +235,5 @@ class Admission:
             if waiter.entered.done():
                 continue  # cancelled or refused; its task takes itself out
             self._clock[waiter.turn.batch] = tag
-            self._running.add(waiter.turn)
+            self._start(waiter.turn)
             waiter.entered.set_result(None)

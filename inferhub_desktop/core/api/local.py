@@ -24,6 +24,7 @@ from ..wire.endpoints import (
     ROUTE_PATH,
     STATUS_PATH,
     SWITCHES_PATH,
+    USAGE_PATH,
 )
 from ..wire.errors import ApiError, ConfigError, SettingsNotSaved
 from ..wire.headers import CONTROL_HEADER
@@ -73,6 +74,10 @@ class Control(Protocol):
 
     def audit(self, limit: int) -> list[dict[str, Any]]:
         """Return the last `limit` requests peers had this machine serve, newest last, as JSON values."""
+        ...
+
+    def usage(self) -> dict[str, Any]:
+        """Say who uses this machine now and what each peer had it serve today, as JSON values."""
         ...
 
 
@@ -220,6 +225,8 @@ class LocalApi:
             if not (limit.isascii() and limit.isdigit()):
                 raise ApiError(400, f"?limit= takes a number of entries (at most {MAX_ENTRIES} are sent)")
             return json_response(self._controls.audit(min(int(limit), MAX_ENTRIES)))
+        if request.path == USAGE_PATH and reading:
+            return json_response(self._controls.usage())
         if request.path == POOL_PATH and reading:
             return json_response(self._controls.pool_info())
         if request.path == POOL_PATH and request.method == "POST":
@@ -233,7 +240,15 @@ class LocalApi:
                     'send {} to take up the pool files as they are now, {"remove": "NODE"} to remove one',
                 )
             return json_response(self._controls.remove_member(who))
-        if request.path in (ADDRESSES_PATH, AUDIT_PATH, PEERS_PATH, POOL_PATH, ROUTE_PATH, SWITCHES_PATH):
+        if request.path in (
+            ADDRESSES_PATH,
+            AUDIT_PATH,
+            PEERS_PATH,
+            POOL_PATH,
+            ROUTE_PATH,
+            SWITCHES_PATH,
+            USAGE_PATH,
+        ):
             return text_response(405, "405 method not allowed")
         return text_response(404, "404 page not found")
 

@@ -78,7 +78,7 @@ class ShareApi:
         forwarder: Forwarder,
         name: str,
         *,
-        sharing: Callable[[], bool],
+        refusal: Callable[[], str | None],
         pool_pull: Callable[[], bool],
         stopping: Callable[[], bool] = lambda: False,
         pool: Callable[[], PrivatePool | None] = lambda: None,
@@ -89,7 +89,8 @@ class ShareApi:
         self._forwarder = forwarder
         self._backend = backend
         self._name = name
-        self._sharing = sharing
+        # Why peers' requests are refused now (sharing off, or paused for the owner); None while sharing.
+        self._refusal = refusal
         self._pool_pull = pool_pull
         # A node that is stopping says so to status polls: peers that heard its goodbye drop it at once.
         self._stopping = stopping
@@ -136,7 +137,7 @@ class ShareApi:
         if request.path == METRICS_PATH:
             return self._forwarder.metrics_reply(request)
         if request.path == HEALTH_PATH and request.method in ("GET", "HEAD") and self._backend is not None:
-            health = share_health(self._backend(), sharing=self._sharing(), name=self._name)
+            health = share_health(self._backend(), sharing=self._refusal() is None, name=self._name)
             return json_response(health.to_json(self._name), health.http_status)
         if request.path == ROSTER_PATH and pool is not None:
             return web.json_response(pool.roster.to_json())
@@ -151,10 +152,8 @@ class ShareApi:
             raise ApiError(
                 403, f"{request.path} is not open to peers: model management stays with this machine's owner"
             )
-        if not self._sharing():
-            raise ApiError(
-                503, f"{self._name} is not sharing its GPU right now; its owner can turn sharing on"
-            )
+        if (refused := self._refusal()) is not None:
+            raise ApiError(503, refused)
         return await self._forwarder.forward(request, endpoint)
 
     async def _join(self, request: web.Request, pool: PrivatePool) -> web.StreamResponse:

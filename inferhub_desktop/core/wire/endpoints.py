@@ -17,6 +17,8 @@ SWITCHES_PATH = CONTROL_PREFIX + "switches"
 ROUTE_PATH = CONTROL_PREFIX + "route"
 # GET ?limit=N: the last N requests peers had this machine serve, newest last (see audit.py).
 AUDIT_PATH = CONTROL_PREFIX + "audit"
+# GET who uses this machine now, and what each peer had it serve today.
+USAGE_PATH = CONTROL_PREFIX + "usage"
 # GET the private pool this node is in and its members; POST to take up the pool files as they are now
 # (the command line changes them: create, join, invite, remove, leave).
 POOL_PATH = CONTROL_PREFIX + "pool"
