@@ -150,9 +150,8 @@ class Dispatcher:
         self._views: dict[str, tuple[NodeStatus, RouterNode]] = {}
         # The connections kept to each peer's share API.
         self._links: dict[str, OllamaBackend] = {}
-        # When the owner's own requests, and peers', last ran each model on this machine.
-        self._owner_used: dict[str, float] = {}
-        self._peers_used: dict[str, float] = {}
+        # The models a peer's request loaded on this machine's backend, which the owner has not used since.
+        self._for_peers: set[str] = set()
 
     # -- what the APIs ask ---------------------------------------------------------------------------
 
@@ -199,13 +198,12 @@ class Dispatcher:
         return Plan([self._target(r.node.node_id, model) for r in decision.ranked])
 
     def peers_only_models(self) -> set[str]:
-        """Return the models peers' requests ran on this machine lately (within Ollama's keep-alive) that
-        the owner's own requests did not: those loaded for peers alone."""
-        since = time.monotonic() - CONVERSATION_TTL_S
-        for used in (self._peers_used, self._owner_used):
-            for key in [key for key, at in used.items() if at < since]:
-                del used[key]
-        return set(self._peers_used) - set(self._owner_used)
+        """Return the models loaded on this machine for peers alone: a peer's request loaded each (it
+        was not loaded when the request came), and no request of the owner's has used it since or runs
+        now. Models no longer loaded are forgotten."""
+        own = self._own()
+        self._for_peers &= set(own.loaded)
+        return self._for_peers - self.in_flight.models(own.node_id)
 
     def relayed(self, endpoint: Endpoint) -> None:
         """Hear that a request was relayed: one that may change the backend's models has it probed."""
@@ -359,10 +357,7 @@ class Dispatcher:
             name=settings.name,
             backend=self._backend(),
             admit=self._admitter(
-                settings.node_id,
-                model,
-                slot=turn or self.admission.local,
-                used=self._owner_used if turn is None else self._peers_used,
+                settings.node_id, model, slot=turn or self.admission.local, owner=turn is None
             ),
             report=self._reporter(settings.node_id, model, learn=True),
         )
@@ -373,11 +368,12 @@ class Dispatcher:
         model: str | None,
         *,
         slot: Callable[[], AbstractAsyncContextManager[Turn | None]] | None,
-        used: dict[str, float] | None = None,
+        owner: bool | None = None,
     ) -> Admit:
         """Return how a request enters a node: inference takes a `slot` of this machine's backend, if given,
-        and counts at the node until it ends, its model noted in `used` when it enters; reads and the
-        rest just go."""
+        and counts at the node until it ends; reads and the rest just go. On this machine's backend
+        (`owner` said), a peer's request that loads its model marks it as loaded for peers, and the
+        owner's use of a model unmarks it."""
         key = model_key(model) if model else None
 
         @contextlib.asynccontextmanager
@@ -389,8 +385,10 @@ class Dispatcher:
                 slot() if slot else contextlib.nullcontext(None) as turn,
                 self._sent_to(node_id, model),
             ):
-                if used is not None and key:
-                    used[key] = time.monotonic()
+                if key and owner:
+                    self._for_peers.discard(key)
+                elif key and owner is False and key not in self._own().loaded:
+                    self._for_peers.add(key)
                 yield turn
 
         return admit

@@ -2,9 +2,9 @@
 whether the screen is locked, asked of the OS the way its own screensaver asks.
 
 Windows: GetLastInputInfo. macOS: the HID system's HIDIdleTime (ioreg). Linux: the X server's
-screensaver extension (libXss) where there is an X display, else logind's IdleHint and LockedHint for the
-session (GNOME, KDE and others set them, Wayland sessions too). Where none answers, the owner is never
-taken to be away, and `AwaySource.how` says so.
+screensaver extension (libXss) in an X11 session, else logind's IdleHint and LockedHint for the session
+(GNOME, KDE and others set them, Wayland sessions too, once their own idle delay has passed). Where
+none answers, the owner is never taken to be away, and `AwaySource.how` says so.
 """
 
 from __future__ import annotations
@@ -86,34 +86,44 @@ class _X11ScreenSaver:
             ("event_mask", ctypes.c_ulong),
         )
 
-    def __init__(self, xlib: ctypes.CDLL, xss: ctypes.CDLL, display: int) -> None:
-        self._xlib, self._xss, self._display = xlib, xss, display
-        xss.XScreenSaverAllocInfo.restype = ctypes.POINTER(self._Info)
+    def __init__(self, xlib: ctypes.CDLL, xss: ctypes.CDLL) -> None:
+        self._xlib, self._xss = xlib, xss
+        xlib.XOpenDisplay.restype = ctypes.c_void_p
+        xlib.XCloseDisplay.argtypes = (ctypes.c_void_p,)
         xlib.XDefaultRootWindow.restype = ctypes.c_ulong
         xlib.XDefaultRootWindow.argtypes = (ctypes.c_void_p,)
         xss.XScreenSaverQueryInfo.argtypes = (ctypes.c_void_p, ctypes.c_ulong, ctypes.POINTER(self._Info))
-        self._info = xss.XScreenSaverAllocInfo()
 
     @classmethod
     def open(cls) -> _X11ScreenSaver | None:
-        if not os.environ.get("DISPLAY"):
+        """Return the source where an X display (not Xwayland, which sees only X windows' input) and
+        the screensaver extension's library are at hand."""
+        if not os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+            return None
+        if os.environ.get("XDG_SESSION_TYPE", "x11") != "x11":
             return None
         names = ctypes.util.find_library("X11"), ctypes.util.find_library("Xss")
         if not all(names):
             return None
         try:
-            xlib, xss = (ctypes.CDLL(name) for name in names)
-            xlib.XOpenDisplay.restype = ctypes.c_void_p
-            display = xlib.XOpenDisplay(None)
+            return cls(*(ctypes.CDLL(name) for name in names))
         except OSError:
             return None
-        return cls(xlib, xss, display) if display else None
 
     def away(self) -> Away:
-        root = self._xlib.XDefaultRootWindow(self._display)
-        if not self._xss.XScreenSaverQueryInfo(self._display, root, self._info):
+        # The display is opened for each reading, never held: Xlib ends the process when a display it
+        # holds goes away.
+        display = self._xlib.XOpenDisplay(None)
+        if not display:
             return Away(None)
-        return Away(self._info.contents.idle / 1000)
+        try:
+            info = self._Info()
+            root = self._xlib.XDefaultRootWindow(display)
+            if not self._xss.XScreenSaverQueryInfo(display, root, ctypes.byref(info)):
+                return Away(None)
+            return Away(info.idle / 1000)
+        finally:
+            self._xlib.XCloseDisplay(display)
 
 
 class _Logind:
@@ -148,7 +158,11 @@ class _Logind:
             return Away(math.inf)
         if values.get("IdleHint") != "yes":
             return Away(0.0)
-        since_us = int(values.get("IdleSinceHintMonotonic") or 0)
+        try:
+            since_us = int(values.get("IdleSinceHintMonotonic") or 0)
+        except ValueError:
+            return Away(None)
+        # The desktop sets the hint only after its own idle delay (GNOME: 5 minutes), and counts from then.
         return Away(max(0.0, time.clock_gettime(time.CLOCK_MONOTONIC) - since_us / 1e6) if since_us else None)
 
 

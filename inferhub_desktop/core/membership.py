@@ -40,7 +40,8 @@ def announcement_from_status(status: NodeStatus, address: str, port: int) -> Pee
         name=status.name,
         address=address,
         port=port,
-        share=status.share,
+        # As its record says it: a peer paused for its owner takes no requests, whatever its switch.
+        share=status.share and status.owner.paused is None,
         gpu=telemetry.summary() if telemetry else "",
         vram_free_mib=telemetry.vram_free_mib if telemetry else 0,
         vram_total_mib=telemetry.vram_total_mib if telemetry else 0,

@@ -209,6 +209,9 @@ class Node:
         self.pool = PrivatePool.load(config_dir, self.identity)
         local = LocalApi(self._forwarder("local"), self._origins, self, self.dispatcher, self.control_token)
         self._forwarder("share")
+        # Quiet hours and the owner's presence hold from the start: the node never offers itself to peers
+        # for a moment before it looks (the GPU is looked at with its first reading).
+        await self._watch_owner()
         try:
             self.api_port = await self._listen(
                 local.app(), [LOCAL_API_HOST], self.settings.api_port, choose=("local API", "api")
@@ -661,10 +664,17 @@ class Node:
         and times out a hung NVML."""
         while True:
             self.telemetry = await self._sampler.sample()
+            await self._watch_owner()
+            await asyncio.sleep(_TELEMETRY_INTERVAL_S)
+
+    async def _watch_owner(self) -> None:
+        """Let the owner guard judge the machine as it is now; a failure is logged, and watching goes on."""
+        try:
             self.guard.observe(
                 self.telemetry, await self._read_away(), time.monotonic(), datetime.datetime.now()
             )
-            await asyncio.sleep(_TELEMETRY_INTERVAL_S)
+        except Exception:
+            _log.exception("watching for the owner's use of this machine failed; trying again")
 
     async def _read_away(self) -> Away:
         """Read how long the owner has been away, where a setting needs it and at most every few seconds

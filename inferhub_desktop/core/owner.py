@@ -48,6 +48,7 @@ _SERVER_NAMES = frozenset(
         "llama_server",
         "llama-box",
         "lm studio",
+        "lmdeploy",
         "lms",
         "koboldcpp",
         "text-generation-launcher",
@@ -58,11 +59,13 @@ _SERVER_NAMES = frozenset(
         "tabbyapi",
     }
 )
-# Model servers that run as a Python (or other) interpreter, known by their command lines.
-_SERVER_COMMANDS = ("llama_cpp.server", "vllm", "sglang", "text_generation_server", "lmdeploy", "tabbyapi")
+# Model servers that run as Python modules (`python -m MODULE`).
+_SERVER_MODULES = ("llama_cpp.server", "vllm", "sglang", "text_generation_server", "lmdeploy")
 # GPU busy for this many readings in a row (a second apart) counts: one busy reading may be the tail of
 # a request the model server just finished.
 _BUSY_READINGS = 2
+# The GPU's load counts as other work only once the model server has been idle this long.
+_IDLE_BEFORE_LOAD_S = 2.0
 # An unload request is a short call to the model server.
 _UNLOAD_TIMEOUT_S = 10.0
 
@@ -76,6 +79,9 @@ class Cause:
     lingers: bool
     # The GPU's load alone, with no program to name: it counts once seen on a few readings in a row.
     load_only: bool = False
+    # What it is, apart from the figures in its words (a program's memory, the GPU's load), which move
+    # at every reading: a new kind is news, new figures are not.
+    kind: str = dataclasses.field(default="", compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,21 +92,29 @@ class Pause:
     reason: str
     since: float
     resumes_in_s: float | None = None
+    kind: str = ""
 
 
 def is_model_server(process: GpuProcess) -> bool:
-    """Whether a process on the GPU is a model server's (or this node's own), from its name, its
-    command line and its parents'; a process that cannot be seen is not taken for one."""
+    """Whether a process on the GPU is a model server's (or this node's own): by its name or a parent's,
+    or by the program or Python module its command line runs; a process that cannot be seen is not
+    taken for one."""
     if process.pid == os.getpid():
         return True
     try:
         proc = psutil.Process(process.pid)
-        lineage = [proc, *proc.parents()]
-        names = {_bare(p.name()) for p in lineage}
-        command = " ".join(proc.cmdline()).lower()
+        if any(_bare(p.name()) in _SERVER_NAMES for p in [proc, *proc.parents()]):
+            return True
+        argv = proc.cmdline()
     except psutil.Error:
         return False
-    return bool(names & _SERVER_NAMES) or any(marker in command for marker in _SERVER_COMMANDS)
+    programs = [_bare(os.path.basename(arg)) for arg in argv[:1]]
+    modules = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-m"]
+    return any(p in _SERVER_NAMES for p in programs) or any(
+        module == marker or module.startswith(marker + ".")
+        for module in modules
+        for marker in _SERVER_MODULES
+    )
 
 
 def other_work(settings: Settings, processes: Iterable[GpuProcess]) -> GpuProcess | None:
@@ -127,23 +141,25 @@ def cause_now(
     not the model server's, `gpu_busy_pct` the GPU's load while the model server is idle (None while it
     is busy, or where it is not measured), `moment` the local time."""
     if window := quiet_now(settings.quiet_hours, moment):
-        return Cause(f"quiet hours ({window})", lingers=False)
+        return Cause(f"quiet hours ({window})", lingers=False, kind=f"quiet {window}")
     if settings.share_when_away_min:
         if away.seconds is None:
-            return Cause("this machine cannot tell whether you are away", lingers=False)
+            return Cause("this machine cannot tell whether you are away", lingers=False, kind="away")
         if away.seconds < settings.share_when_away_min * 60:
-            return Cause("you are using this machine", lingers=False)
+            return Cause("you are using this machine", lingers=False, kind="away")
     if settings.pause_on_gpu_use:
         if program := other_work(settings, foreign):
             who = program.name or f"a program (pid {program.pid})"
             used = f" ({program.used_mib / 1024:.1f} GiB)" if program.used_mib is not None else ""
-            return Cause(f"{who} is using the GPU{used}", lingers=True)
+            return Cause(f"{who} is using the GPU{used}", lingers=True, kind=f"program {program.pid}")
         if (
             settings.pause_gpu_percent
             and gpu_busy_pct is not None
             and gpu_busy_pct >= settings.pause_gpu_percent
         ):
-            return Cause(f"the GPU is {gpu_busy_pct}% busy with other work", lingers=True, load_only=True)
+            return Cause(
+                f"the GPU is {gpu_busy_pct}% busy with other work", lingers=True, load_only=True, kind="load"
+            )
     return None
 
 
@@ -169,7 +185,7 @@ class PauseClock:
             cause = None
         if cause is not None:
             since = self._pause.since if self._pause is not None else now
-            self._pause, self._last, self._last_at = Pause(cause.reason, since), cause, now
+            self._pause, self._last, self._last_at = Pause(cause.reason, since, kind=cause.kind), cause, now
         elif self._pause is not None:
             left = resume_after_s - (now - self._last_at) if self._last and self._last.lingers else 0.0
             self._pause = dataclasses.replace(self._pause, resumes_in_s=left) if left > 0 else None
@@ -191,7 +207,7 @@ class OwnerGuard:
         probe: Callable[[], None],
         changed: Callable[[], None],
     ) -> None:
-        """`peers_only_models` are the model keys only peers' requests used lately; `probe` asks for the
+        """`peers_only_models` are the model keys loaded for peers alone; `probe` asks for the
         backend to be probed (its models were unloaded); `changed` is told when sharing pauses or
         resumes."""
         self._settings = settings
@@ -205,6 +221,8 @@ class OwnerGuard:
         self._clock = PauseClock()
         self.pause: Pause | None = None
         self._drain: asyncio.Task[None] | None = None
+        # Whether each process on the GPU is a model server's, by pid.
+        self._servers: dict[int, bool] = {}
 
     @property
     def sharing(self) -> bool:
@@ -235,8 +253,16 @@ class OwnerGuard:
         foreign: list[GpuProcess] = []
         busy: int | None = None
         if telemetry is not None and settings.pause_on_gpu_use:
-            foreign = [p for gpu in telemetry.gpus for p in gpu.processes if not is_model_server(p)]
-            if self._admission.active == 0:
+            processes = [p for gpu in telemetry.gpus for p in gpu.processes]
+            # Each process is looked at once while it stays on the GPU, not at every reading.
+            self._servers = {
+                p.pid: self._servers[p.pid] if p.pid in self._servers else is_model_server(p)
+                for p in processes
+            }
+            foreign = [p for p in processes if not self._servers[p.pid]]
+            # NVML's load covers up to the last second: the model server's own work must be over by then.
+            idle_since = self._admission.idle_since
+            if idle_since is not None and now - idle_since >= _IDLE_BEFORE_LOAD_S:
                 loads = [gpu.utilization_pct for gpu in telemetry.gpus if gpu.utilization_pct is not None]
                 busy = max(loads, default=None)
         cause = cause_now(settings, foreign=foreign, gpu_busy_pct=busy, away=away, moment=moment)
@@ -253,7 +279,7 @@ class OwnerGuard:
     def _set(self, pause: Pause | None) -> None:
         before = self.pause
         self.pause = pause
-        if (before is None) != (pause is None) or (before and pause and before.reason != pause.reason):
+        if (before.kind if before else None) != (pause.kind if pause else None):
             if pause is not None:
                 _log.info("sharing paused: %s", pause.reason)
             elif before is not None:
@@ -273,6 +299,7 @@ class OwnerGuard:
             return
         if self._drain is None or self._drain.done():
             self._drain = asyncio.create_task(self._drain_peers(), name="drain-peers")
+            self._drain.add_done_callback(_log_failure)
 
     async def _drain_peers(self) -> None:
         """Let peers' requests under way finish within the grace period, cut the rest, then unload the
@@ -281,7 +308,7 @@ class OwnerGuard:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(settings.grace_s):
                 await self._admission.peers_done()
-        why = self.pause.reason if self.pause else "its owner turned sharing off"
+        why = self.pause.reason if self.pause else "sharing was turned off"
         if cut := self._admission.cut(
             f"{settings.name}'s owner needs the GPU back ({why}); this reply was cut after the "
             f"{settings.grace_s} s grace period. Ask again: another node of the pool will answer"
@@ -293,9 +320,8 @@ class OwnerGuard:
         await self._unload_peers_models()
 
     async def _unload_peers_models(self) -> None:
-        """Unload (keep_alive 0) the loaded models that peers' requests used lately and the owner's did not;
-        a model the owner loaded without the node (on Ollama's own port) and peers used too is taken for
-        theirs."""
+        """Unload (keep_alive 0) the models peers' requests loaded that the owner has not used since (a
+        model the owner then used on Ollama's own port, past the node, is still taken for theirs)."""
         backend, state = self._backend(), self._backend_state()
         theirs = set(self._peers_only_models())
         peers_only = [m.name for m in state.loaded if model_key(m.name) in theirs]
@@ -322,6 +348,11 @@ class OwnerGuard:
             except (BackendUnavailable, TimeoutError) as exc:
                 _log.warning("could not unload %s: %s", short_name(name), exc)
         self._probe()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        _log.error("draining peers' requests failed", exc_info=exc)
 
 
 def _bare(name: str) -> str:

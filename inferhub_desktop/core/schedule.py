@@ -9,15 +9,16 @@ import re
 
 from .wire.errors import ConfigError
 
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_DAY_MINUTES = 24 * 60
 _WINDOW = re.compile(r"\s*(?P<days>[a-z,\- ]+?)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})\s*")
 _EXAMPLE = '"mon-fri 09:00-17:30", "sat,sun 10:00-14:00" or "daily 22:00-07:00"'
 
 
 @dataclasses.dataclass(frozen=True)
 class Window:
-    """Quiet from `start` to `end` (minutes after midnight) on each of `days` (0 is Monday); an end at or
-    before the start runs into the next day."""
+    """Quiet from `start` to `end` (minutes after midnight, 1440 for the day's end) on each of `days` (0
+    is Monday); an end before the start runs into the next day."""
 
     text: str
     days: frozenset[int]
@@ -39,7 +40,7 @@ def parse_window(text: str) -> Window:
     found = _WINDOW.fullmatch(text.lower())
     if found is None:
         raise ConfigError(f"quiet hours {text!r} are not DAYS HH:MM-HH:MM; write them as {_EXAMPLE}")
-    start, end = _minutes(found["start"], text), _minutes(found["end"], text)
+    start, end = _minutes(found["start"], text, end=False), _minutes(found["end"], text, end=True)
     if start == end:
         raise ConfigError(f"quiet hours {text!r} start and end at the same time")
     return Window(text.strip(), _days(found["days"], text), start, end)
@@ -55,25 +56,30 @@ def quiet_now(windows: tuple[str, ...], moment: datetime.datetime) -> str | None
 
 def _days(text: str, where: str) -> frozenset[int]:
     days: set[int] = set()
-    for part in (p.strip() for p in text.split(",")):
-        if part in ("daily", "every day"):
+    for part in re.split(r"[,\s]+", text.replace("every day", "daily").strip()):
+        if part == "daily":
             days.update(range(7))
             continue
-        first, dash, last = (p.strip()[:3] for p in part.partition("-"))
-        if first not in _DAYS or (dash and last not in _DAYS):
-            raise ConfigError(
-                f"quiet hours {where!r} name no day as mon, tue … sun or daily; write them as {_EXAMPLE}"
-            )
-        a, b = _DAYS.index(first), _DAYS.index(last) if dash else _DAYS.index(first)
+        first, dash, last = part.partition("-")
+        a, b = _day(first, where), _day(last, where) if dash else _day(first, where)
         # A range may wrap round the week's end: "fri-mon".
         days.update(range(a, b + 1) if a <= b else [*range(a, 7), *range(0, b + 1)])
     return frozenset(days)
 
 
-def _minutes(clock: str, where: str) -> int:
+def _day(word: str, where: str) -> int:
+    for index, name in enumerate(_DAY_NAMES):
+        if word in (name[:3], name):
+            return index
+    raise ConfigError(
+        f"quiet hours {where!r} name no day as mon, tue … sun or daily; write them as {_EXAMPLE}"
+    )
+
+
+def _minutes(clock: str, where: str, *, end: bool) -> int:
     hours, minutes = (int(x) for x in clock.split(":"))
-    if (hours, minutes) == (24, 0):
-        return 0  # midnight at the window's end: the window runs to the day's end
+    if (hours, minutes) == (24, 0) and end:
+        return _DAY_MINUTES  # a window may run to the day's end
     if not (0 <= hours < 24 and 0 <= minutes < 60):
         raise ConfigError(f"quiet hours {where!r} have an impossible time {clock}")
     return hours * 60 + minutes

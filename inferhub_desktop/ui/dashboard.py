@@ -557,7 +557,7 @@ def _node_cells(node: NodeView) -> list[QTableWidgetItem]:
         _item(f"{node.utilization_pct}%" if node.utilization_pct is not None else "—"),
         _item(f"{node.active} / {node.slots}"),
         _item(format_rate(node.tokens_per_s)),
-        _item("yes" if node.sharing else "no"),
+        _item("paused", node.paused) if node.paused else _item("yes" if node.sharing else "no"),
         _item(short_models(node.loaded) or "—", "\n".join(node.installed)),
     ]
 

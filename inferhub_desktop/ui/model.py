@@ -42,6 +42,8 @@ class NodeView:
     tokens_generated: int
     # How this node's breaker sees a peer: "closed", or why it is open.
     breaker: str = "closed"
+    # Why its owner has paused sharing for now; None while it shares as switched.
+    paused: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -294,6 +296,7 @@ def node_view(status: NodeStatus, *, local: bool, address: str = "", breaker: st
         backend_error=backend.error,
         tokens_generated=status.tokens_generated,
         breaker=breaker,
+        paused=status.owner.paused if status.share else None,
     )
 
 

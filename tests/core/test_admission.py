@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from inferhub_desktop.core import ApiError
-from inferhub_desktop.core.api.admission import Admission
+from inferhub_desktop.core.api.admission import CUT_MESSAGE, MAX_COST, Admission
 
 
 class Holder:
@@ -318,19 +318,92 @@ async def test_refusing_peers_turns_away_those_waiting_and_those_to_come(holder:
         assert counts(admission) == (0, 1, 0)
 
 
-async def test_cutting_tells_each_running_peer_request_why(holder: Holder) -> None:
-    admission = Admission(slots=2, max_remote=2)
-    turns = []
+async def test_cutting_ends_the_answers_under_way_and_cancels_requests_not_answered_yet(
+    holder: Holder,
+) -> None:
+    admission = Admission(slots=3, max_remote=3)
+    told: list[str] = []
 
-    async def run() -> None:
+    async def answering() -> None:
         async with admission.remote("A") as turn:
-            turns.append(turn)
-            turns.append(await turn.cut)
+            turn.replying = True  # the backend's answer began: the relay ends it, saying why
+            told.append(await turn.cut)
 
-    tasks = [asyncio.create_task(run()) for _ in range(2)]
+    async def loading() -> None:
+        async with admission.remote("A"):
+            try:
+                await asyncio.sleep(60)  # no answer yet: the request itself is cancelled
+            except asyncio.CancelledError as exc:
+                told.append(exc.args[0])
+                raise
+
+    tasks = [asyncio.create_task(answering()) for _ in range(2)] + [asyncio.create_task(loading())]
     await settle()
-    assert admission.cut("the owner took the GPU back") == 2
-    await asyncio.gather(*tasks)
-    assert turns[2:] == ["the owner took the GPU back"] * 2
+    assert admission.cut("the owner took the GPU back") == 3
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sorted(told) == sorted(["the owner took the GPU back"] * 2 + [CUT_MESSAGE])
+    assert isinstance(results[2], asyncio.CancelledError)
     assert counts(admission) == (0, 0, 0)
     assert admission.cut("nothing runs") == 0
+
+
+async def test_a_request_cut_as_its_turn_comes_never_starts(holder: Holder) -> None:
+    admission = Admission(slots=1, max_remote=1)
+    async with admission.remote("A"):
+        waiting = holder.start("next", admission.remote)
+        await settle()
+    # The slot is handed to "next", whose task has not run since: the owner takes the GPU back now.
+    assert admission.cut("the owner took the GPU back") == 1
+    with pytest.raises(ApiError) as refused:
+        await waiting
+    assert (refused.value.status, refused.value.message) == (503, "the owner took the GPU back")
+    assert holder.entered == []
+    assert counts(admission) == (0, 0, 0)
+
+
+async def test_requests_that_never_ran_cost_their_machine_nothing(holder: Holder) -> None:
+    admission = Admission(slots=1, max_remote=1)
+    holder.start("running", admission.remote)
+    gone = [holder.start(f"gone{n}", from_machine(admission, "A")) for n in range(5)]
+    await settle()
+    for task in gone:
+        task.cancel()  # their nodes sent them elsewhere
+    await settle()
+    holder.start("A0", from_machine(admission, "A"))
+    holder.start("B0", from_machine(admission, "B"))
+    holder.start("A1", from_machine(admission, "A"))
+    await settle()
+    order = ["running"]
+    while len(order) < 4:
+        await holder.finish(order[-1])
+        await settle()
+        order.append(holder.entered[-1])
+    # A's cancelled requests do not push its new ones behind B's.
+    assert order == ["running", "A0", "B0", "A1"]
+
+
+async def test_a_request_is_charged_what_it_generated_in_the_end(holder: Holder) -> None:
+    admission = Admission(slots=1, max_remote=1)
+    async with admission.remote("A", cost=MAX_COST) as turn:
+        holder.start("A0", from_machine(admission, "A"))
+        holder.start("B0", from_machine(admission, "B"))
+        await settle()
+        turn.tokens = 10  # it asked for up to 8192 tokens and wrote 10
+    order: list[str] = []
+    for _ in range(2):
+        await settle()
+        order.append(holder.entered[-1])
+        await holder.finish(order[-1])
+    # Queued while A still owed 8192, A0 was tagged behind B0; it is not punished again after that.
+    assert order == ["B0", "A0"]
+    async with admission.remote("A", cost=100) as turn:
+        turn.tokens = 100
+    assert admission.active == 0
+
+
+async def test_machines_are_remembered_within_a_bound(holder: Holder) -> None:
+    admission = Admission(slots=1, max_remote=1)
+    for n in range(3000):
+        async with admission.remote(f"10.0.{n // 256}.{n % 256}"):
+            pass
+    assert len(admission._finish) <= 1024

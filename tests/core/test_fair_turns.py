@@ -71,11 +71,11 @@ async def test_batch_work_waits_behind_interactive_work(serving: tuple[Node, Fak
     async with machine("127.0.0.2") as peer:
         running = asyncio.create_task(generate(peer, node, "running"))
         await eventually(lambda: admission.active_remote == 1)
-        batch = [
-            asyncio.create_task(generate(peer, node, f"batch {n}", **{"X-InferHub-Priority": "batch"}))
-            for n in range(2)
-        ]
-        await eventually(lambda: admission.waiting_batch == 2)
+        batch = []
+        for n in range(2):
+            priority = {"X-InferHub-Priority": "batch"}
+            batch.append(asyncio.create_task(generate(peer, node, f"batch {n}", **priority)))
+            await eventually(lambda n=n: admission.waiting_batch == n + 1)
         assert node.status().load.waiting_batch == 2
         await generate(peer, node, "interactive")
         await asyncio.gather(running, *batch)

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
+import shutil
 import stat
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -63,3 +68,59 @@ def test_with_no_session_to_ask_the_source_says_it_cannot_tell(
     source = system_away_source()
     assert source.away() == Away(None)
     assert source.how.startswith("nothing: this system tells no idle time")
+
+
+@pytest.fixture
+def x_display(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real X server (Xvfb) for the session, as an X11 desktop has."""
+    if shutil.which("Xvfb") is None or not all(map(ctypes.util.find_library, ("X11", "Xss", "Xtst"))):
+        pytest.skip("needs Xvfb and the X11, Xss and Xtst libraries (apt-get install xvfb libxss1 libxtst6)")
+    read, write = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-nolisten", "tcp"], pass_fds=(write,), stderr=subprocess.DEVNULL
+    )
+    os.close(write)
+    with os.fdopen(read) as displayfd:
+        display = f":{displayfd.readline().strip()}"
+    monkeypatch.setenv("DISPLAY", display)
+    monkeypatch.setenv("XDG_SESSION_TYPE", "x11")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    yield display
+    xvfb.terminate()
+    xvfb.wait(timeout=10)
+
+
+def move_the_mouse(display: str) -> None:
+    """Input as a user's: a pointer motion through the XTEST extension."""
+    xlib, xtst = ctypes.CDLL(ctypes.util.find_library("X11")), ctypes.CDLL(ctypes.util.find_library("Xtst"))
+    xlib.XOpenDisplay.restype = ctypes.c_void_p
+    xlib.XFlush.argtypes = xlib.XCloseDisplay.argtypes = (ctypes.c_void_p,)
+    xtst.XTestFakeRelativeMotionEvent.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_ulong)
+    handle = xlib.XOpenDisplay(display.encode())
+    assert handle
+    xtst.XTestFakeRelativeMotionEvent(handle, 5, 5, 0)
+    xlib.XFlush(handle)
+    xlib.XCloseDisplay(handle)
+
+
+def test_an_x11_session_tells_the_time_since_the_last_input(x_display: str) -> None:
+    source = system_away_source()
+    assert source.how == "the X server's idle time"
+    time.sleep(1.5)
+    before = source.away().seconds
+    assert before is not None
+    assert before >= 1.0
+    move_the_mouse(x_display)
+    after = source.away().seconds
+    assert after is not None
+    assert after < before
+    assert after < 0.5
+
+
+def test_an_x_display_in_a_wayland_session_is_not_asked(
+    x_display: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Xwayland's idle time sees only input to X windows: the session's own state is asked instead.
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    monkeypatch.delenv("XDG_SESSION_ID", raising=False)
+    assert system_away_source().how.startswith("nothing")

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from inferhub_desktop.core import ConfigError, Node
+from inferhub_desktop.core import ConfigError, Node, SharingPaused
 from inferhub_desktop.core import node as node_module
 from inferhub_desktop.core.idle import Away
 from inferhub_desktop.core.owner import Cause, PauseClock, cause_now, is_model_server
@@ -111,6 +111,10 @@ def test_quiet_hours_pause_sharing_and_name_the_window() -> None:
         ("fri-mon 12:00-13:00", "2026-12-06 12:30", True),  # a range across the week's end: Sunday
         ("Saturday 18:00-24:00", "2026-12-05 23:59", True),
         ("Saturday 18:00-24:00", "2026-12-06 00:00", False),
+        ("daily 00:00-24:00", "2026-12-02 23:59", True),
+        ("mon fri 09:00-17:00", "2026-12-04 10:00", True),  # Monday and Friday: this is a Friday
+        ("mon fri 09:00-17:00", "2026-12-02 10:00", False),  # not a Wednesday
+        ("every day 12:00-13:00", "2026-12-06 12:10", True),
     ],
 )
 def test_a_quiet_hours_window_holds_when_the_owner_means(window: str, moment: str, quiet: bool) -> None:
@@ -122,6 +126,8 @@ def test_a_quiet_hours_window_holds_when_the_owner_means(window: str, moment: st
     ("window", "says"),
     [
         ("weekdays 09:00-17:00", "name no day"),
+        ("monkey 09:00-17:00", "name no day"),
+        ("mon 24:00-09:00", "impossible time 24:00"),
         ("mon 9-17", "are not DAYS HH:MM-HH:MM"),
         ("mon 09:00-25:00", "impossible time 25:00"),
         ("mon 09:00-09:00", "start and end at the same time"),
@@ -278,6 +284,10 @@ async def test_a_program_using_the_gpu_pauses_sharing_on_the_next_reading_and_it
     node: Node, nvml: FakeNvml, blender: subprocess.Popen[bytes], http: aiohttp.ClientSession
 ) -> None:
     assert (node.guard.pause, node.announcement().share) == (None, True)
+    told: list[str | None] = []
+    node.events.subscribe(
+        lambda event: told.append(event.reason) if isinstance(event, SharingPaused) else None
+    )
     before = readings(nvml)
     start_on_gpu(nvml, blender.pid, 2048)
     await eventually(lambda: node.guard.pause is not None)
@@ -294,17 +304,23 @@ async def test_a_program_using_the_gpu_pauses_sharing_on_the_next_reading_and_it
         503,
         {"error": "test-node has paused sharing: blender is using the GPU (2.0 GiB)"},
     )
+    # Blender's memory grows: the words follow, and it is no news.
+    end_on_gpu(nvml, blender.pid)
+    start_on_gpu(nvml, blender.pid, 3072)
+    await eventually(lambda: node.status().owner.paused == "blender is using the GPU (3.0 GiB)")
+    assert told == ["blender is using the GPU (2.0 GiB)"]
 
     end_on_gpu(nvml, blender.pid)
     await eventually(lambda: node.guard.pause is not None and node.guard.pause.resumes_in_s is not None)
     assert (
         node.status()
         .state_words()[0]
-        .startswith("sharing paused: blender is using the GPU (2.0 GiB) (resumes in")
+        .startswith("sharing paused: blender is using the GPU (3.0 GiB) (resumes in")
     )
     await eventually(lambda: node.guard.pause is None)
     assert (await generate(http, share_url(node), "llama3"))[0] == 200
     assert node.announcement().share
+    assert told == ["blender is using the GPU (2.0 GiB)", None]
 
 
 async def test_when_the_owner_comes_back_peers_finish_within_the_grace_then_are_cut_and_their_models_unloaded(
@@ -352,8 +368,28 @@ async def test_when_the_owner_comes_back_peers_finish_within_the_grace_then_are_
         r.json and r.json.get("model") == "llama3:latest" and r.json.get("keep_alive") == 0
         for r in fake.requests
     )
-    # The owner's requests go on as before.
+    # A cut says nothing of this machine's backend: the owner's requests go on as before.
+    assert node.dispatcher.breaker(node.settings.node_id) == "closed"
     assert (await generate(http, node.api_url, "llama3"))[0] == 200
+
+
+async def test_a_peers_request_still_waiting_for_its_answer_is_cut_after_the_grace_too(
+    node: Node,
+    nvml: FakeNvml,
+    fake: FakeOllama,
+    blender: subprocess.Popen[bytes],
+    http: aiohttp.ClientSession,
+) -> None:
+    fake.load_delay_s = 30.0  # "small" takes long to load: its answer will not begin
+    loading = asyncio.create_task(generate(http, share_url(node), "small"))
+    await eventually(lambda: node.dispatcher.admission.active_remote == 1)
+    start_on_gpu(nvml, blender.pid, 4096)
+    code, answer = await loading
+    # It fails as busy, with why: the peer's node sends it on to another node.
+    assert code == 503
+    assert answer["error"].startswith("test-node's owner needs the GPU back (blender is using the GPU")
+    assert node.dispatcher.breaker(node.settings.node_id) == "closed"
+    assert node.dispatcher.admission.active_remote == 0
 
 
 async def test_a_peers_request_that_would_load_into_the_owners_reserve_is_refused_as_busy(
@@ -380,9 +416,7 @@ async def test_turning_sharing_off_drains_peers_the_same_way(node: Node, http: a
         await streaming.content.readline()
         node.switch({"share": False})
         lines = [json.loads(line) async for line in streaming.content]
-    assert lines[-1]["error"].startswith(
-        "test-node's owner needs the GPU back (its owner turned sharing off)"
-    )
+    assert lines[-1]["error"].startswith("test-node's owner needs the GPU back (sharing was turned off)")
 
 
 class Presence:

@@ -39,7 +39,8 @@ FAKES = [
 @pytest.fixture
 def machines(tmp_path: Path) -> Iterator[list[Machine]]:
     with Lan(3) as lan:
-        machines = start_machines(lan, tmp_path, FAKES, lambda i: [])
+        # A short grace, for an owner who takes the GPU back mid-stream.
+        machines = start_machines(lan, tmp_path, FAKES, lambda i: ["--grace", "2"])
         try:
             wait_for(
                 lambda: all(
@@ -181,3 +182,37 @@ def test_a_peer_killed_mid_stream_ends_the_stream_cleanly_and_is_avoided_next(
     assert head["status"] == 200
     assert head["node"] != serving.name
     assert lines[0]["done"] is True
+
+
+def test_a_peers_stream_ends_saying_why_when_the_owner_takes_the_gpu_back_and_the_next_goes_elsewhere(
+    machines: list[Machine],
+) -> None:
+    user, b, c = machines
+    body = {"model": "llama3", "prompt": "hi", "options": {"num_predict": 400}}
+    client = user.host.popen(
+        [sys.executable, "tests/lan/scripts/ask.py", API + "/api/generate", json.dumps(body)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    head = json.loads(client.stdout.readline())
+    assert (head["status"], head["node"] in ("node1", "node2")) == (200, True)
+    serving = b if head["node"] == "node1" else c
+    for _ in range(5):
+        assert "response" in json.loads(client.stdout.readline())
+    serving.cli("share", "off")
+    stopped = time.monotonic()
+    rest = [json.loads(line) for line in client.stdout]
+    client.wait(timeout=10)
+    # The reply went on through the grace period, then ended with one line that says why.
+    assert time.monotonic() - stopped >= 1.0
+    assert [("error" in line) for line in rest] == [False] * (len(rest) - 1) + [True]
+    assert rest[-1]["error"] == (
+        f"{serving.name}'s owner needs the GPU back (sharing was turned off); this reply was cut after the "
+        "2 s grace period. Ask again: another node of the pool will answer"
+    )
+    assert len(rest) < 400
+    head, lines = ask(user, "/api/generate", {**body, "stream": False, "options": {"num_predict": 5}})
+    assert (head["status"], lines[0]["done"]) == (200, True)
+    assert head["node"] != serving.name

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QTableWidget, Q
 from pytestqt.qtbot import QtBot
 
 from inferhub_desktop.core import ConfigError, PeerJoined, PeerLeft, RequestDone, RequestUnderway, parse_peer
+from inferhub_desktop.core.status import OwnerState
 from inferhub_desktop.ui.bridge import Bridge
 from inferhub_desktop.ui.dashboard import (
     _FRACTION_ROLE,
@@ -679,3 +680,22 @@ def test_used_by_peers_sums_up_what_each_peer_had_this_machine_serve_today(
     assert dashboard.usage_note.text() == (
         "Today: borealis: 1 request, 300 tokens, 10 s · cobalt: 2 requests, 150 tokens, 3 s"
     )
+
+
+def test_a_peer_paused_for_its_owner_shows_as_paused_saying_why(
+    dashboard: Dashboard, bridge: Bridge, core: DemoCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peers = core.peers()
+    why = "quiet hours (mon-fri 09:00-17:30)"
+    paused = dataclasses.replace(peers[0].status, owner=OwnerState(paused=why))
+    peers[0] = dataclasses.replace(peers[0], status=paused)
+    monkeypatch.setattr(core, "peers", lambda: peers)
+
+    bridge.refresh()
+
+    table = dashboard.peers_table
+    row = cells(table, PEER_COLUMNS, "Node").index(peers[0].name)
+    sharing = table.item(row, PEER_COLUMNS.index("Sharing"))
+    assert (sharing.text(), sharing.toolTip()) == ("paused", why)
+    assert bridge.view is not None
+    assert peers[0].name not in {p.name for p in bridge.view.peers if p.sharing}

@@ -600,12 +600,16 @@ class Forwarder:
         meter = ReplyMeter(endpoint)
         outcome = Outcome(None, cancelled=True)
         trail.node, trail.attempts = target.name, trail.attempts + 1
+        turn: Turn | None = None
         try:
             async with (
                 target.admit(endpoint) as turn,
                 target.backend.request(request.method, request.raw_path, headers, body) as reply,
             ):
-                upstream = reply if turn is None else _Cuttable(reply, turn.cut)
+                upstream: UpstreamResponse = reply
+                if turn is not None:
+                    turn.replying = True
+                    upstream = _Cuttable(reply, turn.cut)
                 if fail_over and upstream.status in _FAIL_OVER_STATUSES:
                     with contextlib.suppress(BackendUnavailable):
                         await upstream.read()
@@ -621,14 +625,26 @@ class Forwarder:
                     trail.answer_error = meter.error() or f"HTTP {upstream.status}"
                 failure = meter.broken or meter.failed_in_stream()
                 outcome = Outcome(failure, upstream.status, None if failure else meter.observation())
+                if turn is not None and outcome.seen is not None:
+                    turn.tokens = outcome.seen.eval_count
                 return response
+        except asyncio.CancelledError:
+            # Cut before the backend answered (admission.py): the peer hears why, and sends it elsewhere.
+            task = asyncio.current_task()
+            reason = turn.cut_reason if turn is not None else None
+            if reason is None or task is None or task.uncancel() > 0:
+                raise
+            outcome = Outcome(reason, 503)
+            raise ApiError(503, reason) from None
         except BackendUnavailable as exc:
             if outcome.cancelled:
                 outcome = Outcome(str(exc))
             raise
         finally:
             trail.outcome, trail.first_at = outcome, meter.first_at
-            target.report(outcome)
+            # A cut says nothing of the node: its breaker and speeds do not hear of it.
+            cut = turn is not None and turn.cut_reason is not None
+            target.report(dataclasses.replace(outcome, cancelled=True) if cut else outcome)
 
     async def _broadcast(
         self,
