@@ -85,6 +85,8 @@ class Membership:
         # The TLS certificates nodes' records pin, and those learnt from nodes reached by address.
         self._advertised_tls: dict[tuple[str, int], str] = {}
         self._learnt_tls: dict[tuple[str, int], str] = {}
+        # The last status each node sent, with its tag: asked for again only when the tag changed.
+        self._known: dict[tuple[str, int], tuple[str, NodeStatus]] = {}
         # How reaching each node named by address goes, for its owner to see.
         self._reaching: dict[tuple[str, int], AddressState] = {}
         # Nodes a goodbye on mDNS was heard for, to be asked at once whether they have left.
@@ -145,6 +147,7 @@ class Membership:
 
     def rekey(self) -> None:
         """This node joined or left a private pool: forget every peer until it proves it belongs."""
+        self._known.clear()
         for peer in self.table:
             self.table.remove(peer.node_id)
             self._left(peer, f"peer {peer.announcement.name!r} is not in this node's pool now")
@@ -224,6 +227,8 @@ class Membership:
                 for endpoint, how in list(self._candidates.items())
                 if how == "static" or self._advertised_pools.get(endpoint, "") == pool_id
             ]
+            # Statuses kept are those of the nodes still asked.
+            self._known = {e: known for e, known in self._known.items() if e in self._candidates}
             results = await asyncio.gather(*(check for _, check in checks), return_exceptions=True)
             # Whatever one node sends, polling the others goes on.
             for (endpoint, _), result in zip(checks, results, strict=True):
@@ -249,7 +254,7 @@ class Membership:
                 status, shown = await self._member_status(host, port, pool)
             else:
                 try:
-                    body, shown = await self._fetch(host, port, STATUS_PATH, MAX_STATUS_BYTES, pin)
+                    status, shown = await self._status(host, port, pin)
                 except HttpError:
                     if pin or self._candidates.get(endpoint) != "static":
                         raise
@@ -257,8 +262,7 @@ class Membership:
                     # now is pinned for the status fetch, whose answer must name it.
                     async with asyncio.timeout(_PEER_POLL_TIMEOUT_S):
                         shown = await shown_fingerprint(host, port)
-                    body, shown = await self._fetch(host, port, STATUS_PATH, MAX_STATUS_BYTES, shown)
-                status = NodeStatus.from_bytes(body)
+                    status, shown = await self._status(host, port, shown)
             announcement = announcement_from_status(status, host, port)
             if announcement.tls != shown:
                 raise MalformedRecord("its status names another TLS certificate than the one it showed")
@@ -305,13 +309,12 @@ class Membership:
     async def _member_status(self, host: str, port: int, pool: PrivatePool) -> tuple[NodeStatus, str]:
         """Fetch the status of a private pool's member over mutual TLS; raise Unauthorized unless the
         certificate it proved is on the roster, for the node id its status claims."""
-        body, shown = await self._fetch(host, port, STATUS_PATH, MAX_STATUS_BYTES, pool.client_context)
+        status, shown = await self._status(host, port, pool.client_context)
         member = pool.roster.member_by_fingerprint(shown)
         if member is None:
             raise Unauthorized(
                 "its certificate is the pool's, but its machine is not on the roster (removed)"
             )
-        status = NodeStatus.from_bytes(body)
         if status.node_id != member.node_id:
             raise Unauthorized(
                 f"it claims the node id {status.node_id}, but its certificate is {member.node_id}'s"
@@ -321,10 +324,10 @@ class Membership:
     async def _fetch_roster(self, host: str, port: int, pool: PrivatePool) -> None:
         """Take the newer roster a member has: removals reach every member within a poll or two."""
         try:
-            body, shown = await self._fetch(host, port, ROSTER_PATH, MAX_ROSTER_BYTES, pool.client_context)
+            body, shown, _ = await self._fetch(host, port, ROSTER_PATH, MAX_ROSTER_BYTES, pool.client_context)
             if pool.roster.member_by_fingerprint(shown) is None:
                 raise Unauthorized("it is not on the roster")
-            taken = pool.adopt(Roster.from_bytes(body))
+            taken = pool.adopt(Roster.from_bytes(body or b""))
         except (TimeoutError, OSError, HttpError, ValueError, MalformedRecord, Unauthorized) as exc:
             _log.warning("could not take the newer roster of the member at %s:%d: %s", host, port, exc)
             return
@@ -342,19 +345,40 @@ class Membership:
             _log.warning("could not save the pool's roster: %s", exc)
         self.roster_changed()
 
+    async def _status(self, host: str, port: int, tls: str | ssl.SSLContext) -> tuple[NodeStatus, str]:
+        """Fetch a node's status, asking for it whole only when it changed since the last one it sent;
+        return it, parsed, and the fingerprint of the certificate the node showed."""
+        endpoint = (host, port)
+        tag, known = self._known.get(endpoint, ("", None))
+        body, shown, tag = await self._fetch(
+            host, port, STATUS_PATH, MAX_STATUS_BYTES, tls, tag if known else ""
+        )
+        if body is None and known is not None:
+            return known, shown
+        status = NodeStatus.from_bytes(body or b"")
+        if tag:
+            self._known[endpoint] = (tag, status)
+        else:
+            self._known.pop(endpoint, None)
+        return status, shown
+
     async def _fetch(
-        self, host: str, port: int, path: str, limit: int, tls: str | ssl.SSLContext
-    ) -> tuple[bytes, str]:
+        self, host: str, port: int, path: str, limit: int, tls: str | ssl.SSLContext, tag: str = ""
+    ) -> tuple[bytes | None, str, str]:
         """GET a path of a node's share API: over TLS with the pool's context, or with a pinned
-        certificate's fingerprint, else over plain HTTP. Return the body, read up to `limit` bytes, and
-        the fingerprint of the certificate the node showed ("" over plain HTTP)."""
+        certificate's fingerprint, else over plain HTTP; with `tag`, only if it changed since the answer
+        of that tag. Return the body, read up to `limit` bytes (None: not changed), the fingerprint of the
+        certificate the node showed ("" over plain HTTP), and the answer's tag ("" for none)."""
         link = self._link(host, port, tls)
         async with asyncio.timeout(_PEER_POLL_TIMEOUT_S):
-            connection, reply = await link.request("GET", path, {}, None)
+            connection, reply = await link.request("GET", path, {"If-None-Match": tag} if tag else {}, None)
             try:
                 shown = peer_fingerprint(connection.writer.get_extra_info("ssl_object"))
                 if reply.status == 401:
                     raise Unauthorized("it refuses this machine: it is not a member of that node's pool")
+                if reply.status == 304 and tag:
+                    await reply.read()
+                    return None, shown, tag
                 if reply.status != 200:
                     raise ValueError(f"{path} answered HTTP {reply.status}")
                 # A body past the limit is refused before it is read whole: a peer cannot fill memory.
@@ -369,7 +393,7 @@ class Membership:
                     chunks.append(chunk)
             finally:
                 link.release(connection, reply)
-        return b"".join(chunks), shown
+        return b"".join(chunks), shown, reply.headers.get("ETag", "")
 
     def _link(self, host: str, port: int, tls: str | ssl.SSLContext) -> Http1Client:
         """Return the kept-alive connections to a node's share API, made anew when how it is reached

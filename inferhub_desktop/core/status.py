@@ -5,6 +5,7 @@ bounded; the router, the pool, the metrics, the desktop app and the command line
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import uuid
@@ -16,6 +17,12 @@ from .telemetry import Telemetry
 from .wire.errors import MalformedRecord
 from .wire.records import Fields
 
+# A status's tag changes at least this often, so what moves a little at a time (temperatures, CPU, speeds
+# fading with age) reaches peers too.
+TAG_MAX_AGE_S = 30.0
+# Free VRAM and a GPU's load count as changed in steps of these.
+_TAG_VRAM_STEP_MIB = 256
+_TAG_LOAD_STEP_PCT = 10
 # The version of this record; a node drops a status of another version, as it drops such a TXT record.
 STATUS_VERSION = 1
 # The most bytes a status may take on the wire: a node with a thousand models sends about 300 KiB.
@@ -141,6 +148,33 @@ class NodeStatus:
             "tokens_generated": self.tokens_generated,
             "owner": dataclasses.asdict(self.owner),
         }
+
+    def tag(self, now: float) -> str:
+        """Return a tag that changes whenever anything a peer acts on changes: switches, load, models,
+        backend, pool, owner, tokens generated, free VRAM (in 256 MiB steps), a GPU's load (in 10-point
+        steps), a learnt speed; and at least every TAG_MAX_AGE_S. A peer that has the status of a tag is
+        answered 304 Not Modified, so an idle pool sends no statuses."""
+        coarse = self.to_json()
+        telemetry, speeds = self.telemetry, self.speeds
+        coarse["telemetry"] = telemetry and [
+            telemetry.summary(),
+            telemetry.vram_total_mib,
+            telemetry.vram_free_mib // _TAG_VRAM_STEP_MIB,
+            telemetry.nvml_error,
+            [(gpu.utilization_pct or 0) // _TAG_LOAD_STEP_PCT for gpu in telemetry.gpus],
+        ]
+        # Learnt means, not their weights, which fade every second.
+        coarse["speeds"] = [
+            sorted(
+                (model, name, round(f.mean, 2))
+                for model, m in speeds.models.items()
+                for name, f in vars(m).items()
+                if f
+            ),
+            round(speeds.busy_s.mean, 2) if speeds.busy_s else None,
+        ]
+        coarse["epoch"] = int(now // TAG_MAX_AGE_S)
+        return hashlib.sha256(json.dumps(coarse, sort_keys=True).encode()).hexdigest()[:20]
 
     @classmethod
     def from_json(cls, value: Any) -> NodeStatus:

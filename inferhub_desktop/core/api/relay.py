@@ -432,7 +432,14 @@ class Forwarder:
         """Answer a request for the node's status: its state as JSON to GET and HEAD."""
         if request.method not in ("GET", "HEAD"):
             return text_response(405, "405 method not allowed")
-        return json_response(self._status().to_json())
+        status = self._status()
+        tag = f'"{status.tag(time.monotonic())}"'
+        # A peer that has this status already is told so, in a few bytes.
+        if request.headers.get("If-None-Match") == tag:
+            return web.Response(status=304, headers={"ETag": tag})
+        reply = json_response(status.to_json())
+        reply.headers["ETag"] = tag
+        return reply
 
     def metrics_reply(self, request: web.BaseRequest) -> web.Response:
         """Answer a Prometheus scrape: the node's metrics to GET and HEAD."""
