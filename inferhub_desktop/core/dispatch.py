@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .api.admission import DEFAULT_COST, Admission, Turn
-from .api.relay import Admit, Outcome, Plan, Query, Target
+from .api.relay import MAX_ATTEMPTS, Admit, Outcome, Plan, Query, Target
 from .audit import AuditLog
 from .backends.base import Backend
 from .backends.ollama import OllamaBackend
@@ -195,7 +195,8 @@ class Dispatcher:
             return self._no_route(query, decision, pin)
         if request.conversation:
             self.conversations.remember(request.conversation, decision.ranked[0].node.node_id, now)
-        return Plan([self._target(r.node.node_id, model) for r in decision.ranked])
+        # Only the nodes a request may be tried on: a pool of hundreds costs no more than a few.
+        return Plan([self._target(r.node.node_id, model) for r in decision.ranked[:MAX_ATTEMPTS]])
 
     def peers_only_models(self) -> set[str]:
         """Return the models loaded on this machine for peers alone: a peer's request loaded each (it

@@ -269,8 +269,9 @@ def choose_route(request: RouteRequest, snapshot: Snapshot, now: float) -> Route
             reachable = node.local or not request.local_only
             left_out.append(LeftOut(node, reason, reachable and model in node.installed))
 
+    pool = _Pool(nodes)
     ranked = sorted(
-        (_rank(request, node, nodes) for node in candidates),
+        (_rank(request, node, pool) for node in candidates),
         key=lambda r: (r.estimate.total_s, not r.node.local, r.node.name),
     )
     choice = "no node can serve it"
@@ -340,7 +341,7 @@ def reserve_refusal(node: RouterNode, model: str) -> str | None:
     )
 
 
-def _rank(request: RouteRequest, node: RouterNode, pool: list[RouterNode]) -> Ranked:
+def _rank(request: RouteRequest, node: RouterNode, pool: _Pool) -> Ranked:
     """Estimate when `node` would finish the request, and say what the estimate rests on."""
     model = request.model or ""
     if request.read:
@@ -422,7 +423,7 @@ def _break_ties(
     return ranked, f"{ranked[0].node.name}: the soonest to finish"
 
 
-def _speed_prior(node: RouterNode, model: str, pool: list[RouterNode]) -> float:
+def _speed_prior(node: RouterNode, model: str, pool: _Pool) -> float:
     """Guess a node's tokens/s for a model it has not run lately.
 
     Generating a token reads every weight once, so tokens/s times the model's size is about the same
@@ -431,7 +432,7 @@ def _speed_prior(node: RouterNode, model: str, pool: list[RouterNode]) -> float:
     once better-known ones are busy), over the model's size.
     """
     size = node.installed.get(model, 0)
-    bandwidth = _own_or_median(node, pool, _bandwidth)
+    bandwidth = pool.own_or_median(node, _bandwidth)
     if bandwidth is None or size <= 0:
         return DEFAULT_TOKENS_PER_S
     return bandwidth / size
@@ -442,10 +443,10 @@ def _bandwidth(node: RouterNode) -> Figure | None:
     return (node.rates or rates(node.figures, node.installed)).bandwidth
 
 
-def _load_estimate(node: RouterNode, model: str, pool: list[RouterNode]) -> float:
+def _load_estimate(node: RouterNode, model: str, pool: _Pool) -> float:
     """Estimate how long the node takes to load the model: what it showed for it, blended with a prior."""
     figures = node.figures.get(model, ModelFigures())
-    rate = _own_or_median(node, pool, _load_rate)
+    rate = pool.own_or_median(node, _load_rate)
     size_gib = node.installed.get(model, 0) / _GIB
     prior = rate * size_gib if rate is not None else LOAD_BASE_S + LOAD_S_PER_GIB * size_gib
     return _blend(figures.load_s, prior)
@@ -456,16 +457,38 @@ def _load_rate(node: RouterNode) -> Figure | None:
     return (node.rates or rates(node.figures, node.installed)).load_rate
 
 
-def _own_or_median(
-    node: RouterNode, pool: list[RouterNode], figure_of: Callable[[RouterNode], Figure | None]
-) -> float | None:
-    """Return a node's own figure blended towards the pool's median one, else the median, else None."""
-    figures = {n.node_id: f for n in pool if (f := figure_of(n)) is not None}
-    median = statistics.median(f.mean for f in figures.values()) if figures else None
-    own = figures.get(node.node_id)
-    if own is None or median is None:
-        return median
-    return _blend(own, median)
+class _Pool:
+    """The pool's nodes, and what a decision reads of all of them, worked out once per decision rather
+    than once for each node it ranks."""
+
+    def __init__(self, nodes: list[RouterNode]) -> None:
+        self.nodes = nodes
+        self._figures: dict[object, tuple[dict[str, Figure], float | None]] = {}
+        self._tokens: dict[str, int] = {}
+
+    def own_or_median(
+        self, node: RouterNode, figure_of: Callable[[RouterNode], Figure | None]
+    ) -> float | None:
+        """Return a node's own figure blended towards the pool's median one, else the median, else None."""
+        if figure_of not in self._figures:
+            figures = {n.node_id: f for n in self.nodes if (f := figure_of(n)) is not None}
+            median = statistics.median(f.mean for f in figures.values()) if figures else None
+            self._figures[figure_of] = (figures, median)
+        figures, median = self._figures[figure_of]
+        own = figures.get(node.node_id)
+        if own is None or median is None:
+            return median
+        return _blend(own, median)
+
+    def mean_tokens(self, model: str) -> int:
+        """Return the pool's mean reply length for the model, in tokens, from every node's figures."""
+        if model not in self._tokens:
+            means = [f.tokens for n in self.nodes if (f := n.figures.get(model)) and f.tokens]
+            weight = sum(f.weight for f in means)
+            self._tokens[model] = (
+                max(1, round(sum(f.mean * f.weight for f in means) / weight)) if weight else DEFAULT_TOKENS
+            )
+        return self._tokens[model]
 
 
 def _weighted(figures: Iterable[tuple[Figure, float]]) -> Figure | None:
@@ -486,24 +509,20 @@ def _room(node: RouterNode) -> int | None:
     return None
 
 
-def _loaded_elsewhere(request: RouteRequest, model: str, node: RouterNode, pool: list[RouterNode]) -> bool:
+def _loaded_elsewhere(request: RouteRequest, model: str, node: RouterNode, pool: _Pool) -> bool:
     """Tell whether another node that could take this request has the model loaded."""
     return any(
         model in other.loaded and _unfit(dataclasses.replace(request, model=model), other) is None
-        for other in pool
+        for other in pool.nodes
         if other is not node
     )
 
 
-def _expected_tokens(request: RouteRequest, model: str, pool: list[RouterNode]) -> int:
+def _expected_tokens(request: RouteRequest, model: str, pool: _Pool) -> int:
     """Guess the reply's length: the request's limit where it sets one, else the pool's mean for the model."""
     if request.tokens is not None and request.tokens > 0:
         return request.tokens
-    means = [f.tokens for n in pool if (f := n.figures.get(model)) and f.tokens]
-    weight = sum(f.weight for f in means)
-    if not weight:
-        return DEFAULT_TOKENS
-    return max(1, round(sum(f.mean * f.weight for f in means) / weight))
+    return pool.mean_tokens(model)
 
 
 def _service_s(node: RouterNode, run_s: float) -> float:
