@@ -138,10 +138,14 @@ class PoolView:
         return f"Private pool {self.pool[:8]}: every peer proven by its key"
 
     def share_label(self, *, on: bool) -> str:
-        """Name the share switch for what this machine has: a GPU or not, a model server or not yet."""
+        """Name the share switch for what this machine has (a GPU or not, a model server or not yet), and
+        whether sharing is paused for its owner."""
         what = "this GPU" if self.me.gpu_count else "this machine"
         said = f"Sharing {what}" if on else f"Share {what}"
-        return said if self.me.backend_up else f"{said} (no model server yet)"
+        if not self.me.backend_up:
+            return f"{said} (no model server yet)"
+        # On, and paused for the owner: the switch stays where the owner put it, and says so.
+        return f"{said} (paused)" if self.me.paused else said
 
     def hint(self) -> str:
         """Say why machines seen nearby are not peers, if any are: they belong to another pool."""

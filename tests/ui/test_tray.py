@@ -462,6 +462,8 @@ def test_a_pause_for_the_owner_is_told_and_the_tooltip_says_why(
     assert tray.icon.toolTip().startswith(
         f"InferHub: sharing paused: {why}, serving a request for colleagues"
     )
+    # The switch stays on, as the owner put it, and says it is paused.
+    assert (tray.share_action.isChecked(), tray.share_action.text()) == (True, "Share this GPU (paused)")
 
     with qtbot.waitSignal(tray.notifier.shown, timeout=5000) as told:
         core.events.emit(SharingPaused(None))
