@@ -153,32 +153,42 @@ def wait_for_taker(machines: list[Machine], timeout: float) -> Machine:
     pytest.fail(f"none of {[m.name for m in machines]} took the request within {timeout} s")
 
 
-def test_a_peer_killed_mid_stream_ends_the_stream_cleanly_and_is_avoided_next(
-    machines: list[Machine],
-) -> None:
+# A generation that streams for some seconds.
+LONG = {"model": "llama3", "prompt": "hi", "options": {"num_predict": 400}}
+
+
+def long_stream_from_a_peer(machines: list[Machine]) -> tuple[subprocess.Popen[str], Machine]:
+    """Start a long stream on the user's machine that a peer answers; return the client, five lines
+    into the stream, and the peer answering it."""
     user, b, c = machines
-    body = {"model": "llama3", "prompt": "hi", "options": {"num_predict": 400}}
     client = user.host.popen(
-        [sys.executable, "tests/lan/scripts/ask.py", API + "/api/generate", json.dumps(body)],
+        [sys.executable, "tests/lan/scripts/ask.py", API + "/api/generate", json.dumps(LONG)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
     assert client.stdout is not None
     head = json.loads(client.stdout.readline())
-    assert head["status"] == 200
-    serving = b if head["node"] == "node1" else c
-    assert head["node"] in ("node1", "node2")
+    assert (head["status"], head["node"] in ("node1", "node2")) == (200, True)
     for _ in range(5):
         assert "response" in json.loads(client.stdout.readline())
+    return client, b if head["node"] == "node1" else c
+
+
+def test_a_peer_killed_mid_stream_ends_the_stream_cleanly_and_is_avoided_next(
+    machines: list[Machine],
+) -> None:
+    user = machines[0]
+    client, serving = long_stream_from_a_peer(machines)
     serving.node.send_signal(signal.SIGKILL)
+    assert client.stdout is not None
     rest = [json.loads(line) for line in client.stdout]
     client.wait(timeout=10)
     # Never spliced: the stream ends with one error line that names the node that failed.
     assert [("error" in line) for line in rest] == [False] * (len(rest) - 1) + [True]
     assert rest[-1]["error"].startswith(f"peer '{serving.name}' at ")
     assert len(rest) < 400
-    head, lines = ask(user, "/api/generate", {**body, "stream": False, "options": {"num_predict": 5}})
+    head, lines = ask(user, "/api/generate", {**LONG, "stream": False, "options": {"num_predict": 5}})
     assert head["status"] == 200
     assert head["node"] != serving.name
     assert lines[0]["done"] is True
@@ -187,22 +197,11 @@ def test_a_peer_killed_mid_stream_ends_the_stream_cleanly_and_is_avoided_next(
 def test_a_peers_stream_ends_saying_why_when_the_owner_takes_the_gpu_back_and_the_next_goes_elsewhere(
     machines: list[Machine],
 ) -> None:
-    user, b, c = machines
-    body = {"model": "llama3", "prompt": "hi", "options": {"num_predict": 400}}
-    client = user.host.popen(
-        [sys.executable, "tests/lan/scripts/ask.py", API + "/api/generate", json.dumps(body)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert client.stdout is not None
-    head = json.loads(client.stdout.readline())
-    assert (head["status"], head["node"] in ("node1", "node2")) == (200, True)
-    serving = b if head["node"] == "node1" else c
-    for _ in range(5):
-        assert "response" in json.loads(client.stdout.readline())
+    user = machines[0]
+    client, serving = long_stream_from_a_peer(machines)
     serving.cli("share", "off")
     stopped = time.monotonic()
+    assert client.stdout is not None
     rest = [json.loads(line) for line in client.stdout]
     client.wait(timeout=10)
     # The reply went on through the grace period, then ended with one line that says why.
@@ -213,6 +212,6 @@ def test_a_peers_stream_ends_saying_why_when_the_owner_takes_the_gpu_back_and_th
         "2 s grace period. Ask again: another node of the pool will answer"
     )
     assert len(rest) < 400
-    head, lines = ask(user, "/api/generate", {**body, "stream": False, "options": {"num_predict": 5}})
+    head, lines = ask(user, "/api/generate", {**LONG, "stream": False, "options": {"num_predict": 5}})
     assert (head["status"], lines[0]["done"]) == (200, True)
     assert head["node"] != serving.name
