@@ -1,7 +1,7 @@
 """Print what a pool of N peers costs one real node: CPU and bytes idle and under a steady request load,
 how long a peer's change takes to reach it, and how long a crashed peer takes to leave it.
 
-    python -m bench.scale [--peers 16 64 256] [--seconds 10]
+    python -m bench.scale [--peers 16 64 256] [--seconds 10]   (--seconds: the load's window)
 
 One real node (its own process, with a fake Ollama) and N simulated peers served from this process, each
 a share API on its own loopback port that answers the real peer protocol (its status, as a node sends
@@ -10,11 +10,17 @@ them as it treats any peer. This process counts every byte each simulated peer r
 node and sends to it, which is the real node's traffic with its pool; the real node's CPU is read
 from the OS. The simulated peers are cheap (a cached answer each), so the figures are the real node's.
 
-Each N is measured twice in the run: with peers that send their whole status at every poll (as nodes
-did before statuses had tags), and with peers that answer 304 Not Modified when it has not changed.
+Each N is measured three times in the run, against peers that speak each way nodes have told their
+status: whole at every poll (before statuses had tags), 304 Not Modified to a poll when it has not
+changed (tagged), and a stream of its changes with a heartbeat, which the real node follows instead of
+polling (streamed: the peers run the node's own StatusFeed). Ratios are against "whole".
 
-  idle           the real node with nothing to do but keep up with its pool
+  idle           the real node with nothing to do but keep up with its pool, over one tag period
+                 (TAG_MAX_AGE_S): every peer tells what moves slowly once in it, as on a LAN, where
+                 machines' clocks do not strike together
   load           the same while its own tools send 10 small generations a second (to its own backend)
+  in, out        bytes a second the real node received from its peers and sent them: the peers follow
+                 it as it follows them, each from its own loopback address
   change seen    a peer starts offering a model no one had: until the real node would route to it
   crash noticed  a peer's process dies (its connections reset, its port closes): until the real node
                  no longer counts it
@@ -26,6 +32,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import random
 import tempfile
 import time
 import urllib.parse
@@ -39,11 +46,13 @@ from aiohttp import web
 
 from bench.decision import peer_status
 from inferhub_desktop.core import CONTROL_HEADER, ROUTE_PATH, STATUS_PATH, NodeStatus, read_control_token
+from inferhub_desktop.core.api.feed import FEED_TYPE, StatusFeed
 from inferhub_desktop.core.status import TAG_MAX_AGE_S
 from tests.support import start_fake_ollama_process, start_node_process, stop_process
 
 _LOCAL_MODEL = "llama3:latest"
 _NEW_MODEL = "fresh:latest"
+_MODES = ("whole", "tagged", "streamed")
 
 
 @dataclasses.dataclass
@@ -99,10 +108,11 @@ class _Counted(asyncio.Protocol):
 class Peer:
     """One simulated peer: a share API answering its status."""
 
-    def __init__(self, index: int, tally: Tally, *, tags: bool) -> None:
+    def __init__(self, index: int, tally: Tally, *, mode: str) -> None:
         self.index = index
-        # Whether it answers 304 to a node that has its status already, as nodes do now.
-        self._tags = tags
+        # "whole", "tagged" (304 to a node that has its status already) or "streamed" (as nodes do now).
+        self._tags = mode != "whole"
+        self._feed = StatusFeed(lambda: self._parsed) if mode == "streamed" else None
         self.status = peer_status(index, models=20, processes=0)
         self.status["name"] = f"sim-{index:03d}"
         self._tally = tally
@@ -129,13 +139,25 @@ class Peer:
         mutate(self.status)
         self._publish()
 
+    def read_machine(self, now: float, rng: random.Random) -> None:
+        """Take a new reading of the machine, as a node does every second: what moves slowly moves."""
+        telemetry = self.status["telemetry"]
+        telemetry["taken_at"] = now
+        telemetry["system"]["cpu_pct"] = round(rng.uniform(2.0, 8.0), 1)
+        for gpu in telemetry["gpus"]:
+            gpu["temperature_c"] = rng.randint(58, 62)
+        self._publish()
+
     def _publish(self) -> None:
         self._body = json.dumps(self.status).encode()
         self._parsed = NodeStatus.from_json(self.status)
         self._tag, self._tag_epoch = "", -1
 
-    async def _answer(self, request: web.Request) -> web.Response:
-        # As a node's share API answers: whole, or 304 to a node that has this status already.
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        # As a node's share API answers: a stream of its changes to a node that follows it, else whole, or
+        # 304 to a node that has this status already.
+        if self._feed is not None and FEED_TYPE in request.headers.get("Accept", ""):
+            return await self._feed.reply(request, lambda: True)
         now = time.monotonic()
         if (epoch := int(now // TAG_MAX_AGE_S)) != self._tag_epoch:
             self._tag, self._tag_epoch = f'"{self._parsed.tag(now)}"', epoch
@@ -146,6 +168,9 @@ class Peer:
 
     def crash(self) -> None:
         """Die as a killed process does: the port closes and every connection is reset."""
+        if self._feed is not None:
+            self._feed.end()
+            self._feed = None
         if self._server is not None:
             self._server.close()
         for transport in self._transports:
@@ -174,9 +199,9 @@ async def until(check: Callable[[], Any], timeout_s: float = 30.0) -> float:
     return time.perf_counter() - started
 
 
-async def measure(n: int, seconds: float, backend: str, *, tags: bool) -> dict[str, float]:
+async def measure(n: int, seconds: float, backend: str, *, mode: str) -> dict[str, float]:
     tally = Tally()
-    peers = [Peer(i, tally, tags=tags) for i in range(n)]
+    peers = [Peer(i, tally, mode=mode) for i in range(n)]
     for peer in peers:
         await peer.start()
     node = None
@@ -195,6 +220,11 @@ async def measure(n: int, seconds: float, backend: str, *, tags: bool) -> dict[s
                     return len(decision["ranked"]) == n
 
                 joined_s = await until(everyone, 120.0)
+                async with session.get(api + STATUS_PATH, headers={CONTROL_HEADER: token}) as reply:
+                    share_port = (await reply.json())["share_port"]
+                # Each peer follows the real node as the real node follows it, and reads its machine.
+                following = [asyncio.create_task(follow(i, share_port, tally, mode)) for i in range(n)]
+                following.append(asyncio.create_task(read_machines(peers)))
                 await asyncio.sleep(2.0)  # settle
                 figures = {"joined_s": joined_s}
                 for label, load in (("idle", False), ("load", True)):
@@ -203,7 +233,7 @@ async def measure(n: int, seconds: float, backend: str, *, tags: bool) -> dict[s
                     if load:
                         await steady_load(session, api, seconds)
                     else:
-                        await asyncio.sleep(seconds)
+                        await asyncio.sleep(TAG_MAX_AGE_S)
                     elapsed = time.perf_counter() - started
                     used = process.cpu_times()
                     figures[f"{label}_cpu_pct"] = (
@@ -227,6 +257,7 @@ async def measure(n: int, seconds: float, backend: str, *, tags: bool) -> dict[s
                 figures["change_s"] = await until(routed)
                 crashed = peers[-1]
                 crashed.crash()
+                following[n - 1].cancel()
 
                 async def gone() -> bool:
                     decision = await route(session, api, token, "model0:latest")
@@ -236,12 +267,58 @@ async def measure(n: int, seconds: float, backend: str, *, tags: bool) -> dict[s
                     return crashed.status["name"] not in named
 
                 figures["crash_s"] = await until(gone)
+                for task in following:
+                    task.cancel()
+                await asyncio.gather(*following, return_exceptions=True)
                 return figures
         finally:
             if node is not None:
                 stop_process(node)
             for peer in peers:
                 await peer.close()
+
+
+async def read_machines(peers: list[Peer]) -> None:
+    rng = random.Random(1)
+    while True:
+        await asyncio.sleep(1.0)
+        now = time.monotonic()
+        for peer in peers:
+            peer.read_machine(now, rng)
+
+
+async def follow(index: int, port: int, tally: Tally, mode: str) -> None:
+    """Follow the real node's status as peer `index` would, from its own loopback address (the node
+    limits each source): by its stream, or by a poll a second; count the bytes both ways."""
+    source = f"127.0.{1 + index // 250}.{1 + index % 250}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+    def send(headers: str) -> None:
+        data = f"GET {STATUS_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}\r\n".encode()
+        tally.outbound += len(data)
+        writer.write(data)
+
+    try:
+        if mode == "streamed":
+            send(f"Accept: {FEED_TYPE}\r\n")
+            while data := await reader.read(65536):
+                tally.inbound += len(data)
+            return
+        tag = ""
+        while True:
+            send(f"If-None-Match: {tag}\r\n" if tag and mode == "tagged" else "")
+            head = await reader.readuntil(b"\r\n\r\n")
+            fields = dict(
+                line.split(": ", 1)
+                for line in head.decode("latin-1").lower().split("\r\n")[1:]
+                if ": " in line
+            )
+            body = await reader.readexactly(int(fields.get("content-length", "0")))
+            tally.inbound += len(head) + len(body)
+            tag = fields.get("etag", "")
+            await asyncio.sleep(1.0)
+    finally:
+        writer.close()
 
 
 async def steady_load(session: aiohttp.ClientSession, api: str, seconds: float) -> None:
@@ -265,13 +342,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--modes", nargs="+", choices=_MODES, default=list(_MODES))
     args = parser.parse_args()
     fake, backend = start_fake_ollama_process("--model", _LOCAL_MODEL, "--loaded", _LOCAL_MODEL, "--tps", "0")
     try:
         rows = [
-            (n, tags, asyncio.run(measure(n, args.seconds, backend, tags=tags)))
+            (n, mode, asyncio.run(measure(n, args.seconds, backend, mode=mode)))
             for n in args.peers
-            for tags in (False, True)
+            for mode in args.modes
         ]
     finally:
         stop_process(fake)
@@ -280,15 +358,15 @@ def main() -> None:
         f"{'load CPU %':>11}{'in KB/s':>9}{'change s':>9}{'crash s':>8}"
     )
     whole: dict[int, dict[str, float]] = {}
-    for n, tags, f in rows:
+    for n, mode, f in rows:
         print(
-            f"{n:>5}  {'tagged' if tags else 'whole':<9}{f['idle_cpu_pct']:>11.2f}{f['idle_in_kbs']:>9.1f}"
+            f"{n:>5}  {mode:<9}{f['idle_cpu_pct']:>11.2f}{f['idle_in_kbs']:>9.1f}"
             f"{f['idle_out_kbs']:>9.1f}{f['load_cpu_pct']:>11.2f}{f['load_in_kbs']:>9.1f}"
             f"{f['change_s']:>9.2f}{f['crash_s']:>8.2f}"
         )
-        if not tags:
+        if mode == "whole":
             whole[n] = f
-        else:
+        elif n in whole:
             ratios = {key: f[key] / whole[n][key] for key in f if whole[n][key]}
             print(
                 f"{'':>5}  {'ratio':<9}{ratios['idle_cpu_pct']:>10.2f}x{ratios['idle_in_kbs']:>8.3f}x"
@@ -297,7 +375,7 @@ def main() -> None:
     print(
         "CPU in % of one core; in: what the real node received from its peers, out: what it sent them. "
         "whole: peers that send their whole status at every poll; tagged: peers that answer 304 when it "
-        "has not changed, as nodes do"
+        "has not changed; streamed: peers the node follows, which tell changes and a heartbeat, as nodes do"
     )
 
 

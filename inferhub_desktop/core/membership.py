@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
-from .backends.http1 import Http1Client, HttpError
+from .api.feed import FEED_TYPE, HEARTBEAT_S, apply_change
+from .backends.http1 import Http1Client, HttpError, Response
 from .discovery import Discovery
 from .peers import AddressState, Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
 from .pool import MAX_ROSTER_BYTES, PrivatePool, Roster
@@ -21,15 +24,28 @@ from .wire.errors import MalformedRecord, Unauthorized
 
 _log = logging.getLogger(__name__)
 
-# Each candidate's status is fetched this often; it is the liveness check and the fresh state.
+# A node that does not answer (or, too old to stream, tells its status only when asked) is asked this
+# often; a stream that ends is asked for again at once.
 _PEER_POLL_S = 1.0
 _PEER_POLL_TIMEOUT_S = 0.8
-# A peer that has not answered for this long is gone (crashed, or its link is down).
-_PEER_TTL_S = 2.5
+# A peer that has told nothing for this long is gone (crashed, or its link is down): it misses two
+# heartbeats. A crashed peer's stream ends at once, and the peer with it when it cannot be asked again.
+_PEER_TTL_S = 2 * HEARTBEAT_S + 1.0
+# How a peer that is asked again at once, and does not answer, has left: it said so (a goodbye on mDNS,
+# or its stream ended), or its stream was cut (its process died).
+_LEFT = "left the pool"
+_CUT = "stopped answering (its connection was cut)"
+# Peers gone quiet are looked for this often.
+_EXPIRE_CHECK_S = 0.5
 # This node's TXT record changes at most this often, so a busy node does not flood the LAN.
 _TXT_MIN_INTERVAL_S = 1.0
-# Free VRAM and load are looked at this often; a share toggle is published at once.
+# Joining mDNS is tried again this often while it fails.
+_MDNS_RETRY_S = 5.0
+# The record is looked at this often; a share toggle is published at once.
 _ADVERTISE_CHECK_S = 1.0
+# What of the record changes as the node works: peers read it from its status stream, so a change to it
+# alone is not announced again (every node on the LAN would parse each announcement).
+_MOVING_TXT_KEYS = ("vram", "load", "mh")
 
 
 def announcement_from_status(status: NodeStatus, address: str, port: int) -> PeerAnnouncement:
@@ -89,14 +105,19 @@ class Membership:
         self._known: dict[tuple[str, int], tuple[str, NodeStatus]] = {}
         # How reaching each node named by address goes, for its owner to see.
         self._reaching: dict[tuple[str, int], AddressState] = {}
-        # Nodes a goodbye on mDNS was heard for, to be asked at once whether they have left.
-        self._goodbyes: set[tuple[str, int]] = set()
+        # Nodes to be asked at once whether they have left, with the words for it if they have: a goodbye
+        # was heard on mDNS or their stream ended (_LEFT), or their stream was cut (_CUT).
+        self._goodbyes: dict[tuple[str, int], str] = {}
         # Why each node that answers but is not taken as a peer is ignored.
         self._ignored: dict[tuple[str, int], str] = {}
         self._discovery = Discovery(settings.node_id, settings.interfaces, self._on_seen, self._on_gone)
         self._poll_now = asyncio.Event()
         self._advertise_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # The task that follows each node that may be a peer, and the pool it was started for.
+        self._followers: dict[tuple[str, int], tuple[asyncio.Task[None], PrivatePool | None]] = {}
+        # Set to ask a node at once rather than at its next poll (a goodbye was heard for it).
+        self._wakes: dict[tuple[str, int], asyncio.Event] = {}
 
     @property
     def peers(self) -> list[Peer]:
@@ -179,10 +200,12 @@ class Membership:
         ]
 
     async def close(self) -> None:
-        """Say goodbye on mDNS and stop polling."""
-        for task in self._tasks:
+        """Say goodbye on mDNS and stop following peers."""
+        tasks = self._tasks + [task for task, _ in self._followers.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._followers.clear()
         await self._discovery.close()
         for _, link in self._links.values():
             link.close()
@@ -197,12 +220,14 @@ class Membership:
     def _on_gone(self, endpoint: tuple[str, int]) -> None:
         """A goodbye on mDNS is a hint, which anyone on the LAN can send: the node is asked at once, and
         leaves only if it does not answer."""
-        self._goodbyes.add(endpoint)
+        self._goodbyes[endpoint] = _LEFT
+        if wake := self._wakes.get(endpoint):
+            wake.set()
         self._poll_now.set()
 
     def _said_goodbye(self, endpoint: tuple[str, int]) -> None:
-        """The node that said goodbye does not answer: it has left."""
-        self._goodbyes.discard(endpoint)
+        """The node that said goodbye, or whose stream ended, does not answer: it has left."""
+        how = self._goodbyes.pop(endpoint, _LEFT)
         if link := self._links.pop(endpoint, None):
             link[1].close()
         if self._candidates.get(endpoint) == "mdns":
@@ -212,60 +237,79 @@ class Membership:
         for peer in self.table:
             if peer.announcement.endpoint == endpoint:
                 self.table.remove(peer.node_id)
-                _log.info("peer %r (%s:%d) said goodbye", peer.announcement.name, *endpoint)
-                self._left(peer, f"peer {peer.announcement.name!r} left the pool")
+                said = "said goodbye" if how == _LEFT else how
+                _log.info("peer %r (%s:%d) %s", peer.announcement.name, *endpoint, said)
+                self._left(peer, f"peer {peer.announcement.name!r} {how}")
 
     async def _poll(self) -> None:
+        """Keep one follower per node that may be a peer, and drop the peers that went quiet."""
         while True:
             self._poll_now.clear()
             pool = self._pool()
             pool_id = pool.pool_id if pool else ""
             # Nodes that advertise another pool are not asked; those reached by address prove theirs by
             # their certificates.
-            checks = [
-                (endpoint, self._check(endpoint, pool))
-                for endpoint, how in list(self._candidates.items())
+            wanted = {
+                endpoint
+                for endpoint, how in self._candidates.items()
                 if how == "static" or self._advertised_pools.get(endpoint, "") == pool_id
-            ]
+            }
             # Statuses kept are those of the nodes still asked.
-            self._known = {e: known for e, known in self._known.items() if e in self._candidates}
-            results = await asyncio.gather(*(check for _, check in checks), return_exceptions=True)
-            # Whatever one node sends, polling the others goes on.
-            for (endpoint, _), result in zip(checks, results, strict=True):
-                if isinstance(result, Exception):
-                    _log.warning("polling the node at %s:%d failed", *endpoint, exc_info=result)
+            self._known = {e: known for e, known in self._known.items() if e in wanted}
+            for endpoint, (task, followed) in list(self._followers.items()):
+                # A follower for another pool (its TLS and its checks) starts anew.
+                if endpoint not in wanted or followed is not pool or task.done():
+                    task.cancel()
+                    del self._followers[endpoint]
+                    self._wakes.pop(endpoint, None)
+            for endpoint in wanted - self._followers.keys():
+                task = asyncio.create_task(self._follow(endpoint, pool), name=f"follow-{endpoint[0]}")
+                self._followers[endpoint] = (task, pool)
             for peer in self.table.expire(time.monotonic()):
                 _log.info(
                     "peer %r (%s:%d) stopped answering", peer.announcement.name, *peer.announcement.endpoint
                 )
                 self._left(peer, f"peer {peer.announcement.name!r} stopped answering")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_PEER_POLL_S):
+                async with asyncio.timeout(_EXPIRE_CHECK_S):
                     await self._poll_now.wait()
 
+    async def _follow(self, endpoint: tuple[str, int], pool: PrivatePool | None) -> None:
+        """Follow one node's status for as long as this node wants it: its stream of changes, asked for
+        again at once when it ends and a poll later when the node does not answer; a node too old to
+        stream is asked once a poll."""
+        wake = self._wakes.setdefault(endpoint, asyncio.Event())
+        while True:
+            wake.clear()
+            asked = time.monotonic()
+            try:
+                await self._check(endpoint, pool)
+            except Exception:
+                # Whatever one node sends, following it and the others goes on.
+                _log.warning("following the node at %s:%d failed", *endpoint, exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, asked + _PEER_POLL_S - time.monotonic())):
+                    await wake.wait()
+
     async def _check(self, endpoint: tuple[str, int], pool: PrivatePool | None) -> None:
+        """Ask a node for its status, and follow it while it streams; record each status it tells, or why
+        it cannot be a peer."""
         host, port = endpoint
         # In the open pool, the certificate a node's record pins; a node reached by address has its own
         # learnt on first contact (its status names it).
         pin = "" if pool else self._advertised_tls.get(endpoint) or self._learnt_tls.get(endpoint, "")
         sent = time.monotonic()
         try:
-            if pool is not None:
-                status, shown = await self._member_status(host, port, pool)
-            else:
-                try:
-                    status, shown = await self._status(host, port, pin)
-                except HttpError:
-                    if pin or self._candidates.get(endpoint) != "static":
-                        raise
-                    # A node reached by address whose share API speaks only TLS: the certificate it shows
-                    # now is pinned for the status fetch, whose answer must name it.
-                    async with asyncio.timeout(_PEER_POLL_TIMEOUT_S):
-                        shown = await shown_fingerprint(host, port)
-                    status, shown = await self._status(host, port, shown)
-            announcement = announcement_from_status(status, host, port)
-            if announcement.tls != shown:
-                raise MalformedRecord("its status names another TLS certificate than the one it showed")
+            try:
+                streamed = await self._statuses(endpoint, pool.client_context if pool else pin, pool, sent)
+            except HttpError:
+                if pool is not None or pin or self._candidates.get(endpoint) != "static":
+                    raise
+                # A node reached by address whose share API speaks only TLS: the certificate it shows
+                # now is pinned for the status fetch, whose answer must name it.
+                async with asyncio.timeout(_PEER_POLL_TIMEOUT_S):
+                    shown = await shown_fingerprint(host, port)
+                streamed = await self._statuses(endpoint, shown, pool, sent)
         except (TimeoutError, OSError, HttpError, ValueError, RecursionError) as exc:
             _log.debug("peer at %s:%d did not answer: %s", host, port, exc)
             self._reached(endpoint, "unreachable", _why_unreachable(exc))
@@ -278,23 +322,119 @@ class Membership:
                 _log.info("ignoring the peer at %s:%d: %s", host, port, exc)
             self._ignored[endpoint] = str(exc)
             self._reached(endpoint, "refused", str(exc))
-            if endpoint in self._goodbyes:
-                self._said_goodbye(endpoint)
             if isinstance(exc, Unauthorized):
                 # It cannot be used now (it refuses this machine, or left the roster): it leaves at once.
                 for gone in self.table:
                     if gone.announcement.endpoint == endpoint:
                         self.table.remove(gone.node_id)
                         self._left(gone, f"peer {gone.announcement.name!r} is not in this node's pool: {exc}")
+            if endpoint in self._goodbyes:
+                self._said_goodbye(endpoint)
             return
+        if streamed:
+            # A stream ends cleanly when its node stops (or listens anew for another pool), and is cut
+            # when its process dies: the node is asked again at once, and leaves if it does not answer.
+            self._goodbyes.setdefault(endpoint, _LEFT)
+
+    async def _statuses(
+        self,
+        endpoint: tuple[str, int],
+        tls: str | ssl.SSLContext | None,
+        pool: PrivatePool | None,
+        sent: float,
+    ) -> bool:
+        """Ask a node for its status as a stream and take each status it tells until the stream ends;
+        a node that answers with one status (an older one) is taken once. Return whether it streamed."""
+        host, port = endpoint
+        tag, known = self._known.get(endpoint, ("", None))
+        headers = {"Accept": f"{FEED_TYPE}, application/json"}
+        if known is not None:
+            headers["If-None-Match"] = tag
+        async with self._asking(host, port, STATUS_PATH, tls or "", headers) as (reply, shown):
+            if reply.status == 304 and known is not None:
+                await reply.read()
+                await self._take(endpoint, known, shown, pool, time.monotonic() - sent)
+                return False
+            if reply.status != 200:
+                raise ValueError(f"{STATUS_PATH} answered HTTP {reply.status}")
+            if not reply.headers.get("Content-Type", "").startswith(FEED_TYPE):
+                status = NodeStatus.from_bytes(await _body(reply, STATUS_PATH, MAX_STATUS_BYTES))
+                if tag := reply.headers.get("ETag", ""):
+                    self._known[endpoint] = (tag, status)
+                else:
+                    self._known.pop(endpoint, None)
+                await self._take(endpoint, status, shown, pool, time.monotonic() - sent)
+                return False
+            told: NodeStatus | None = None
+            # The status as JSON, which each change told is applied to.
+            whole: dict[str, Any] = {}
+            rtt_s: float | None = time.monotonic() - sent
+            lines = _lines(reply, MAX_STATUS_BYTES, _PEER_TTL_S)
+            while True:
+                try:
+                    line = await anext(lines, None)
+                except HttpError as exc:
+                    # Cut (its process died, say) rather than gone quiet: it is asked again at once, as
+                    # after a clean end, and leaves if it does not answer.
+                    _log.debug("the status stream of %s:%d was cut: %s", host, port, exc)
+                    self._goodbyes[endpoint] = _CUT
+                    break
+                if line is None:
+                    break
+                if line:
+                    whole, change = _told(whole, line)
+                    told = (
+                        NodeStatus.from_json(whole, told, change)
+                        if change is not None
+                        else NodeStatus.from_json(whole)
+                    )
+                    await self._take(endpoint, told, shown, pool, rtt_s)
+                    rtt_s = None
+                elif told is not None:
+                    # A heartbeat: the peer is alive, and a goodbye heard for it was not its own. One
+                    # that went quiet for a while and was dropped is taken again.
+                    self._goodbyes.pop(endpoint, None)
+                    if self.table.heard(told.node_id, time.monotonic()):
+                        self._answered(told.node_id)
+                    else:
+                        await self._take(endpoint, told, shown, pool, None)
+        return True
+
+    async def _take(
+        self,
+        endpoint: tuple[str, int],
+        status: NodeStatus,
+        shown: str,
+        pool: PrivatePool | None,
+        rtt_s: float | None,
+    ) -> None:
+        """Take a status a node told: as a peer's if it is one (its certificate names it), else raise
+        MalformedRecord or Unauthorized saying why not. `rtt_s` is how long its answer took, where known."""
+        host, port = endpoint
+        if pool is not None:
+            member = pool.roster.member_by_fingerprint(shown)
+            if member is None:
+                raise Unauthorized(
+                    "its certificate is the pool's, but its machine is not on the roster (removed)"
+                )
+            if status.node_id != member.node_id:
+                raise Unauthorized(
+                    f"it claims the node id {status.node_id}, but its certificate is {member.node_id}'s"
+                )
+        announcement = announcement_from_status(status, host, port)
+        if announcement.tls != shown:
+            raise MalformedRecord("its status names another TLS certificate than the one it showed")
         # A goodbye for a node that answers was not its own.
-        self._goodbyes.discard(endpoint)
-        if shown and not pin and pool is None:
+        self._goodbyes.pop(endpoint, None)
+        if (
+            shown
+            and pool is None
+            and not (self._advertised_tls.get(endpoint) or self._learnt_tls.get(endpoint))
+        ):
             self._learnt_tls[endpoint] = shown
         self._ignored.pop(endpoint, None)
         self._reached(endpoint, "reached", announcement.name)
-        now = time.monotonic()
-        if self.table.seen(announcement, status, now, rtt_s=now - sent):
+        if self.table.seen(announcement, status, time.monotonic(), rtt_s=rtt_s):
             _log.info("peer %r joined from %s:%d", announcement.name, host, port)
             if peer := self.table.get(announcement.node_id):
                 self._joined(peer)
@@ -306,28 +446,13 @@ class Membership:
             finally:
                 self._fetching_roster = False
 
-    async def _member_status(self, host: str, port: int, pool: PrivatePool) -> tuple[NodeStatus, str]:
-        """Fetch the status of a private pool's member over mutual TLS; raise Unauthorized unless the
-        certificate it proved is on the roster, for the node id its status claims."""
-        status, shown = await self._status(host, port, pool.client_context)
-        member = pool.roster.member_by_fingerprint(shown)
-        if member is None:
-            raise Unauthorized(
-                "its certificate is the pool's, but its machine is not on the roster (removed)"
-            )
-        if status.node_id != member.node_id:
-            raise Unauthorized(
-                f"it claims the node id {status.node_id}, but its certificate is {member.node_id}'s"
-            )
-        return status, shown
-
     async def _fetch_roster(self, host: str, port: int, pool: PrivatePool) -> None:
-        """Take the newer roster a member has: removals reach every member within a poll or two."""
+        """Take the newer roster a member has: removals reach every member within a second or two."""
         try:
-            body, shown, _ = await self._fetch(host, port, ROSTER_PATH, MAX_ROSTER_BYTES, pool.client_context)
+            body, shown = await self._fetch(host, port, ROSTER_PATH, MAX_ROSTER_BYTES, pool.client_context)
             if pool.roster.member_by_fingerprint(shown) is None:
                 raise Unauthorized("it is not on the roster")
-            taken = pool.adopt(Roster.from_bytes(body or b""))
+            taken = pool.adopt(Roster.from_bytes(body))
         except (TimeoutError, OSError, HttpError, ValueError, MalformedRecord, Unauthorized) as exc:
             _log.warning("could not take the newer roster of the member at %s:%d: %s", host, port, exc)
             return
@@ -345,55 +470,34 @@ class Membership:
             _log.warning("could not save the pool's roster: %s", exc)
         self.roster_changed()
 
-    async def _status(self, host: str, port: int, tls: str | ssl.SSLContext) -> tuple[NodeStatus, str]:
-        """Fetch a node's status, asking for it whole only when it changed since the last one it sent;
-        return it, parsed, and the fingerprint of the certificate the node showed."""
-        endpoint = (host, port)
-        tag, known = self._known.get(endpoint, ("", None))
-        body, shown, tag = await self._fetch(
-            host, port, STATUS_PATH, MAX_STATUS_BYTES, tls, tag if known else ""
-        )
-        if body is None and known is not None:
-            return known, shown
-        status = NodeStatus.from_bytes(body or b"")
-        if tag:
-            self._known[endpoint] = (tag, status)
-        else:
-            self._known.pop(endpoint, None)
-        return status, shown
-
     async def _fetch(
-        self, host: str, port: int, path: str, limit: int, tls: str | ssl.SSLContext, tag: str = ""
-    ) -> tuple[bytes | None, str, str]:
+        self, host: str, port: int, path: str, limit: int, tls: str | ssl.SSLContext
+    ) -> tuple[bytes, str]:
+        """GET a path of a node's share API; return the body, read up to `limit` bytes, and the fingerprint
+        of the certificate the node showed."""
+        async with asyncio.timeout(_PEER_POLL_TIMEOUT_S), self._asking(host, port, path, tls, {}) as answer:
+            reply, shown = answer
+            if reply.status != 200:
+                raise ValueError(f"{path} answered HTTP {reply.status}")
+            return await _body(reply, path, limit), shown
+
+    @contextlib.asynccontextmanager
+    async def _asking(
+        self, host: str, port: int, path: str, tls: str | ssl.SSLContext, headers: dict[str, str]
+    ) -> AsyncIterator[tuple[Response, str]]:
         """GET a path of a node's share API: over TLS with the pool's context, or with a pinned
-        certificate's fingerprint, else over plain HTTP; with `tag`, only if it changed since the answer
-        of that tag. Return the body, read up to `limit` bytes (None: not changed), the fingerprint of the
-        certificate the node showed ("" over plain HTTP), and the answer's tag ("" for none)."""
+        certificate's fingerprint, else over plain HTTP. Give the reply, its head read within the poll's
+        timeout, and the fingerprint of the certificate the node showed ("" over plain HTTP); raise
+        Unauthorized if the node refuses this machine."""
         link = self._link(host, port, tls)
         async with asyncio.timeout(_PEER_POLL_TIMEOUT_S):
-            connection, reply = await link.request("GET", path, {"If-None-Match": tag} if tag else {}, None)
-            try:
-                shown = peer_fingerprint(connection.writer.get_extra_info("ssl_object"))
-                if reply.status == 401:
-                    raise Unauthorized("it refuses this machine: it is not a member of that node's pool")
-                if reply.status == 304 and tag:
-                    await reply.read()
-                    return None, shown, tag
-                if reply.status != 200:
-                    raise ValueError(f"{path} answered HTTP {reply.status}")
-                # A body past the limit is refused before it is read whole: a peer cannot fill memory.
-                length = reply.headers.get("Content-Length", "0")
-                if not length.isdigit() or int(length) > limit:
-                    raise MalformedRecord(f"{path} of {length} bytes is over {limit}")
-                chunks, size = [], 0
-                async for chunk in reply.iter_chunks():
-                    size += len(chunk)
-                    if size > limit:
-                        raise MalformedRecord(f"{path} is over {limit} bytes")
-                    chunks.append(chunk)
-            finally:
-                link.release(connection, reply)
-        return b"".join(chunks), shown, reply.headers.get("ETag", "")
+            connection, reply = await link.request("GET", path, headers, None)
+        try:
+            if reply.status == 401:
+                raise Unauthorized("it refuses this machine: it is not a member of that node's pool")
+            yield reply, peer_fingerprint(connection.writer.get_extra_info("ssl_object"))
+        finally:
+            link.release(connection, reply)
 
     def _link(self, host: str, port: int, tls: str | ssl.SSLContext) -> Http1Client:
         """Return the kept-alive connections to a node's share API, made anew when how it is reached
@@ -414,9 +518,18 @@ class Membership:
         return link[1]
 
     async def _advertise(self) -> None:
-        announcement = self._own()
-        await self._discovery.start(announcement)
-        advertised, last_sent = encode_txt(announcement), time.monotonic()
+        while True:
+            announcement = self._own()
+            try:
+                await self._discovery.start(announcement)
+                break
+            except OSError as exc:
+                # The interface may not be up yet (a laptop waking, a VPN connecting): peers reached by
+                # address are followed meanwhile.
+                _log.warning("cannot join mDNS (%s); trying again in %.0f s", exc, _MDNS_RETRY_S)
+                await self._discovery.close()
+                await asyncio.sleep(_MDNS_RETRY_S)
+        advertised, last_sent = _lasting(encode_txt(announcement)), time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_ADVERTISE_CHECK_S):
@@ -424,10 +537,15 @@ class Membership:
             self._advertise_now.clear()
             await asyncio.sleep(max(0.0, last_sent + _TXT_MIN_INTERVAL_S - time.monotonic()))
             announcement = self._own()
-            txt = encode_txt(announcement)
+            txt = _lasting(encode_txt(announcement))
             if txt != advertised:
                 await self._discovery.update(announcement)
                 advertised, last_sent = txt, time.monotonic()
+
+
+def _lasting(txt: dict[str, str]) -> dict[str, str]:
+    """The part of a TXT record that says who a node is and whether it may be used."""
+    return {key: value for key, value in txt.items() if key not in _MOVING_TXT_KEYS}
 
 
 def _why_unreachable(exc: BaseException) -> str:
@@ -440,3 +558,53 @@ def _why_unreachable(exc: BaseException) -> str:
     if isinstance(cause, OSError) and cause.strerror:
         return cause.strerror.lower()
     return str(exc) or type(exc).__name__
+
+
+async def _body(reply: Response, path: str, limit: int) -> bytes:
+    """Read a whole reply of a known length up to `limit` bytes: a peer cannot fill memory."""
+    length = reply.headers.get("Content-Length", "0")
+    if not length.isdigit() or int(length) > limit:
+        raise MalformedRecord(f"{path} of {length} bytes is over {limit}")
+    chunks, size = [], 0
+    async for chunk in reply.iter_chunks():
+        size += len(chunk)
+        if size > limit:
+            raise MalformedRecord(f"{path} is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _lines(reply: Response, limit: int, quiet_s: float) -> AsyncIterator[bytes]:
+    """Yield a streamed reply's lines as they come (an empty one for a heartbeat); raise TimeoutError if
+    nothing comes for `quiet_s`, and MalformedRecord for a line over `limit` bytes."""
+    chunks = reply.iter_chunks()
+    pending = b""
+    while True:
+        async with asyncio.timeout(quiet_s):
+            chunk = await anext(chunks, None)
+        if chunk is None:
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if len(pending) > limit:
+            raise MalformedRecord(f"a status of over {limit} bytes")
+        for line in lines:
+            yield line
+
+
+def _told(whole: dict[str, Any], line: bytes) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Return a node's status as JSON after a line of its stream (the status whole, or what changed in the
+    one before), and the change (None: the line was the status whole); raise MalformedRecord for a line
+    that is neither."""
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRecord(f"a status that is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedRecord("a status that is not a JSON object")
+    if value.keys() != {"change"}:
+        return value, None
+    change = value["change"]
+    if not whole or not isinstance(change, dict):
+        raise MalformedRecord("a change told before the status it changes")
+    return apply_change(whole, change), change

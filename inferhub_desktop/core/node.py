@@ -1,5 +1,5 @@
 """A node: the wiring of its parts and their lifecycle, and its state. The local and share APIs hand
-requests to the dispatcher; the pool finds and polls peers; the backend is probed and the machine's
+requests to the dispatcher; the pool finds and follows peers; the backend is probed and the machine's
 telemetry sampled; the settings come from the store."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from .api.feed import StatusFeed
 from .api.guard import OriginPolicy
 from .api.local import LocalApi
 from .api.relay import Forwarder
@@ -103,8 +104,10 @@ class Node:
         self._environ = environ
         self._runners: list[web.AppRunner] = []
         self._membership: Membership | None = None
-        # Set once a stop is asked for: the share API then tells status polls the node is going.
+        # Set once a stop is asked for: the share API then tells peers asking for its status that it is going.
         self._stopping = False
+        # This node's status, told to the peers that follow it as it changes.
+        self._feed = StatusFeed(self.status)
         # What the local API's control paths require; made when the node starts.
         self.control_token = ""
         # This machine's key pair, and the private pool it is a member of (None: the LAN's open pool);
@@ -259,6 +262,7 @@ class Node:
             pool=lambda: self.pool,
             admitted=lambda member: self._roster_changed(),
             backend=lambda: self.backend_state,
+            feed=self._feed,
         )
         # The share API listens on the chosen LAN interfaces, else on all of them.
         hosts = list(self.settings.interfaces) or ["0.0.0.0"]
@@ -348,6 +352,8 @@ class Node:
     async def close(self) -> None:
         """Leave the pool, stop accepting, let in-flight requests finish for a grace period, then close."""
         self._stopping = True
+        # Followers of this node's status hear it stop at once, and drop it.
+        self._feed.end()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -434,6 +440,7 @@ class Node:
             # The share API's TLS changes with the pool, which a listening socket cannot take: it listens
             # anew on the same port, and peers are forgotten until they prove they are in the pool.
             if self._share_runner is not None:
+                self._feed.end()
                 self._runners.remove(self._share_runner)
                 await self._share_runner.cleanup()
                 self.share_port = await self._share(self.share_port)

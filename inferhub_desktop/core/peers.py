@@ -244,6 +244,8 @@ class PeerTable:
         self._own_id = own_id
         self._ttl_s = ttl_s
         self._peers: dict[str, Peer] = {}
+        # When each peer's last heartbeat came, where one came after its last status.
+        self._heard: dict[str, float] = {}
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(sorted(self._peers.values(), key=lambda p: (p.announcement.name, p.node_id)))
@@ -255,24 +257,39 @@ class PeerTable:
         return self._peers.get(node_id)
 
     def seen(
-        self, announcement: PeerAnnouncement, status: NodeStatus, now: float, rtt_s: float = 0.0
+        self, announcement: PeerAnnouncement, status: NodeStatus, now: float, rtt_s: float | None = 0.0
     ) -> bool:
-        """Record that a peer answered with this status after `rtt_s`; return whether it is new."""
+        """Record that a peer told this status, having answered after `rtt_s` (None: a status it told
+        unasked, which says nothing of its round trip); return whether it is new."""
         if announcement.node_id == self._own_id:
             return False
         old = self._peers.get(announcement.node_id)
-        if old is not None:
+        if rtt_s is None:
+            rtt_s = old.rtt_s if old is not None else 0.0
+        elif old is not None:
             rtt_s = (1 - _RTT_SMOOTHING) * old.rtt_s + _RTT_SMOOTHING * rtt_s
         self._peers[announcement.node_id] = Peer(announcement, status, now, rtt_s)
         return old is None
 
+    def heard(self, node_id: str, now: float) -> bool:
+        """Record that a peer is alive (its heartbeat); return False if it is not in the table."""
+        if node_id not in self._peers:
+            return False
+        self._heard[node_id] = now
+        return True
+
     def remove(self, node_id: str) -> Peer | None:
         """Drop a peer that said goodbye; return it if it was there."""
+        self._heard.pop(node_id, None)
         return self._peers.pop(node_id, None)
 
     def expire(self, now: float) -> list[Peer]:
         """Drop and return the peers that have not answered for longer than the TTL."""
-        gone = [p for p in self._peers.values() if now - p.last_seen > self._ttl_s]
+        heard = self._heard
+        gone = [
+            p for p in self._peers.values() if now - max(p.last_seen, heard.get(p.node_id, 0.0)) > self._ttl_s
+        ]
         for peer in gone:
             del self._peers[peer.node_id]
+            heard.pop(peer.node_id, None)
         return gone

@@ -7,7 +7,7 @@
   with it, each accepting only certificates the authority signed and only for machines on the roster.
 - The roster lists the members (node id, name, certificate) and the machines removed, with a version; the
   authority signs it. Members say its version in their status, and fetch a newer one from whoever has it,
-  so a removal reaches every member within a status poll or two, and a machine removed while it was away
+  so a removal reaches every member within a second or two, and a machine removed while it was away
   finds itself refused when it comes back.
 - An invite (`inferhub pool invite`) is a one-time secret of 80 bits, written as a code a person can type
   (codes.py), good for a day. The joining machine proves it knows the code, bound to

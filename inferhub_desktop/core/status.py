@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 from .backends.base import BackendState
@@ -177,8 +178,12 @@ class NodeStatus:
         return hashlib.sha256(json.dumps(coarse, sort_keys=True).encode()).hexdigest()[:20]
 
     @classmethod
-    def from_json(cls, value: Any) -> NodeStatus:
-        """Read a status; raise MalformedRecord saying what is wrong with it."""
+    def from_json(
+        cls, value: Any, before: NodeStatus | None = None, changed: Collection[str] = ()
+    ) -> NodeStatus:
+        """Read a status; raise MalformedRecord saying what is wrong with it. A status that a change turned
+        `before` into keeps, as they were read, its largest parts (backend, telemetry, speeds) where the
+        change left them alone (`changed`: the keys it changed)."""
         fields = Fields(value, "status")
         version = fields.integer("v", 1, 1 << 20, default=STATUS_VERSION)
         if version != STATUS_VERSION:
@@ -207,9 +212,21 @@ class NodeStatus:
             share_port=fields.integer("share_port", 0, 65535, default=0),
             load=Load.from_json(fields.record("load")),
             models_hash=_hex(fields.text("models_hash", 16), "status.models_hash") or "",
-            backend=BackendState.from_json(fields.record("backend")),
-            telemetry=Telemetry.from_json(telemetry) if telemetry else None,
-            speeds=Speeds.from_json(fields.optional_record("speeds") or Fields({}, "status.speeds")),
+            backend=before.backend
+            if before and "backend" not in changed
+            else BackendState.from_json(fields.record("backend")),
+            telemetry=(
+                before.telemetry
+                if before and "telemetry" not in changed
+                else Telemetry.from_json(telemetry)
+                if telemetry
+                else None
+            ),
+            speeds=(
+                before.speeds
+                if before and "speeds" not in changed
+                else Speeds.from_json(fields.optional_record("speeds") or Fields({}, "status.speeds"))
+            ),
             peak_loaded_bytes=fields.integer("peak_loaded_bytes", default=0),
             tokens_generated=fields.integer("tokens_generated", default=0),
             owner=OwnerState.from_json(owner) if owner else OwnerState(),

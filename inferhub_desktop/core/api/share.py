@@ -19,6 +19,7 @@ from ..pool import Member, PrivatePool
 from ..wire.endpoints import JOIN_PATH, METRICS_PATH, PULL_PATH, ROSTER_PATH, STATUS_PATH, Kind
 from ..wire.errors import ApiError, MalformedRecord, Unauthorized
 from ..wire.responses import error_response, json_response
+from .feed import FEED_TYPE, StatusFeed
 from .relay import BODY_KEY, CALLER_KEY, Forwarder, endpoint_of
 
 _log = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ _OPEN_TO_PEERS = frozenset({Kind.INFERENCE, Kind.READ})
 _BODY_TIMEOUT_S = 30.0
 # A request to join a private pool: a name, a certificate and a proof.
 _MAX_JOIN_BYTES = 16 * 1024
-# Requests one source address may make: a sustained rate, and a burst above it. A peer polls the status
-# once a second and sends a few requests at a time; a flood past this is refused with 429.
+# Requests one source address may make: a sustained rate, and a burst above it. A peer follows the status
+# with one request and sends a few requests at a time; a flood past this is refused with 429.
 _RATE_PER_S = 20.0
 _BURST = 60.0
 # Sources whose rate is tracked at once; the least recently seen are forgotten past this.
@@ -84,6 +85,7 @@ class ShareApi:
         pool: Callable[[], PrivatePool | None] = lambda: None,
         admitted: Callable[[Member], None] = lambda member: None,
         backend: Callable[[], BackendState] | None = None,
+        feed: StatusFeed | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder
@@ -92,16 +94,26 @@ class ShareApi:
         # Why peers' requests are refused now (sharing off, or paused for the owner); None while sharing.
         self._refusal = refusal
         self._pool_pull = pool_pull
-        # A node that is stopping says so to status polls: peers that heard its goodbye drop it at once.
+        # A stopping node ends its status streams and answers 503 to peers asking again: they drop it at once.
         self._stopping = stopping
         # The private pool: in one, the share API speaks mutual TLS and serves members only (and, on the
         # pool's authority, machines that bring an invite); without one the pool is the LAN's open one and
         # only local-network sources are served.
         self._pool = pool
         self._admitted = admitted
+        # Peers that ask for the status as a stream follow it here, instead of asking every second.
+        self._feed = feed
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._refusals_logged: dict[str, float] = {}
+
+    def _still_let_in(self, request: web.Request, pool: PrivatePool | None) -> Callable[[], bool]:
+        """Return whether a follower of the status is still let in: the node goes on, in the same pool, and
+        in a private one the follower is still on its roster (a removed member's stream ends at once)."""
+        shown = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if pool is None:
+            return lambda: not self._stopping() and self._pool() is None
+        return lambda: not self._stopping() and self._pool() is pool and pool.member_shown(shown) is not None
 
     def app(self) -> web.Application:
         """Build the application; the node runs it with an AppRunner."""
@@ -133,6 +145,12 @@ class ShareApi:
         if request.path == STATUS_PATH:
             if self._stopping():
                 raise ApiError(503, f"{self._name} is stopping")
+            if (
+                self._feed is not None
+                and request.method == "GET"
+                and FEED_TYPE in request.headers.get("Accept", "")
+            ):
+                return await self._feed.reply(request, self._still_let_in(request, pool))
             return self._forwarder.status_reply(request)
         if request.path == METRICS_PATH:
             return self._forwarder.metrics_reply(request)
