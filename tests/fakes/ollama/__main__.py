@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 from tests.fakes import serve_until_stopped
 
@@ -14,9 +16,11 @@ from .server import FakeOllama
 
 
 def _model_spec(spec: str) -> FakeModel:
-    """Parse `NAME[=capability,capability]`."""
-    name, _, capabilities = spec.partition("=")
-    return FakeModel(name, capabilities=tuple(capabilities.split(","))) if capabilities else FakeModel(name)
+    """Parse `NAME[@BYTES][=capability,capability]`."""
+    named, _, capabilities = spec.partition("=")
+    name, _, size = named.partition("@")
+    model = FakeModel(name, capabilities=tuple(capabilities.split(","))) if capabilities else FakeModel(name)
+    return replace(model, size=int(size)) if size else model
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -24,7 +28,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.fakes.ollama", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--model", action="append", type=_model_spec, help="NAME[=cap,cap]; repeatable")
+    parser.add_argument(
+        "--model", action="append", type=_model_spec, help="NAME[@BYTES][=cap,cap]; repeatable"
+    )
+    parser.add_argument(
+        "--models-dir", type=Path, help="keep models as files in Ollama's layout here (weights: BYTES each)"
+    )
     parser.add_argument("--registry", action="append", type=_model_spec, default=[], help="pullable model")
     parser.add_argument("--loaded", action="append", default=[], help="model loaded at start; repeatable")
     parser.add_argument("--tps", type=float, default=500.0, help="tokens per second (0: as fast as it can)")
@@ -58,6 +67,7 @@ def _fake(args: argparse.Namespace) -> FakeOllama:
         embedding_dim=args.embedding_dim,
         host=args.host,
         port=args.port,
+        models_dir=args.models_dir,
     )
 
 

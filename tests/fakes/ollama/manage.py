@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
 from dataclasses import replace
 
 from aiohttp import web
 
 from tests.fakes.base import Json, Pacer
 
+from .files import ModelFiles
 from .models import (
+    _DEFAULT_HOST,
     _DELETE_NAMES,
     _DIGEST,
     MODELS_DIR,
@@ -39,6 +41,9 @@ from .wire import (
 class Management:
     """The model management endpoints of FakeOllama."""
 
+    # Where models are kept as files in Ollama's layout, if the fake was given a models directory.
+    files: ModelFiles | None
+
     def _has_blob(self, digest: str) -> bool:
         """Tell whether a blob with this digest was uploaded."""
         return bool(_DIGEST.fullmatch(digest)) and _blob_key(digest) in self.blobs
@@ -48,10 +53,11 @@ class Management:
         return sorted(self.models.values(), key=lambda model: model.modified_at, reverse=True)
 
     async def _progress_reply(
-        self, request: web.Request, body: Json, lines: Iterator[Json]
+        self, request: web.Request, body: Json, lines: Iterator[Json] | AsyncIterator[Json]
     ) -> web.StreamResponse:
-        """Stream progress lines, or with `stream` false answer only the last one (errors as status)."""
-        objects = self._paced(lines)
+        """Stream progress lines, or with `stream` false answer only the last one (errors as status).
+        Lines made up are paced like a transfer; those of a real transfer come as it goes."""
+        objects = self._paced(lines) if isinstance(lines, Iterator) else _as_generator(lines)
         if body.get("stream") is not False:
             return await self._stream(request, _NDJSON_FRAMING, objects)
         last: Json = {}
@@ -73,7 +79,19 @@ class Management:
         """POST /api/pull: from `registry`, or a re-pull of a local model."""
         body = await _read_json(request)
         name = _parse_or_fail(_string(body, "model") or _string(body, "name"))
+        if self.files is not None and name.host.lower() != _DEFAULT_HOST:
+            return await self._progress_reply(
+                request, body, self._pull_files(name, body.get("insecure") is True)
+            )
         return await self._progress_reply(request, body, self._pull_lines(name))
+
+    async def _pull_files(self, name: _Name, insecure: bool) -> AsyncIterator[Json]:
+        """Pull from the registry the name names, into the models directory, and list the model."""
+        assert self.files is not None
+        async for line in self.files.pull(name, insecure=insecure):
+            if line == {"status": "success"}:
+                self._install(replace(self.files.model(name), modified_at=_local_now()))
+            yield line
 
     def _pull_lines(self, name: _Name) -> Generator[Json, None, FakeModel]:
         """Yield Ollama's pull progress, install the model, and return it."""
@@ -169,6 +187,8 @@ class Management:
         model = _find(self.models.values(), source_name)
         if model is None:
             raise _ApiError(404, f"model {_quote(source)} not found")
+        if self.files is not None:
+            self.files.copy(model, target)  # the manifest, under the new name; the blobs are shared
         self._install(replace(model, name=target.short, modified_at=_local_now()))
         return web.Response()
 
@@ -176,6 +196,8 @@ class Management:
         """DELETE /api/delete: 200 with an empty body."""
         body = await _read_json(request)
         model = self._lookup(_string(body, "model") or _string(body, "name"), _DELETE_NAMES)
+        if self.files is not None:
+            self.files.remove(model)
         self._forget(self.models, model.ref)
         self._unload(model)
         return web.Response()
@@ -201,3 +223,8 @@ class Management:
         if actual != digest:
             raise _ApiError(400, f"digest mismatch, expected {_quote(digest)}, got {_quote(actual)}")
         return web.Response(status=201)
+
+
+async def _as_generator(lines: AsyncIterator[Json]) -> AsyncGenerator[Json, None]:
+    async for line in lines:
+        yield line

@@ -101,6 +101,8 @@ class FakeModel:
     quantization_level: str = "Q4_0"
     capabilities: tuple[str, ...] = ("completion", "tools")
     modified_at: datetime = field(default_factory=_local_now, compare=False)
+    # The sha256 of its manifest's bytes, for a model kept as files; else one derived from the name.
+    manifest_digest: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", _Name.parse(self.name).short)
@@ -113,8 +115,8 @@ class FakeModel:
 
     @property
     def digest(self) -> str:
-        """Return the manifest digest (sha256 hex) that listings show, derived from the name."""
-        return hashlib.sha256(self.ref.key.encode()).hexdigest()
+        """Return the manifest digest (sha256 hex) that listings show."""
+        return self.manifest_digest or hashlib.sha256(self.ref.key.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import contextlib
 import ipaddress
 from collections.abc import AsyncGenerator, Iterable
 from datetime import datetime
+from pathlib import Path
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
@@ -15,6 +16,7 @@ from aiohttp.typedefs import Handler
 from tests.fakes.base import FakeServer, Fault, Json, paths_of
 
 from .compat import OpenAICompat
+from .files import ModelFiles
 from .inference import Inference
 from .manage import Management
 from .messages import AnthropicCompat
@@ -82,8 +84,16 @@ class FakeOllama(
         embedding_dim: int = 8,
         host: str = "127.0.0.1",
         port: int = 0,
+        models_dir: Path | None = None,
     ) -> None:
-        self.models: dict[str, FakeModel] = {m.name: m for m in map(_as_model, models)}
+        # With a models directory, models are files in Ollama's layout: those it holds are listed, and
+        # `models` it lacks are written there, their weights `size` bytes each.
+        self.files = ModelFiles(models_dir) if models_dir is not None else None
+        self.models: dict[str, FakeModel] = {}
+        for model in map(_as_model, models):
+            self._install(model)
+        for model in self.files.models() if self.files else ():
+            self.models.setdefault(model.name, model)
         self.registry: dict[str, FakeModel] = {m.name: m for m in map(_as_model, registry)}
         self.loaded: dict[str, datetime] = {}
         self.blobs: dict[str, int] = {}
@@ -108,6 +118,13 @@ class FakeOllama(
         self._local_ips: frozenset[str] = frozenset()
         for name in loaded:
             self._touch(self._require_known(name), None)
+
+    def _install(self, model: FakeModel) -> None:
+        """Add a model, replacing any with the same name; with a models directory, one that has no
+        manifest there yet is written there."""
+        if self.files is not None and not self.files.has(model.ref):
+            model = self.files.seed(model)
+        super()._install(model)
 
     def build(self, app: web.Application) -> None:
         app.on_response_prepare.append(_add_cors_headers)
