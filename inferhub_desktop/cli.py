@@ -21,6 +21,8 @@ from .core import (
     AUDIT_PATH,
     CONTROL_HEADER,
     DEFAULT_API_PORT,
+    FROM_HEADER,
+    LEND_CHOICES,
     PEERS_PATH,
     POOL_PATH,
     ROUTE_PATH,
@@ -196,6 +198,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="when sharing pauses, peers' requests under way may finish for this long (default 30)",
     )
+    lending = run.add_argument_group("lending models (peers copying this machine's models)")
+    lending.add_argument(
+        "--lend-models",
+        choices=LEND_CHOICES,
+        help="who may copy this machine's models: no one, the private pool's members (default), or the LAN",
+    )
+    lending.add_argument(
+        "--lend-mib-s",
+        type=int,
+        metavar="MIB",
+        help="send models at most this many MiB a second, all copies together (default 0: no limit)",
+    )
     run.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
     )
@@ -225,6 +239,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     route.add_argument("model", metavar="MODEL")
     route.add_argument("--json", action="store_true", help="print the raw decision as JSON")
+    pull = commands.add_parser(
+        "pull",
+        parents=[client],
+        help="get a model: from a pool member that has it, else from its registry",
+        description="Have this machine's Ollama get MODEL: copied from a pool member that has it (verified "
+        "and resumable, as Ollama pulls), else pulled from the model's registry.",
+    )
+    pull.add_argument("model", metavar="MODEL")
+    source = pull.add_mutually_exclusive_group()
+    source.add_argument("--from", dest="source", metavar="NODE", help="copy it from this member (name or id)")
+    source.add_argument(
+        "--from-registry",
+        dest="source",
+        action="store_const",
+        const="registry",
+        help="pull it from its registry",
+    )
     audit = commands.add_parser(
         "audit",
         parents=[client],
@@ -275,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _pool(args)
     if args.command == "audit":
         return _audit(args)
+    if args.command == "pull":
+        return _pull(args)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -389,6 +422,47 @@ def _client(args: argparse.Namespace) -> int:
     except (MalformedRecord, TypeError) as exc:
         print(
             f"inferhub: the node on 127.0.0.1:{port} answered what this version cannot read: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    """Pull a model through the running node, printing Ollama's progress as `ollama pull` does, a line a
+    layer; return 0 once the model is in."""
+    try:
+        _, _, port = _node(args)
+    except ConfigError as exc:
+        print(f"inferhub: error: {exc}", file=sys.stderr)
+        return 2
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/pull",
+        data=json.dumps({"model": args.model}).encode(),
+        headers={"Content-Type": "application/json", **({FROM_HEADER: args.source} if args.source else {})},
+    )
+    said = ""
+    try:
+        # A copy has no time limit: each line comes as it goes.
+        with urllib.request.urlopen(request) as reply:
+            for raw in reply:
+                line = json.loads(raw)
+                if "error" in line:
+                    print(f"inferhub: {line['error']}", file=sys.stderr)
+                    return 1
+                status = str(line.get("status", ""))
+                if line.get("total") and line.get("completed") is not None:
+                    status += f" {100 * int(line['completed']) // max(1, int(line['total']))}%"
+                if status != said:
+                    print(status, flush=True)
+                    said = status
+    except urllib.error.HTTPError as exc:
+        return _refused(port, exc)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(
+            f"inferhub: no InferHub node answers on 127.0.0.1:{port} ({reason}); "
+            "start one with `inferhub serve --headless`",
             file=sys.stderr,
         )
         return 1

@@ -3,6 +3,7 @@
 from .audit import PeerUsage, audit_entry, audit_row, read_audit
 from .codes import join_code, new_secret, read_join_code
 from .control import TOKEN_FILE, control_token, read_control_token
+from .copying import FROM_HEADER
 from .events import (
     BackendChanged,
     Event,
@@ -22,6 +23,7 @@ from .pool import PrivatePool, create_pool, join_pool, leave_pool, pool_info
 from .settings import (
     DEFAULT_API_PORT,
     DEFAULT_SHARE_PORT,
+    LEND_CHOICES,
     LIVE_SETTINGS,
     SWITCHES,
     USER_FIELDS,
@@ -63,6 +65,8 @@ __all__ = [
     "CONTROL_HEADER",
     "DEFAULT_API_PORT",
     "DEFAULT_SHARE_PORT",
+    "FROM_HEADER",
+    "LEND_CHOICES",
     "LIVE_SETTINGS",
     "PEERS_PATH",
     "POOL_PATH",

@@ -25,6 +25,8 @@ _log = logging.getLogger(__name__)
 AUDIT_FILE = "audit.jsonl"
 ROTATED_FILE = "audit.1.jsonl"
 MAX_FILE_BYTES = 5 * 1024 * 1024
+# The entry of a model copy a peer started, as its endpoint.
+COPY_ENDPOINT = "model copy"
 # The most entries one read returns.
 MAX_ENTRIES = 1000
 # An error is kept to its first characters: a backend's message may quote a whole prompt.
@@ -44,7 +46,29 @@ class AuditLog:
 
     def record(self, done: RequestDone, peer_name: str | None) -> None:
         """Log a request served to a peer; `done.client` is the peer's node id as it said it."""
-        line = json.dumps(audit_entry(done, peer_name), ensure_ascii=False) + "\n"
+        self._write(audit_entry(done, peer_name))
+
+    def lent(self, model: str, size: int, peer_id: str, peer_name: str | None, address: str) -> None:
+        """Log a copy of one of this machine's models a peer started (its manifest read): in a private
+        pool, by a member its certificate proved (`peer_id`); in the open pool, by an address."""
+        at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self._write(
+            {
+                "at": at,
+                "peer": peer_name,
+                "peer_id": peer_id or None,
+                "address": address or None,
+                "verified": bool(peer_id),
+                "endpoint": COPY_ENDPOINT,
+                "model": model,
+                "bytes": size,
+                "outcome": "ok",
+                "status": 200,
+            }
+        )
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
         try:
             self._append(valid_utf8(line).encode())
         except OSError as exc:
@@ -145,8 +169,8 @@ def usage_on(entries: list[dict[str, Any]], day: datetime.date) -> tuple[list[Pe
             continue
         if n == 0 and when == day and len(entries) >= MAX_ENTRIES:
             whole = False
-        if when != day:
-            continue
+        if when != day or entry.get("endpoint") == COPY_ENDPOINT:
+            continue  # a copy of a model is not a use of the GPU
         tally = totals.setdefault(peer_label(entry), [0, 0, 0.0])
         tokens, duration = entry.get("tokens"), entry.get("duration_s")
         tally[0] += 1

@@ -343,7 +343,7 @@ class Dispatcher:
             return self._local_target(model)
         return Target(
             name=peer.announcement.name,
-            backend=self._link(peer),
+            backend=self.link(peer),
             admit=self._admitter(node_id, model, slot=None),
             report=self._reporter(node_id, model, learn=False),
         )
@@ -427,7 +427,7 @@ class Dispatcher:
 
         return report
 
-    def _link(self, peer: Peer) -> OllamaBackend:
+    def link(self, peer: Peer) -> OllamaBackend:
         """Return the connections kept to a peer's share API, made anew if it moved."""
         pin = peer.announcement.tls or None
         tls = self._pool_tls()

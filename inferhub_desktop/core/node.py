@@ -16,9 +16,11 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -26,18 +28,21 @@ from .. import __version__
 from .api.feed import StatusFeed
 from .api.guard import OriginPolicy
 from .api.local import LocalApi
-from .api.relay import Forwarder
+from .api.relay import CALLER_KEY, Forwarder
 from .api.share import ShareApi
 from .api.sites import ConnectionLimits, LimitedSite, connection_budget, who_holds
 from .audit import MAX_ENTRIES, AuditLog, usage_on
 from .backends.base import Backend, BackendState
 from .backends.detect import open_backend
 from .control import control_token
+from .copying import ModelCopies
 from .dispatch import Dispatcher
 from .events import BackendChanged, Event, Events, PeerJoined, PeerLeft, RequestUnderway, SettingsChanged
 from .health import Health, local_health
 from .identity import Identity, load_identity
 from .idle import Away, AwaySource, system_away_source
+from .lending import Lender
+from .library import Library, ModelName, models_dir
 from .membership import Membership
 from .metrics import CONTENT_TYPE, Gauges, NodeMetrics, PeerGauge
 from .owner import OwnerGuard
@@ -50,7 +55,7 @@ from .store import SettingsStore
 from .telemetry import Telemetry, TelemetrySampler
 from .tls import server_context
 from .views import router_node
-from .wire.errors import ConfigError, PortTaken
+from .wire.errors import ApiError, ConfigError, MalformedRecord, PortTaken
 
 _log = logging.getLogger(__name__)
 
@@ -108,6 +113,9 @@ class Node:
         self._stopping = False
         # This node's status, told to the peers that follow it as it changes.
         self._feed = StatusFeed(self.status)
+        # Ollama's models directory on this machine: members copy models from it, and it from them.
+        self._models_dir = models_dir(environ, Path.home())
+        self._lender = Lender(lambda: self.settings, self._library, self._lent)
         # What the local API's control paths require; made when the node starts.
         self.control_token = ""
         # This machine's key pair, and the private pool it is a member of (None: the LAN's open pool);
@@ -145,6 +153,12 @@ class Node:
             events=self.events,
             audit=self.audit_log,
             backend_changed=self._probe_wanted.set,
+        )
+        self.copies = ModelCopies(
+            lambda: self._membership.peers if self._membership else [],
+            self.dispatcher.link,
+            lambda: self._backend if self._backend is not None and self._backend.kind == "ollama" else None,
+            lambda: f"{LOCAL_API_HOST}:{self.api_port}",
         )
         # The owner first: sharing pauses while the owner uses the machine, and peers' requests drain.
         self.guard = OwnerGuard(
@@ -210,7 +224,9 @@ class Node:
         self.control_token = control_token(config_dir)
         self.identity = load_identity(config_dir)
         self.pool = PrivatePool.load(config_dir, self.identity)
-        local = LocalApi(self._forwarder("local"), self._origins, self, self.dispatcher, self.control_token)
+        local = LocalApi(
+            self._forwarder("local"), self._origins, self, self.dispatcher, self.control_token, self.copies
+        )
         self._forwarder("share")
         # Quiet hours and the owner's presence hold from the start: the node never offers itself to peers
         # for a moment before it looks (the GPU is looked at with its first reading).
@@ -263,6 +279,7 @@ class Node:
             admitted=lambda member: self._roster_changed(),
             backend=lambda: self.backend_state,
             feed=self._feed,
+            lender=self._lender,
         )
         # The share API listens on the chosen LAN interfaces, else on all of them.
         hosts = list(self.settings.interfaces) or ["0.0.0.0"]
@@ -280,6 +297,38 @@ class Node:
         )
         self._share_runner = self._runners[-1]
         return port
+
+    async def copy_model(self, model: str) -> AsyncIterator[dict[str, Any]]:
+        """Copy a model a member has into this machine's Ollama; yield Ollama's progress. Raise ApiError
+        saying why where it cannot be."""
+        backend = self.copies.backend()
+        if backend is None:
+            raise ApiError(409, "this machine's model server is not Ollama, which is what copies models in")
+        try:
+            name = ModelName.parse(model)
+        except MalformedRecord as exc:
+            raise ApiError(400, str(exc)) from None
+        async for line in self.copies.pull(backend, name, None):
+            yield line
+
+    def _library(self) -> Library | None:
+        """The models this machine's Ollama keeps, where that Ollama runs on this machine."""
+        backend = self._backend
+        if self._models_dir is None or backend is None or backend.kind != "ollama":
+            return None
+        if urlsplit(backend.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            return None
+        return Library(self._models_dir)
+
+    def _lent(self, name: ModelName, size: int, request: web.Request) -> None:
+        """A peer started copying one of this machine's models: the audit log and the node's log say so."""
+        caller = request.get(CALLER_KEY) or ""
+        peer = self._membership.table.get(caller) if self._membership and caller else None
+        who = peer.announcement.name if peer else None
+        member = self.pool.roster.member(caller) if self.pool and caller else None
+        who = who or (member.name if member else None)
+        _log.info("lending %s (%d bytes) to %s", name, size, who or request.remote)
+        self.audit_log.lent(str(name), size, caller, who, request.remote or "")
 
     def _share_tls(self) -> ssl.SSLContext | None:
         """Return the share API's TLS context: mutual TLS in a private pool, the identity's certificate

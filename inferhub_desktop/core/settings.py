@@ -74,6 +74,10 @@ class Settings:
     quiet_hours: tuple[str, ...] = ()
     # When the owner comes back, peers' requests under way may finish for this long before they are cut.
     grace_s: int = 30
+    # Who may copy this machine's models (lending.py): "off", "members" of its private pool, or the "lan".
+    lend_models: str = "members"
+    # The most this machine sends of its models a second, in MiB, all copies together; 0: no limit.
+    lend_mib_s: int = 0
 
     @property
     def max_body_bytes(self) -> int:
@@ -102,6 +106,8 @@ USER_FIELDS: dict[str, type] = {
     "share_when_away_min": int,
     "quiet_hours": list,
     "grace_s": int,
+    "lend_models": str,
+    "lend_mib_s": int,
 }
 # What protects the owner; a running node takes each at once.
 OWNER_SETTINGS = (
@@ -117,7 +123,9 @@ OWNER_SETTINGS = (
 # The settings a running node changes when told to, and remembers in its settings file.
 SWITCHES = ("share", "local_only", "pool_pull")
 # The settings a running node takes at once; a change to any other restarts it.
-LIVE_SETTINGS = frozenset({*SWITCHES, "peers", *OWNER_SETTINGS})
+LIVE_SETTINGS = frozenset({*SWITCHES, "peers", *OWNER_SETTINGS, "lend_models", "lend_mib_s"})
+# Who may copy this machine's models.
+LEND_CHOICES = ("off", "members", "lan")
 
 
 def default_config_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -307,11 +315,16 @@ def _validate(settings: Settings) -> None:
         ("reserve_vram_gib", 0, 4096),
         ("share_when_away_min", 0, 1440),
         ("grace_s", 0, 3600),
+        ("lend_mib_s", 0, 1 << 20),
     ):
         if not low <= getattr(settings, key) <= high:
             raise ConfigError(f"{key} must be between {low} and {high}, not {getattr(settings, key)}")
     for window in settings.quiet_hours:
         parse_window(window)
+    if settings.lend_models not in LEND_CHOICES:
+        raise ConfigError(
+            f"lend_models must be one of {', '.join(LEND_CHOICES)}, not {settings.lend_models!r}"
+        )
 
 
 def parse_peer(value: str) -> tuple[str, int]:

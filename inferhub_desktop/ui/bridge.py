@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -64,6 +65,8 @@ class Core(Protocol):
 
     def probe_now(self) -> None: ...
 
+    def copy_model(self, model: str) -> AsyncIterator[dict[str, Any]]: ...
+
 
 # Peers of a node that restarted (new settings) that come back within this long were never gone.
 RESTART_REJOIN_S = 30.0
@@ -89,6 +92,8 @@ class Bridge(QObject):
     sharing_paused = Signal(str)  # why sharing paused for the owner; empty when it resumed
     request_done = Signal(object)  # RequestDone
     audit_changed = Signal(object)  # [audit entry], newest last
+    # A model being copied from the pool: a title and how it goes (started, done, or why it failed).
+    copying = Signal(str, str)
 
     def __init__(self, parent: QObject | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(parent)
@@ -115,6 +120,8 @@ class Bridge(QObject):
         self._attached_at = -RESTART_REJOIN_S
         # (at, {node id: tokens generated}) over the throughput window.
         self._counts: collections.deque[tuple[float, dict[str, int]]] = collections.deque()
+        # Copies of models under way, kept until they end.
+        self._copies: set[asyncio.Future[None]] = set()
         self._timer = QTimer(self)
         self._timer.setInterval(REFRESH_MS)
         self._timer.timeout.connect(self.refresh)
@@ -187,6 +194,23 @@ class Bridge(QObject):
     def retry(self) -> None:
         """Ask the node to look for its model server now, rather than at its next probe."""
         self.core.probe_now()
+        self.refresh()
+
+    def get_model(self, model: str) -> None:
+        """Copy a model a member has onto this machine, saying when it starts and how it ends."""
+        task = asyncio.ensure_future(self._copy(model))
+        self._copies.add(task)
+        task.add_done_callback(self._copies.discard)
+
+    async def _copy(self, model: str) -> None:
+        self.copying.emit(f"Copying {model}", "from the pool to this machine; InferHub says when it is here")
+        try:
+            async for _ in self.core.copy_model(model):
+                pass
+        except InferhubError as exc:
+            self.copying.emit(f"Could not copy {model}", str(exc))
+            return
+        self.copying.emit(f"{model} is on this machine", "copied from the pool, and checked")
         self.refresh()
 
     def remove_peer(self, address: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from PySide6.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
@@ -46,7 +47,17 @@ EDITED = (
     "share_when_away_min",
     "quiet_hours",
     "grace_s",
+    "lend_models",
+    "lend_mib_s",
 )
+
+
+# Who may copy this machine's models, in the owner's words.
+_LEND_WORDS = {
+    "members": "Members of my private pool",
+    "lan": "Anyone on the LAN",
+    "off": "No one",
+}
 
 
 class SettingsDialog(QDialog):
@@ -100,6 +111,15 @@ class SettingsDialog(QDialog):
         self.quiet_hours = QLineEdit("; ".join(settings.quiet_hours))
         self.quiet_hours.setPlaceholderText("none, e.g. mon-fri 09:00-17:30; sat 10:00-14:00")
         self.grace_s = _spin(0, 3600, settings.grace_s, " s", "none: cut at once")
+        self.lend_models = QComboBox()
+        for choice, words in _LEND_WORDS.items():
+            self.lend_models.addItem(words, choice)
+        self.lend_models.setCurrentIndex(self.lend_models.findData(settings.lend_models))
+        self.lend_models.setToolTip(
+            "Colleagues copy the models this machine has instead of downloading them again; each copy is "
+            "in the audit log"
+        )
+        self.lend_mib_s = _spin(0, 1 << 20, settings.lend_mib_s, " MiB/s", "no limit")
         self.error = QLabel("")
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #dc2626;")
@@ -128,9 +148,14 @@ class SettingsDialog(QDialog):
         owner_form.addRow("Share only when I'm away for", self.share_when_away_min)
         owner_form.addRow("Quiet hours (no sharing)", self.quiet_hours)
         owner_form.addRow("Peers' requests may finish for", self.grace_s)
+        lending = QGroupBox("Lending your models")
+        lending_form = QFormLayout(lending)
+        lending_form.addRow("Who may copy them", self.lend_models)
+        lending_form.addRow("Upload at most", self.lend_mib_s)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(owner)
+        layout.addWidget(lending)
         # The pool changes at once, through its own buttons: Save and Cancel are for the fields above.
         self.pool: PoolPanel | None = None
         if node is not None:
@@ -155,8 +180,10 @@ class SettingsDialog(QDialog):
             self.reserve_vram_gib,
             self.share_when_away_min,
             self.grace_s,
+            self.lend_mib_s,
         ):
             spin.valueChanged.connect(self.validate)
+        self.lend_models.currentIndexChanged.connect(self.validate)
         self._checked: Settings | None = settings
         self.validate()
 
@@ -177,6 +204,8 @@ class SettingsDialog(QDialog):
             "share_when_away_min": self.share_when_away_min.value(),
             "quiet_hours": [part.strip() for part in self.quiet_hours.text().split(";") if part.strip()],
             "grace_s": self.grace_s.value(),
+            "lend_models": self.lend_models.currentData(),
+            "lend_mib_s": self.lend_mib_s.value(),
         }
 
     def changes(self) -> dict[str, Any]:

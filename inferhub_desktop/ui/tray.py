@@ -152,6 +152,7 @@ class Tray(QObject):
         )
         bridge.settings_changed.connect(self._settings_told)
         bridge.refused.connect(self._show_message)
+        bridge.copying.connect(self._show_message)
         self.update(bridge.view)
         self._show_start_at_login()
 
@@ -241,9 +242,17 @@ class Tray(QObject):
         if not models:
             self.models_menu.addAction("No models in the pool yet").setEnabled(False)
             return
+        me = view.me.name if view else ""
         for model in models[:_MENU_MODELS]:
             where = f"loaded on {', '.join(model.loaded_on)}" if model.loaded_on else "not loaded"
-            self.models_menu.addAction(f"{model.name}  —  {where}").setEnabled(False)
+            if me in model.installed_on:
+                self.models_menu.addAction(f"{model.name}  —  {where}").setEnabled(False)
+                continue
+            # Not on this machine: it can be copied here from a member that has it.
+            sub = self.models_menu.addMenu(f"{model.name}  —  {where}")
+            sub.addAction(f"Get this model (from {', '.join(model.installed_on)})").triggered.connect(
+                lambda _=False, name=model.name: self._bridge.get_model(name)
+            )
         if len(models) > _MENU_MODELS:
             self.models_menu.addAction(f"…and {len(models) - _MENU_MODELS} more in the dashboard").setEnabled(
                 False

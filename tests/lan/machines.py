@@ -66,9 +66,11 @@ def start_machines(
     fakes: list[list[str]],
     extra: Callable[[int], list[str]],
     nofile: int | None = None,
+    environ: Callable[[int], dict[str, str]] = lambda i: {},
 ) -> list[Machine]:
     """Start on each host a fake Ollama (with its arguments from `fakes`), a sharing node named node0,
-    node1, ... (each allowed `nofile` open files, where given) and a watcher of its peers."""
+    node1, ... (each allowed `nofile` open files, where given, and with `environ(i)` added to its
+    environment) and a watcher of its peers."""
     machines = []
     for i, host in enumerate(lan.hosts):
         work = tmp_path / f"m{i}"
@@ -114,6 +116,7 @@ def start_machines(
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **environ(i)},
             )
         watch_log = work / "watch.log"
         with watch_log.open("w") as out:

@@ -6,12 +6,14 @@ import dataclasses
 import datetime
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from inferhub_desktop.core import (
     SWITCHES,
     AddressState,
+    ApiError,
     Events,
     NodeStatus,
     PeerState,
@@ -164,6 +166,8 @@ class DemoCore:
         self._tokens = [0] * len(_NODES)
         # How often the app asked for the model server to be looked for at once.
         self.probes = 0
+        # The models the app had copied from the pool.
+        self.copied: list[str] = []
         # A request being answered as the pool is shown, and the nodes of another pool nearby.
         self.running: list[RequestUnderway] = []
         self.nearby: list[str] = []
@@ -222,6 +226,14 @@ class DemoCore:
     def probe_now(self) -> None:
         """The demonstration's backend is always up: there is nothing to look for."""
         self.probes += 1
+
+    async def copy_model(self, model: str) -> AsyncIterator[dict[str, Any]]:
+        """Copy a model as a node does, in a moment; one named "broken:latest" fails as a node says so."""
+        self.copied.append(model)
+        if model == "broken:latest":
+            raise ApiError(502, "copying broken:latest from the pool failed: max retries exceeded")
+        yield {"status": "pulling manifest"}
+        yield {"status": "success"}
 
     def underway(self) -> list[RequestUnderway]:
         return list(self.running)

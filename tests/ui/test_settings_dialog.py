@@ -310,3 +310,19 @@ def test_the_owners_protections_are_checked_and_saved_without_a_restart(
         10,
         False,
     )
+
+
+def test_who_may_copy_this_machines_models_and_how_fast_are_saved_without_a_restart(
+    dialog: SettingsDialog, tmp_path: Path
+) -> None:
+    assert (dialog.lend_models.currentText(), dialog.lend_mib_s.text()) == (
+        "Members of my private pool",
+        "no limit",
+    )
+    dialog.lend_models.setCurrentIndex(dialog.lend_models.findData("lan"))
+    dialog.lend_mib_s.setValue(50)
+    assert dialog.changes() == {"lend_models": "lan", "lend_mib_s": 50}
+    assert dialog.note.text() == ""
+    save_button(dialog).click()
+    saved = read_settings_file(tmp_path)
+    assert (saved["lend_models"], saved["lend_mib_s"]) == ("lan", 50)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,7 +264,34 @@ def test_the_models_menu_lists_the_pools_models_and_where_they_run(tray: Tray) -
         "phi4:14b  —  not loaded",
         "qwen2.5-coder:14b  —  loaded on atlas",
     ]
-    assert not any(action.isEnabled() for action in tray.models_menu.actions())
+    # Those on this machine are told; those only peers have can be copied here.
+    elsewhere = {a.text() for a in tray.models_menu.actions() if a.menu() is not None}
+    here = {a.text() for a in tray.models_menu.actions() if a.menu() is None}
+    assert not any(a.isEnabled() for a in tray.models_menu.actions() if a.text() in here)
+    assert "nomic-embed-text:latest  —  loaded on atlas" in here
+    assert "llama3.1:70b  —  loaded on borealis" in elsewhere
+    assert texts(submenu(tray.models_menu, "llama3.1:70b  —  loaded on borealis")) == [
+        "Get this model (from borealis)"
+    ]
+
+
+async def test_get_this_model_copies_it_here_and_says_how_it_went(
+    tray: Tray, bridge: Bridge, core: DemoCore, qtbot: QtBot
+) -> None:
+    said: list[tuple[str, str]] = []
+    bridge.copying.connect(lambda title, text: said.append((title, text)))
+    tray.models_menu.aboutToShow.emit()
+    (get,) = submenu(tray.models_menu, "llama3.1:70b  —  loaded on borealis").actions()
+    get.trigger()
+    await asyncio.sleep(0.05)
+    assert core.copied == ["llama3.1:70b"]
+    assert [title for title, _ in said] == ["Copying llama3.1:70b", "llama3.1:70b is on this machine"]
+    bridge.get_model("broken:latest")
+    await asyncio.sleep(0.05)
+    assert said[-1] == (
+        "Could not copy broken:latest",
+        "copying broken:latest from the pool failed: max retries exceeded",
+    )
 
 
 def test_tray_state_tells_trouble_first_then_work(bridge: Bridge) -> None:

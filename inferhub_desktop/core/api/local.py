@@ -11,7 +11,9 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..audit import MAX_ENTRIES
+from ..copying import FROM_HEADER, ModelCopies, pull_lines
 from ..health import HEALTH_PATH, Health
+from ..library import ModelName
 from ..peers import AddressState, PeerState
 from ..settings import SWITCHES
 from ..wire.endpoints import (
@@ -21,13 +23,14 @@ from ..wire.endpoints import (
     METRICS_PATH,
     PEERS_PATH,
     POOL_PATH,
+    PULL_PATH,
     ROUTE_PATH,
     STATUS_PATH,
     SWITCHES_PATH,
     USAGE_PATH,
 )
-from ..wire.errors import ApiError, ConfigError, SettingsNotSaved
-from ..wire.headers import CONTROL_HEADER
+from ..wire.errors import ApiError, ConfigError, MalformedRecord, SettingsNotSaved
+from ..wire.headers import CONTROL_HEADER, NODE_HEADER
 from ..wire.payload import parse_body
 from ..wire.responses import json_response, text_response
 from .guard import OriginPolicy, host_allowed, host_name_allowed, is_cors_request
@@ -107,8 +110,11 @@ class LocalApi:
         control: Control,
         routes: Routes,
         token: str,
+        copies: ModelCopies | None = None,
     ) -> None:
         self._forwarder = forwarder
+        # Models copied from pool members: the pulls, and the registry this machine's Ollama reads them from.
+        self._copies = copies
         self._origins = origins
         # What the control paths require of a request: the owner's control token.
         self._token = token
@@ -142,6 +148,8 @@ class LocalApi:
             return await self._control(request)
         if request.path == METRICS_PATH:
             return self._forwarder.metrics_reply(request)
+        if request.path.startswith("/v2/") and self._copies is not None:
+            return await self._copies.registry(request)
         pool_wide = request.method in ("GET", "HEAD") and request.path in (HEALTH_PATH, "/", VERSION_PATH)
         if pool_wide and (answer := self._pool_answer(request.path)):
             return answer
@@ -152,7 +160,62 @@ class LocalApi:
             return await pooled_listing(request, endpoint, self._routes.listing_sources())
         if endpoint.pattern in _MANAGED_HERE:
             await self._refuse_a_peers_model(request, endpoint.pattern)
+        if endpoint.pattern == PULL_PATH and (pulled := await self._pull(request)):
+            return pulled
         return await self._forwarder.forward(request, endpoint)
+
+    async def _pull(self, request: web.Request) -> web.StreamResponse | None:
+        """Pull a model a member has from the pool, with Ollama's progress; None to pull it as Ollama does
+        (from its registry): no member has it, the user asked for the registry, or the request is not
+        this machine's Ollama's to answer."""
+        copies, source = self._copies, request.headers.get(FROM_HEADER)
+        backend = copies.backend() if copies else None
+        if copies is None or backend is None or source == "registry" or NODE_HEADER in request.headers:
+            return None
+        body = request[BODY_KEY] = await self._forwarder.read_body(request)
+        try:
+            fields = json.loads(body)
+            name = ModelName.parse(str(fields.get("model") or fields.get("name") or ""))
+        except (ValueError, AttributeError, MalformedRecord):
+            return None  # Ollama words the error
+        if source is None and not copies.members_with(name):
+            return None
+        lines = copies.pull(backend, name, source)
+        if fields.get("stream") is False:
+            last: dict[str, Any] = {}
+            try:
+                async for line in lines:
+                    last = line
+            except ApiError:
+                if source is not None:
+                    raise
+                return None  # the registry, as Ollama would
+            return json_response(last)
+        try:
+            first = await anext(lines)  # a refusal before any progress is the answer's status
+        except ApiError:
+            if source is not None:
+                raise
+            return None
+        reply = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await reply.prepare(request)
+        await reply.write(_line(first))
+        try:
+            async for line in lines:
+                await reply.write(_line(line))
+        except ApiError as exc:
+            if source is not None:
+                await reply.write(_line({"error": exc.message}))
+            else:
+                # The pool could not give it: the registry, the last resort, as Ollama pulls it.
+                await reply.write(_line({"status": f"{exc.message}; pulling from the registry"}))
+                try:
+                    async for line in pull_lines(backend, body):
+                        await reply.write(_line(line))
+                except ApiError as failed:
+                    await reply.write(_line({"error": failed.message}))
+        await reply.write_eof()
+        return reply
 
     def _pool_answer(self, path: str) -> web.Response | None:
         """Answer for the pool what a single Ollama answers for itself: whether it is healthy, whether
@@ -267,3 +330,7 @@ class LocalApi:
         if request.method == "OPTIONS" and host_name_allowed(host):
             return web.Response(status=204)
         return None
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from ..backends.base import BackendState
 from ..health import HEALTH_PATH, share_health
+from ..lending import Lender
 from ..pool import Member, PrivatePool
-from ..wire.endpoints import JOIN_PATH, METRICS_PATH, PULL_PATH, ROSTER_PATH, STATUS_PATH, Kind
+from ..wire.endpoints import JOIN_PATH, METRICS_PATH, MODELS_PREFIX, PULL_PATH, ROSTER_PATH, STATUS_PATH, Kind
 from ..wire.errors import ApiError, MalformedRecord, Unauthorized
 from ..wire.responses import error_response, json_response
 from .feed import FEED_TYPE, StatusFeed
@@ -86,6 +87,7 @@ class ShareApi:
         admitted: Callable[[Member], None] = lambda member: None,
         backend: Callable[[], BackendState] | None = None,
         feed: StatusFeed | None = None,
+        lender: Lender | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder
@@ -103,6 +105,8 @@ class ShareApi:
         self._admitted = admitted
         # Peers that ask for the status as a stream follow it here, instead of asking every second.
         self._feed = feed
+        # Peers copying this machine's models read their files here.
+        self._lender = lender
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._refusals_logged: dict[str, float] = {}
@@ -138,6 +142,8 @@ class ShareApi:
             request[CALLER_KEY] = member.node_id
         elif not is_lan_address(source):
             raise ApiError(403, "InferHub shares only with machines on the local network")
+        if request.path.startswith(MODELS_PREFIX) and self._lender is not None:
+            return await self._lender.answer(request, private_pool=pool is not None)
         body = await _read_within_deadline(request, self._forwarder.read_body(request))
         if isinstance(body, web.Response):
             return body

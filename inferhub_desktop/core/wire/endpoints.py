@@ -25,6 +25,8 @@ POOL_PATH = CONTROL_PREFIX + "pool"
 # On the share API of a private pool: the authority admits machines here; members fetch the roster.
 JOIN_PATH = CONTROL_PREFIX + "join"
 ROSTER_PATH = CONTROL_PREFIX + "roster"
+# On the share API: the models this machine lends, read as files (lending.py).
+MODELS_PREFIX = CONTROL_PREFIX + "models/"
 # Prometheus scrapes, on both APIs; Ollama has no such path.
 METRICS_PATH = "/metrics"
 # The one management call peers may make, where the owner allows it, and a pinned request may route.
