@@ -171,3 +171,27 @@ async def test_a_pull_of_what_the_registry_lacks_or_over_https_it_does_not_speak
         ]
         lines = await pull(here, f"{host}/library/none:latest")
         assert lines[-1]["error"].startswith(f'pull model manifest: Get "https://{host}/v2/library/none')
+
+
+async def test_an_uploaded_blob_is_a_file_and_a_model_created_from_it_names_it(tmp_path: Path) -> None:
+    weights = b"GGUF" + bytes(range(256)) * 64
+    digest = f"sha256:{hashlib.sha256(weights).hexdigest()}"
+    async with FakeOllama([], models_dir=tmp_path) as fake, aiohttp.ClientSession() as http:
+        async with http.post(f"{fake.url}/api/blobs/{digest}", data=weights) as reply:
+            assert reply.status == 201
+        assert (tmp_path / "blobs" / digest.replace(":", "-")).read_bytes() == weights
+        body = {"model": "mine", "files": {"mine.gguf": digest}, "stream": False}
+        async with http.post(f"{fake.url}/api/create", json=body) as reply:
+            assert (reply.status, await reply.json()) == (200, {"status": "success"})
+        manifest = (tmp_path / "manifests/registry.ollama.ai/library/mine/latest").read_bytes()
+        assert json.loads(manifest)["layers"][0] == {
+            "mediaType": "application/vnd.ollama.image.model",
+            "digest": digest,
+            "size": len(weights),
+        }
+        # A model made from it shares its files.
+        body = {"model": "yours", "from": "mine", "stream": False}
+        async with http.post(f"{fake.url}/api/create", json=body) as reply:
+            assert reply.status == 200
+        listed = await tags(fake)
+        assert listed["mine:latest"] == listed["yours:latest"] == hashlib.sha256(manifest).hexdigest()

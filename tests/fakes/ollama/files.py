@@ -73,6 +73,11 @@ class ModelFiles:
         weights = self._write_blob(
             rng.randbytes(min(_CHUNK, model.size - i)) for i in range(0, model.size, _CHUNK)
         )
+        return self.create(model, [weights])
+
+    def create(self, model: FakeModel, weights: list[tuple[str, int]]) -> FakeModel:
+        """Write a model of these weights (blobs the directory has: digest and size), with the fake's
+        template, parameters and licence, under `model`'s name; return it with its manifest's digest."""
         config = {
             "model_format": "gguf",
             "model_family": model.family,
@@ -81,7 +86,7 @@ class ModelFiles:
             "capabilities": list(model.capabilities),
         }
         layers = [
-            ("model", weights),
+            *(("model", blob) for blob in weights),
             ("template", self._write_blob([b"{{ .Prompt }}"])),
             ("params", self._write_blob([b'{"stop":["<|eot_id|>"]}'])),
             ("license", self._write_blob([b"FAKE MODEL LICENSE"])),
@@ -139,6 +144,19 @@ class ModelFiles:
             capabilities=tuple(config.get("capabilities", ("completion",))),
             manifest_digest=hashlib.sha256(raw).hexdigest(),
         )
+
+    async def receive_blob(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
+        """Keep an uploaded blob under the digest of what came (as Ollama does, whatever it was sent as)."""
+        hasher, size = hashlib.sha256(), 0
+        partial = self.root / "blobs" / f"upload-{os.getpid()}-{id(chunks)}-partial"
+        with partial.open("wb") as file:
+            async for chunk in chunks:
+                hasher.update(chunk)
+                size += len(chunk)
+                file.write(chunk)
+        digest = f"sha256:{hasher.hexdigest()}"
+        partial.replace(self.blob_path(digest))
+        return digest, size
 
     def _write_blob(self, chunks: Iterable[bytes]) -> tuple[str, int]:
         hasher, size = hashlib.sha256(), 0

@@ -45,8 +45,12 @@ class Management:
     files: ModelFiles | None
 
     def _has_blob(self, digest: str) -> bool:
-        """Tell whether a blob with this digest was uploaded."""
-        return bool(_DIGEST.fullmatch(digest)) and _blob_key(digest) in self.blobs
+        """Tell whether a blob with this digest was uploaded (or, with a models directory, is there)."""
+        if not _DIGEST.fullmatch(digest):
+            return False
+        if self.files is not None:
+            return self.files.blob_path(_blob_key(digest)).is_file()
+        return _blob_key(digest) in self.blobs
 
     def _by_recency(self) -> list[FakeModel]:
         """Return the local models, most recently modified first."""
@@ -151,6 +155,8 @@ class Management:
         base = _string(body, "from")
         if base:
             model = yield from self._layers_from_model(_parse_or_fail(base))
+            if self.files is not None:
+                self.files.copy(model, name)  # the base's layers, under the new name
         elif files:
             model = yield from self._layers_from_files(name, files)
         else:
@@ -176,6 +182,12 @@ class Management:
                 blob = f"sha256-{digest[7:]}" if _DIGEST.fullmatch(digest) else digest
                 raise _ApiError(500, f"open {MODELS_DIR}/blobs/{blob}: no such file or directory")
             yield {"status": f"using existing layer {_blob_key(digest)}"}
+        if self.files is not None:
+            # A manifest naming the uploaded files as the model's weights.
+            weights = [
+                (_blob_key(d), self.files.blob_path(_blob_key(d)).stat().st_size) for d in files.values()
+            ]
+            return self.files.create(FakeModel(name.short), weights)
         return FakeModel(name.short, size=sum(self.blobs[_blob_key(digest)] for digest in files.values()))
 
     async def _handle_copy(self, request: web.Request) -> web.StreamResponse:
@@ -214,11 +226,14 @@ class Management:
         digest = _check_digest(request.match_info["digest"])
         if self._has_blob(digest):
             return web.Response()  # like Ollama, answers without reading the body
-        hasher, size = hashlib.sha256(), 0
-        async for chunk in request.content.iter_chunked(1 << 20):
-            hasher.update(chunk)
-            size += len(chunk)
-        actual = f"sha256:{hasher.hexdigest()}"
+        if self.files is not None:
+            actual, size = await self.files.receive_blob(request.content.iter_chunked(1 << 20))
+        else:
+            hasher, size = hashlib.sha256(), 0
+            async for chunk in request.content.iter_chunked(1 << 20):
+                hasher.update(chunk)
+                size += len(chunk)
+            actual = f"sha256:{hasher.hexdigest()}"
         self.blobs[actual] = size  # Ollama keeps the blob under its real digest even on a mismatch
         if actual != digest:
             raise _ApiError(400, f"digest mismatch, expected {_quote(digest)}, got {_quote(actual)}")
