@@ -10,7 +10,7 @@ import socket
 from collections.abc import Callable
 
 import psutil
-from zeroconf import BadTypeInNameException, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import BadTypeInNameException, Error, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from .peers import SERVICE_TYPE, PeerAnnouncement, decode_txt, encode_txt
@@ -22,6 +22,9 @@ _log = logging.getLogger(__name__)
 _RESOLVE_TIMEOUT_MS = 3000
 # DNS-SD instance names are at most 63 bytes; the node id's head keeps same-named hosts apart.
 _INSTANCE_MAX_BYTES = 63
+
+# What python-zeroconf raises when mDNS cannot start (NotRunningException: its engine did not start in time).
+DiscoveryFailed = Error
 
 # Called with a node's endpoint (address, port) when it appears or changes, and when it says goodbye.
 SeenCallback = Callable[[PeerAnnouncement], None]

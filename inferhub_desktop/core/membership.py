@@ -13,7 +13,7 @@ from typing import Any
 
 from .api.feed import FEED_TYPE, HEARTBEAT_S, apply_change
 from .backends.http1 import Http1Client, HttpError, Response
-from .discovery import Discovery
+from .discovery import Discovery, DiscoveryFailed
 from .peers import AddressState, Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
 from .pool import MAX_ROSTER_BYTES, PrivatePool, Roster
 from .settings import Settings, parse_peer
@@ -523,10 +523,11 @@ class Membership:
             try:
                 await self._discovery.start(announcement)
                 break
-            except OSError as exc:
-                # The interface may not be up yet (a laptop waking, a VPN connecting): peers reached by
-                # address are followed meanwhile.
-                _log.warning("cannot join mDNS (%s); trying again in %.0f s", exc, _MDNS_RETRY_S)
+            except (OSError, DiscoveryFailed) as exc:
+                # The interface may not be up yet (a laptop waking, a VPN connecting), or mDNS did not start
+                # in time on a machine too busy: peers reached by address are followed meanwhile.
+                what = str(exc) or type(exc).__name__
+                _log.warning("cannot join mDNS (%s); trying again in %.0f s", what, _MDNS_RETRY_S)
                 await self._discovery.close()
                 await asyncio.sleep(_MDNS_RETRY_S)
         advertised, last_sent = _lasting(encode_txt(announcement)), time.monotonic()

@@ -314,3 +314,28 @@ async def test_a_peer_whose_stream_lies_is_ignored_and_says_why(
             assert (bob(alpha) is None) == (len(lines) == 1)
     finally:
         await peer.close()
+
+
+async def test_a_node_whose_mdns_cannot_start_says_so_and_tries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from inferhub_desktop.core import membership
+    from inferhub_desktop.core.discovery import Discovery
+
+    started: list[bool] = []
+    real_start = Discovery.start
+
+    async def start(self: Discovery, announcement: object) -> None:
+        started.append(True)
+        if len(started) == 1:
+            raise OSError(19, "No such device")
+        await real_start(self, announcement)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Discovery, "start", start)
+    monkeypatch.setattr(membership, "_MDNS_RETRY_S", 0.05)
+    async with (
+        FakeOllama(["llama3:latest"]) as fake,
+        Node(node_settings(tmp_path, fake.url, name="alpha"), environ={}),
+    ):
+        await eventually(lambda: len(started) == 2)
+    assert "cannot join mDNS ([Errno 19] No such device); trying again in 0 s" in caplog.text
