@@ -108,6 +108,8 @@ class Membership:
         # Nodes to be asked at once whether they have left, with the words for it if they have: a goodbye
         # was heard on mDNS or their stream ended (_LEFT), or their stream was cut (_CUT).
         self._goodbyes: dict[tuple[str, int], str] = {}
+        # Those of them whose goodbye was heard on mDNS.
+        self._said_on_mdns: set[tuple[str, int]] = set()
         # Why each node that answers but is not taken as a peer is ignored.
         self._ignored: dict[tuple[str, int], str] = {}
         self._discovery = Discovery(settings.node_id, settings.interfaces, self._on_seen, self._on_gone)
@@ -221,6 +223,7 @@ class Membership:
         """A goodbye on mDNS is a hint, which anyone on the LAN can send: the node is asked at once, and
         leaves only if it does not answer."""
         self._goodbyes[endpoint] = _LEFT
+        self._said_on_mdns.add(endpoint)
         if wake := self._wakes.get(endpoint):
             wake.set()
         self._poll_now.set()
@@ -228,9 +231,13 @@ class Membership:
     def _said_goodbye(self, endpoint: tuple[str, int]) -> None:
         """The node that said goodbye, or whose stream ended, does not answer: it has left."""
         how = self._goodbyes.pop(endpoint, _LEFT)
+        on_mdns = endpoint in self._said_on_mdns
+        self._said_on_mdns.discard(endpoint)
         if link := self._links.pop(endpoint, None):
             link[1].close()
-        if self._candidates.get(endpoint) == "mdns":
+        # Only its goodbye on mDNS takes back what its record said (its pool, its certificate): a stream
+        # that ended may be the node listening anew, whose new record can come first.
+        if on_mdns and self._candidates.get(endpoint) == "mdns":
             del self._candidates[endpoint]
             self._advertised_pools.pop(endpoint, None)
             self._advertised_tls.pop(endpoint, None)
@@ -273,6 +280,10 @@ class Membership:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_EXPIRE_CHECK_S):
                     await self._poll_now.wait()
+                    # Asked to look now (a record heard, peers named, the roster changed): the nodes
+                    # waiting for their next poll are asked at once; a stream tells without asking.
+                    for wake in self._wakes.values():
+                        wake.set()
 
     async def _follow(self, endpoint: tuple[str, int], pool: PrivatePool | None) -> None:
         """Follow one node's status for as long as this node wants it: its stream of changes, asked for
@@ -394,6 +405,7 @@ class Membership:
                     # A heartbeat: the peer is alive, and a goodbye heard for it was not its own. One
                     # that went quiet for a while and was dropped is taken again.
                     self._goodbyes.pop(endpoint, None)
+                    self._said_on_mdns.discard(endpoint)
                     if self.table.heard(told.node_id, time.monotonic()):
                         self._answered(told.node_id)
                     else:
@@ -426,6 +438,7 @@ class Membership:
             raise MalformedRecord("its status names another TLS certificate than the one it showed")
         # A goodbye for a node that answers was not its own.
         self._goodbyes.pop(endpoint, None)
+        self._said_on_mdns.discard(endpoint)
         if (
             shown
             and pool is None

@@ -709,6 +709,8 @@ class Node:
             self._probed.set()
             if (state.reachable, state.error) != (previous.reachable, previous.error):
                 self.events.emit(BackendChanged(state.url, state.reachable, state.error))
+            if state.installed != previous.installed or state.reachable != previous.reachable:
+                self._feed.poke()
             # A burst of requests asks for one probe, not one each: the backend serves them first.
             await asyncio.sleep(_PROBE_MIN_GAP_S)
             with contextlib.suppress(TimeoutError):
@@ -747,6 +749,7 @@ class Node:
         return self._away
 
     def _readvertise(self) -> None:
+        self._feed.poke()
         if self._membership is not None:
             self._membership.readvertise()
 

@@ -48,6 +48,8 @@ class StatusFeed:
         self._tick: asyncio.Future[bool] | None = None
         self._followers = 0
         self._task: asyncio.Task[None] | None = None
+        # When the followers were last woken: a heartbeat is due HEARTBEAT_S after.
+        self._told_at = 0.0
 
     @property
     def followers(self) -> int:
@@ -79,6 +81,12 @@ class StatusFeed:
         finally:
             self._followers -= 1
         return response
+
+    def poke(self) -> None:
+        """Look at the status now, not at the next tick: something peers act on at once changed (the
+        backend came or went, a switch turned)."""
+        if self._task is not None and not self._task.done() and self._look():
+            self._tell()
 
     def end(self) -> None:
         """End every stream now, cleanly: this node stops, or its share API listens anew."""
@@ -113,19 +121,21 @@ class StatusFeed:
         return True
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_told = self._clock()
+        self._told_at = self._clock()
         # Runs while anyone follows; then the tick goes quiet until the next follower.
         while True:
             await asyncio.sleep(CHANGE_CHECK_S)
             if not self._followers:
                 break
-            if not self._look() and self._clock() - last_told < HEARTBEAT_S:
-                continue
-            last_told = self._clock()
-            tick, self._tick = self._tick, loop.create_future()
-            if tick is not None and not tick.done():
-                tick.set_result(True)
+            if self._look() or self._clock() - self._told_at >= HEARTBEAT_S:
+                self._tell()
+
+    def _tell(self) -> None:
+        """Wake every follower: each sends what changed, or a heartbeat."""
+        self._told_at = self._clock()
+        tick, self._tick = self._tick, asyncio.get_running_loop().create_future()
+        if tick is not None and not tick.done():
+            tick.set_result(True)
 
 
 def changed(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
