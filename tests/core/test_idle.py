@@ -111,10 +111,16 @@ def test_an_x11_session_tells_the_time_since_the_last_input(x_display: str) -> N
     assert before is not None
     assert before >= 1.0
     move_the_mouse(x_display)
+    moved = time.monotonic()
+    # A display busy with other clients may refuse one connection: the node reads again at its next
+    # look, and so does this test, for a moment.
     after = source.away().seconds
+    while after is None and time.monotonic() - moved < 2.0:
+        time.sleep(0.05)
+        after = source.away().seconds
     assert after is not None
     assert after < before
-    assert after < 0.5
+    assert after < 0.5 + (time.monotonic() - moved)
 
 
 def test_an_x_display_in_a_wayland_session_is_not_asked(
