@@ -398,13 +398,7 @@ def _client(args: argparse.Namespace) -> int:
         print(f"inferhub: error: {exc}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(
-            f"inferhub: no InferHub node answers on 127.0.0.1:{port} ({reason}); "
-            "start one with `inferhub serve --headless`",
-            file=sys.stderr,
-        )
-        return 1
+        return _no_node(port, exc)
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
@@ -459,13 +453,7 @@ def _pull(args: argparse.Namespace) -> int:
     except urllib.error.HTTPError as exc:
         return _refused(port, exc)
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(
-            f"inferhub: no InferHub node answers on 127.0.0.1:{port} ({reason}); "
-            "start one with `inferhub serve --headless`",
-            file=sys.stderr,
-        )
-        return 1
+        return _no_node(port, exc)
     return 0
 
 
@@ -498,6 +486,17 @@ def _switch(args: argparse.Namespace, config_dir: Path, base: str, port: int) ->
         return 2
     print(f"{said} {'on' if getattr(store.settings, key) else 'off'} (no node is running here; it starts so)")
     return 0
+
+
+def _no_node(port: int, exc: OSError | ValueError) -> int:
+    """Say that no node answers on the port, and why; return the exit status for it."""
+    reason = getattr(exc, "reason", exc)
+    print(
+        f"inferhub: no InferHub node answers on 127.0.0.1:{port} ({reason}); "
+        "start one with `inferhub serve --headless`",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _refused(port: int, exc: urllib.error.HTTPError) -> int:

@@ -6,9 +6,11 @@ cannot be asked again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -212,10 +214,9 @@ class StreamingPeer:
             await self.runner.cleanup()
 
 
-async def test_heartbeats_keep_a_quiet_peer_and_a_silent_stream_loses_it_within_the_ttl(
-    tmp_path: Path,
-) -> None:
-    peer = StreamingPeer()
+@contextlib.asynccontextmanager
+async def following(tmp_path: Path, peer: StreamingPeer) -> AsyncIterator[tuple[Node, list[str]]]:
+    """A node that knows the streaming peer by address, and why the peer left it, each time it did."""
     address = await peer.start()
     left: list[str] = []
     try:
@@ -231,45 +232,37 @@ async def test_heartbeats_keep_a_quiet_peer_and_a_silent_stream_loses_it_within_
                 )
             )
             await eventually(lambda: bob(alpha) is not None)
-            # Longer than the TTL with nothing but heartbeats: still a peer.
-            await asyncio.sleep(2 * (2 * HEARTBEAT_S + 1.0))
-            assert bob(alpha) is not None
-            peer.quiet.set()
-            quiet_at = time.monotonic()
-            async with asyncio.timeout(2 * (2 * HEARTBEAT_S + 1.0)):
-                while bob(alpha):  # noqa: ASYNC110 - the table has no event to wait on
-                    await asyncio.sleep(0.05)
-            print(f"a silent peer left after {time.monotonic() - quiet_at:.2f} s")
-            assert left == ["peer 'ws-bob' stopped answering"]
+            yield alpha, left
     finally:
         await peer.close()
+
+
+async def test_heartbeats_keep_a_quiet_peer_and_a_silent_stream_loses_it_within_the_ttl(
+    tmp_path: Path,
+) -> None:
+    peer = StreamingPeer()
+    async with following(tmp_path, peer) as (alpha, left):
+        # Longer than the TTL with nothing but heartbeats: still a peer.
+        await asyncio.sleep(2 * (2 * HEARTBEAT_S + 1.0))
+        assert bob(alpha) is not None
+        peer.quiet.set()
+        quiet_at = time.monotonic()
+        async with asyncio.timeout(2 * (2 * HEARTBEAT_S + 1.0)):
+            while bob(alpha):  # noqa: ASYNC110 - the table has no event to wait on
+                await asyncio.sleep(0.05)
+        print(f"a silent peer left after {time.monotonic() - quiet_at:.2f} s")
+        assert left == ["peer 'ws-bob' stopped answering"]
 
 
 async def test_a_peer_whose_stream_is_cut_and_that_cannot_be_asked_again_leaves_at_once(
     tmp_path: Path,
 ) -> None:
     peer = StreamingPeer()
-    address = await peer.start()
-    left: list[str] = []
-    try:
-        async with (
-            FakeOllama(["llama3:latest"]) as fake,
-            Node(node_settings(tmp_path, fake.url, name="alpha", peers=[address]), environ={}) as alpha,
-        ):
-            alpha.events.subscribe(
-                lambda event: (
-                    left.append(event.reason)
-                    if isinstance(event, PeerLeft) and event.name == "ws-bob"
-                    else None
-                )
-            )
-            await eventually(lambda: bob(alpha) is not None)
-            peer.die()
-            await eventually(lambda: bob(alpha) is None)
-            # Not waited out: it left when asking again found nothing there.
-            assert left == ["peer 'ws-bob' stopped answering (its connection was cut)"]
-    finally:
-        await peer.close()
+    async with following(tmp_path, peer) as (alpha, left):
+        peer.die()
+        await eventually(lambda: bob(alpha) is None)
+        # Not waited out: it left when asking again found nothing there.
+        assert left == ["peer 'ws-bob' stopped answering (its connection was cut)"]
 
 
 class LyingPeer(StreamingPeer):

@@ -147,28 +147,16 @@ class ModelFiles:
 
     async def receive_blob(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
         """Keep an uploaded blob under the digest of what came (as Ollama does, whatever it was sent as)."""
-        hasher, size = hashlib.sha256(), 0
-        partial = self.root / "blobs" / f"upload-{os.getpid()}-{id(chunks)}-partial"
-        with partial.open("wb") as file:
-            async for chunk in chunks:
-                hasher.update(chunk)
-                size += len(chunk)
-                file.write(chunk)
-        digest = f"sha256:{hasher.hexdigest()}"
-        partial.replace(self.blob_path(digest))
-        return digest, size
+        blob = _Blob(self, "upload")
+        async for chunk in chunks:
+            blob.write(chunk)
+        return blob.keep()
 
     def _write_blob(self, chunks: Iterable[bytes]) -> tuple[str, int]:
-        hasher, size = hashlib.sha256(), 0
-        partial = self.root / "blobs" / f"seed-{os.getpid()}-partial"
-        with partial.open("wb") as file:
-            for chunk in chunks:
-                hasher.update(chunk)
-                size += len(chunk)
-                file.write(chunk)
-        digest = f"sha256:{hasher.hexdigest()}"
-        partial.replace(self.blob_path(digest))
-        return digest, size
+        blob = _Blob(self, "seed")
+        for chunk in chunks:
+            blob.write(chunk)
+        return blob.keep()
 
     async def pull(self, name: _Name, *, insecure: bool) -> AsyncIterator[Json]:
         """Pull a model from the registry its name names, as Ollama's PullModel does; yield its progress."""
@@ -264,6 +252,29 @@ class ModelFiles:
             for task in tasks:
                 task.cancel()
         partial.replace(path)
+
+
+class _Blob:
+    """A blob being written: to a partial file, then kept under the digest of what was written."""
+
+    def __init__(self, files: ModelFiles, why: str) -> None:
+        self._files = files
+        self._hasher = hashlib.sha256()
+        self._size = 0
+        self._partial = files.root / "blobs" / f"{why}-{os.getpid()}-{id(self)}-partial"
+        self._file = self._partial.open("wb")
+
+    def write(self, chunk: bytes) -> None:
+        self._hasher.update(chunk)
+        self._size += len(chunk)
+        self._file.write(chunk)
+
+    def keep(self) -> tuple[str, int]:
+        """Close it, name it by its digest; return the digest and the size."""
+        self._file.close()
+        digest = f"sha256:{self._hasher.hexdigest()}"
+        self._partial.replace(self._files.blob_path(digest))
+        return digest, self._size
 
 
 def _layer(media_type: str, blob: tuple[str, int]) -> Json:
