@@ -10,14 +10,13 @@ a model copied in arrives through Ollama's own pull, which verifies every blob.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from .wire.errors import MalformedRecord
-from .wire.records import Fields
+from .wire.records import Fields, read_json
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 DEFAULT_HOST = "registry.ollama.ai"
@@ -98,13 +97,7 @@ class Manifest:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
         """Read a manifest; raise MalformedRecord saying what is wrong with it."""
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise MalformedRecord(f"a manifest of {len(raw)} bytes is over {MAX_MANIFEST_BYTES}")
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise MalformedRecord(f"the manifest is not JSON: {exc}") from None
-        fields = Fields(value, "manifest")
+        fields = Fields(read_json(raw, "manifest", MAX_MANIFEST_BYTES), "manifest")
         config = fields.record("config")
         layers = [_layer(config)] + [
             _layer(Fields(item, "manifest.layers[]")) for item in fields.raw("layers")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import time
@@ -21,6 +20,7 @@ from .status import MAX_STATUS_BYTES, NodeStatus
 from .tls import peer_fingerprint, shown_fingerprint
 from .wire.endpoints import ROSTER_PATH, STATUS_PATH
 from .wire.errors import MalformedRecord, Unauthorized
+from .wire.records import read_json
 
 _log = logging.getLogger(__name__)
 
@@ -610,10 +610,7 @@ def _told(whole: dict[str, Any], line: bytes) -> tuple[dict[str, Any], dict[str,
     """Return a node's status as JSON after a line of its stream (the status whole, or what changed in the
     one before), and the change (None: the line was the status whole); raise MalformedRecord for a line
     that is neither."""
-    try:
-        value = json.loads(line)
-    except (ValueError, RecursionError) as exc:
-        raise MalformedRecord(f"a status that is not JSON: {exc}") from None
+    value = read_json(line, "status", MAX_STATUS_BYTES)
     if not isinstance(value, dict):
         raise MalformedRecord("a status that is not a JSON object")
     if value.keys() != {"change"}:

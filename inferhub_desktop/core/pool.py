@@ -49,7 +49,7 @@ from .peers import url_host
 from .tls import shown_fingerprint
 from .wire.endpoints import JOIN_PATH
 from .wire.errors import ConfigError, MalformedRecord, Unauthorized
-from .wire.records import Fields
+from .wire.records import Fields, read_json
 
 POOL_FILE = "pool.json"
 MEMBER_CERT_FILE = "pool-member.crt"
@@ -178,12 +178,7 @@ class Roster:
 
     @classmethod
     def from_bytes(cls, body: bytes) -> Roster:
-        if len(body) > MAX_ROSTER_BYTES:
-            raise MalformedRecord(f"roster of {len(body)} bytes is over {MAX_ROSTER_BYTES}")
-        try:
-            return cls.from_json(json.loads(body))
-        except (ValueError, RecursionError) as exc:
-            raise MalformedRecord(f"roster is not JSON: {exc}") from None
+        return cls.from_json(read_json(body, "roster", MAX_ROSTER_BYTES))
 
 
 def pool_id_of(ca: x509.Certificate) -> str:

@@ -16,7 +16,7 @@ from .backends.base import BackendState
 from .speeds import Speeds
 from .telemetry import Telemetry
 from .wire.errors import MalformedRecord
-from .wire.records import Fields
+from .wire.records import Fields, read_json
 
 # A status's tag changes at least this often, so what moves a little at a time (temperatures, CPU, speeds
 # fading with age) reaches peers too.
@@ -235,13 +235,7 @@ class NodeStatus:
     @classmethod
     def from_bytes(cls, body: bytes) -> NodeStatus:
         """Read a status as it came over HTTP; raise MalformedRecord for one too large or not JSON."""
-        if len(body) > MAX_STATUS_BYTES:
-            raise MalformedRecord(f"status of {len(body)} bytes is over {MAX_STATUS_BYTES}")
-        try:
-            value = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            raise MalformedRecord(f"status is not JSON: {exc}") from None
-        return cls.from_json(value)
+        return cls.from_json(read_json(body, "status", MAX_STATUS_BYTES))
 
 
 def _hex(value: str | None, where: str) -> str | None:

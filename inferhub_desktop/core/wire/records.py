@@ -4,6 +4,7 @@ is in the record."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -11,6 +12,17 @@ from .errors import MalformedRecord
 
 # Larger than any count or size a real node reports (bytes, MiB, tokens): a record claiming more lies.
 MAX_COUNT = 1 << 62
+
+
+def read_json(body: bytes, what: str, limit: int) -> Any:
+    """Parse JSON another process sent, of at most `limit` bytes; raise MalformedRecord naming `what` for
+    one too large or not JSON."""
+    if len(body) > limit:
+        raise MalformedRecord(f"{what} of {len(body)} bytes is over {limit}")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedRecord(f"{what} is not JSON: {exc}") from None
 
 
 class Fields:
