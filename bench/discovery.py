@@ -3,8 +3,10 @@
     python -m bench.discovery [--nodes 2,4,8,16] [--window 30] [--keep DIR]
 
 Each pool size runs on a fresh simulated LAN (tests/lan/netns.py, so root is needed): per host a fake
-Ollama, a sharing node and a watcher printing its peer list whenever it changes; on the switch a counter
-of mDNS datagrams and status polls by sender. Times come from the watchers' own timestamps.
+Ollama and a sharing node; on the switch a counter of mDNS datagrams and status polls by sender. Times
+come from the nodes' logs, which say to the millisecond when each peer enters or leaves the list a node's
+API serves: clients polling 64 nodes' peer lists often enough to time them would use more of this
+machine's two cores than the nodes do, and slow the very join they time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -32,7 +35,6 @@ from tests.support import ROOT
 
 T = TypeVar("T")
 
-WATCHER = ROOT / "tests" / "lan" / "scripts" / "watch_peers.py"
 COUNTER = ROOT / "bench" / "scripts" / "count_packets.py"
 # The switch's bridge, as tests/lan/netns.py names it.
 BRIDGE = "ihlan-br0"
@@ -50,6 +52,15 @@ _REGISTERED_S = 4.0
 _NODE_EXIT_S = 10.0
 _LOG_EXCERPT_LINES = 3
 _NOTEWORTHY = re.compile(r" (WARNING|ERROR|CRITICAL) |Traceback")
+# Written to a node's log as the node is started; the log's own timestamps look the same.
+_STARTED = "bench: node started"
+_LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
+# What a node logs as it starts serving, and as a peer enters or leaves its table (membership.py).
+_LOGGED = re.compile(
+    rf"(?P<at>\S+ \S+) (?:(?P<started>{_STARTED})|INFO inferhub_desktop\.core\."
+    r"(?:node: node '.*' (?P<served>serving) the Ollama API"
+    r"|membership: peer '(?:(?P<joined>[^']+)' joined from |(?P<left>[^']+)' (?:\(|was removed))))"
+)
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float) -> T | None:
@@ -62,13 +73,15 @@ def wait_for(probe: Callable[[], T | None], timeout: float) -> T | None:
 
 @dataclass
 class Member:
-    """One host of the pool: its node, and the files its node and watcher write."""
+    """One host of the pool: its node, and the log its node writes."""
 
     index: int
     host: Host
     work: Path
     node: subprocess.Popen[Any]
-    watcher: subprocess.Popen[Any]
+    served: float | None = None  # when the node last began serving its local API
+    _read: int = 0
+    _views: list[tuple[float, frozenset[str]]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -79,12 +92,30 @@ class Member:
         return self.work / "node.log"
 
     def views(self) -> list[tuple[float, frozenset[str]]]:
-        """Return each peer list the node has shown, as (time, names), oldest first."""
-        lines = (self.work / "watch.log").read_text().splitlines()
-        return [
-            (view["t"], frozenset(p["name"] for p in view["peers"]))
-            for view in (json.loads(line) for line in lines if line.endswith("}"))
-        ]
+        """Return each peer list the node has held, as (time, names), oldest first, read from its log.
+
+        The node logs a peer as it enters or leaves the table its API lists, so the log tells when each
+        list began, to the millisecond, with no client polling 64 nodes for it.
+        """
+        with self.node_log.open("rb") as log:
+            log.seek(self._read)
+            lines = log.read().decode(errors="replace").split("\n")
+        self._read += sum(len(line.encode()) + 1 for line in lines[:-1])
+        for line in lines[:-1]:
+            if not (found := _LOGGED.match(line)):
+                continue
+            at = datetime.strptime(found["at"], _LOG_TIME).timestamp()
+            names = self._views[-1][1] if self._views else frozenset()
+            if found["started"]:  # a start, or a restart: no peers yet
+                names, self.served = frozenset(), None
+            elif found["served"]:
+                self.served = at
+            elif found["joined"]:
+                names = names | {found["joined"]}
+            else:
+                names = names - {found["left"]}
+            self._views.append((at, names))
+        return self._views
 
 
 def start_node(host: Host, index: int, work: Path) -> subprocess.Popen[Any]:
@@ -93,6 +124,8 @@ def start_node(host: Host, index: int, work: Path) -> subprocess.Popen[Any]:
     args += [f"node{index}", "--config-dir", str(work / "config"), "--interface", host.ip]
     args += ["--backend", "http://127.0.0.1:11434"]
     with (work / "node.log").open("a") as out:
+        out.write(f"{datetime.now().strftime(_LOG_TIME)[:-3]} {_STARTED}\n")
+        out.flush()
         return host.popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -106,16 +139,8 @@ def start_fake(host: Host, index: int, work: Path) -> Path:
 
 
 def start_member(host: Host, index: int, work: Path) -> Member:
-    """Start a node and a peer-list watcher on `host`, whose fake Ollama is listening."""
-    node = start_node(host, index, work)
-    with (work / "watch.log").open("w") as out:
-        watcher = host.popen(
-            [sys.executable, str(WATCHER), LOCAL_API, str(work / "config")],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return Member(index, host, work, node, watcher)
+    """Start a node on `host`, whose fake Ollama is listening."""
+    return Member(index, host, work, start_node(host, index, work))
 
 
 def first_time(
@@ -264,7 +289,7 @@ def full_view(members: list[Member]) -> Callable[[Member, frozenset[str]], bool]
 
 
 def start_pool(lan: Lan, work: Path, row: Row) -> tuple[list[Member], float | None]:
-    """Start the fakes, then the nodes and watchers; return the members and when the last one answered."""
+    """Start the fakes, then the nodes; return the members and when the last one served."""
     fake_logs = [start_fake(host, i, work / f"node{i}") for i, host in enumerate(lan.hosts)]
 
     def listening() -> bool | None:
@@ -277,12 +302,14 @@ def start_pool(lan: Lan, work: Path, row: Row) -> tuple[list[Member], float | No
     members = [start_member(host, i, work / f"node{i}") for i, host in enumerate(lan.hosts)]
 
     def first_views() -> list[float] | None:
-        views = [m.views() for m in members]
-        return [v[0][0] for v in views] if all(views) else None
+        for member in members:
+            member.views()
+        served = [m.served for m in members if m.served is not None]
+        return served if len(served) == len(members) else None
 
     answered = wait_for(first_views, _UP_TIMEOUT_S)
     if answered is None:
-        row.notes.append(f"not every node answered on its local API within {_UP_TIMEOUT_S:.0f} s")
+        row.notes.append(f"not every node served its local API within {_UP_TIMEOUT_S:.0f} s")
         return members, None
     row.up_s = max(answered) - started
     return members, max(answered)
@@ -304,18 +331,6 @@ def measure_join(members: list[Member], up: float, counter: Counter, before: Sna
     return True
 
 
-@contextlib.contextmanager
-def paused(procs: list[subprocess.Popen[Any]]) -> Iterator[None]:
-    """Stop `procs` (SIGSTOP) for the duration, so their polling does not count in the nodes' CPU."""
-    for proc in procs:
-        proc.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGCONT)
-
-
 def measure_steady(members: list[Member], up: float, counter: Counter, window: float, row: Row) -> None:
     """Let the browsers' start-up queries end, then count traffic and node CPU over `window` seconds."""
     ips = [m.host.ip for m in members]
@@ -324,11 +339,10 @@ def measure_steady(members: list[Member], up: float, counter: Counter, window: f
     start = counter.snapshot()
     row.settle_mdns = sent(joined, start, ips)[0]
     nodes = [psutil.Process(m.node.pid) for m in members]
-    with paused([m.watcher for m in members]):
-        cpu_before = [sum(p.cpu_times()[:2]) for p in nodes]
-        time.sleep(window)
-        end = counter.snapshot()
-        cpu_after = [sum(p.cpu_times()[:2]) for p in nodes]
+    cpu_before = [sum(p.cpu_times()[:2]) for p in nodes]
+    time.sleep(window)
+    end = counter.snapshot()
+    cpu_after = [sum(p.cpu_times()[:2]) for p in nodes]
     seconds = end.t - start.t
     packets, sizes, polls = sent(start, end, ips)
     row.steady_mdns_per_min = [p * 60 / seconds for p in packets]
@@ -392,9 +406,6 @@ def log_notes(members: list[Member]) -> list[str]:
 
 def stop_nodes(members: list[Member]) -> None:
     """Stop the nodes still running, all at once as at a LAN-wide shutdown, before their backends go."""
-    for member in members:  # a client polling a stopping node is another test
-        member.watcher.terminate()
-        member.watcher.wait(timeout=_NODE_EXIT_S)
     running = [m.node for m in members if m.node.poll() is None]
     for node in running:
         node.send_signal(signal.SIGTERM)
@@ -444,7 +455,7 @@ _COLUMNS = [
 def print_header(window: float) -> None:
     """Print what the columns mean, then their titles."""
     print(
-        f"""up: nodes started until the last one answers locally; join: from then until every node lists all
+        f"""up: nodes started until the last one serves locally; join: from then until every node lists all
   the others (node p50/max: each node's own time);
 mDNS datagrams sent by each node, mean/max: join: from start to the join; settle: from the join until
   {_SETTLE_S:.0f} s after 'up', when the browsers' start-up queries are over; steady/min: per minute over

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -34,6 +35,9 @@ _TERM_GRACE_S = 3.0
 _KILL_WAIT_S = 5.0
 _POLL_S = 0.02
 _RUN_PREFIX = re.compile(rf"^{LEFTOVER_PREFIX}(\d+)-")
+# The kernel's ARP table is one for all namespaces, sized for one machine (gc_thresh3 = 1024 by default).
+_NEIGHBOUR_LIMITS = Path("/proc/sys/net/ipv4/neigh/default")
+_NEIGHBOUR_KNOBS = ("gc_thresh2", "gc_thresh3")
 
 _lan_numbers = itertools.count()
 
@@ -165,6 +169,44 @@ def _stop_processes(procs: list[subprocess.Popen[Any]], namespaces: list[str], g
                 pipe.close()
 
 
+class _NeighbourRoom:
+    """Room in the kernel's one ARP table for every host of the LANs open in this process.
+
+    Each host keeps an entry for every peer it talks to and one for the mDNS group, so 40 hosts that all
+    talk to each other need 1,640 entries. Past gc_thresh3 the kernel refuses new ones ("neighbor table
+    overflow"), and the last hosts to start can send nothing, multicast included, while a real machine
+    with its own table would. The limits are raised while such LANs are open, and put back after.
+    """
+
+    def __init__(self) -> None:
+        self._hosts = 0
+        self._saved: dict[str, str] = {}
+
+    def _write(self, limits: dict[str, str]) -> None:
+        for name, value in limits.items():
+            (_NEIGHBOUR_LIMITS / name).write_text(value)
+
+    def add(self, hosts: int) -> None:
+        """Make room for `hosts` more hosts."""
+        self._hosts += hosts
+        needed = self._hosts * (self._hosts + 1)
+        current = {name: (_NEIGHBOUR_LIMITS / name).read_text().strip() for name in _NEIGHBOUR_KNOBS}
+        if needed <= int(current["gc_thresh2"]):
+            return
+        self._saved = self._saved or current
+        self._write({"gc_thresh2": str(needed), "gc_thresh3": str(2 * needed)})
+
+    def remove(self, hosts: int) -> None:
+        """Give back the room of `hosts` hosts, and the kernel's own limits once no LAN is left."""
+        self._hosts -= hosts
+        if self._hosts == 0 and self._saved:
+            self._write(self._saved)
+            self._saved = {}
+
+
+_neighbour_room = _NeighbourRoom()
+
+
 class Host:
     """One machine on the LAN: a namespace whose eth0 is cabled to a port of the switch."""
 
@@ -217,6 +259,7 @@ class Lan:
         self._term_grace_s = term_grace_s
         self._procs: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
+        self._roomed = False
         self.hosts = [
             Host(f"{self.prefix}h{i}", _host_address(i), self.switch, f"ihlan-p{i}", self._procs)
             for i in range(count)
@@ -254,6 +297,8 @@ class Lan:
 
     def _build(self) -> None:
         """Create the switch, then cable in each host."""
+        _neighbour_room.add(len(self.hosts))
+        self._roomed = True
         self._add_namespace(self.switch)
         # Without snooping the bridge floods multicast, so mDNS works with no IGMP querier on the LAN.
         _ip_batch(
@@ -297,6 +342,9 @@ class Lan:
                 except NetnsError as error:
                     errors.append(str(error))
             self._created.clear()
+            if self._roomed:
+                _neighbour_room.remove(len(self.hosts))
+                self._roomed = False
         if errors:
             raise NetnsError("; ".join(errors))
 

@@ -146,6 +146,15 @@ def test_tcp_crosses_the_bridge() -> None:
     assert result.stdout == f"{token} to {b.ip}\n"
 
 
+def test_a_big_lan_has_room_in_the_kernels_arp_table_and_gives_it_back() -> None:
+    limit = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+    before = int(limit.read_text())
+    hosts = 40  # 40 hosts that all talk to each other and to the mDNS group: 1,640 entries
+    with Lan(hosts):
+        assert int(limit.read_text()) >= hosts * (hosts + 1)
+    assert int(limit.read_text()) == before
+
+
 def test_mdns_announcement_reaches_the_other_host() -> None:
     token = secrets.token_hex(4)
     with Lan(2) as lan:
