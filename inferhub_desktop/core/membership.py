@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from .api.feed import FEED_TYPE, HEARTBEAT_S, apply_change
-from .backends.http1 import Http1Client, HttpError, Response
+from .backends.http1 import VANISHED_S, Http1Client, HttpError, Response
 from .discovery import Discovery, DiscoveryFailed
 from .peers import AddressState, Peer, PeerAnnouncement, PeerTable, encode_txt, url_host
 from .pool import MAX_ROSTER_BYTES, PrivatePool, Roster
@@ -28,13 +28,18 @@ _log = logging.getLogger(__name__)
 # often; a stream that ends is asked for again at once.
 _PEER_POLL_S = 1.0
 _PEER_POLL_TIMEOUT_S = 0.8
-# A peer that has told nothing for this long is gone (crashed, or its link is down): it misses two
-# heartbeats. A crashed peer's stream ends at once, and the peer with it when it cannot be asked again.
-_PEER_TTL_S = 2 * HEARTBEAT_S + 1.0
+# A polled peer that has told nothing for this long is gone (crashed, or its link is down).
+_PEER_TTL_S = 4.0
+# A streamed peer is watched by the kernel instead: a crashed one's stream is cut at once, and TCP
+# keepalive cuts the stream of one whose machine vanished (cable out, power lost, asleep) within
+# VANISHED_S. Only a process that hangs on a live machine goes quiet: after two missed heartbeats.
+_STREAM_QUIET_S = 2 * HEARTBEAT_S + 1.0
 # How a peer that is asked again at once, and does not answer, has left: it said so (a goodbye on mDNS,
 # or its stream ended), or its stream was cut (its process died).
 _LEFT = "left the pool"
 _CUT = "stopped answering (its connection was cut)"
+# How a peer whose machine no longer answers TCP has left; it is not asked again first.
+_VANISHED = f"stopped answering (its machine went silent for {VANISHED_S} s)"
 # Peers gone quiet are looked for this often.
 _EXPIRE_CHECK_S = 0.5
 # This node's TXT record changes at most this often, so a busy node does not flood the LAN.
@@ -380,15 +385,20 @@ class Membership:
             # The status as JSON, which each change told is applied to.
             whole: dict[str, Any] = {}
             rtt_s: float | None = time.monotonic() - sent
-            lines = _lines(reply, MAX_STATUS_BYTES, _PEER_TTL_S)
+            lines = _lines(reply, MAX_STATUS_BYTES, _STREAM_QUIET_S)
             while True:
                 try:
                     line = await anext(lines, None)
                 except HttpError as exc:
-                    # Cut (its process died, say) rather than gone quiet: it is asked again at once, as
-                    # after a clean end, and leaves if it does not answer.
                     _log.debug("the status stream of %s:%d was cut: %s", host, port, exc)
-                    self._goodbyes[endpoint] = _CUT
+                    if isinstance(exc.__cause__, TimeoutError):
+                        # Keepalive's verdict: the machine is gone, and asking it would only wait.
+                        self._goodbyes[endpoint] = _VANISHED
+                        self._said_goodbye(endpoint)
+                    else:
+                        # Cut (its process died, say): it is asked again at once, as after a clean
+                        # end, and leaves if it does not answer.
+                        self._goodbyes[endpoint] = _CUT
                     break
                 if line is None:
                     break
@@ -399,7 +409,7 @@ class Membership:
                         if change is not None
                         else NodeStatus.from_json(whole)
                     )
-                    await self._take(endpoint, told, shown, pool, rtt_s)
+                    await self._take(endpoint, told, shown, pool, rtt_s, _STREAM_QUIET_S)
                     rtt_s = None
                 elif told is not None:
                     # A heartbeat: the peer is alive, and a goodbye heard for it was not its own. One
@@ -409,7 +419,7 @@ class Membership:
                     if self.table.heard(told.node_id, time.monotonic()):
                         self._answered(told.node_id)
                     else:
-                        await self._take(endpoint, told, shown, pool, None)
+                        await self._take(endpoint, told, shown, pool, None, _STREAM_QUIET_S)
         return True
 
     async def _take(
@@ -419,9 +429,11 @@ class Membership:
         shown: str,
         pool: PrivatePool | None,
         rtt_s: float | None,
+        quiet_s: float | None = None,
     ) -> None:
         """Take a status a node told: as a peer's if it is one (its certificate names it), else raise
-        MalformedRecord or Unauthorized saying why not. `rtt_s` is how long its answer took, where known."""
+        MalformedRecord or Unauthorized saying why not. `rtt_s` is how long its answer took, where known;
+        `quiet_s` how long it may then stay silent (None: the TTL of a polled peer)."""
         host, port = endpoint
         if pool is not None:
             member = pool.roster.member_by_fingerprint(shown)
@@ -447,7 +459,7 @@ class Membership:
             self._learnt_tls[endpoint] = shown
         self._ignored.pop(endpoint, None)
         self._reached(endpoint, "reached", announcement.name)
-        if self.table.seen(announcement, status, time.monotonic(), rtt_s=rtt_s):
+        if self.table.seen(announcement, status, time.monotonic(), rtt_s=rtt_s, quiet_s=quiet_s):
             _log.info("peer %r joined from %s:%d", announcement.name, host, port)
             if peer := self.table.get(announcement.node_id):
                 self._joined(peer)

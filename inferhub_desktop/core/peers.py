@@ -246,6 +246,9 @@ class PeerTable:
         self._peers: dict[str, Peer] = {}
         # When each peer's last heartbeat came, where one came after its last status.
         self._heard: dict[str, float] = {}
+        # How long each peer may stay silent, where it is not the TTL (a stream's heartbeats are sparser
+        # than polls).
+        self._quiet_s: dict[str, float] = {}
 
     def __iter__(self) -> Iterator[Peer]:
         return iter(sorted(self._peers.values(), key=lambda p: (p.announcement.name, p.node_id)))
@@ -257,12 +260,22 @@ class PeerTable:
         return self._peers.get(node_id)
 
     def seen(
-        self, announcement: PeerAnnouncement, status: NodeStatus, now: float, rtt_s: float | None = 0.0
+        self,
+        announcement: PeerAnnouncement,
+        status: NodeStatus,
+        now: float,
+        rtt_s: float | None = 0.0,
+        quiet_s: float | None = None,
     ) -> bool:
         """Record that a peer told this status, having answered after `rtt_s` (None: a status it told
-        unasked, which says nothing of its round trip); return whether it is new."""
+        unasked, which says nothing of its round trip); it is dropped after `quiet_s` of silence (None:
+        the TTL). Return whether it is new."""
         if announcement.node_id == self._own_id:
             return False
+        if quiet_s is None:
+            self._quiet_s.pop(announcement.node_id, None)
+        else:
+            self._quiet_s[announcement.node_id] = quiet_s
         old = self._peers.get(announcement.node_id)
         if rtt_s is None:
             rtt_s = old.rtt_s if old is not None else 0.0
@@ -281,15 +294,17 @@ class PeerTable:
     def remove(self, node_id: str) -> Peer | None:
         """Drop a peer that said goodbye; return it if it was there."""
         self._heard.pop(node_id, None)
+        self._quiet_s.pop(node_id, None)
         return self._peers.pop(node_id, None)
 
     def expire(self, now: float) -> list[Peer]:
-        """Drop and return the peers that have not answered for longer than the TTL."""
-        heard = self._heard
+        """Drop and return the peers that have been silent for longer than they may be."""
+        heard, quiet_s = self._heard, self._quiet_s
         gone = [
-            p for p in self._peers.values() if now - max(p.last_seen, heard.get(p.node_id, 0.0)) > self._ttl_s
+            p
+            for p in self._peers.values()
+            if now - max(p.last_seen, heard.get(p.node_id, 0.0)) > quiet_s.get(p.node_id, self._ttl_s)
         ]
         for peer in gone:
-            del self._peers[peer.node_id]
-            heard.pop(peer.node_id, None)
+            self.remove(peer.node_id)
         return gone

@@ -90,3 +90,16 @@ def test_the_table_tracks_peers_expires_silent_ones_and_never_lists_itself() -> 
     assert removed is not None
     assert removed.announcement == other
     assert len(table) == 0
+
+
+def test_a_peer_may_stay_silent_as_long_as_it_was_told_and_a_heartbeat_restarts_the_wait() -> None:
+    table = PeerTable(own_id="own", ttl_s=3.0)
+    streamed = PeerAnnouncement(**{**ANN.__dict__, "node_id": str(uuid.uuid4()), "name": "streamed"})
+    table.seen(ANN, {}, now=0.0)
+    table.seen(streamed, {}, now=0.0, quiet_s=21.0)
+    assert [p.node_id for p in table.expire(now=3.1)] == [NODE_ID]
+    assert table.heard(streamed.node_id, now=20.0)
+    assert table.expire(now=40.9) == []
+    # Polled again (no quiet_s): the TTL holds once more.
+    table.seen(streamed, {}, now=41.0)
+    assert [p.node_id for p in table.expire(now=44.1)] == [streamed.node_id]

@@ -4,7 +4,10 @@ every second.
 A peer asks for the status with `Accept: application/x-ndjson` and keeps the answer open: the status,
 whole, as one JSON line; then, whenever its tag changes (looked at every CHANGE_CHECK_S, so a busy node's
 load goes out at most that often), what changed, as `{"change": {...}}` (see `changed`); and an empty
-line every HEARTBEAT_S while nothing changed, which is how the peer knows this node is alive.
+line every HEARTBEAT_S while nothing changed, which is how the peer knows this node's process is alive.
+Whether its machine is still there is TCP keepalive's to tell, on both ends: the kernel's probes cost
+neither node a wake-up, where heartbeats often enough to notice an unplugged cable within seconds would
+wake both for every peer every second or two.
 
 The stream ends cleanly when this node stops (or its share API restarts), and at once for a follower
 that is no longer let in. Every follower is woken by the same tick, so a hundred followers cost one
@@ -22,14 +25,20 @@ from typing import Any
 from aiohttp import web
 
 from ..status import NodeStatus
+from ..wire.keepalive import keep_alive
 
 FEED_TYPE = "application/x-ndjson"
 # A change is told within this; changes within it are told once, as the status at its end.
 CHANGE_CHECK_S = 0.25
 # An empty line this often while nothing changed; a follower that hears nothing for a few of them takes
-# this node to be gone (an unplugged cable ends no stream).
-HEARTBEAT_S = 1.5
+# this node's process to be hung.
+HEARTBEAT_S = 10.0
 _HEARTBEAT = b"\n"
+# A follower whose machine vanished is let go after this long without a word from it (acknowledgements
+# of our heartbeats included) and that many unanswered probes, a second apart: TCP alone would hold its
+# connection for the ~15 minutes it retries a heartbeat.
+_FOLLOWER_IDLE_S = 10
+_FOLLOWER_PROBES = 3
 
 
 class StatusFeed:
@@ -62,6 +71,14 @@ class StatusFeed:
         response = web.StreamResponse(headers={"Content-Type": FEED_TYPE, "Cache-Control": "no-store"})
         response.enable_chunked_encoding()
         told = -1
+        if request.transport is not None:
+            keep_alive(
+                request.transport.get_extra_info("socket"),
+                idle_s=_FOLLOWER_IDLE_S,
+                interval_s=1,
+                probes=_FOLLOWER_PROBES,
+                writes_too=True,
+            )
         try:
             await response.prepare(request)
             while let_in():

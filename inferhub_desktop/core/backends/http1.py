@@ -8,7 +8,6 @@ to each request compared with aiohttp's client (see bench/proxy_overhead.py).
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -19,17 +18,19 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..tls import peer_fingerprint, pinning_context
 from ..wire.errors import BackendUnavailable, InferhubError
+from ..wire.keepalive import keep_alive
 
 # Header blocks and chunk-size lines longer than this are not HTTP a backend would send.
 _LINE_LIMIT = 1 << 20
 _READ_SIZE = 1 << 16
 # Statuses whose replies never have a body (RFC 9110 6.4.1).
 _NO_BODY_STATUSES = frozenset({204, 304})
-# TCP keepalive: a machine that vanished (power lost, link down) is noticed within about 5 s even
-# while a reply is awaited, where a model load may rightly hold the first byte for minutes.
+# TCP keepalive: a machine that vanished (power lost, link down) is noticed within 4 s even while a
+# reply is awaited, where a model load may rightly hold the first byte for minutes, and a peer's status
+# stream stays quiet between heartbeats.
+VANISHED_S = 4
 _KEEPALIVE_IDLE_S = 2
 _KEEPALIVE_INTERVAL_S = 1
-_KEEPALIVE_PROBES = 3
 
 
 class HttpError(InferhubError):
@@ -192,7 +193,12 @@ class Http1Client:
             raise HttpError(
                 f"its TLS certificate {shown[:16]}… is not the one its record pins, {self._pin[:16]}…"
             )
-        _keep_alive(writer)
+        keep_alive(
+            writer.get_extra_info("socket"),
+            idle_s=_KEEPALIVE_IDLE_S,
+            interval_s=_KEEPALIVE_INTERVAL_S,
+            probes=(VANISHED_S - _KEEPALIVE_IDLE_S) // _KEEPALIVE_INTERVAL_S,
+        )
         return Connection(reader, writer)
 
     async def _exchange(
@@ -224,22 +230,6 @@ class Http1Client:
             return await _read_head(connection, method)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             raise connection.error(exc) from exc
-
-
-def _keep_alive(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    # Linux names; macOS has TCP_KEEPALIVE for the idle time, Windows none of them through setsockopt.
-    for option, value in (
-        ("TCP_KEEPIDLE", _KEEPALIVE_IDLE_S),
-        ("TCP_KEEPALIVE", _KEEPALIVE_IDLE_S),
-        ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL_S),
-        ("TCP_KEEPCNT", _KEEPALIVE_PROBES),
-    ):
-        if hasattr(socket, option):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 async def _send_stream(writer: asyncio.StreamWriter, body: StreamReader, *, chunked: bool) -> None:
