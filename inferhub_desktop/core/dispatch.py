@@ -17,8 +17,9 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from .api.admission import DEFAULT_COST, Admission, Turn
@@ -84,6 +85,9 @@ class Conversations:
         return dict(self._entries)
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 class InFlight:
     """The requests this node has in flight at each node, with their models, until each ends: routing sees
     them, and their models as loaded, before the node's status can."""
@@ -108,6 +112,31 @@ class InFlight:
     def models(self, node_id: str) -> set[str]:
         """Return the models of the requests at a node."""
         return {model for _, model in self._sent.get(node_id, ()) if model}
+
+    def at(self, node_id: str, moment: float) -> tuple[int, AbstractSet[str]]:
+        """Return `since(node_id, moment)` and `models(node_id)` at once."""
+        if node_id not in self._sent:  # most nodes, most of the time
+            return 0, _NONE
+        return self.since(node_id, moment), self.models(node_id)
+
+
+class _Lately(NamedTuple):
+    """What the router knows of a peer beyond its status: its round trip, its breaker, and the requests
+    this node sent it since the status was taken, with their models."""
+
+    rtt_s: float
+    breaker: str | None
+    sent: int
+    coming: AbstractSet[str]
+
+
+class _View(NamedTuple):
+    """A peer as the last decision saw it: its status, read once (`base`), and brought up to then."""
+
+    status: NodeStatus
+    base: RouterNode
+    lately: _Lately
+    now: RouterNode
 
 
 class Dispatcher:
@@ -147,7 +176,7 @@ class Dispatcher:
         self.conversations = Conversations()
         self.in_flight = InFlight()
         # Each peer's view, made once from the status it came with.
-        self._views: dict[str, tuple[NodeStatus, RouterNode]] = {}
+        self._views: dict[str, _View] = {}
         # The connections kept to each peer's share API.
         self._links: dict[str, OllamaBackend] = {}
         # The models a peer's request loaded on this machine's backend, which the owner has not used since.
@@ -258,21 +287,18 @@ class Dispatcher:
                 coming=self.in_flight.models(own.node_id),
             )
         ]
-        views: dict[str, tuple[NodeStatus, RouterNode]] = {}
+        views: dict[str, _View] = {}
         for peer in self._peers() or ():
-            cached = self._views.get(peer.node_id)
-            if cached is None or cached[0] is not peer.status:
-                cached = (peer.status, router_node(peer.status, local=False))
-            views[peer.node_id] = cached
-            nodes.append(
-                now_at(
-                    cached[1],
-                    rtt_s=peer.rtt_s,
-                    breaker=self._breaker(peer.node_id),
-                    sent=self.in_flight.since(peer.node_id, peer.last_seen),
-                    coming=self.in_flight.models(peer.node_id),
-                )
-            )
+            node_id = peer.announcement.node_id
+            cached = self._views.get(node_id)
+            lately = _Lately(peer.rtt_s, self._breaker(node_id), *self.in_flight.at(node_id, peer.last_seen))
+            if cached is None or cached.status is not peer.status:
+                base = router_node(peer.status, local=False)
+                cached = _View(peer.status, base, lately, now_at(base, **lately._asdict()))
+            elif cached.lately != lately:
+                cached = _View(peer.status, cached.base, lately, now_at(cached.base, **lately._asdict()))
+            views[node_id] = cached
+            nodes.append(cached.now)
         # Peers gone since are forgotten with their statuses.
         self._views = views
         return Snapshot(tuple(nodes), self.conversations.live(now))

@@ -249,9 +249,13 @@ class PeerTable:
         # How long each peer may stay silent, where it is not the TTL (a stream's heartbeats are sparser
         # than polls).
         self._quiet_s: dict[str, float] = {}
+        self._ordered: list[Peer] | None = None
 
     def __iter__(self) -> Iterator[Peer]:
-        return iter(sorted(self._peers.values(), key=lambda p: (p.announcement.name, p.node_id)))
+        # Sorted once per change, not at every routing decision.
+        if self._ordered is None:
+            self._ordered = sorted(self._peers.values(), key=lambda p: (p.announcement.name, p.node_id))
+        return iter(self._ordered)
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -282,6 +286,7 @@ class PeerTable:
         elif old is not None:
             rtt_s = (1 - _RTT_SMOOTHING) * old.rtt_s + _RTT_SMOOTHING * rtt_s
         self._peers[announcement.node_id] = Peer(announcement, status, now, rtt_s)
+        self._ordered = None
         return old is None
 
     def heard(self, node_id: str, now: float) -> bool:
@@ -295,6 +300,7 @@ class PeerTable:
         """Drop a peer that said goodbye; return it if it was there."""
         self._heard.pop(node_id, None)
         self._quiet_s.pop(node_id, None)
+        self._ordered = None
         return self._peers.pop(node_id, None)
 
     def expire(self, now: float) -> list[Peer]:
