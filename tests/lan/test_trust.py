@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from inferhub_desktop.core import PrivatePool
@@ -323,6 +324,37 @@ def test_connections_held_under_the_rate_limit_leave_the_node_answering(tmp_path
             assert opened >= 200
             assert still_open <= 64
             assert "node1" in node.peers()
+            assert generate(node)["status"] == 200
+        finally:
+            print(f"--- node0 log\n{node.node_log.read_text()[-3000:]}")
+
+
+def test_status_streams_held_under_the_rate_limit_leave_the_node_answering(tmp_path: Path) -> None:
+    """A host following a node's status stream again and again just under the rate limit, and holding
+    every stream, to make the node write to as many followers as it can: it is held to its share of
+    connections, the node still follows its real peer, and its own API answers."""
+    with Lan(2) as lan:
+        fakes = [["--model", "llama3:latest", "--loaded", "llama3:latest"], []]
+        node, attacker = start_machines(lan, tmp_path, fakes, lambda i: [], nofile=1024)
+        try:
+            wait_for(lambda: set(node.peers()) == {"node1"}, 20, "node0 seeing node1")
+            process = psutil.Process(node.node.pid)
+            cpu_before = sum(process.cpu_times()[:2])
+            flood = attacker.host.run(
+                [sys.executable, "tests/lan/scripts/follow_flood.py", node.host.ip, "11436", "19", "12"],
+                timeout=60,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+            cpu_s = sum(process.cpu_times()[:2]) - cpu_before
+            assert flood.returncode == 0, flood.stderr
+            opened, streaming = map(int, flood.stdout.split())
+            print(f"{opened} streams asked for at 19/s, {streaming} still streaming; node CPU {cpu_s:.2f} s")
+            assert opened >= 200
+            assert 0 < streaming <= 64
+            assert "node1" in node.peers()
+            assert "node0" in attacker.peers()
             assert generate(node)["status"] == 200
         finally:
             print(f"--- node0 log\n{node.node_log.read_text()[-3000:]}")
