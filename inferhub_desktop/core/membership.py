@@ -246,6 +246,7 @@ class Membership:
             del self._candidates[endpoint]
             self._advertised_pools.pop(endpoint, None)
             self._advertised_tls.pop(endpoint, None)
+            self._poll_now.set()  # its follower stops
         for peer in self.table:
             if peer.announcement.endpoint == endpoint:
                 self.table.remove(peer.node_id)
@@ -255,40 +256,54 @@ class Membership:
 
     async def _poll(self) -> None:
         """Keep one follower per node that may be a peer, and drop the peers that went quiet."""
+        pool = self._pool()
+        looked = True  # woken because something changed, not by the clock
         while True:
             self._poll_now.clear()
-            pool = self._pool()
-            pool_id = pool.pool_id if pool else ""
-            # Nodes that advertise another pool are not asked; those reached by address prove theirs by
-            # their certificates.
-            wanted = {
-                endpoint
-                for endpoint, how in self._candidates.items()
-                if how == "static" or self._advertised_pools.get(endpoint, "") == pool_id
-            }
-            # Statuses kept are those of the nodes still asked.
-            self._known = {e: known for e, known in self._known.items() if e in wanted}
-            for endpoint, (task, followed) in list(self._followers.items()):
-                # A follower for another pool (its TLS and its checks) starts anew.
-                if endpoint not in wanted or followed is not pool or task.done():
-                    task.cancel()
-                    del self._followers[endpoint]
-                    self._wakes.pop(endpoint, None)
-            for endpoint in wanted - self._followers.keys():
-                task = asyncio.create_task(self._follow(endpoint, pool), name=f"follow-{endpoint[0]}")
-                self._followers[endpoint] = (task, pool)
+            # What is followed changes only with what woke this loop (a record heard or gone, peers
+            # named, the pool or its roster, a follower ended), so a pool of hundreds costs no rebuild
+            # at every check.
+            if looked or self._pool() is not pool:
+                pool = self._pool()
+                self._follow_wanted(pool)
             for peer in self.table.expire(time.monotonic()):
                 _log.info(
                     "peer %r (%s:%d) stopped answering", peer.announcement.name, *peer.announcement.endpoint
                 )
                 self._left(peer, f"peer {peer.announcement.name!r} stopped answering")
+            looked = False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_EXPIRE_CHECK_S):
                     await self._poll_now.wait()
+                    looked = True
                     # Asked to look now (a record heard, peers named, the roster changed): the nodes
                     # waiting for their next poll are asked at once; a stream tells without asking.
                     for wake in self._wakes.values():
                         wake.set()
+
+    def _follow_wanted(self, pool: PrivatePool | None) -> None:
+        """Keep one follower for each node that may be a peer, and none for the others."""
+        pool_id = pool.pool_id if pool else ""
+        # Nodes that advertise another pool are not asked; those reached by address prove theirs by
+        # their certificates.
+        wanted = {
+            endpoint
+            for endpoint, how in self._candidates.items()
+            if how == "static" or self._advertised_pools.get(endpoint, "") == pool_id
+        }
+        # Statuses kept are those of the nodes still asked.
+        self._known = {e: known for e, known in self._known.items() if e in wanted}
+        for endpoint, (task, followed) in list(self._followers.items()):
+            # A follower for another pool (its TLS and its checks) starts anew.
+            if endpoint not in wanted or followed is not pool or task.done():
+                task.cancel()
+                del self._followers[endpoint]
+                self._wakes.pop(endpoint, None)
+        for endpoint in wanted - self._followers.keys():
+            task = asyncio.create_task(self._follow(endpoint, pool), name=f"follow-{endpoint[0]}")
+            # A follower never ends of itself; one that does (a bug) is started again.
+            task.add_done_callback(lambda _: self._poll_now.set())
+            self._followers[endpoint] = (task, pool)
 
     async def _follow(self, endpoint: tuple[str, int], pool: PrivatePool | None) -> None:
         """Follow one node's status for as long as this node wants it: its stream of changes, asked for

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -250,6 +251,8 @@ class PeerTable:
         # than polls).
         self._quiet_s: dict[str, float] = {}
         self._ordered: list[Peer] | None = None
+        # No peer can go silent for too long before this: the expiry check skips its scan until then.
+        self._due = math.inf
 
     def __iter__(self) -> Iterator[Peer]:
         # Sorted once per change, not at every routing decision.
@@ -280,6 +283,7 @@ class PeerTable:
             self._quiet_s.pop(announcement.node_id, None)
         else:
             self._quiet_s[announcement.node_id] = quiet_s
+        self._due = min(self._due, now + (self._ttl_s if quiet_s is None else quiet_s))
         old = self._peers.get(announcement.node_id)
         if rtt_s is None:
             rtt_s = old.rtt_s if old is not None else 0.0
@@ -305,12 +309,16 @@ class PeerTable:
 
     def expire(self, now: float) -> list[Peer]:
         """Drop and return the peers that have been silent for longer than they may be."""
+        if now <= self._due:
+            return []
         heard, quiet_s = self._heard, self._quiet_s
-        gone = [
-            p
-            for p in self._peers.values()
-            if now - max(p.last_seen, heard.get(p.node_id, 0.0)) > quiet_s.get(p.node_id, self._ttl_s)
-        ]
+        gone, self._due = [], math.inf
+        for peer in self._peers.values():
+            due = max(peer.last_seen, heard.get(peer.node_id, 0.0)) + quiet_s.get(peer.node_id, self._ttl_s)
+            if now > due:
+                gone.append(peer)
+            else:
+                self._due = min(self._due, due)
         for peer in gone:
             self.remove(peer.node_id)
         return gone
