@@ -19,8 +19,9 @@ from .wire.errors import MalformedRecord
 from .wire.records import Fields, read_json
 
 # A status's tag changes at least this often, so what moves a little at a time (temperatures, CPU, speeds
-# fading with age) reaches peers too.
-TAG_MAX_AGE_S = 30.0
+# fading with age) reaches peers too. At 256 peers, each told a minute's drift once a minute is half of
+# an idle node's traffic; what routing acts on changes the tag at once.
+TAG_MAX_AGE_S = 60.0
 # Free VRAM and a GPU's load count as changed in steps of these.
 _TAG_VRAM_STEP_MIB = 256
 _TAG_LOAD_STEP_PCT = 10
