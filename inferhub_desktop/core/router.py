@@ -11,6 +11,7 @@ node that already holds the conversation, else to this machine.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -42,6 +43,8 @@ CONVERSATION_FRACTION = 0.25
 
 _GIB = 1 << 30
 _MIB = 1 << 20
+# What a node has learnt of a model it has not run.
+_NO_FIGURES = ModelFigures()
 # Endpoints that only embed, and reads that name a model; the rest generate.
 _EMBEDDINGS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
 _READS = frozenset({"/api/show", "/v1/models/:model"})
@@ -151,7 +154,12 @@ class Ranked:
 
     node: RouterNode
     estimate: Estimate
-    basis: str
+    # Put in words only when a route is explained, not for every node at every decision.
+    wording: str | Callable[[], str]
+
+    @property
+    def basis(self) -> str:
+        return self.wording if isinstance(self.wording, str) else self.wording()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,30 +354,23 @@ def _rank(request: RouteRequest, node: RouterNode, pool: _Pool) -> Ranked:
     model = request.model or ""
     if request.read:
         return Ranked(node, Estimate(rtt_s=node.rtt_s), "a read: only the round trip counts")
-    figures = node.figures.get(model, ModelFigures())
-    basis: list[str] = []
+    figures = node.figures.get(model, _NO_FIGURES)
 
+    tokens, per_token = 0, 0.0
     if request.generates:
         tokens = _expected_tokens(request, model, pool)
         # Blended as seconds per token, the quantity that adds up; one sample soon outweighs the prior.
         per_token = _blend(_inverse(figures.tokens_per_s), 1.0 / _speed_prior(node, model, pool))
         run_s = tokens * per_token + _blend(figures.prompt_s, 0.0)
-        shown = figures.tokens_per_s
-        basis.append(
-            f"{1 / per_token:.0f} tok/s "
-            + (f"(learnt from {shown.weight:.1f} replies)" if shown else "(not measured yet)")
-            + f" x {tokens} tokens"
-        )
     else:
         run_s = _blend(figures.run_s, DEFAULT_EMBED_S)
 
     load_s = evict_s = 0.0
-    if model in node.loaded:
-        basis.append("loaded")
-    else:
+    # What an eviction would cost: the model that goes, its reload, and the room and size that force it.
+    evicts: tuple[str, float, int, int] | None = None
+    if model not in node.loaded:
         size = node.installed.get(model, 0)
         load_s = _load_estimate(node, model, pool)
-        basis.append(f"not loaded: loads in ~{load_s:.1f} s")
         room = _room(node)
         if room is not None and size > room and node.loaded:
             # A busy runner is only stopped once its requests finish; the model that goes must be loaded
@@ -387,10 +388,7 @@ def _rank(request: RouteRequest, node: RouterNode, pool: _Pool) -> Ranked:
                 key=lambda pair: pair[1],
             )
             evict_s = EVICT_S + (_service_s(node, run_s) if node.active else 0.0) + reload_s
-            basis.append(
-                f"{max(room, 0) // _MIB} MiB free for {size // _MIB} MiB: evicts {short_name(lost)}"
-                + (f", to load again in ~{reload_s:.1f} s" if reload_s else ", loaded elsewhere too")
-            )
+            evicts = (lost, reload_s, room, size)
 
     queue_s = 0.0
     # Waiting batch requests are behind an interactive one, not ahead of it.
@@ -398,9 +396,43 @@ def _rank(request: RouteRequest, node: RouterNode, pool: _Pool) -> Ranked:
     over = ahead - node.slots + 1
     if over > 0:
         queue_s = over * _service_s(node, run_s) / node.slots
-        basis.append(f"{ahead} running or waiting ahead for {node.slots} slot(s)")
     estimate = Estimate(queue_s=queue_s, load_s=load_s, evict_s=evict_s, rtt_s=node.rtt_s, run_s=run_s)
-    return Ranked(node, estimate, "; ".join(basis))
+    return Ranked(
+        node,
+        estimate,
+        functools.partial(_basis, request, node, figures, tokens, per_token, load_s, evicts, ahead),
+    )
+
+
+def _basis(
+    request: RouteRequest,
+    node: RouterNode,
+    figures: ModelFigures,
+    tokens: int,
+    per_token: float,
+    load_s: float,
+    evicts: tuple[str, float, int, int] | None,
+    ahead: int,
+) -> str:
+    """Say what a node's estimate rests on (see _rank)."""
+    words = []
+    if request.generates:
+        shown = figures.tokens_per_s
+        words.append(
+            f"{1 / per_token:.0f} tok/s "
+            + (f"(learnt from {shown.weight:.1f} replies)" if shown else "(not measured yet)")
+            + f" x {tokens} tokens"
+        )
+    words.append("loaded" if request.model in node.loaded else f"not loaded: loads in ~{load_s:.1f} s")
+    if evicts is not None:
+        lost, reload_s, room, size = evicts
+        words.append(
+            f"{max(room, 0) // _MIB} MiB free for {size // _MIB} MiB: evicts {short_name(lost)}"
+            + (f", to load again in ~{reload_s:.1f} s" if reload_s else ", loaded elsewhere too")
+        )
+    if ahead - node.slots + 1 > 0:
+        words.append(f"{ahead} running or waiting ahead for {node.slots} slot(s)")
+    return "; ".join(words)
 
 
 def _break_ties(
