@@ -300,39 +300,17 @@ def test_a_peers_huge_status_is_refused_before_it_is_read(tmp_path: Path) -> Non
             print(f"--- node0 log\n{node.node_log.read_text()[-3000:]}")
 
 
-def test_connections_held_under_the_rate_limit_leave_the_node_answering(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("script", "held"),
+    [("hold_connections.py", "connections held open"), ("follow_flood.py", "status streams still streaming")],
+)
+def test_connections_held_under_the_rate_limit_leave_the_node_answering(
+    tmp_path: Path, script: str, held: str
+) -> None:
     """A host opening connections just under the rate limit, and holding them, against a node whose
-    descriptor limit is a desktop's 1024: it is held to its share, and the node's own API answers."""
-    with Lan(2) as lan:
-        fakes = [["--model", "llama3:latest", "--loaded", "llama3:latest"], []]
-        node, attacker = start_machines(lan, tmp_path, fakes, lambda i: [], nofile=1024)
-        try:
-            wait_for(lambda: set(node.peers()) == {"node1"}, 20, "node0 seeing node1")
-            held = attacker.host.run(
-                [sys.executable, "tests/lan/scripts/hold_connections.py", node.host.ip, "11436", "19", "12"],
-                timeout=60,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-            )
-            assert held.returncode == 0, held.stderr
-            opened, still_open = map(int, held.stdout.split())
-            descriptors = len(list(Path(f"/proc/{node.node.pid}/fd").iterdir()))
-            print(
-                f"{opened} connections opened at 19/s, {still_open} held open; the node has {descriptors} fds"
-            )
-            assert opened >= 200
-            assert still_open <= 64
-            assert "node1" in node.peers()
-            assert generate(node)["status"] == 200
-        finally:
-            print(f"--- node0 log\n{node.node_log.read_text()[-3000:]}")
-
-
-def test_status_streams_held_under_the_rate_limit_leave_the_node_answering(tmp_path: Path) -> None:
-    """A host following a node's status stream again and again just under the rate limit, and holding
-    every stream, to make the node write to as many followers as it can: it is held to its share of
-    connections, the node still follows its real peer, and its own API answers."""
+    descriptor limit is a desktop's 1024: bare connections, or status streams, which make the node write
+    to as many followers as it can. It is held to its share, the node still follows its real peer and is
+    followed by it, and its own API answers."""
     with Lan(2) as lan:
         fakes = [["--model", "llama3:latest", "--loaded", "llama3:latest"], []]
         node, attacker = start_machines(lan, tmp_path, fakes, lambda i: [], nofile=1024)
@@ -341,7 +319,7 @@ def test_status_streams_held_under_the_rate_limit_leave_the_node_answering(tmp_p
             process = psutil.Process(node.node.pid)
             cpu_before = sum(process.cpu_times()[:2])
             flood = attacker.host.run(
-                [sys.executable, "tests/lan/scripts/follow_flood.py", node.host.ip, "11436", "19", "12"],
+                [sys.executable, f"tests/lan/scripts/{script}", node.host.ip, "11436", "19", "12"],
                 timeout=60,
                 cwd=ROOT,
                 capture_output=True,
@@ -349,10 +327,11 @@ def test_status_streams_held_under_the_rate_limit_leave_the_node_answering(tmp_p
             )
             cpu_s = sum(process.cpu_times()[:2]) - cpu_before
             assert flood.returncode == 0, flood.stderr
-            opened, streaming = map(int, flood.stdout.split())
-            print(f"{opened} streams asked for at 19/s, {streaming} still streaming; node CPU {cpu_s:.2f} s")
+            opened, still_open = map(int, flood.stdout.split())
+            descriptors = len(list(Path(f"/proc/{node.node.pid}/fd").iterdir()))
+            print(f"{opened} opened at 19/s, {still_open} {held}; {descriptors} fds, node CPU {cpu_s:.2f} s")
             assert opened >= 200
-            assert 0 < streaming <= 64
+            assert 0 < still_open <= 64
             assert "node1" in node.peers()
             assert "node0" in attacker.peers()
             assert generate(node)["status"] == 200
