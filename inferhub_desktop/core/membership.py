@@ -20,6 +20,7 @@ from .status import MAX_STATUS_BYTES, NodeStatus
 from .tls import peer_fingerprint, shown_fingerprint
 from .wire.endpoints import ROSTER_PATH, STATUS_PATH
 from .wire.errors import MalformedRecord, Unauthorized
+from .wire.headers import SHARE_PORT_HEADER
 from .wire.records import read_json
 
 _log = logging.getLogger(__name__)
@@ -218,8 +219,33 @@ class Membership:
             link.close()
         self._links.clear()
 
+    def followed_by(self, host: str, port: int) -> None:
+        """A node at `host` whose share API is on `port` follows this one: follow it back now, rather than
+        once its record is heard on mDNS, so a lost announcement costs the pool nothing and a network that
+        filters mDNS needs a peer named on one side only. This trusts nothing more than a record would:
+        the node is asked for its status like any other, and forgotten if it does not answer."""
+        endpoint = (host, port)
+        if endpoint in self._candidates:
+            return
+        pool = self._pool()
+        self._candidates[endpoint] = "follower"
+        # It reached this node's share API, so it is in this node's pool: the private one's TLS let it in.
+        self._advertised_pools[endpoint] = pool.pool_id if pool else ""
+        self._poll_now.set()
+
+    def _forget_follower(self, endpoint: tuple[str, int]) -> None:
+        """A node learnt from its following this one, that did not answer and is not a peer (any more), is
+        not asked again: it follows anew when it comes back."""
+        if self._candidates.get(endpoint) == "follower" and not any(
+            peer.announcement.endpoint == endpoint for peer in self.table
+        ):
+            del self._candidates[endpoint]
+            self._advertised_pools.pop(endpoint, None)
+            self._poll_now.set()
+
     def _on_seen(self, announcement: PeerAnnouncement) -> None:
-        self._candidates.setdefault(announcement.endpoint, "mdns")
+        if self._candidates.get(announcement.endpoint) != "static":
+            self._candidates[announcement.endpoint] = "mdns"
         self._advertised_pools[announcement.endpoint] = announcement.pool
         self._advertised_tls[announcement.endpoint] = announcement.tls
         self._poll_now.set()
@@ -346,6 +372,7 @@ class Membership:
             self._reached(endpoint, "unreachable", _why_unreachable(exc))
             if endpoint in self._goodbyes:
                 self._said_goodbye(endpoint)
+            self._forget_follower(endpoint)
             return
         except (MalformedRecord, Unauthorized) as exc:
             # Said once, not at every poll.
@@ -361,6 +388,7 @@ class Membership:
                         self._left(gone, f"peer {gone.announcement.name!r} is not in this node's pool: {exc}")
             if endpoint in self._goodbyes:
                 self._said_goodbye(endpoint)
+            self._forget_follower(endpoint)
             return
         if streamed:
             # A stream ends cleanly when its node stops (or listens anew for another pool), and is cut
@@ -378,7 +406,7 @@ class Membership:
         a node that answers with one status (an older one) is taken once. Return whether it streamed."""
         host, port = endpoint
         tag, known = self._known.get(endpoint, ("", None))
-        headers = {"Accept": f"{FEED_TYPE}, application/json"}
+        headers = {"Accept": f"{FEED_TYPE}, application/json", SHARE_PORT_HEADER: str(self._own().port)}
         if known is not None:
             headers["If-None-Match"] = tag
         async with self._asking(host, port, STATUS_PATH, tls or "", headers) as (reply, shown):

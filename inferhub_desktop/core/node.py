@@ -280,6 +280,7 @@ class Node:
             backend=lambda: self.backend_state,
             feed=self._feed,
             lender=self._lender,
+            followed_by=self._followed_by,
         )
         # The share API listens on the chosen LAN interfaces, else on all of them.
         hosts = list(self.settings.interfaces) or ["0.0.0.0"]
@@ -747,6 +748,10 @@ class Node:
                 _log.info("the owner's absence is read from %s", self._away_source.how)
             self._away = await asyncio.to_thread(self._away_source.away)
         return self._away
+
+    def _followed_by(self, host: str, port: int) -> None:
+        if self._membership is not None:
+            self._membership.followed_by(host, port)
 
     def _readvertise(self) -> None:
         self._feed.poke()

@@ -22,6 +22,7 @@ from inferhub_desktop.core.api import feed
 from inferhub_desktop.core.api.feed import FEED_TYPE, apply_change, changed
 from inferhub_desktop.core.events import PeerLeft
 from inferhub_desktop.core.status import MAX_STATUS_BYTES
+from inferhub_desktop.core.wire.headers import SHARE_PORT_HEADER
 from tests.core.test_status_tags import STATUS
 from tests.fakes.ollama import FakeOllama
 from tests.support import eventually, node_settings
@@ -341,3 +342,34 @@ async def test_a_node_whose_mdns_cannot_start_says_so_and_tries_again(
     ):
         await eventually(lambda: len(started) == 2)
     assert "cannot join mDNS ([Errno 19] No such device); trying again in 0 s" in caplog.text
+
+
+async def test_a_share_port_a_follower_names_that_is_no_node_is_asked_once_and_forgotten(
+    tmp_path: Path,
+) -> None:
+    # Where a follower says its share API is: a port that accepts and hangs up, as no node would.
+    knocks: list[str] = []
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        knocks.append(writer.get_extra_info("peername")[0])
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with (
+            FakeOllama(["llama3:latest"]) as fake,
+            Node(node_settings(tmp_path, fake.url, name="beta", share=True), environ={}) as beta,
+            aiohttp.ClientSession() as http,
+        ):
+            url = f"http://127.0.0.1:{beta.share_port}{STATUS_PATH}"
+            async with http.get(url, headers={**FOLLOW, SHARE_PORT_HEADER: str(port)}) as reply:
+                assert reply.status == 200
+                await eventually(lambda: knocks == ["127.0.0.1"])
+                # Asked once, found to be no node, and forgotten: not asked at every poll.
+                await asyncio.sleep(3.0)
+                assert knocks == ["127.0.0.1"]
+                assert beta.membership.peers == []
+    finally:
+        server.close()
+        await server.wait_closed()

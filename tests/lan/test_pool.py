@@ -97,6 +97,18 @@ def test_nodes_on_a_lan_find_each_other_and_notice_changes(machines: list[Machin
     assert "said goodbye" in c.node_log.read_text()
 
 
+def test_where_mdns_is_filtered_a_peer_named_on_one_machine_is_enough_for_both(tmp_path: Path) -> None:
+    with Lan(2) as lan:
+        lan.block_multicast()
+        b_ip = lan.hosts[1].ip
+        # Only node0 names its peer; node1 learns of node0 from node0 following it.
+        named = {0: ["--peer", f"{b_ip}:11436"], 1: []}
+        a, b = start_machines(lan, tmp_path, [["--model", m] for m in MODELS[:2]], lambda i: named[i])
+        wait_for(
+            lambda: full_view(a, [b]) and full_view(b, [a]), 10, "node1 following back the node following it"
+        )
+
+
 def test_static_peers_work_where_multicast_is_filtered(tmp_path: Path) -> None:
     with Lan(3) as lan:
         lan.block_multicast()

@@ -19,6 +19,7 @@ from ..lending import Lender
 from ..pool import Member, PrivatePool
 from ..wire.endpoints import JOIN_PATH, METRICS_PATH, MODELS_PREFIX, PULL_PATH, ROSTER_PATH, STATUS_PATH, Kind
 from ..wire.errors import ApiError, MalformedRecord, Unauthorized
+from ..wire.headers import SHARE_PORT_HEADER
 from ..wire.responses import error_response, json_response
 from .feed import FEED_TYPE, StatusFeed
 from .relay import BODY_KEY, CALLER_KEY, Forwarder, endpoint_of
@@ -88,6 +89,7 @@ class ShareApi:
         backend: Callable[[], BackendState] | None = None,
         feed: StatusFeed | None = None,
         lender: Lender | None = None,
+        followed_by: Callable[[str, int], None] = lambda host, port: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder
@@ -107,6 +109,8 @@ class ShareApi:
         self._feed = feed
         # Peers copying this machine's models read their files here.
         self._lender = lender
+        # A peer that follows the status, at its address and the share port it names.
+        self._followed_by = followed_by
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._refusals_logged: dict[str, float] = {}
@@ -156,6 +160,8 @@ class ShareApi:
                 and request.method == "GET"
                 and FEED_TYPE in request.headers.get("Accept", "")
             ):
+                if (port := _port(request.headers.get(SHARE_PORT_HEADER, ""))) and source:
+                    self._followed_by(source, port)
                 return await self._feed.reply(request, self._still_let_in(request, pool))
             return self._forwarder.status_reply(request)
         if request.path == METRICS_PATH:
@@ -238,3 +244,8 @@ async def _read_within_deadline(request: web.Request, reading: Awaitable[bytes])
         )
         late.force_close()  # the rest of the body is not waited for
         return late
+
+
+def _port(value: str) -> int | None:
+    """Read a TCP port a peer names; None for anything else."""
+    return int(value) if value.isascii() and value.isdigit() and 0 < int(value) < 65536 else None

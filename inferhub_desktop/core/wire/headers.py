@@ -10,5 +10,8 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # `batch` marks a request that may wait: at every node it yields to interactive ones, which is any other.
 PRIORITY_HEADER = "X-InferHub-Priority"
 BATCH = "batch"
+# On a peer's request for the status as a stream, the port of its own share API: the node followed
+# follows it back at once, not only once it hears its record on mDNS.
+SHARE_PORT_HEADER = "X-InferHub-Share-Port"
 # The owner's control token, which the local API's control paths require (see control.py).
 CONTROL_HEADER = "X-InferHub-Control"
