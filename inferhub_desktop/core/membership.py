@@ -39,6 +39,8 @@ _STREAM_QUIET_S = 2 * HEARTBEAT_S + 1.0
 # or its stream ended), or its stream was cut (its process died).
 _LEFT = "left the pool"
 _CUT = "stopped answering (its connection was cut)"
+# How a peer whose record came to name another pool has left.
+_OTHER_POOL = "is in another pool now"
 # How a peer whose machine no longer answers TCP has left; it is not asked again first.
 _VANISHED = f"stopped answering (its machine went silent for {VANISHED_S} s)"
 # Peers gone quiet are looked for this often.
@@ -273,11 +275,14 @@ class Membership:
             self._advertised_pools.pop(endpoint, None)
             self._advertised_tls.pop(endpoint, None)
             self._poll_now.set()  # its follower stops
+        self._drop(endpoint, how, logged="said goodbye" if how == _LEFT else how)
+
+    def _drop(self, endpoint: tuple[str, int], how: str, logged: str) -> None:
+        """The peer at `endpoint`, if any, leaves: `how`, for the events; `logged`, for the log."""
         for peer in self.table:
             if peer.announcement.endpoint == endpoint:
                 self.table.remove(peer.node_id)
-                said = "said goodbye" if how == _LEFT else how
-                _log.info("peer %r (%s:%d) %s", peer.announcement.name, *endpoint, said)
+                _log.info("peer %r (%s:%d) %s", peer.announcement.name, *endpoint, logged)
                 self._left(peer, f"peer {peer.announcement.name!r} {how}")
 
     async def _poll(self) -> None:
@@ -325,6 +330,9 @@ class Membership:
                 task.cancel()
                 del self._followers[endpoint]
                 self._wakes.pop(endpoint, None)
+            if endpoint not in wanted:
+                # Its record now names another pool: it is no peer of this node's, from now on.
+                self._drop(endpoint, _OTHER_POOL, _OTHER_POOL)
         for endpoint in wanted - self._followers.keys():
             task = asyncio.create_task(self._follow(endpoint, pool), name=f"follow-{endpoint[0]}")
             # A follower never ends of itself; one that does (a bug) is started again.
