@@ -39,8 +39,9 @@ _STREAM_QUIET_S = 2 * HEARTBEAT_S + 1.0
 # or its stream ended), or its stream was cut (its process died).
 _LEFT = "left the pool"
 _CUT = "stopped answering (its connection was cut)"
-# How a peer whose record came to name another pool has left.
+# How a peer whose record came to name another pool, or that the owner no longer names, has left.
 _OTHER_POOL = "is in another pool now"
+_UNNAMED = "is no longer named as a peer"
 # How a peer whose machine no longer answers TCP has left; it is not asked again first.
 _VANISHED = f"stopped answering (its machine went silent for {VANISHED_S} s)"
 # Peers gone quiet are looked for this often.
@@ -331,8 +332,10 @@ class Membership:
                 del self._followers[endpoint]
                 self._wakes.pop(endpoint, None)
             if endpoint not in wanted:
-                # Its record now names another pool: it is no peer of this node's, from now on.
-                self._drop(endpoint, _OTHER_POOL, _OTHER_POOL)
+                # Its record now names another pool, or the owner no longer names it: it is no peer of
+                # this node's from now on.
+                why = _OTHER_POOL if endpoint in self._candidates else _UNNAMED
+                self._drop(endpoint, why, why)
         for endpoint in wanted - self._followers.keys():
             task = asyncio.create_task(self._follow(endpoint, pool), name=f"follow-{endpoint[0]}")
             # A follower never ends of itself; one that does (a bug) is started again.

@@ -167,7 +167,7 @@ async def test_a_peer_added_by_address_joins_and_leaves_when_dropped(tmp_path: P
     joined = next(e for e in heard if isinstance(e, PeerJoined))
     left = next(e for e in heard if isinstance(e, PeerLeft))
     assert (joined.name, joined.address, left.name) == ("beta", "127.0.0.1", "beta")
-    assert left.reason == "peer 'beta' stopped answering"
+    assert left.reason == "peer 'beta' is no longer named as a peer"
 
 
 async def test_each_peer_named_by_address_says_how_reaching_it_goes(tmp_path: Path) -> None:
