@@ -393,10 +393,8 @@ class Membership:
             self._reached(endpoint, "refused", str(exc))
             if isinstance(exc, Unauthorized):
                 # It cannot be used now (it refuses this machine, or left the roster): it leaves at once.
-                for gone in self.table:
-                    if gone.announcement.endpoint == endpoint:
-                        self.table.remove(gone.node_id)
-                        self._left(gone, f"peer {gone.announcement.name!r} is not in this node's pool: {exc}")
+                why = f"is not in this node's pool: {exc}"
+                self._drop(endpoint, why, why)
             if endpoint in self._goodbyes:
                 self._said_goodbye(endpoint)
             self._forget_follower(endpoint)

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -49,7 +48,7 @@ from .owner import OwnerGuard
 from .peers import AddressState, Peer, PeerAnnouncement, PeerState, url_host
 from .pool import PrivatePool, pool_info
 from .router import RouterNode
-from .settings import SETTINGS_FILE, SWITCHES, Settings, backend_kind
+from .settings import SETTINGS_FILE, SWITCHES, Settings, backend_kind, on_this_machine
 from .status import Load, NodeStatus, OwnerState
 from .store import SettingsStore
 from .telemetry import Telemetry, TelemetrySampler
@@ -317,7 +316,7 @@ class Node:
         backend = self._backend
         if self._models_dir is None or backend is None or backend.kind != "ollama":
             return None
-        if urlsplit(backend.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        if not on_this_machine(backend.url):
             return None
         return Library(self._models_dir)
 

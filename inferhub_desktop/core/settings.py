@@ -347,9 +347,13 @@ def _backend_slots(environ: Mapping[str, str]) -> int:
         return 1
 
 
+def on_this_machine(url: str) -> bool:
+    """Tell whether a URL names this machine by a loopback name."""
+    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def _is_own_api(url: str, api_port: int) -> bool:
-    parts = urlsplit(url)
-    return parts.port == api_port and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    return urlsplit(url).port == api_port and on_this_machine(url)
 
 
 def _default_name() -> str:
