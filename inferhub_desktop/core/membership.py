@@ -338,16 +338,17 @@ class Membership:
                 self._drop(endpoint, why, why)
         for endpoint in wanted - self._followers.keys():
             task = asyncio.create_task(self._follow(endpoint, pool), name=f"follow-{endpoint[0]}")
-            # A follower never ends of itself; one that does (a bug) is started again.
+            # A follower that ends (its node is no longer one to follow) is let go, or started again.
             task.add_done_callback(lambda _: self._poll_now.set())
             self._followers[endpoint] = (task, pool)
 
     async def _follow(self, endpoint: tuple[str, int], pool: PrivatePool | None) -> None:
         """Follow one node's status for as long as this node wants it: its stream of changes, asked for
         again at once when it ends and a poll later when the node does not answer; a node too old to
-        stream is asked once a poll."""
+        stream is asked once a poll. A node forgotten meanwhile (one that named itself by following this
+        node, and did not answer) is not asked again, though a wake-up came for it."""
         wake = self._wakes.setdefault(endpoint, asyncio.Event())
-        while True:
+        while endpoint in self._candidates:
             wake.clear()
             asked = time.monotonic()
             try:

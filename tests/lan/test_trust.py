@@ -339,6 +339,32 @@ def test_connections_held_under_the_rate_limit_leave_the_node_answering(
             print(f"--- node0 log\n{node.node_log.read_text()[-3000:]}")
 
 
+def test_ports_a_host_names_as_its_share_api_are_knocked_on_once_and_forgotten(tmp_path: Path) -> None:
+    """A host following a node's status many times, each time naming another of its ports as its share
+    API, to make the node connect where it says: the node asks each port once, finds no node there,
+    and neither asks again nor lists anything new."""
+    with Lan(2) as lan:
+        node, attacker = start_machines(lan, tmp_path, [["--model", "llama3:latest"], []], lambda i: [])
+        try:
+            wait_for(lambda: set(node.peers()) == {"node1"}, 20, "node0 seeing node1")
+            named = attacker.host.run(
+                [sys.executable, "tests/lan/scripts/name_ports.py", node.host.ip, "11436", "20", "5"],
+                timeout=60,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
+            assert named.returncode == 0, named.stderr
+            count, most = map(int, named.stdout.split())
+            print(f"{count} ports named; the node connected to each at most {most} time(s) in 5 s")
+            assert count == 20
+            assert most == 1
+            assert set(node.peers()) == {"node1"}
+            assert generate(node)["status"] == 200
+        finally:
+            print(f"--- node0 log\n{node.node_log.read_text()[-3000:]}")
+
+
 def test_a_tls_peer_reached_by_address_is_pinned_on_first_contact(tmp_path: Path) -> None:
     with Lan(2) as lan:
         lan.block_multicast()
